@@ -1,0 +1,488 @@
+"""The in-process event bus.
+
+``publish`` never blocks and never raises: it is called from the callback handler
+for every token. Events published from another thread (a graph run with
+``graph.invoke`` in ``asyncio.to_thread``) go through a bounded inbox and are
+dispatched on the bus's event loop. Each subscription has its own bounded queue
+and overflow policy; a handler that raises is isolated, logged and counted.
+
+Sinks (:meth:`EventBus.add_sink`) are called synchronously for every event, on the
+loop, before any subscription: they are for cheap O(1) work such as appending to a
+replay buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from .errors import BusError, SubscriptionOverflowError
+from .events import StreamEvent
+from .topics import topic_matches, topic_of
+
+__all__ = ["BusStats", "EventBus", "EventHandler", "Overflow", "Subscription"]
+
+logger = logging.getLogger("kiki_events.bus")
+
+Overflow: TypeAlias = Literal["drop_oldest", "drop_newest", "disconnect"]
+"""What a full subscription queue does with the next event."""
+EventHandler: TypeAlias = Callable[[StreamEvent], Awaitable[object] | object]
+Sink: TypeAlias = Callable[[StreamEvent], object]
+
+_OVERFLOWS: tuple[str, ...] = Overflow.__args__
+
+
+@dataclass
+class BusStats:
+    """Counters of one bus; read them, do not write them."""
+
+    published: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Events not delivered, by reason (``inbox_full``, ``queue_full``, ``closed`` …)."""
+    handler_errors: int = 0
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+
+class Subscription:
+    """A bounded stream of matching events; iterate it, or give it a handler.
+
+    Create with :meth:`EventBus.subscribe`. Close it (or leave its ``async with``)
+    when done; closing is idempotent.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        *,
+        key: tuple[str, str],
+        types: frozenset[str] | None,
+        maxsize: int,
+        overflow: Overflow,
+        handler: EventHandler | None,
+        name: str,
+    ) -> None:
+        self._bus = bus
+        self.key = key
+        self.types = types
+        self.maxsize = maxsize
+        self.overflow: Overflow = overflow
+        self.name = name
+        self.delivered = 0
+        """Events put on this subscription's queue."""
+        self.dropped = 0
+        """Events this subscription lost to its overflow policy."""
+        self.errors = 0
+        """Exceptions raised by its handler."""
+        self._queue: deque[StreamEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._overflowed = False
+        self._handler = handler
+        self._busy = False
+        self._idle: asyncio.Event | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    # -- producer side (bus loop only) -------------------------------------------
+    def _offer(self, event: StreamEvent) -> None:
+        if self._closed:
+            return
+        if self.types is not None and event.type not in self.types:
+            return
+        queue = self._queue
+        if len(queue) >= self.maxsize:
+            self.dropped += 1
+            self._bus.stats.drop("queue_full")
+            if self.overflow == "drop_newest":
+                return
+            if self.overflow == "disconnect":
+                self._overflowed = True
+                self.close()
+                return
+            queue.popleft()
+        queue.append(event)
+        self.delivered += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- consumer side -----------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        while not self._queue:
+            await self._wait()
+        return self._queue.popleft()
+
+    async def get_batch(self, limit: int = 1024) -> list[StreamEvent]:
+        """Wait for at least one event, then return up to ``limit`` queued events.
+
+        Raises:
+            StopAsyncIteration: the subscription is closed and empty.
+            SubscriptionOverflowError: it was closed for falling behind.
+        """
+        while not self._queue:
+            await self._wait()
+        queue = self._queue
+        count = min(limit, len(queue))
+        return [queue.popleft() for _ in range(count)]
+
+    async def _wait(self) -> None:
+        if self._closed:
+            if self._overflowed:
+                raise SubscriptionOverflowError(
+                    f"subscription {self.name!r} fell more than {self.maxsize} events behind"
+                )
+            raise StopAsyncIteration
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def close(self) -> None:
+        """Stop receiving; wakes a waiting consumer. Events still queued are kept."""
+        if self._closed:
+            return
+        self._closed = True
+        self._bus._remove(self)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    # -- handler pump ------------------------------------------------------------
+    async def _pump(self) -> None:
+        handler = self._handler
+        if handler is None:  # pragma: no cover - only started for handlers
+            return
+        idle = self._idle
+        if idle is None:  # pragma: no cover - set by the bus before starting
+            return
+        while True:
+            try:
+                batch = await self.get_batch()
+            except (StopAsyncIteration, SubscriptionOverflowError):
+                idle.set()
+                return
+            idle.clear()
+            for event in batch:
+                try:
+                    result = handler(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.errors += 1
+                    self._bus.stats.handler_errors += 1
+                    if self.errors == 1:
+                        logger.exception("event handler %r raised; isolating it", self.name)
+                    else:
+                        logger.debug("event handler %r raised again", self.name, exc_info=True)
+            if not self._queue:
+                idle.set()
+
+    async def wait_idle(self) -> None:
+        """For handler subscriptions: wait until every queued event was handled."""
+        if self._idle is not None:
+            while self._queue or not self._idle.is_set():
+                await self._idle.wait()
+                if self._queue:
+                    await asyncio.sleep(0)
+
+
+_ALL = ("all", "*")
+
+
+class EventBus:
+    """In-process publish/subscribe of :data:`StreamEvent` with bounded queues.
+
+    Use it as an async context manager (or call :meth:`start` and :meth:`close`)::
+
+        async with EventBus() as bus:
+            async with bus.subscribe(run_id=run_id) as events:
+                async for event in events: ...
+    """
+
+    def __init__(self, *, node: str | None = None, inbox_size: int = 65536, queue_size: int = 10000) -> None:
+        if inbox_size < 1 or queue_size < 1:
+            raise ValueError("inbox_size and queue_size must be at least 1")
+        self.node = node
+        self.queue_size = queue_size
+        self.stats = BusStats()
+        self._state: Literal["new", "running", "closed"] = "new"
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._inbox: deque[StreamEvent] = deque()
+        self._inbox_size = inbox_size
+        self._inbox_scheduled = False
+        self._sinks: list[Sink] = []
+        self._all: list[Subscription] = []
+        self._by_run: dict[str, list[Subscription]] = {}
+        self._by_thread: dict[str, list[Subscription]] = {}
+        self._by_topic: list[tuple[str, Subscription]] = []
+        self._subscriptions: set[Subscription] = set()
+
+    # -- lifecycle -----------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    async def start(self) -> None:
+        """Bind the bus to the running event loop."""
+        if self._state != "new":
+            raise BusError(f"the event bus cannot be started: it is {self._state}")
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._state = "running"
+
+    async def close(self, *, timeout: float = 5.0) -> None:
+        """Deliver what is in flight (up to ``timeout``), then close every subscription."""
+        if self._state != "running":
+            self._state = "closed"
+            return
+        try:
+            await asyncio.wait_for(self.drain(), timeout)
+        except TimeoutError:
+            logger.warning("event bus closed with handlers still busy after %.1fs", timeout)
+        self._state = "closed"
+        subs = list(self._subscriptions)
+        for sub in subs:
+            sub.close()
+        tasks = [s.task for s in subs if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> EventBus:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- publishing ------------------------------------------------------------------
+    def publish(self, event: StreamEvent) -> bool:
+        """Hand ``event`` to every matching subscriber without blocking.
+
+        Safe to call from any thread. Returns ``False`` (and counts the drop) when
+        the bus is not running or its cross-thread inbox is full; never raises.
+        """
+        if self._state != "running":
+            self.stats.drop("not_running")
+            return False
+        if threading.get_ident() == self._loop_thread:
+            self._dispatch(event)
+            return True
+        inbox = self._inbox
+        if len(inbox) >= self._inbox_size:
+            self.stats.drop("inbox_full")
+            return False
+        inbox.append(event)
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            loop = self._loop
+            try:
+                loop.call_soon_threadsafe(self._drain_inbox)  # type: ignore[union-attr]
+            except RuntimeError:  # the loop is closed
+                self._inbox_scheduled = False
+                self.stats.drop("not_running")
+                return False
+        return True
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False
+        inbox = self._inbox
+        while inbox:
+            self._dispatch(inbox.popleft())
+
+    def _dispatch(self, event: StreamEvent) -> None:
+        self.stats.published += 1
+        for sink in self._sinks:
+            try:
+                sink(event)
+            except Exception:
+                self.stats.handler_errors += 1
+                logger.exception("event sink %r raised", sink)
+        for sub in self._all:
+            sub._offer(event)
+        subs = self._by_run.get(event.run_id)
+        if subs:
+            for sub in subs:
+                sub._offer(event)
+        if event.thread_id is not None:
+            subs = self._by_thread.get(event.thread_id)
+            if subs:
+                for sub in subs:
+                    sub._offer(event)
+        if self._by_topic:
+            topic = topic_of(event)
+            if topic is not None:
+                for pattern, sub in self._by_topic:
+                    if topic_matches(pattern, topic):
+                        sub._offer(event)
+
+    async def emit_and_wait(self, event: StreamEvent) -> None:
+        """Publish ``event`` and wait until every handler subscription has handled it."""
+        self._require_running()
+        if threading.get_ident() != self._loop_thread:
+            raise BusError("emit_and_wait must be awaited on the bus's event loop")
+        self._dispatch(event)
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until the inbox is empty and every handler subscription is idle."""
+        while True:
+            if self._inbox:
+                self._drain_inbox()
+            busy = [s for s in self._subscriptions if s._handler is not None and (s._queue or not _idle(s))]
+            if not busy and not self._inbox:
+                return
+            for sub in busy:
+                await sub.wait_idle()
+
+    # -- subscribing -----------------------------------------------------------------
+    def subscribe(
+        self,
+        handler: EventHandler | None = None,
+        *,
+        topics: str | Iterable[str] | None = None,
+        run_id: str | None = None,
+        thread_id: str | None = None,
+        types: Iterable[str] | None = None,
+        maxsize: int | None = None,
+        overflow: Overflow = "drop_oldest",
+        name: str | None = None,
+    ) -> Subscription:
+        """Subscribe to events of one run, one thread, some topics, or everything.
+
+        Give at most one of ``topics`` (names like ``"agent:started"``, or patterns
+        ``"agent:*"`` / ``"*"``), ``run_id`` and ``thread_id``; none means every event.
+        ``types`` further filters by event type. With a ``handler`` (sync or async
+        callable) the bus runs it in a supervised task; without one, iterate the
+        returned :class:`Subscription`.
+
+        Raises:
+            BusError: the bus is not running.
+            ValueError: conflicting or invalid arguments.
+        """
+        self._require_running()
+        given = [k for k, v in (("topics", topics), ("run_id", run_id), ("thread_id", thread_id)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"subscribe takes one of topics, run_id, thread_id; got {', '.join(given)}")
+        if overflow not in _OVERFLOWS:
+            raise ValueError(f"overflow must be one of {', '.join(_OVERFLOWS)}; got {overflow!r}")
+        size = self.queue_size if maxsize is None else maxsize
+        if size < 1:
+            raise ValueError(f"maxsize must be at least 1; got {size}")
+        patterns: list[str] = []
+        if topics is not None:
+            patterns = [topics] if isinstance(topics, str) else list(topics)
+            if not patterns or not all(isinstance(p, str) and p for p in patterns):
+                raise ValueError("topics must be one or more non-empty topic names or patterns")
+        key: tuple[str, str]
+        if run_id is not None:
+            key = ("run", run_id)
+        elif thread_id is not None:
+            key = ("thread", thread_id)
+        elif patterns and "*" not in patterns:
+            key = ("topic", ",".join(patterns))
+        else:
+            key = _ALL
+        sub = Subscription(
+            self,
+            key=key,
+            types=frozenset(types) if types is not None else None,
+            maxsize=size,
+            overflow=overflow,
+            handler=handler,
+            name=name or getattr(handler, "__qualname__", None) or f"{key[0]}:{key[1]}",
+        )
+        if key[0] == "run":
+            self._by_run.setdefault(key[1], []).append(sub)
+        elif key[0] == "thread":
+            self._by_thread.setdefault(key[1], []).append(sub)
+        elif key[0] == "topic":
+            self._by_topic.extend((p, sub) for p in patterns)
+        else:
+            self._all.append(sub)
+        self._subscriptions.add(sub)
+        if handler is not None:
+            sub._idle = asyncio.Event()
+            sub._idle.set()
+            sub.task = asyncio.get_running_loop().create_task(sub._pump(), name=f"kiki-bus-handler:{sub.name}")
+            sub.task.add_done_callback(_report_crash)
+        return sub
+
+    def add_sink(self, sink: Sink) -> Callable[[], None]:
+        """Call ``sink(event)`` synchronously for every event; returns a remover."""
+        self._sinks.append(sink)
+
+        def remove() -> None:
+            if sink in self._sinks:
+                self._sinks.remove(sink)
+
+        return remove
+
+    @property
+    def subscriptions(self) -> int:
+        """Number of open subscriptions."""
+        return len(self._subscriptions)
+
+    def has_run_subscribers(self, run_id: str) -> bool:
+        """Whether anything subscribed to ``run_id`` specifically."""
+        return bool(self._by_run.get(run_id))
+
+    def _remove(self, sub: Subscription) -> None:
+        self._subscriptions.discard(sub)
+        kind, value = sub.key
+        if kind == "run" or kind == "thread":
+            index = self._by_run if kind == "run" else self._by_thread
+            subs = index.get(value)
+            if subs is not None:
+                if sub in subs:
+                    subs.remove(sub)
+                if not subs:
+                    del index[value]
+        elif kind == "topic":
+            self._by_topic = [(p, s) for p, s in self._by_topic if s is not sub]
+        elif sub in self._all:
+            self._all.remove(sub)
+
+    def _require_running(self) -> None:
+        if self._state != "running":
+            raise BusError(f"the event bus is {self._state}; use it inside 'async with EventBus()'")
+
+
+def _idle(sub: Subscription) -> bool:
+    return sub._idle is None or sub._idle.is_set()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("event bus handler task %s crashed", task.get_name(), exc_info=task.exception())

@@ -1,0 +1,121 @@
+"""Compact JSON codec for :data:`~kiki_events.events.StreamEvent`.
+
+Two encodings:
+
+* :func:`encode` – the whole event as compact JSON (no ``null`` fields). Used on
+  the bus bridge and in storage; :func:`decode` validates it back.
+* :func:`sse_data` – the ``data:`` payload of an SSE frame. The frame's ``id:``
+  line already carries ``run_id`` and ``seq`` and its ``event:`` line the type, so
+  they are not repeated; token frames also leave out the run-constant envelope
+  fields (``thread_id``, ``node``, ``v``, ``causation_id``). :func:`decode_sse`
+  rebuilds the event from the three frame lines.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from .errors import EventDecodeError
+from .events import EVENT_TYPES, SCHEMA_VERSION, StreamEvent, TokenEvent
+
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "decode",
+    "decode_sse",
+    "encode",
+    "event_json_schema",
+    "sse_data",
+]
+
+DEFAULT_MAX_EVENT_BYTES = 1 << 20
+"""Largest encoded event :func:`decode` accepts unless told otherwise (1 MiB)."""
+
+_ADAPTER: TypeAdapter[StreamEvent] = TypeAdapter(StreamEvent)
+_SSE_EXCLUDE = frozenset({"type", "run_id", "seq"})
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode(event: StreamEvent) -> bytes:
+    """Encode ``event`` as compact UTF-8 JSON without ``null`` fields."""
+    return type(event).__pydantic_serializer__.to_json(event, exclude_none=True)
+
+
+def decode(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> StreamEvent:
+    """Validate foreign bytes into an event.
+
+    Raises:
+        EventDecodeError: the input is too large, not JSON, of an unknown type or
+            schema version, or fails validation. The message names the problem.
+    """
+    if len(data) > max_bytes:
+        raise EventDecodeError(f"event is {len(data)} bytes, larger than the limit of {max_bytes}")
+    try:
+        return _ADAPTER.validate_json(data)
+    except ValidationError as exc:
+        raise EventDecodeError(_explain(exc, data)) from None
+
+
+def _explain(exc: ValidationError, data: bytes | str) -> str:
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        return "event is not valid JSON"
+    if not isinstance(raw, dict):
+        return f"event must be a JSON object, got {type(raw).__name__}"
+    kind = raw.get("type")
+    if kind not in EVENT_TYPES:
+        return f"unknown event type {kind!r}; expected one of {', '.join(EVENT_TYPES)}"
+    version = raw.get("v", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        return f"unsupported event schema version v={version!r} (this build reads v={SCHEMA_VERSION})"
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in first["loc"][1:]) or "(event)"
+    count = exc.error_count()
+    more = f" (and {count - 1} more problems)" if count > 1 else ""
+    return f"invalid {kind} event: {where}: {first['msg']}{more}"
+
+
+def sse_data(event: StreamEvent) -> bytes:
+    """The ``data:`` payload of ``event``'s SSE frame (see the module docstring)."""
+    if type(event) is TokenEvent:
+        # The hot path: one frame per token, so build it by hand.
+        fields: dict[str, Any] = {"ts": event.ts, "message_id": event.message_id, "text": event.text}
+        if event.agent is not None:
+            fields["agent"] = event.agent
+        if event.kind != "text":
+            fields["kind"] = event.kind
+        return _dumps(fields).encode()
+    return type(event).__pydantic_serializer__.to_json(event, exclude_none=True, exclude=_SSE_EXCLUDE)
+
+
+def decode_sse(event_id: str, event_type: str, data: bytes | str) -> StreamEvent:
+    """Rebuild an event from an SSE frame's ``id``, ``event`` and ``data`` lines.
+
+    Frames without an ``id`` (connection-level notices) pass ``event_id=""``.
+    """
+    try:
+        fields = json.loads(data)
+    except ValueError:
+        raise EventDecodeError("SSE data is not valid JSON") from None
+    if not isinstance(fields, dict):
+        raise EventDecodeError("SSE data must be a JSON object")
+    run_id, sep, seq = event_id.rpartition(":")
+    if event_id and (not sep or not seq.isdigit()):
+        raise EventDecodeError(f"SSE id {event_id!r} is not of the form '<run_id>:<seq>'")
+    fields["type"] = event_type
+    if event_id:
+        fields["run_id"], fields["seq"] = run_id, int(seq)
+    else:
+        fields.setdefault("seq", 0)
+    return decode(json.dumps(fields))
+
+
+def event_json_schema() -> dict[str, Any]:
+    """JSON Schema of the :data:`StreamEvent` union (as printed by ``kiki-events schema``)."""
+    schema = _ADAPTER.json_schema()
+    schema["title"] = "StreamEvent"
+    schema["$comment"] = f"kiki_events wire schema v{SCHEMA_VERSION}; the SSE id is '<run_id>:<seq>'"
+    return schema

@@ -1,0 +1,300 @@
+"""Settings: one YAML file switches every layer.
+
+``load_settings(path)`` reads YAML, expands ``${VAR}`` and ``${VAR:-default}``,
+applies environment overrides (``KIKI__SECTION__KEY=value``, e.g.
+``KIKI__EVENTBUS__PROVIDER=redis``) and validates. Any problem is one
+:class:`~kiki_events.errors.ConfigError` naming the file, the key and the problem,
+raised before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .topics import TOPICS
+
+__all__ = [
+    "EventBusSettings",
+    "HandlerSettings",
+    "LangfuseSettings",
+    "LoggingSettings",
+    "MetricsSettings",
+    "RedisSettings",
+    "RunSettings",
+    "SSESettings",
+    "Settings",
+    "load_settings",
+    "parse_duration",
+]
+
+ENV_PREFIX = "KIKI__"
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def parse_duration(value: object) -> float:
+    """``5``, ``"5s"``, ``"250ms"``, ``"2m"``, ``"1h"``, ``"7d"`` → seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 5s or 250ms, got a boolean")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"expected a duration such as 5s or 250ms, got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RedisSettings(_Section):
+    """Where and how to reach Redis (used when ``eventbus.provider`` is ``redis``)."""
+
+    url: str | None = None
+    """Full URL (``redis://`` or ``rediss://`` for TLS); overrides ``addr``/``db``."""
+    addr: str = "127.0.0.1:6379"
+    username: str | None = None
+    """ACL user."""
+    password: str | None = Field(default=None, repr=False)
+    db: int = Field(default=0, ge=0)
+    tls: bool = False
+    channel_prefix: str = "kiki:"
+    mode: Literal["pubsub", "streams"] = "pubsub"
+
+    @field_validator("password", "username", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class PublishSettings(_Section):
+    enabled: bool = True
+    async_: bool = Field(default=True, alias="async")
+    timeout: Duration = 5.0
+    flush_interval: Duration = 0.002
+    """Longest time an event waits to be batched with others before publishing."""
+    batch_size: int = Field(default=256, ge=1)
+
+
+class SubscribeSettings(_Section):
+    events: tuple[str, ...] = TOPICS[:4] + TOPICS[5:]
+    workers: int = Field(default=4, ge=1, le=256)
+
+    @field_validator("events")
+    @classmethod
+    def _known_topics(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for topic in value:
+            if topic not in TOPICS and not topic.endswith("*"):
+                raise ValueError(f"unknown topic {topic!r}; known topics: {', '.join(TOPICS)}")
+        return value
+
+
+class PersistenceSettings(_Section):
+    enabled: bool = False
+    storage: Literal["redis"] = "redis"
+    retention_days: float = Field(default=7, gt=0)
+
+
+class EventBusSettings(_Section):
+    """The seed's ``eventbus`` section."""
+
+    enabled: bool = True
+    provider: str = "memory"
+    queue_size: int = Field(default=10000, ge=1)
+    """Bound of each subscription's queue."""
+    inbox_size: int = Field(default=65536, ge=1)
+    """Bound of the cross-thread hand-off buffer."""
+    redis: RedisSettings = RedisSettings()
+    publish: PublishSettings = PublishSettings()
+    subscribe: SubscribeSettings = SubscribeSettings()
+    persistence: PersistenceSettings = PersistenceSettings()
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, value: str) -> str:
+        if value in ("memory", "redis"):
+            return value
+        if value in ("pulsar", "kafka", "nats", "rabbitmq"):
+            raise ValueError(f"provider {value!r} is not supported yet (supported: memory, redis)")
+        raise ValueError(f"unknown provider {value!r} (supported: memory, redis)")
+
+
+class SSESettings(_Section):
+    keepalive: Duration = 15.0
+    """Interval of keep-alive comment lines."""
+    retry: Duration = 2.0
+    """Reconnect delay sent to browsers (``retry:``)."""
+    send_timeout: Duration = 30.0
+    """A client that accepts nothing for this long is disconnected."""
+    slow_client: Literal["skip", "disconnect"] = "skip"
+    """A client that falls out of the replay window: skip ahead with a ``lagging`` notice, or disconnect."""
+    max_body_bytes: int = Field(default=262144, ge=1024)
+    cors_origins: tuple[str, ...] = ()
+
+
+class RunSettings(_Section):
+    on_disconnect: Literal["continue", "cancel"] = "continue"
+    replay_events: int = Field(default=20000, ge=16)
+    """Events of one run kept for join and resume."""
+    replay_ttl: Duration = 600.0
+    """How long a finished run stays joinable."""
+    max_runs: int = Field(default=10000, ge=1)
+    """Runs kept (live and finished); the oldest finished are forgotten first."""
+    max_active: int = Field(default=256, ge=1)
+    """Runs executing at once; more get 429."""
+    shutdown_grace: Duration = 10.0
+
+
+class HandlerSettings(_Section):
+    max_payload_chars: int = Field(default=4000, ge=64)
+    """Tool inputs/outputs and custom data longer than this are truncated in events."""
+
+
+class MetricsSettings(_Section):
+    enabled: bool = True
+    path: str = "/metrics"
+
+
+class LangfuseSettings(_Section):
+    enabled: bool = False
+    public_key: str | None = None
+    secret_key: str | None = Field(default=None, repr=False)
+    base_url: str | None = None
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    log_content: bool = False
+    """Log prompt/output text (off by default)."""
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    dashboard: bool = True
+
+
+class Settings(_Section):
+    """The whole configuration."""
+
+    node: str | None = None
+    """Name of this process in events (default: host name and pid)."""
+    eventbus: EventBusSettings = EventBusSettings()
+    sse: SSESettings = SSESettings()
+    runs: RunSettings = RunSettings()
+    handler: HandlerSettings = HandlerSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    langfuse: LangfuseSettings = LangfuseSettings()
+    logging: LoggingSettings = LoggingSettings()
+    server: ServerSettings = ServerSettings()
+    graphs: dict[str, str] = Field(default_factory=dict)
+    """Graph name → reference like ``./agents/research_team.py:graph``."""
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> Settings:
+        """Validate a mapping; raises :class:`ConfigError` naming the key."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, source)) from None
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    problems = []
+    for err in exc.errors(include_url=False):
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+                message += f" (got {err['input']!r})"
+        problems.append(f"{key}: {message}")
+    more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
+    return f"{source}: {problems[0]}{more}"
+
+
+def _expand(value: Any, source: str, path: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{source}: {path}: environment variable {name} is not set (use ${{{name}:-default}})")
+
+        expanded = _VAR.sub(sub, value)
+        if expanded != value and _VAR.fullmatch(value):
+            return yaml.safe_load(expanded) if expanded else None
+        return expanded
+    if isinstance(value, dict):
+        return {k: _expand(v, source, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, source, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not parts:
+            continue
+        target = data
+        for part in parts[:-1]:
+            nxt = target.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"environment {name}: {'.'.join(parts)}: {part} is not a section")
+            target = nxt
+        target[parts[-1]] = yaml.safe_load(raw) if raw else None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load, expand and validate settings from ``path`` (defaults only if ``None``).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or a key is unknown or invalid.
+    """
+    env = os.environ if environ is None else environ
+    source = str(path) if path is not None else "defaults"
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read the file: {exc}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{source}: not valid YAML{where}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+        data = _expand(data, source, "", env)
+    _apply_env(data, env)
+    return Settings.from_mapping(data, source=source)

@@ -1,0 +1,72 @@
+"""Exceptions raised by kiki_events.
+
+Every error the library raises on purpose derives from :class:`KikiEventsError`;
+leaves also inherit the builtin they resemble, so ``except ValueError`` keeps
+working for callers who do not know this library::
+
+    KikiEventsError
+    ├── ConfigError (ValueError)            bad YAML, bad key, bad value
+    ├── MissingDependencyError (ImportError) an optional extra is not installed
+    ├── EventDecodeError (ValueError)       foreign bytes are not a valid StreamEvent
+    ├── BusError (RuntimeError)             bus used outside its lifecycle
+    │   └── SubscriptionOverflowError       a ``disconnect`` subscription fell behind
+    ├── GraphLoadError (ImportError)        ``path.py:attr`` cannot be loaded
+    └── RunError (RuntimeError)
+        ├── RunNotFoundError (LookupError)  unknown (or someone else's) run
+        └── UnknownGraphError (LookupError) no graph registered under that name
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BusError",
+    "ConfigError",
+    "EventDecodeError",
+    "GraphLoadError",
+    "KikiEventsError",
+    "MissingDependencyError",
+    "RunError",
+    "RunNotFoundError",
+    "SubscriptionOverflowError",
+    "UnknownGraphError",
+]
+
+
+class KikiEventsError(Exception):
+    """Root of every exception raised by kiki_events."""
+
+
+class ConfigError(KikiEventsError, ValueError):
+    """The configuration is invalid; the message names the key and the problem."""
+
+
+class MissingDependencyError(KikiEventsError, ImportError):
+    """An optional dependency is missing; the message says what to install."""
+
+
+class EventDecodeError(KikiEventsError, ValueError):
+    """Bytes from outside the process are not a valid StreamEvent."""
+
+
+class BusError(KikiEventsError, RuntimeError):
+    """The event bus was used outside its lifecycle (not started, or closed)."""
+
+
+class SubscriptionOverflowError(BusError):
+    """A subscription with ``overflow="disconnect"`` fell behind and was closed."""
+
+
+class GraphLoadError(KikiEventsError, ImportError):
+    """A graph reference such as ``./agents/team.py:graph`` cannot be loaded."""
+
+
+class RunError(KikiEventsError, RuntimeError):
+    """A run could not be started, found or controlled."""
+
+
+class RunNotFoundError(RunError, LookupError):
+    """No such run is known here (or it belongs to someone else)."""
+
+
+class UnknownGraphError(RunError, LookupError):
+    """No graph is registered under the requested name."""

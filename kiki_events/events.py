@@ -1,0 +1,228 @@
+"""Typed stream events: the envelope, one model per event type, and the union.
+
+Every event is immutable and carries the same envelope:
+
+* ``run_id`` – the root graph run; unguessable.
+* ``seq`` – position in the run: 1, 2, 3 … strictly increasing, no gaps. Order by
+  ``seq``, never by ``ts``. ``seq == 0`` marks a connection-level notice (for
+  example a replay gap) that is not part of the run's sequence.
+* ``id`` – ``f"{run_id}:{seq}"``, globally unique; derived, never sent twice.
+* ``thread_id`` – the conversation (LangGraph's ``thread_id``).
+* ``agent`` – the agent path, subgraphs included, e.g. ``research/researcher``.
+* ``causation_id`` – id of the event or run that caused this one.
+* ``ts`` – Unix time in seconds (millisecond precision).
+* ``node`` – the process that produced the event.
+* ``v`` – wire schema version (:data:`SCHEMA_VERSION`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "EVENT_TYPES",
+    "SCHEMA_VERSION",
+    "AgentLifecycleEvent",
+    "CustomEvent",
+    "DoneEvent",
+    "ErrorEvent",
+    "EventType",
+    "InterruptEvent",
+    "InterruptInfo",
+    "RunStatus",
+    "StatusEvent",
+    "StreamEvent",
+    "TokenEvent",
+    "ToolCallEvent",
+    "ToolResultEvent",
+    "Usage",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the wire schema; decoders reject events with a different ``v``."""
+
+EventType: TypeAlias = Literal[
+    "status",
+    "agent_lifecycle",
+    "token",
+    "tool_call",
+    "tool_result",
+    "custom",
+    "interrupt",
+    "error",
+    "done",
+]
+EVENT_TYPES: tuple[str, ...] = EventType.__args__
+
+RunStatus: TypeAlias = Literal["success", "error", "interrupted", "cancelled"]
+"""Final status of a run, carried by :class:`DoneEvent`."""
+
+
+class _Event(BaseModel):
+    """The envelope shared by every event."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: Annotated[str, Field(min_length=1, max_length=128)]
+    """The root graph run this event belongs to."""
+    seq: Annotated[int, Field(ge=0)]
+    """Position in the run (1, 2, 3 …); 0 for connection-level notices."""
+    ts: float
+    """Unix time in seconds when the event was produced."""
+    thread_id: str | None = None
+    """Conversation the run belongs to."""
+    agent: str | None = None
+    """Agent (graph node) path, e.g. ``research/researcher``."""
+    causation_id: str | None = None
+    """Id of the event or run that caused this one."""
+    node: str | None = None
+    """Name of the process (server node) that produced the event."""
+    v: Literal[1] = 1
+    """Wire schema version (:data:`SCHEMA_VERSION`)."""
+
+    @property
+    def id(self) -> str:
+        """Globally unique event id: ``"<run_id>:<seq>"``."""
+        return f"{self.run_id}:{self.seq}"
+
+
+class StatusEvent(_Event):
+    """Run or stream status.
+
+    ``started`` opens every run (with the graph name). Connection-level notices
+    (``seq == 0``) tell one client something about its stream: ``gap`` (the
+    requested replay point is older than what is kept), ``lagging`` (the client
+    was too slow and events were skipped), ``missed`` (events may have been lost
+    upstream, e.g. while a bridge was disconnected).
+    """
+
+    type: Literal["status"] = "status"
+    status: Literal["started", "gap", "lagging", "missed"]
+    graph: str | None = None
+    """Graph name (on ``started``)."""
+    detail: str | None = None
+    """Human-readable explanation of a notice."""
+    first_seq: int | None = None
+    """On ``gap``/``lagging``: the first seq the client will receive next."""
+
+
+class AgentLifecycleEvent(_Event):
+    """An agent (graph node) started, completed or failed."""
+
+    type: Literal["agent_lifecycle"] = "agent_lifecycle"
+    phase: Literal["started", "completed", "failed"]
+    duration_s: float | None = None
+    """Wall time of the agent step (on ``completed``/``failed``)."""
+    error: str | None = None
+    """Redacted error message (on ``failed``)."""
+
+
+class TokenEvent(_Event):
+    """A text (or reasoning) delta of one LLM message."""
+
+    type: Literal["token"] = "token"
+    message_id: str
+    """Identifies the message within the run; stable across its tokens."""
+    text: str
+    kind: Literal["text", "reasoning"] = "text"
+
+
+class ToolCallEvent(_Event):
+    """A tool call requested by an LLM, streamed as start / args deltas / end.
+
+    ``start`` carries ``name``; ``args`` carries an ``args_delta`` (a fragment of
+    the JSON arguments); ``end`` carries the complete parsed ``args``.
+    """
+
+    type: Literal["tool_call"] = "tool_call"
+    phase: Literal["start", "args", "end"]
+    tool_call_id: str
+    name: str | None = None
+    message_id: str | None = None
+    """The LLM message that requested the call."""
+    args_delta: str | None = None
+    args: dict[str, Any] | None = None
+
+
+class ToolResultEvent(_Event):
+    """The outcome of a tool call: its output or its (redacted) error."""
+
+    type: Literal["tool_result"] = "tool_result"
+    tool_call_id: str
+    name: str | None = None
+    output: str | None = None
+    """Tool output as text, truncated to the configured size."""
+    error: str | None = None
+    """Redacted error message when the tool failed."""
+    truncated: bool | None = None
+
+
+class CustomEvent(_Event):
+    """A user event: ``adispatch_custom_event`` or LangGraph's stream writer."""
+
+    type: Literal["custom"] = "custom"
+    name: str
+    data: Any = None
+
+
+class InterruptInfo(BaseModel):
+    """One human-in-the-loop interrupt."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str | None = None
+    value: Any = None
+
+
+class InterruptEvent(_Event):
+    """The run paused for human input."""
+
+    type: Literal["interrupt"] = "interrupt"
+    interrupts: tuple[InterruptInfo, ...] = ()
+
+
+class ErrorEvent(_Event):
+    """Something failed; ``message`` is redacted and safe to show to a client."""
+
+    type: Literal["error"] = "error"
+    message: str
+    error_type: str
+    """Exception class name, e.g. ``RuntimeError``."""
+
+
+class Usage(BaseModel):
+    """Token usage totals, read from ``on_llm_end``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class DoneEvent(_Event):
+    """The last event of every run, exactly once."""
+
+    type: Literal["done"] = "done"
+    status: RunStatus
+    usage: Usage = Usage()
+    duration_s: float = 0.0
+    trace_id: str | None = None
+    """Tracing id (e.g. Langfuse) of the run, when known."""
+
+
+StreamEvent: TypeAlias = Annotated[
+    StatusEvent
+    | AgentLifecycleEvent
+    | TokenEvent
+    | ToolCallEvent
+    | ToolResultEvent
+    | CustomEvent
+    | InterruptEvent
+    | ErrorEvent
+    | DoneEvent,
+    Field(discriminator="type"),
+]
+"""Any event; ``type`` is the discriminator."""
