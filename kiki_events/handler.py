@@ -230,6 +230,17 @@ class KikiCallbackHandler(GraphCallbackHandler):
             self._send(run, StatusEvent, status="started", graph=self.graph_name)
         self._end_run(run, status, error)
 
+    def _fail_open_nodes(self, root: UUID, error: BaseException) -> None:
+        """Report every still-open node of ``root``'s run as failed, innermost first.
+
+        For sources that do not report node errors (``astream_events``).
+        """
+        run = self._owner.get(root)
+        if run is None:
+            return
+        for node_run in reversed(list(run.nodes)):
+            self.on_chain_error(error, run_id=node_run)
+
     # -- run and node lifecycle ----------------------------------------------------------
     @_guard
     def on_chain_start(

@@ -318,7 +318,8 @@
   }
 
   function receive(type, event, es) {
-    if (!stream || stream.es !== es) return;
+    // Connection failures are plain `error` Events, not frames: onerror handles them.
+    if (!(event instanceof MessageEvent) || !stream || stream.es !== es) return;
     let data;
     try {
       data = JSON.parse(event.data);
@@ -360,8 +361,9 @@
     es.onopen = () => {
       if (stream && stream.es === es) { stream.retries = 0; setConnection("connected"); }
     };
-    es.onerror = () => {
-      if (!stream || stream.es !== es) return;
+    es.onerror = (event) => {
+      // A frame named `error` (our ErrorEvent) also reaches onerror, as a MessageEvent.
+      if (event instanceof MessageEvent || !stream || stream.es !== es) return;
       if (es.readyState === EventSource.CONNECTING) {
         setConnection("reconnecting");  // the browser retries by itself, sending Last-Event-ID
         return;

@@ -1,0 +1,96 @@
+"""kiki_events: one callback handler turns any LangGraph run into typed events.
+
+    from kiki_events import EventBus, KikiCallbackHandler
+
+    async with EventBus() as bus:
+        handler = KikiCallbackHandler(bus)
+        await graph.ainvoke(inputs, config={"callbacks": [handler]})
+
+The HTTP/SSE layer lives in :mod:`kiki_events.server`, test helpers in
+:mod:`kiki_events.testing`.
+"""
+
+from __future__ import annotations
+
+from .astream_events import events_from_astream_events, translate_astream_events
+from .bus import BusStats, EventBus, Overflow, Subscription
+from .codec import decode, decode_sse, encode, event_json_schema, sse_data
+from .config import Settings, load_settings
+from .errors import (
+    BusError,
+    ConfigError,
+    EventDecodeError,
+    GraphLoadError,
+    KikiEventsError,
+    MissingDependencyError,
+    RunError,
+    RunNotFoundError,
+    SubscriptionOverflowError,
+    UnknownGraphError,
+)
+from .events import (
+    SCHEMA_VERSION,
+    AgentLifecycleEvent,
+    CustomEvent,
+    DoneEvent,
+    ErrorEvent,
+    InterruptEvent,
+    InterruptInfo,
+    RunStatus,
+    StatusEvent,
+    StreamEvent,
+    TokenEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    Usage,
+)
+from .handler import KikiCallbackHandler, new_run_id, short_run_id
+from .redaction import redact_error, redact_text
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AgentLifecycleEvent",
+    "BusError",
+    "BusStats",
+    "ConfigError",
+    "CustomEvent",
+    "DoneEvent",
+    "ErrorEvent",
+    "EventBus",
+    "EventDecodeError",
+    "GraphLoadError",
+    "InterruptEvent",
+    "InterruptInfo",
+    "KikiCallbackHandler",
+    "KikiEventsError",
+    "MissingDependencyError",
+    "Overflow",
+    "RunError",
+    "RunNotFoundError",
+    "RunStatus",
+    "Settings",
+    "StatusEvent",
+    "StreamEvent",
+    "Subscription",
+    "SubscriptionOverflowError",
+    "TokenEvent",
+    "ToolCallEvent",
+    "ToolResultEvent",
+    "UnknownGraphError",
+    "Usage",
+    "__version__",
+    "decode",
+    "decode_sse",
+    "encode",
+    "event_json_schema",
+    "events_from_astream_events",
+    "load_settings",
+    "new_run_id",
+    "redact_error",
+    "redact_text",
+    "short_run_id",
+    "sse_data",
+    "translate_astream_events",
+]
