@@ -69,7 +69,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.tools import tool
+from langchain_core.tools import StructuredTool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
@@ -170,8 +170,7 @@ class BenchmarkState(TypedDict):
 # -- tools -----------------------------------------------------------------------
 
 
-@tool
-def web_search(query: str) -> str:
+def _search(query: str) -> str:
     """Search the web and return the top three results for a query.
 
     Args:
@@ -202,8 +201,7 @@ def web_search(query: str) -> str:
     )
 
 
-@tool
-def fetch_page(url: str) -> str:
+def _fetch(url: str) -> str:
     """Download a web page and return its main text.
 
     Args:
@@ -222,6 +220,23 @@ def fetch_page(url: str) -> str:
         "delivery guarantees, replay needs and fan-out before choosing, and "
         "warns that retention settings dominate memory use."
     )
+
+
+async def _search_async(query: str) -> str:
+    return _search(query)
+
+
+async def _fetch_async(url: str) -> str:
+    return _fetch(url)
+
+
+# Each tool has a sync body and a native coroutine: async runs then execute
+# parallel tool calls on the event loop in call order (no worker threads), so a
+# run's event sequence is reproducible, while ``invoke`` still works.
+web_search = StructuredTool.from_function(
+    func=_search, coroutine=_search_async, name="web_search", parse_docstring=True
+)
+fetch_page = StructuredTool.from_function(func=_fetch, coroutine=_fetch_async, name="fetch_page", parse_docstring=True)
 
 
 def _tool_error_message(error: Exception) -> str:

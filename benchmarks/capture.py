@@ -27,9 +27,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import load_demo, median, verdict, write_results  # noqa: E402
-from kiki_events import EventBus, KikiCallbackHandler, StreamEvent  # noqa: E402
-from kiki_events.server.frames import event_frame  # noqa: E402
+from benchmarks._common import load_demo, median, verdict, write_results
+from kiki_events import EventBus, KikiCallbackHandler, StreamEvent
+from kiki_events.server.frames import event_frame
 
 INPUT = {"messages": [{"role": "user", "content": "Write the report."}]}
 
@@ -81,7 +81,11 @@ async def wire_sizes(graph: Any) -> dict[str, float]:
         theirs.append(len(f"event: messages\ndata: {data}\n\n".encode()))
     avg_ours = sum(ours) / len(ours)
     avg_theirs = sum(theirs) / len(theirs)
-    return {"ours_bytes": round(avg_ours, 1), "anchor_bytes": round(avg_theirs, 1), "ratio": round(avg_ours / avg_theirs, 4)}
+    return {
+        "ours_bytes": round(avg_ours, 1),
+        "anchor_bytes": round(avg_theirs, 1),
+        "ratio": round(avg_ours / avg_theirs, 4),
+    }
 
 
 async def main(rounds: int, tokens: int) -> dict[str, Any]:
@@ -132,7 +136,9 @@ def cli() -> None:
         print(f"  {name:<15} {seconds * 1000:8.1f} ms   ({results['items_seen'][name]} items)")
     p1, p1b, p5 = results["P1"], results["P1b"], results["P5"]
     print(f"  P1  kiki / messages        {p1['ratio']:.3f}x  (bar <= {p1['bar']})  {verdict(p1['ratio'], p1['bar'])}")
-    print(f"  P1b kiki / astream_events  {p1b['ratio']:.3f}x  (bar <= {p1b['bar']})  {verdict(p1b['ratio'], p1b['bar'])}")
+    print(
+        f"  P1b kiki / astream_events  {p1b['ratio']:.3f}x  (bar <= {p1b['bar']})  {verdict(p1b['ratio'], p1b['bar'])}"
+    )
     print(
         f"  P5  token frame {p5['ours_bytes']} B vs {p5['anchor_bytes']} B = {p5['ratio']:.3f}x"
         f"  (bar <= {p5['bar']})  {verdict(p5['ratio'], p5['bar'])}"

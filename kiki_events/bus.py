@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, get_args
 
 from .errors import BusError, SubscriptionOverflowError
 from .events import StreamEvent
@@ -35,7 +35,7 @@ Overflow: TypeAlias = Literal["drop_oldest", "drop_newest", "disconnect"]
 EventHandler: TypeAlias = Callable[[StreamEvent], Awaitable[object] | object]
 Sink: TypeAlias = Callable[[StreamEvent], object]
 
-_OVERFLOWS: tuple[str, ...] = Overflow.__args__
+_OVERFLOWS: tuple[str, ...] = get_args(Overflow)
 
 
 @dataclass

@@ -34,7 +34,7 @@ DEFAULT_MAX_EVENT_BYTES = 1 << 20
 """Largest encoded event :func:`decode` accepts unless told otherwise (1 MiB)."""
 
 _ADAPTER: TypeAdapter[StreamEvent] = TypeAdapter(StreamEvent)
-_SSE_EXCLUDE = frozenset({"type", "run_id", "seq"})
+_SSE_EXCLUDE: set[str] = {"type", "run_id", "seq"}
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -82,7 +82,7 @@ def sse_data(event: StreamEvent) -> bytes:
     """The ``data:`` payload of ``event``'s SSE frame (see the module docstring)."""
     if type(event) is TokenEvent:
         # The hot path: one frame per token, so build it by hand.
-        fields: dict[str, Any] = {"ts": event.ts, "message_id": event.message_id, "text": event.text}
+        fields: dict[str, Any] = {"ts": round(event.ts, 3), "message_id": event.message_id, "text": event.text}
         if event.agent is not None:
             fields["agent"] = event.agent
         if event.kind != "text":

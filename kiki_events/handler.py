@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 from langchain_core.messages import BaseMessage
-from langchain_core.outputs import LLMResult
+from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 from langgraph.callbacks import GraphCallbackHandler, GraphInterruptEvent
 
 from .events import (
@@ -36,10 +36,10 @@ from .events import (
     RunStatus,
     StatusEvent,
     StreamEvent,
-    TokenEvent,
     ToolCallEvent,
     ToolResultEvent,
     Usage,
+    trusted_token,
 )
 from .redaction import redact_error
 
@@ -142,7 +142,9 @@ def _guard(method: Callable[..., None]) -> Callable[..., None]:
         except Exception:
             self.errors += 1
             if self.errors == 1 or self.errors % 1000 == 0:
-                logger.exception("KikiCallbackHandler.%s failed (%d so far); the run continues", method.__name__, self.errors)
+                logger.exception(
+                    "KikiCallbackHandler.%s failed (%d so far); the run continues", method.__name__, self.errors
+                )
 
     guarded.__name__ = method.__name__
     guarded.__doc__ = method.__doc__
@@ -199,6 +201,7 @@ class KikiCallbackHandler(GraphCallbackHandler):
         """Events the sink refused (full queue or bus not running)."""
         self._runs: dict[str, _Run] = {}
         self._owner: dict[UUID, _Run] = {}
+        self._llm_calls: dict[UUID, _LLMCall] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
 
     # -- pass-through taps: their presence makes chat models stream on invoke() --
@@ -366,32 +369,49 @@ class KikiCallbackHandler(GraphCallbackHandler):
             return
         self._adopt(run, run_id)
         silent = bool(tags) and (_NOSTREAM in tags or _HIDDEN in tags)  # type: ignore[operator]
-        run.llm_calls[run_id] = _LLMCall(run, _agent_path(metadata), f"m{next(run.messages)}", silent)
+        call = _LLMCall(run, _agent_path(metadata), f"m{next(run.messages)}", silent)
+        run.llm_calls[run_id] = call
+        self._llm_calls[run_id] = call
 
-    @_guard
-    def on_llm_new_token(self, token: str, *, chunk: Any = None, run_id: UUID, **kwargs: Any) -> None:
-        call = self._owner_llm(run_id)
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        **kwargs: Any,
+    ) -> None:
+        # The hot path (once per token): no decorator, one lookup, no I/O.
+        call = self._llm_calls.get(run_id)
         if call is None or call.silent:
             return
-        message = getattr(chunk, "message", None)
-        if message is None:
-            if token:
-                self._token(call, token, "text")
-            return
-        content = message.content
-        if isinstance(content, str):
-            if content:
-                self._token(call, content, "text")
-        else:
-            for block in content:
-                self._content_block(call, block)
-        reasoning = message.additional_kwargs.get("reasoning_content") if message.additional_kwargs else None
-        if isinstance(reasoning, str) and reasoning:
-            self._token(call, reasoning, "reasoning")
-        chunks = getattr(message, "tool_call_chunks", None)
-        if chunks:
-            for piece in chunks:
-                self._tool_call_chunk(call, piece)
+        try:
+            message = getattr(chunk, "message", None)
+            if message is None:
+                if isinstance(token, str) and token:
+                    self._token(call, token, "text")
+                return
+            content = message.content
+            if content.__class__ is str:
+                if content:
+                    self._token(call, content, "text")
+            else:
+                for block in content:
+                    self._content_block(call, block)
+            if message.additional_kwargs:
+                reasoning = message.additional_kwargs.get("reasoning_content")
+                if isinstance(reasoning, str) and reasoning:
+                    self._token(call, reasoning, "reasoning")
+            chunks = getattr(message, "tool_call_chunks", None)
+            if chunks:
+                for piece in chunks:
+                    self._tool_call_chunk(call, piece)
+        except Exception:
+            self.errors += 1
+            if self.errors == 1 or self.errors % 1000 == 0:
+                logger.exception(
+                    "KikiCallbackHandler.on_llm_new_token failed (%d so far); the run continues", self.errors
+                )
 
     def _content_block(self, call: _LLMCall, block: Any) -> None:
         if isinstance(block, str):
@@ -411,17 +431,17 @@ class KikiCallbackHandler(GraphCallbackHandler):
     def _token(self, call: _LLMCall, text: str, kind: str) -> None:
         call.tokens += 1
         run = call.run
-        event = TokenEvent.model_construct(
-            run_id=run.run_id,
-            seq=next(run.seq),
-            ts=_now(),
-            thread_id=run.thread_id,
-            agent=call.agent,
-            causation_id=run.causation_id,
-            node=self.node,
-            message_id=call.message_id,
-            text=text,
-            kind=kind,
+        event = trusted_token(
+            run.run_id,
+            next(run.seq),
+            time.time(),
+            run.thread_id,
+            call.agent,
+            run.causation_id,
+            self.node,
+            call.message_id,
+            text,
+            kind,  # type: ignore[arg-type]
         )
         if self._emit(event) is False:
             self.dropped += 1
@@ -447,7 +467,12 @@ class KikiCallbackHandler(GraphCallbackHandler):
         if args:
             state.args.append(args)
             self._send(
-                call.run, ToolCallEvent, agent=call.agent, phase="args", tool_call_id=state.tool_call_id, args_delta=args
+                call.run,
+                ToolCallEvent,
+                agent=call.agent,
+                phase="args",
+                tool_call_id=state.tool_call_id,
+                args_delta=args,
             )
 
     @_guard
@@ -457,7 +482,6 @@ class KikiCallbackHandler(GraphCallbackHandler):
             return
         run = call.run
         self._release(run, run_id)
-        run.llm_calls.pop(run_id, None)
         message = _final_message(response)
         usage = getattr(message, "usage_metadata", None) if message is not None else None
         if usage:
@@ -489,23 +513,38 @@ class KikiCallbackHandler(GraphCallbackHandler):
         for state in streamed.values():
             self._close_tool_call(call, state, _parse_args("".join(state.args)))
 
-    def _announce_tool_call(self, call: _LLMCall, tool_call_id: str | None, name: str, args: dict[str, Any]) -> _ToolCall:
+    def _announce_tool_call(
+        self, call: _LLMCall, tool_call_id: str | None, name: str, args: dict[str, Any]
+    ) -> _ToolCall:
         state = _ToolCall(tool_call_id or f"{call.message_id}.{len(call.tool_calls)}", name)
         call.tool_calls[state.tool_call_id] = state
         run = call.run
         self._send(
-            run, ToolCallEvent, agent=call.agent, phase="start", tool_call_id=state.tool_call_id, name=name,
+            run,
+            ToolCallEvent,
+            agent=call.agent,
+            phase="start",
+            tool_call_id=state.tool_call_id,
+            name=name,
             message_id=call.message_id,
         )
         delta = json.dumps(args, ensure_ascii=False, default=str)
-        self._send(run, ToolCallEvent, agent=call.agent, phase="args", tool_call_id=state.tool_call_id, args_delta=delta)
+        self._send(
+            run, ToolCallEvent, agent=call.agent, phase="args", tool_call_id=state.tool_call_id, args_delta=delta
+        )
         return state
 
     def _close_tool_call(self, call: _LLMCall, state: _ToolCall, args: dict[str, Any]) -> None:
         run = call.run
         self._send(
-            run, ToolCallEvent, agent=call.agent, phase="end", tool_call_id=state.tool_call_id, name=state.name,
-            message_id=call.message_id, args=self._jsonable(args),
+            run,
+            ToolCallEvent,
+            agent=call.agent,
+            phase="end",
+            tool_call_id=state.tool_call_id,
+            name=state.name,
+            message_id=call.message_id,
+            args=self._jsonable(args),
         )
         run.pending_tool_calls.append((state.tool_call_id, state.name, _canonical(args)))
         if len(run.pending_tool_calls) > 256:
@@ -516,7 +555,6 @@ class KikiCallbackHandler(GraphCallbackHandler):
         call = self._owner_llm(run_id)
         if call is not None:
             self._release(call.run, run_id)
-            call.run.llm_calls.pop(run_id, None)
 
     # -- tools ---------------------------------------------------------------------------------------
     @_guard
@@ -570,12 +608,22 @@ class KikiCallbackHandler(GraphCallbackHandler):
         text, truncated = self._payload(content)
         if getattr(output, "status", None) == "error":
             self._send(
-                run, ToolResultEvent, agent=agent, tool_call_id=tool_call_id, name=name, error=text,
+                run,
+                ToolResultEvent,
+                agent=agent,
+                tool_call_id=tool_call_id,
+                name=name,
+                error=text,
                 truncated=truncated or None,
             )
         else:
             self._send(
-                run, ToolResultEvent, agent=agent, tool_call_id=tool_call_id, name=name, output=text,
+                run,
+                ToolResultEvent,
+                agent=agent,
+                tool_call_id=tool_call_id,
+                name=name,
+                output=text,
                 truncated=truncated or None,
             )
 
@@ -626,13 +674,17 @@ class KikiCallbackHandler(GraphCallbackHandler):
     def _end_run(self, run: _Run, status: RunStatus, error: BaseException | None = None) -> None:
         for member in run.members:
             self._owner.pop(member, None)
+        for member in run.llm_calls:
+            self._llm_calls.pop(member, None)
         self._runs.pop(run.run_id, None)
         self._finished[run.run_id] = None
         if len(self._finished) > _FINISHED_MEMORY:
             self._finished.popitem(last=False)
         if error is not None and not run.error_sent:
             run.error_sent = True
-            self._send(run, ErrorEvent, agent=run.failed_agent, message=redact_error(error), error_type=type(error).__name__)
+            self._send(
+                run, ErrorEvent, agent=run.failed_agent, message=redact_error(error), error_type=type(error).__name__
+            )
         usage = Usage(input_tokens=run.input_tokens, output_tokens=run.output_tokens, total_tokens=run.total_tokens)
         duration = round(time.monotonic() - run.started, 6)
         self._send(run, DoneEvent, status=status, usage=usage, duration_s=duration)
@@ -644,13 +696,14 @@ class KikiCallbackHandler(GraphCallbackHandler):
     def _release(self, run: _Run, run_id: UUID) -> None:
         run.members.discard(run_id)
         self._owner.pop(run_id, None)
+        if run.llm_calls.pop(run_id, None) is not None:
+            self._llm_calls.pop(run_id, None)
 
     def _owner_llm(self, run_id: UUID) -> _LLMCall | None:
-        run = self._owner.get(run_id)
-        return run.llm_calls.get(run_id) if run is not None else None
+        return self._llm_calls.get(run_id)
 
     def _send(self, run: _Run, kind: type[StreamEvent], **fields: Any) -> None:
-        event = kind(  # type: ignore[operator]
+        event = kind(
             run_id=run.run_id,
             seq=next(run.seq),
             ts=_now(),

@@ -80,9 +80,9 @@ class CapturedEvents(list[StreamEvent]):
             if [e.type for e in events].count("done") != 1 or events[-1].type != "done":
                 raise AssertionError(f"run {run_id}: expected exactly one done, last")
             for call_id, call in events.tool_calls().items():
-                if call.get("args") is not None and call["args_text"]:
-                    if json.loads(call["args_text"]) != call["args"]:
-                        raise AssertionError(f"tool call {call_id}: streamed args differ from final args")
+                streamed = call["args_text"]
+                if call.get("args") is not None and streamed and json.loads(streamed) != call["args"]:
+                    raise AssertionError(f"tool call {call_id}: streamed args differ from final args")
 
 
 async def capture_run(

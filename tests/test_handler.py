@@ -90,7 +90,9 @@ class FanState(TypedDict):
 
 
 def _echo_model(scripted: ModuleType, **options: Any) -> Any:
-    return scripted.ScriptedChatModel(script=lambda messages: AIMessage(content=f"echo {messages[-1].content}"), **options)
+    return scripted.ScriptedChatModel(
+        script=lambda messages: AIMessage(content=f"echo {messages[-1].content}"), **options
+    )
 
 
 async def test_parallel_send_branches_are_named_by_node_with_separate_messages(scripted: ModuleType) -> None:
