@@ -101,14 +101,20 @@ def _replay(handler: KikiCallbackHandler, record: Mapping[str, Any], run_id: UUI
     metadata = dict(record.get("metadata") or {})
     name = record.get("name")
     if kind == "on_chain_start":
-        handler.on_chain_start(None, data.get("input"), run_id=run_id, parent_run_id=parent, tags=tags,
-                               metadata=metadata, name=name)
+        handler.on_chain_start(
+            None, data.get("input"), run_id=run_id, parent_run_id=parent, tags=tags, metadata=metadata, name=name
+        )
     elif kind == "on_chain_stream":
         chunk = data.get("chunk")
         if parent is None and isinstance(chunk, Mapping) and chunk.get("__interrupt__"):
             handler.on_interrupt(
-                GraphInterruptEvent(run_id=run_id, status="interrupt_after", checkpoint_id="", checkpoint_ns=(),
-                                    interrupts=tuple(chunk["__interrupt__"]))
+                GraphInterruptEvent(
+                    run_id=run_id,
+                    status="interrupt_after",
+                    checkpoint_id="",
+                    checkpoint_ns=(),
+                    interrupts=tuple(chunk["__interrupt__"]),
+                )
             )
     elif kind == "on_chain_end":
         handler.on_chain_end(data.get("output"), run_id=run_id)
@@ -124,8 +130,16 @@ def _replay(handler: KikiCallbackHandler, record: Mapping[str, Any], run_id: UUI
         handler.on_llm_end(LLMResult(generations=generations), run_id=run_id)
     elif kind == "on_tool_start":
         raw = data.get("input")
-        handler.on_tool_start(None, "", run_id=run_id, parent_run_id=parent, tags=tags, metadata=metadata,
-                              inputs=raw if isinstance(raw, dict) else None, name=name)
+        handler.on_tool_start(
+            None,
+            "",
+            run_id=run_id,
+            parent_run_id=parent,
+            tags=tags,
+            metadata=metadata,
+            inputs=raw if isinstance(raw, dict) else None,
+            name=name,
+        )
     elif kind == "on_tool_end":
         handler.on_tool_end(data.get("output"), run_id=run_id)
     elif kind == "on_tool_error":

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, get_args
 
 from .errors import BusError, SubscriptionOverflowError
-from .events import StreamEvent
+from .events import EVENT_TYPES, StreamEvent
 from .topics import topic_matches, topic_of
 
 __all__ = ["BusStats", "EventBus", "EventHandler", "Overflow", "Subscription"]
@@ -245,7 +245,7 @@ class EventBus:
         self._all: list[Subscription] = []
         self._by_run: dict[str, list[Subscription]] = {}
         self._by_thread: dict[str, list[Subscription]] = {}
-        self._by_topic: list[tuple[str, Subscription]] = []
+        self._by_topic: list[tuple[tuple[str, ...], Subscription]] = []
         self._subscriptions: set[Subscription] = set()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -297,6 +297,8 @@ class EventBus:
             self.stats.drop("not_running")
             return False
         if threading.get_ident() == self._loop_thread:
+            if self._inbox:  # keep cross-thread events ahead of later ones
+                self._drain_inbox()
             self._dispatch(event)
             return True
         inbox = self._inbox
@@ -343,8 +345,9 @@ class EventBus:
         if self._by_topic:
             topic = topic_of(event)
             if topic is not None:
-                for pattern, sub in self._by_topic:
-                    if topic_matches(pattern, topic):
+                for patterns, sub in self._by_topic:
+                    # One offer per subscription, however many of its patterns match.
+                    if any(topic_matches(p, topic) for p in patterns):
                         sub._offer(event)
 
     async def emit_and_wait(self, event: StreamEvent) -> None:
@@ -374,7 +377,7 @@ class EventBus:
         topics: str | Iterable[str] | None = None,
         run_id: str | None = None,
         thread_id: str | None = None,
-        types: Iterable[str] | None = None,
+        types: str | Iterable[str] | None = None,
         maxsize: int | None = None,
         overflow: Overflow = "drop_oldest",
         name: str | None = None,
@@ -405,6 +408,12 @@ class EventBus:
             patterns = [topics] if isinstance(topics, str) else list(topics)
             if not patterns or not all(isinstance(p, str) and p for p in patterns):
                 raise ValueError("topics must be one or more non-empty topic names or patterns")
+        kinds: frozenset[str] | None = None
+        if types is not None:
+            kinds = frozenset([types] if isinstance(types, str) else types)
+            unknown = sorted(map(str, kinds - set(EVENT_TYPES)))
+            if unknown:
+                raise ValueError(f"types: unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
         key: tuple[str, str]
         if run_id is not None:
             key = ("run", run_id)
@@ -417,7 +426,7 @@ class EventBus:
         sub = Subscription(
             self,
             key=key,
-            types=frozenset(types) if types is not None else None,
+            types=kinds,
             maxsize=size,
             overflow=overflow,
             handler=handler,
@@ -428,7 +437,7 @@ class EventBus:
         elif key[0] == "thread":
             self._by_thread.setdefault(key[1], []).append(sub)
         elif key[0] == "topic":
-            self._by_topic.extend((p, sub) for p in patterns)
+            self._by_topic.append((tuple(patterns), sub))
         else:
             self._all.append(sub)
         self._subscriptions.add(sub)
@@ -459,20 +468,21 @@ class EventBus:
         return bool(self._by_run.get(run_id))
 
     def _remove(self, sub: Subscription) -> None:
+        # Copy on write: a subscription can close itself (overflow "disconnect") while
+        # _dispatch iterates these lists; mutating them in place would skip the next one.
         self._subscriptions.discard(sub)
         kind, value = sub.key
         if kind == "run" or kind == "thread":
             index = self._by_run if kind == "run" else self._by_thread
-            subs = index.get(value)
-            if subs is not None:
-                if sub in subs:
-                    subs.remove(sub)
-                if not subs:
-                    del index[value]
+            subs = [s for s in index.get(value, ()) if s is not sub]
+            if subs:
+                index[value] = subs
+            else:
+                index.pop(value, None)
         elif kind == "topic":
             self._by_topic = [(p, s) for p, s in self._by_topic if s is not sub]
-        elif sub in self._all:
-            self._all.remove(sub)
+        else:
+            self._all = [s for s in self._all if s is not sub]
 
     def _require_running(self) -> None:
         if self._state != "running":

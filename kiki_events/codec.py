@@ -52,6 +52,10 @@ def decode(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> St
     """
     if len(data) > max_bytes:
         raise EventDecodeError(f"event is {len(data)} bytes, larger than the limit of {max_bytes}")
+    return _validate(data)
+
+
+def _validate(data: bytes | str) -> StreamEvent:
     try:
         return _ADAPTER.validate_json(data)
     except ValidationError as exc:
@@ -61,6 +65,8 @@ def decode(data: bytes | str, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> St
 def _explain(exc: ValidationError, data: bytes | str) -> str:
     try:
         raw = json.loads(data)
+    except RecursionError:
+        return "event is nested too deeply"
     except ValueError:
         return "event is not valid JSON"
     if not isinstance(raw, dict):
@@ -91,31 +97,47 @@ def sse_data(event: StreamEvent) -> bytes:
     return type(event).__pydantic_serializer__.to_json(event, exclude_none=True, exclude=_SSE_EXCLUDE)
 
 
-def decode_sse(event_id: str, event_type: str, data: bytes | str) -> StreamEvent:
+def decode_sse(
+    event_id: str, event_type: str, data: bytes | str, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> StreamEvent:
     """Rebuild an event from an SSE frame's ``id``, ``event`` and ``data`` lines.
 
     Frames without an ``id`` (connection-level notices) pass ``event_id=""``.
+
+    Raises:
+        EventDecodeError: as :func:`decode`, or the ``id`` is not ``<run_id>:<seq>``.
     """
+    if len(data) > max_bytes:
+        raise EventDecodeError(f"SSE data is {len(data)} bytes, larger than the limit of {max_bytes}")
     try:
         fields = json.loads(data)
+    except RecursionError:
+        raise EventDecodeError("SSE data is nested too deeply") from None
     except ValueError:
         raise EventDecodeError("SSE data is not valid JSON") from None
     if not isinstance(fields, dict):
         raise EventDecodeError("SSE data must be a JSON object")
     run_id, sep, seq = event_id.rpartition(":")
-    if event_id and (not sep or not seq.isdigit()):
+    # isdigit() alone accepts "²" or "٣", which int() rejects; a seq fits in 64 bits.
+    if event_id and (not sep or not seq.isascii() or not seq.isdigit() or len(seq) > 19):
         raise EventDecodeError(f"SSE id {event_id!r} is not of the form '<run_id>:<seq>'")
     fields["type"] = event_type
     if event_id:
         fields["run_id"], fields["seq"] = run_id, int(seq)
     else:
         fields.setdefault("seq", 0)
-    return decode(json.dumps(fields))
+    # Already size-checked; re-encoding may escape non-ASCII text and grow it.
+    return _validate(json.dumps(fields))
 
 
 def event_json_schema() -> dict[str, Any]:
     """JSON Schema of the :data:`StreamEvent` union (as printed by ``kiki-events schema``)."""
     schema = _ADAPTER.json_schema()
+    # ``type`` has a default in the models, but decode() needs it to pick the model.
+    for ref in schema["discriminator"]["mapping"].values():
+        required = schema["$defs"][ref.rsplit("/", 1)[-1]].setdefault("required", [])
+        if "type" not in required:
+            required.append("type")
     schema["title"] = "StreamEvent"
     schema["$comment"] = f"kiki_events wire schema v{SCHEMA_VERSION}; the SSE id is '<run_id>:<seq>'"
     return schema

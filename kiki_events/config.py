@@ -9,6 +9,7 @@ raised before anything starts.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -39,6 +40,11 @@ ENV_PREFIX = "KIKI__"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+_SECRET_KEYS = frozenset({"password", "secret_key"})
+"""Keys whose invalid values are never quoted back in an error message."""
+_MAX_VALUES = 10_000
+"""Values a settings document may hold once YAML aliases are followed."""
+_MAX_DEPTH = 32
 
 
 def parse_duration(value: object) -> float:
@@ -51,6 +57,8 @@ def parse_duration(value: object) -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
     else:
         raise ValueError(f"expected a duration such as 5s or 250ms, got {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"a duration must be a finite number of seconds, got {value!r}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
@@ -224,7 +232,8 @@ def _describe(exc: ValidationError, source: str) -> str:
             message = "unknown key"
         else:
             message = err["msg"].removeprefix("Value error, ")
-            if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            secret = bool(err["loc"]) and err["loc"][-1] in _SECRET_KEYS
+            if "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict) and not secret:
                 message += f" (got {err['input']!r})"
         problems.append(f"{key}: {message}")
     more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
@@ -244,13 +253,47 @@ def _expand(value: Any, source: str, path: str, env: Mapping[str, str]) -> Any:
 
         expanded = _VAR.sub(sub, value)
         if expanded != value and _VAR.fullmatch(value):
-            return yaml.safe_load(expanded) if expanded else None
+            return _env_value(expanded)
         return expanded
     if isinstance(value, dict):
         return {k: _expand(v, source, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
     if isinstance(value, list):
         return [_expand(v, source, f"{path}[{i}]", env) for i, v in enumerate(value)]
     return value
+
+
+def _env_value(raw: str) -> Any:
+    """An environment value as settings data.
+
+    Text stays text (pydantic turns ``"9001"`` into an int or ``"true"`` into a bool
+    where the key wants one), so a password such as ``123456``, ``0x1F`` or ``#x!``
+    arrives unchanged; only a YAML flow collection (``[a, b]``, ``{k: v}``) is parsed.
+    """
+    if not raw:
+        return None
+    if raw.lstrip()[:1] in ("[", "{"):
+        try:
+            return yaml.safe_load(raw)
+        except (yaml.YAMLError, RecursionError):
+            return raw
+    return raw
+
+
+def _check_shape(data: Any, source: str) -> None:
+    """Refuse documents that would take forever to expand (YAML alias bombs) or recurse."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > _MAX_VALUES:
+            raise ConfigError(f"{source}: too many values (more than {_MAX_VALUES}, counting YAML aliases)")
+        if depth > _MAX_DEPTH:
+            raise ConfigError(f"{source}: nested more than {_MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
@@ -266,7 +309,7 @@ def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             if not isinstance(nxt, dict):
                 raise ConfigError(f"environment {name}: {'.'.join(parts)}: {part} is not a section")
             target = nxt
-        target[parts[-1]] = yaml.safe_load(raw) if raw else None
+        target[parts[-1]] = _env_value(raw)
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
@@ -287,14 +330,20 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, environ: Mappin
             raise ConfigError(f"{source}: cannot read the file: {exc}") from None
         try:
             data = yaml.safe_load(text)
+        except RecursionError:
+            raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             raise ConfigError(f"{source}: not valid YAML{where}") from None
+        except Exception as exc:  # PyYAML's constructors raise plain errors for e.g. "!!int abc"
+            raise ConfigError(f"{source}: not valid YAML: {type(exc).__name__} while reading a tagged value") from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+        _check_shape(data, source)
         data = _expand(data, source, "", env)
     _apply_env(data, env)
+    _check_shape(data, source)
     return Settings.from_mapping(data, source=source)

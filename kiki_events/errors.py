@@ -13,7 +13,8 @@ working for callers who do not know this library::
     ├── GraphLoadError (ImportError)        ``path.py:attr`` cannot be loaded
     └── RunError (RuntimeError)
         ├── RunNotFoundError (LookupError)  unknown (or someone else's) run
-        └── UnknownGraphError (LookupError) no graph registered under that name
+        ├── UnknownGraphError (LookupError) no graph registered under that name
+        └── RunLimitError                   too many runs executing at once
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "KikiEventsError",
     "MissingDependencyError",
     "RunError",
+    "RunLimitError",
     "RunNotFoundError",
     "SubscriptionOverflowError",
     "UnknownGraphError",
@@ -70,3 +72,7 @@ class RunNotFoundError(RunError, LookupError):
 
 class UnknownGraphError(RunError, LookupError):
     """No graph is registered under the requested name."""
+
+
+class RunLimitError(RunError):
+    """Too many runs are executing at once (``runs.max_active``); try again later."""

@@ -63,7 +63,8 @@ RunStatus: TypeAlias = Literal["success", "error", "interrupted", "cancelled"]
 class _Event(BaseModel):
     """The envelope shared by every event."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN/Infinity would encode as ``null`` and then fail to decode.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     run_id: Annotated[str, Field(min_length=1, max_length=128)]
     """The root graph run this event belongs to."""

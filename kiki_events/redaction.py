@@ -15,16 +15,20 @@ MASK = "***"
 _PATTERNS = (
     # Authorization: Bearer xyz / Basic xyz
     re.compile(r"(?i)\b(bearer|basic)(\s+)([A-Za-z0-9._~+/=-]{6,})"),
-    # key=value / key: value pairs whose key names a secret
+    # key=value / key: value pairs whose key names a secret; a quoted value is masked up
+    # to its closing quote (spaces included). "tokens: 42" and "author: x" are not secrets.
     re.compile(
-        r"(?i)\b((?:[a-z0-9_-]*?)(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"
-        r"private[_-]?key|credential|auth|session[_-]?id|cookie)[a-z0-9_-]*)(\s*[=:]\s*|\"\s*:\s*\"|'\s*:\s*')"
-        r"([^\s,;&\"'}]+)"
+        r"(?i)\b((?:[a-z0-9_-]*?)(?:password|passwd|pwd|secret|token(?!s)|api[_-]?key|apikey|access[_-]?key|"
+        r"private[_-]?key|credential|auth(?!ors?\b|orit)|session[_-]?id|cookie)[a-z0-9_-]*)"
+        r"([\"']?\s*[=:]\s*(?P<quote>[\"'])?)"
+        r"((?(quote)(?:(?!(?P=quote))[^\n])+|[^\s,;&\"'}]+))"
     ),
     # scheme://user:password@host
     re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]*)(:)([^/\s@]+)(?=@)"),
     # well-known key shapes (OpenAI/Anthropic/Langfuse/GitHub/AWS)
-    re.compile(r"()()\b((?:sk|pk|rk)-[A-Za-z0-9_-]{8,}|(?:sk|pk)-lf-[A-Za-z0-9-]{8,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})"),
+    re.compile(
+        r"()()\b((?:sk|pk|rk)-[A-Za-z0-9_-]{8,}|(?:sk|pk)-lf-[A-Za-z0-9-]{8,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16})"
+    ),
 )
 _MAX_MESSAGE = 500
 _URL_PASSWORD = _PATTERNS[2]
@@ -47,6 +51,6 @@ def redact_error(error: BaseException, *, max_chars: int = _MAX_MESSAGE) -> str:
     message = " ".join(str(error).split())
     message = redact_text(message)
     if len(message) > max_chars:
-        message = message[: max_chars - 1] + "…"
+        message = message[: max(max_chars - 1, 0)] + "…"
     name = type(error).__name__
     return f"{name}: {message}" if message else name

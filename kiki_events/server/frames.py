@@ -19,12 +19,9 @@ from __future__ import annotations
 
 from ..codec import encode, sse_data
 from ..events import AgentLifecycleEvent, ErrorEvent, StatusEvent, StreamEvent, ToolResultEvent
-from .redact import redact
+from ..redaction import redact_text
 
-__all__ = ["KEEPALIVE", "event_frame", "notice_frame", "retry_frame"]
-
-KEEPALIVE = b": ping\n\n"
-"""A comment frame; every SSE client ignores it, proxies see traffic."""
+__all__ = ["event_frame", "notice_frame", "retry_frame"]
 
 
 def event_frame(event: StreamEvent) -> bytes:
@@ -35,11 +32,21 @@ def event_frame(event: StreamEvent) -> bytes:
     # Defence in depth: whatever produced an error text, secrets in it never
     # reach a browser. Error events are rare, so this costs nothing per token.
     if kind is ErrorEvent:
-        event = event.model_copy(update={"message": redact(event.message)})  # type: ignore[union-attr]
+        event = event.model_copy(update={"message": redact_text(event.message)})  # type: ignore[union-attr]
     elif (kind is AgentLifecycleEvent or kind is ToolResultEvent) and event.error is not None:  # type: ignore[union-attr]
-        event = event.model_copy(update={"error": redact(event.error)})  # type: ignore[union-attr]
+        event = event.model_copy(update={"error": redact_text(event.error)})  # type: ignore[union-attr]
     return b"".join(
-        (b"id: ", event.run_id.encode(), b":", str(event.seq).encode(), b"\nevent: ", event.type.encode(), b"\ndata: ", sse_data(event), b"\n\n")
+        (
+            b"id: ",
+            event.run_id.encode(),
+            b":",
+            str(event.seq).encode(),
+            b"\nevent: ",
+            event.type.encode(),
+            b"\ndata: ",
+            sse_data(event),
+            b"\n\n",
+        )
     )
 
 

@@ -24,7 +24,7 @@
 
   function newState(runId) {
     return {
-      runId, threadId: null, graph: null, lastSeq: 0, status: "idle", connection: "idle",
+      runId, threadId: null, graph: null, lastSeq: 0, status: "idle", connection: "idle", reconnects: 0,
       agents: {}, toolCalls: {}, duplicates: 0, notices: [], warnings: [],
       errors: [], interrupts: [], custom: [], usage: null, durationS: null,
     };
@@ -55,6 +55,7 @@
   }
 
   function setConnection(name) {
+    if (name === "reconnecting" && state.connection !== "reconnecting") state.reconnects += 1;
     state.connection = name;
     const labels = { connecting: "connecting…", connected: "connected", reconnecting: "reconnecting…",
       closed: "stream closed", disconnected: "disconnected", idle: "not connected" };
@@ -139,7 +140,7 @@
     const agent = state.agents[name];
     agent.state = lifecycle;
     entry.root.dataset.state = lifecycle;
-    entry.indicator.textContent = { completed: "✓", failed: "✗", stopped: "■" }[lifecycle] || "";
+    entry.indicator.textContent = { completed: "✓", failed: "✗", stopped: "■", paused: "⏸" }[lifecycle] || "";
     const parts = [];
     if (agent.steps > 1) parts.push(`${agent.steps} steps`);
     if (lifecycle !== "running" && agent.durationS) parts.push(seconds(agent.durationS));
@@ -218,7 +219,7 @@
         agent.durationS += d.duration_s || 0;
         if (d.phase === "failed") {
           agent.error = d.error || "failed";
-          feedItem(name, "error", "Agent failed", d.error);
+          entry.failure = feedItem(name, "error", `Failed: ${agent.error}`);
         }
         setLaneState(name, entry, d.phase);
       }
@@ -291,7 +292,12 @@
 
     error(d) {
       state.errors.push({ message: d.message, error_type: d.error_type, agent: d.agent || null });
-      feedItem(d.agent, "error", `${d.error_type || "Error"}: ${d.message}`);
+      const failure = d.agent && lane(d.agent).failure;
+      if (failure && state.agents[d.agent].error === d.message) {
+        failure.firstChild.textContent = `${d.error_type || "Error"}: ${d.message}`;  // same failure, shown once
+      } else {
+        feedItem(d.agent, "error", `${d.error_type || "Error"}: ${d.message}`);
+      }
     },
 
     done(d) {
@@ -301,7 +307,9 @@
       ui.usage.textContent = `${u.input_tokens ?? 0} in · ${u.output_tokens ?? 0} out · `
         + `${u.total_tokens ?? 0} tokens · ${seconds(d.duration_s || 0)}`;
       for (const [name, entry] of view.lanes) {
-        if (state.agents[name].state === "running") setLaneState(name, entry, "stopped");
+        if (state.agents[name].state === "running") {
+          setLaneState(name, entry, d.status === "interrupted" ? "paused" : "stopped");
+        }
       }
       finish();
       setStatus(d.status);

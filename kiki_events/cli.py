@@ -1,0 +1,121 @@
+"""The ``kiki-events`` command.
+
+``kiki-events serve`` runs the server (uvicorn) with the dashboard; without a
+config file and without ``--graph`` it serves the demo research team from
+``./agents/research_team.py``. ``kiki-events schema`` prints the JSON Schema of
+the events. A bad configuration is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .codec import event_json_schema
+from .errors import ConfigError, GraphLoadError, MissingDependencyError
+
+__all__ = ["DEFAULT_CONFIG", "DEMO_GRAPHS", "main"]
+
+DEFAULT_CONFIG = Path("config/eventbus.yaml")
+"""Used by ``serve`` when it exists in the current directory and no ``--config`` is given."""
+DEMO_GRAPHS = {"research_team": "./agents/research_team.py:graph"}
+"""Served when neither the configuration nor ``--graph`` names a graph."""
+
+_PROG = "kiki-events"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=_PROG, description="Stream LangGraph runs to browsers as typed events.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP/SSE server with the live dashboard")
+    serve.add_argument("--config", type=Path, help=f"YAML settings (default: {DEFAULT_CONFIG} if it exists)")
+    serve.add_argument("--host", help="interface to listen on (default: server.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: server.port)")
+    serve.add_argument(
+        "--graph",
+        action="append",
+        default=[],
+        metavar="NAME=PATH:ATTR",
+        help="serve a graph, e.g. team=./agents/research_team.py:graph (repeatable)",
+    )
+
+    commands.add_parser("schema", help="print the JSON Schema of the StreamEvent union")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kiki-events`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        json.dump(event_json_schema(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    try:
+        return _serve(args)
+    except (ConfigError, GraphLoadError, MissingDependencyError) as exc:
+        print(f"{_PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _graph_options(values: Sequence[str]) -> dict[str, str]:
+    graphs: dict[str, str] = {}
+    for value in values:
+        name, sep, ref = value.partition("=")
+        if not sep or not name.strip() or not ref.strip():
+            raise ConfigError(f"--graph {value!r}: expected NAME=PATH:ATTR, e.g. team=./agents/team.py:graph")
+        graphs[name.strip()] = ref.strip()
+    return graphs
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .config import load_settings
+
+    config: Path | None = args.config
+    if config is None and DEFAULT_CONFIG.is_file():
+        config = DEFAULT_CONFIG
+    settings = load_settings(config)
+    graphs = {**settings.graphs, **_graph_options(args.graph)} or dict(DEMO_GRAPHS)
+    server = settings.server.model_copy(
+        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    )
+    if not 0 <= server.port <= 65535:
+        raise ConfigError(f"--port {server.port}: must be between 0 and 65535")
+    settings = settings.model_copy(update={"graphs": graphs, "server": server})
+
+    try:
+        import uvicorn
+
+        from .runtime import KikiRuntime
+        from .server.app import create_app
+    except ImportError as exc:
+        raise MissingDependencyError(f"serving needs {exc.name}: pip install 'kiki-events[server]'") from None
+
+    logging.basicConfig(level=settings.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Relative graph paths resolve against the current directory, like --graph values.
+    runtime = KikiRuntime(settings, base_dir=Path.cwd())
+    app = create_app(runtime=runtime)
+    print(
+        f"{_PROG}: serving http://{server.host}:{server.port}/ "
+        f"(graphs: {', '.join(runtime.graphs.names())}; config: {config or 'built-in defaults'})",
+        flush=True,
+    )
+    # On SIGTERM/SIGINT uvicorn stops accepting connections; open streams see the
+    # shutdown and ask the runtime to end its runs (``runs.shutdown_grace``), so
+    # every client receives its final ``done`` before the connection closes.
+    uvicorn.run(
+        app,
+        host=server.host,
+        port=server.port,
+        log_level=settings.logging.level.lower(),
+        timeout_graceful_shutdown=int(settings.runs.shutdown_grace) + 10,
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - ``python -m kiki_events.cli``
+    sys.exit(main())

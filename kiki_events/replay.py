@@ -1,0 +1,346 @@
+"""Replay buffers and the cursors that read them.
+
+A :class:`RunLog` keeps the last N events of one run, each in a :class:`Frame`
+whose SSE bytes are encoded once, on first use, and then shared by every client.
+Readers do not get a queue each: a :class:`RunCursor` remembers the last ``seq``
+it delivered, asks the log for what came after, and otherwise waits on the log's
+:class:`Notifier`, which every append wakes. A cursor that points before the
+oldest kept event is told so (a ``gap`` notice on join, ``lagging`` when it fell
+behind while reading), never silently skipped ahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import Callable, Iterable
+from typing import Literal, TypeAlias
+
+from .events import DoneEvent, RunStatus, StatusEvent, StreamEvent
+from .server.frames import event_frame
+
+__all__ = ["Frame", "Item", "Notifier", "RunCursor", "RunLog", "SlowClientPolicy", "ThreadCursor"]
+
+SlowClientPolicy: TypeAlias = Literal["skip", "disconnect"]
+
+
+class Frame:
+    """One stored event and its SSE frame bytes (encoded lazily, once)."""
+
+    __slots__ = ("_data", "event", "seq")
+
+    def __init__(self, event: StreamEvent) -> None:
+        self.event = event
+        self.seq = event.seq
+        self._data: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The frame as sent to SSE clients (``id``/``event``/``data`` lines)."""
+        data = self._data
+        if data is None:
+            data = self._data = event_frame(self.event)
+        return data
+
+
+Item: TypeAlias = Frame | StatusEvent
+"""What a cursor yields: a stored frame, or a connection-level notice (``seq == 0``)."""
+
+
+def _seq(frame: Frame) -> int:
+    return frame.seq
+
+
+class Notifier:
+    """Wakes every waiter once per burst of changes; costs nothing without waiters."""
+
+    __slots__ = ("_event", "waiting")
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+        self.waiting = 0
+        """Readers currently waiting (for statistics and leak tests)."""
+
+    def notify(self) -> None:
+        event = self._event
+        if event is not None:
+            # Replaced rather than cleared: waiters already woken must not miss
+            # the next burst, and new waiters get a fresh event.
+            self._event = None
+            event.set()
+
+    async def wait(self) -> None:
+        """Wait for the next :meth:`notify`."""
+        event = self._event
+        if event is None:
+            event = self._event = asyncio.Event()
+        self.waiting += 1
+        try:
+            await event.wait()
+        finally:
+            self.waiting -= 1
+
+
+class RunLog:
+    """The bounded replay buffer of one run."""
+
+    def __init__(self, run_id: str, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1; got {capacity}")
+        self.run_id = run_id
+        self.capacity = capacity
+        self.last_seq = 0
+        """Highest seq appended so far."""
+        self.final_status: RunStatus | None = None
+        """Status of the run's ``done`` event, once it arrived."""
+        self.closed = False
+        """Forgotten by its store (or ended without a ``done``): readers stop."""
+        self.changed = Notifier()
+        self.reordered = 0
+        """Events that arrived after a later one (inserted in place)."""
+        self._frames: list[Frame] = []
+        # Trimming in batches keeps appends O(1) amortised; at most this many
+        # extra events are kept beyond ``capacity``.
+        self._slack = max(16, capacity // 8)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the run's ``done`` was appended (or the log was closed)."""
+        return self.final_status is not None or self.closed
+
+    @property
+    def first_seq(self) -> int | None:
+        """Oldest seq still kept."""
+        return self._frames[0].seq if self._frames else None
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def append(self, event: StreamEvent) -> bool:
+        """Store ``event``; returns ``False`` for a duplicate or a notice (``seq == 0``)."""
+        seq = event.seq
+        frames = self._frames
+        if seq > self.last_seq:
+            frames.append(Frame(event))
+            self.last_seq = seq
+        elif seq == 0:
+            return False
+        else:
+            # Events can arrive twice or late when they cross threads or nodes.
+            index = bisect.bisect_left(frames, seq, key=_seq)
+            if index < len(frames) and frames[index].seq == seq:
+                return False
+            if index == 0 and frames and len(frames) >= self.capacity:
+                return False  # older than anything kept
+            frames.insert(index, Frame(event))
+            self.reordered += 1
+        if type(event) is DoneEvent:
+            self.final_status = event.status
+        if len(frames) > self.capacity + self._slack:
+            del frames[: len(frames) - self.capacity]
+        self.changed.notify()
+        return True
+
+    def close(self) -> None:
+        """Mark the log as gone; waiting readers wake and stop."""
+        self.closed = True
+        self.changed.notify()
+
+    def read(self, after: int, limit: int) -> tuple[list[Frame], int | None]:
+        """Up to ``limit`` frames with ``seq > after``.
+
+        Returns the frames and, when ``after`` is older than the oldest kept event
+        (so events between were lost to this reader), that oldest kept seq.
+        """
+        frames = self._frames
+        if not frames:
+            return [], None
+        first = frames[0].seq
+        if after + 1 < first:
+            return frames[:limit], first
+        start = bisect.bisect_right(frames, after, key=_seq)
+        return frames[start : start + limit], None
+
+
+def notice(log: RunLog, status: Literal["gap", "lagging"], first_seq: int, *, thread_id: str | None) -> StatusEvent:
+    """A connection-level notice about ``log``'s run (``seq == 0``, no ``id`` line)."""
+    if status == "gap":
+        detail = f"the requested position is older than the {log.capacity} events kept; continuing from seq {first_seq}"
+    else:
+        detail = f"this client fell behind the {log.capacity} events kept; skipped ahead to seq {first_seq}"
+    return StatusEvent(
+        run_id=log.run_id,
+        seq=0,
+        ts=round(time.time(), 3),
+        thread_id=thread_id,
+        status=status,
+        first_seq=first_seq,
+        detail=detail,
+    )
+
+
+class RunCursor:
+    """Reads one run from a position onwards; see the module docstring.
+
+    ``on_lag`` is called once per ``lagging`` notice (for counting). With the
+    ``disconnect`` policy the cursor is finished after that notice.
+    """
+
+    def __init__(
+        self,
+        log: RunLog,
+        after: int = 0,
+        *,
+        thread_id: str | None = None,
+        slow_client: SlowClientPolicy = "skip",
+        on_lag: Callable[[], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.after = after
+        """Last seq delivered."""
+        self.finished = False
+        """Everything was delivered (the run ended), or the client must be dropped."""
+        self._thread_id = thread_id
+        self._slow_client = slow_client
+        self._on_lag = on_lag
+        self._started = False
+
+    @property
+    def caught_up(self) -> bool:
+        """The run ended and every kept event up to its last was delivered."""
+        log = self.log
+        return log.ended and self.after >= log.last_seq
+
+    def poll(self, limit: int = 512) -> list[Item]:
+        """What is available now, without waiting (may be empty)."""
+        if self.finished:
+            return []
+        frames, first = self.log.read(self.after, limit)
+        items: list[Item] = []
+        if first is not None:
+            status: Literal["gap", "lagging"] = "lagging" if self._started else "gap"
+            items.append(notice(self.log, status, first, thread_id=self._thread_id))
+            if status == "lagging":
+                if self._on_lag is not None:
+                    self._on_lag()
+                if self._slow_client == "disconnect":
+                    self.finished = True
+                    return items
+        self._started = True
+        if frames:
+            items.extend(frames)
+            self.after = frames[-1].seq
+        if self.caught_up:
+            self.finished = True
+        return items
+
+    async def next(self, limit: int = 512) -> list[Item]:
+        """Wait for at least one item; an empty list means the cursor is finished."""
+        while not self.finished:
+            items = self.poll(limit)
+            if items:
+                return items
+            if self.finished:
+                break
+            await self.log.changed.wait()
+        return []
+
+
+class ThreadCursor:
+    """Reads every run of a thread, oldest run first, then follows new runs live.
+
+    ``runs`` returns the thread's current logs in start order; ``changed`` is
+    notified when any of them grows or a run joins the thread. Once ``until()``
+    is true (no new runs will come, e.g. the server is stopping), the cursor
+    finishes after delivering what its runs still have. A resume point
+    ``(run_id, seq)`` skips the runs before ``run_id``; if that run is no longer
+    known, the cursor says so with a ``gap`` notice and replays what is kept.
+    """
+
+    def __init__(
+        self,
+        thread_id: str,
+        runs: Callable[[], Iterable[RunLog]],
+        changed: Notifier,
+        *,
+        resume: tuple[str, int] | None = None,
+        slow_client: SlowClientPolicy = "skip",
+        on_lag: Callable[[], None] | None = None,
+        until: Callable[[], bool] | None = None,
+    ) -> None:
+        self.thread_id = thread_id
+        self._until = until
+        self._runs = runs
+        self._changed = changed
+        self._slow_client = slow_client
+        self._on_lag = on_lag
+        self._cursors: dict[str, RunCursor] = {}
+        self._done: set[str] = set()
+        self.finished = False
+        self._pending: list[Item] = []
+        if resume is not None:
+            self._resume(*resume)
+
+    def _resume(self, run_id: str, seq: int) -> None:
+        logs = list(self._runs())
+        ids = [log.run_id for log in logs]
+        if run_id not in ids:
+            if logs:
+                first = logs[0]
+                self._pending.append(
+                    StatusEvent(
+                        run_id=run_id,
+                        seq=0,
+                        ts=round(time.time(), 3),
+                        thread_id=self.thread_id,
+                        status="gap",
+                        detail="the requested run is no longer kept; replaying every run still kept on this thread",
+                        first_seq=first.first_seq,
+                    )
+                )
+            return
+        for log in logs:
+            if log.run_id == run_id:
+                self._cursors[run_id] = self._cursor(log, seq)
+                break
+            self._done.add(log.run_id)
+
+    def _cursor(self, log: RunLog, after: int = 0) -> RunCursor:
+        return RunCursor(log, after, thread_id=self.thread_id, slow_client=self._slow_client, on_lag=self._on_lag)
+
+    def poll(self, limit: int = 512) -> list[Item]:
+        """What is available now across the thread's runs, without waiting."""
+        items, self._pending = self._pending, []
+        logs = list(self._runs())
+        # Forget runs that left the thread, so a long-lived stream stays bounded.
+        self._done &= {log.run_id for log in logs}
+        for log in logs:
+            if len(items) >= limit:
+                break
+            run_id = log.run_id
+            if run_id in self._done:
+                continue
+            cursor = self._cursors.get(run_id)
+            if cursor is None or cursor.log is not log:
+                cursor = self._cursors[run_id] = self._cursor(log)
+            items.extend(cursor.poll(limit - len(items)))
+            if cursor.finished:
+                if not cursor.caught_up:  # dropped for being slow
+                    self.finished = True
+                    return items
+                self._done.add(run_id)
+                del self._cursors[run_id]
+        if self._until is not None and self._until() and not self._cursors and len(items) < limit:
+            # Nothing more will start here: end the stream once every run was delivered.
+            self.finished = all(log.run_id in self._done for log in logs)
+        return items
+
+    async def next(self, limit: int = 512) -> list[Item]:
+        """Wait for at least one item; an empty list means the cursor is finished."""
+        while not self.finished:
+            items = self.poll(limit)
+            if items or self.finished:
+                return items
+            await self._changed.wait()
+        return []

@@ -1,0 +1,137 @@
+"""The ready-made FastAPI application: API routes, metrics, the live dashboard.
+
+``create_app()`` builds (or is given) a :class:`~kiki_events.runtime.KikiRuntime`;
+the app's lifespan starts and stops it. CORS is off unless ``sse.cors_origins``
+lists origins.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
+
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.staticfiles import StaticFiles
+
+from ..config import Settings
+from ..runtime import KikiRuntime
+from .auth import AuthDependency
+from .router import create_router
+
+__all__ = ["STATIC_DIR", "create_app"]
+
+logger = logging.getLogger("kiki_events.server")
+
+STATIC_DIR = Path(__file__).parent / "static"
+"""Files of the live dashboard (``index.html`` is served at ``/``)."""
+
+_PLACEHOLDER = """<!doctype html>
+<html><head><meta charset="utf-8"><title>kiki-events</title></head>
+<body><h1>kiki-events</h1>
+<p>The dashboard files are not installed. The API is live: try <code>GET /graphs</code>,
+<code>POST /runs/stream</code> and <code>GET /healthz</code>.</p></body></html>
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    runtime: KikiRuntime | None = None,
+    auth: AuthDependency | None = None,
+    graphs: Mapping[str, object] | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+) -> FastAPI:
+    """A FastAPI app serving one runtime.
+
+    Args:
+        settings: configuration (ignored when ``runtime`` is given; default: built-in defaults).
+        runtime: an existing runtime; if it is not started yet the app starts and
+            stops it, otherwise its owner does.
+        auth: FastAPI dependency returning the caller's principal or ``None`` (see
+            :mod:`kiki_events.server.auth`); without it every request is anonymous.
+        graphs: graph name → compiled graph, in addition to ``settings.graphs``.
+        base_dir: directory that relative graph paths in ``settings.graphs`` resolve against.
+
+    Raises:
+        GraphLoadError: a graph reference cannot be loaded.
+        ValueError: both ``settings`` and ``runtime`` were given.
+    """
+    if runtime is None:
+        runtime = KikiRuntime(settings, graphs=graphs, base_dir=base_dir)
+    else:
+        if settings is not None:
+            raise ValueError("give either settings or a runtime (which has its own settings), not both")
+        for name, graph in (graphs or {}).items():
+            runtime.graphs.register(name, graph)
+    owned = runtime.state == "new"
+    cfg = runtime.settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if owned:
+            await runtime.start()
+        collector = None
+        registry = None
+        if cfg.metrics.enabled:
+            from .metrics import RuntimeCollector
+
+            registry = runtime.metrics_registry
+            collector = RuntimeCollector(runtime)
+            registry.register(collector)
+        try:
+            yield
+        finally:
+            if registry is not None and collector is not None:
+                registry.unregister(collector)
+            if owned:
+                await runtime.close()
+
+    app = FastAPI(title="kiki-events", lifespan=lifespan)
+    app.state.kiki_runtime = runtime
+    if cfg.sse.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cfg.sse.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Authorization", "Last-Event-ID"],
+            expose_headers=["Content-Location", "X-Kiki-Run-Id"],
+        )
+    app.include_router(create_router(runtime, auth=auth))
+    app.add_exception_handler(Exception, _unexpected)
+    if cfg.metrics.enabled:
+        _add_metrics(app, runtime, cfg.metrics.path)
+    if cfg.server.dashboard:
+        _add_dashboard(app)
+    return app
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log (the server re-raises after this handler);
+    # the client learns only that something failed, and of which type.
+    return JSONResponse({"detail": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+
+def _add_metrics(app: FastAPI, runtime: KikiRuntime, path: str) -> None:
+    # An explicit route: mounting prometheus' ASGI app answers ``/metrics`` with a redirect.
+    @app.get(path, include_in_schema=False)
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(runtime.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_dashboard(app: FastAPI) -> None:
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> Response:
+        index = STATIC_DIR / "index.html"
+        if index.is_file():
+            return FileResponse(index, headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(_PLACEHOLDER)

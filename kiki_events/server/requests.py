@@ -1,0 +1,117 @@
+"""Validation of what clients send: run bodies and ``Last-Event-ID`` cursors.
+
+Every problem becomes an ``HTTPException`` with a message naming the field, so a
+client never sees a 500 for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+__all__ = ["RunRequest", "parse_cursor", "parse_run_request", "read_body"]
+
+ThreadId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._~:-]{1,128}$")]
+MetadataValue = str | int | float | bool | None
+
+
+class RunRequest(BaseModel):
+    """Body of ``POST /runs`` and ``POST /runs/stream``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    graph: Annotated[str, Field(min_length=1, max_length=200)]
+    """Name of a registered graph."""
+    input: dict[str, Any] | None = None
+    """The graph's input, as given."""
+    message: str | None = None
+    """Shortcut for ``{"messages": [{"role": "user", "content": message}]}``."""
+    thread_id: ThreadId | None = None
+    """Conversation to run on (letters, digits, ``._~:-``; default: a new one)."""
+    metadata: dict[Annotated[str, Field(max_length=200)], MetadataValue] | None = None
+    """Passed to the run's ``config["metadata"]``."""
+    on_disconnect: Literal["continue", "cancel"] | None = None
+    """What a disconnect of the streaming client does to the run (default: ``runs.on_disconnect``)."""
+
+    @model_validator(mode="after")
+    def _one_input(self) -> RunRequest:
+        if (self.input is None) == (self.message is None):
+            raise ValueError("give exactly one of 'input' or 'message'")
+        return self
+
+    def graph_input(self) -> dict[str, Any]:
+        """The input to pass to the graph."""
+        if self.input is not None:
+            return self.input
+        return {"messages": [{"role": "user", "content": self.message}]}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes.
+
+    Checked from ``Content-Length`` first and again while reading, because a
+    chunked body has no length.
+    """
+    too_large = HTTPException(413, f"request body is larger than the limit of {limit} bytes (sse.max_body_bytes)")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(400, f"invalid Content-Length header {declared[:40]!r}")
+        if int(declared) > limit:
+            raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_run_request(request: Request, limit: int) -> RunRequest:
+    """Read and validate a run body; 413, 422 (naming the field) on problems."""
+    body = await read_body(request, limit)
+    try:
+        return RunRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise HTTPException(422, _describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    kind = first["type"]
+    if kind == "json_invalid":
+        message = "the body is not valid JSON"
+    elif kind == "model_type":
+        message = "the body must be a JSON object"
+    elif kind == "extra_forbidden":
+        allowed = ", ".join(RunRequest.model_fields)
+        message = f"{loc}: unknown field (allowed: {allowed})"
+    elif kind == "missing":
+        message = f"{loc}: field required"
+    else:
+        text = first["msg"].removeprefix("Value error, ")
+        message = f"{loc}: {text}" if loc else text
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return message
+
+
+def parse_cursor(value: str | None, *, name: str = "Last-Event-ID") -> tuple[str, int] | None:
+    """``"<run_id>:<seq>"`` (or a bare ``"<seq>"``) → ``(run_id, seq)``; 400 if malformed.
+
+    An empty or missing value means "from the start".
+    """
+    if not value:
+        return None
+    run_id, sep, seq = value.rpartition(":")
+    if len(value) > 256 or not seq.isdigit() or len(seq) > 18 or (sep and not run_id):
+        shown = json.dumps(value[:80])
+        raise HTTPException(400, f"malformed {name} {shown}: expected '<run_id>:<seq>'")
+    return run_id, int(seq)

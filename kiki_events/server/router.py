@@ -1,0 +1,221 @@
+"""The HTTP API of the default format (see DESIGN.md, "HTTP / SSE").
+
+=====================================  ==============================================
+``POST /runs/stream``                  start a run and stream it (200, SSE)
+``POST /runs``                         start a run, answer at once (202)
+``GET  /runs/{run_id}/stream``         join or resume a run (200 SSE, 204 if nothing is left)
+``GET  /runs/{run_id}``                run status (200)
+``POST /runs/{run_id}/cancel``         cancel (200 when ended, 202 while stopping)
+``GET  /threads/{thread_id}/stream``   every run of a thread, live (200, SSE)
+``GET  /graphs``                       registered graph names
+``GET  /healthz``                      liveness and counters, never secrets
+=====================================  ==============================================
+
+Errors: 400 malformed ``Last-Event-ID``, 401 no principal (with an auth hook),
+404 unknown graph / run / thread (also someone else's), 413 body too large,
+422 invalid body, 429 too many active runs, 503 shutting down.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
+
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from ..errors import KikiEventsError, RunLimitError, RunNotFoundError, UnknownGraphError
+from ..replay import RunCursor, RunLog, ThreadCursor
+from ..runs import RunHandle
+from ..runtime import KikiRuntime
+from .auth import AuthDependency, Principal, principal_dependency
+from .requests import RunRequest, parse_cursor, parse_run_request
+from .sse import cursor_body, sse_response
+
+__all__ = ["create_router"]
+
+_RUN_BODY_DOC: dict[str, Any] = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": RunRequest.model_json_schema()}}}
+}
+
+
+def _raise_http(exc: KikiEventsError) -> NoReturn:
+    if isinstance(exc, RunLimitError):
+        raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from None
+    if isinstance(exc, RunNotFoundError | UnknownGraphError):
+        raise HTTPException(404, str(exc)) from None
+    raise HTTPException(503, str(exc)) from None
+
+
+def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -> APIRouter:
+    """The API routes of ``runtime``; include them in any FastAPI app.
+
+    Args:
+        runtime: the composition root whose runs are served (started by the app's lifespan).
+        auth: optional FastAPI dependency returning the caller's principal or ``None``.
+    """
+    router = APIRouter()
+    settings = runtime.settings
+    store = runtime.store
+    runs = runtime.runs
+    Caller = Annotated[Principal, Depends(principal_dependency(auth))]
+    LastEventId = Annotated[str | None, Query(alias="last_event_id", max_length=256)]
+
+    def start(body: RunRequest, principal: Principal) -> RunHandle:
+        if runtime.state != "running":
+            raise HTTPException(503, f"the server is not accepting runs (it is {runtime.state})")
+        try:
+            return runs.start(
+                body.graph, body.graph_input(), thread_id=body.thread_id, metadata=body.metadata, principal=principal
+            )
+        except KikiEventsError as exc:
+            _raise_http(exc)
+
+    def stream(
+        request: Request,
+        cursor: RunCursor | ThreadCursor,
+        location: str,
+        run_id: str | None = None,
+        on_abandon: Callable[[], object] | None = None,
+    ) -> Response:
+        headers = {"Content-Location": location}
+        if run_id is not None:
+            headers["X-Kiki-Run-Id"] = run_id
+        body = cursor_body(cursor, retry=settings.sse.retry, store=store, on_abandon=on_abandon)
+        return sse_response(
+            body,
+            settings.sse,
+            headers=headers,
+            on_server_exit=runtime.request_shutdown,
+            # Enough for runs to finish or be cancelled and for their ``done`` to go out.
+            exit_grace=settings.runs.shutdown_grace + 5.0,
+        )
+
+    def run_cursor(log: RunLog, after: int, thread_id: str | None) -> RunCursor:
+        return RunCursor(
+            log, after, thread_id=thread_id, slow_client=settings.sse.slow_client, on_lag=store.count_lagging
+        )
+
+    def run_url(request: Request, run_id: str) -> str:
+        return request.url_for("join_run_stream", run_id=run_id).path
+
+    @router.post("/runs/stream", openapi_extra=_RUN_BODY_DOC, response_class=Response)
+    async def start_run_stream(request: Request, principal: Caller) -> Response:
+        """Start a run and stream its events; the last frame is ``done``."""
+        body = await parse_run_request(request, settings.sse.max_body_bytes)
+        handle = start(body, principal)
+        policy = body.on_disconnect or settings.runs.on_disconnect
+        on_abandon = (lambda: runs.cancel(handle.run_id, principal)) if policy == "cancel" else None
+        cursor = run_cursor(handle.record.log, 0, handle.thread_id)
+        return stream(request, cursor, run_url(request, handle.run_id), handle.run_id, on_abandon)
+
+    @router.post("/runs", openapi_extra=_RUN_BODY_DOC, status_code=202)
+    async def start_run(request: Request, principal: Caller) -> JSONResponse:
+        """Start a run without streaming; open ``stream_url`` to watch it."""
+        body = await parse_run_request(request, settings.sse.max_body_bytes)
+        handle = start(body, principal)
+        status_url = request.url_for("run_status", run_id=handle.run_id).path
+        content = {
+            "run_id": handle.run_id,
+            "thread_id": handle.thread_id,
+            "graph": handle.graph,
+            "stream_url": run_url(request, handle.run_id),
+            "status_url": status_url,
+        }
+        return JSONResponse(content, status_code=202, headers={"Location": status_url})
+
+    @router.get("/runs/{run_id}/stream", name="join_run_stream", response_class=Response)
+    async def join_run_stream(
+        request: Request, run_id: str, principal: Caller, last_event_id: LastEventId = None
+    ) -> Response:
+        """Join a live or recently finished run, resuming after ``Last-Event-ID``."""
+        try:
+            record = store.get(run_id, principal)
+        except RunNotFoundError as exc:
+            _raise_http(exc)
+        header = request.headers.get("last-event-id")
+        cursor_at = parse_cursor(header) if header else parse_cursor(last_event_id, name="last_event_id")
+        after = 0
+        if cursor_at is not None:
+            cursor_run, after = cursor_at
+            if cursor_run and cursor_run != run_id:
+                raise HTTPException(400, f"Last-Event-ID points into run {cursor_run!r}, not {run_id!r}")
+        if record.ended and after >= record.log.last_seq:
+            # Nothing more will ever come: 204 stops a browser's reconnect loop.
+            return Response(status_code=204)
+        if after > record.log.last_seq:
+            raise HTTPException(400, f"Last-Event-ID seq {after} is ahead of the run (last seq {record.log.last_seq})")
+        return stream(request, run_cursor(record.log, after, record.thread_id), run_url(request, run_id), run_id)
+
+    @router.get("/runs/{run_id}", name="run_status")
+    async def run_status(run_id: str, principal: Caller) -> dict[str, Any]:
+        """Status of a run."""
+        try:
+            return store.get(run_id, principal).to_dict()
+        except RunNotFoundError as exc:
+            _raise_http(exc)
+
+    @router.post("/runs/{run_id}/cancel")
+    async def cancel_run(run_id: str, principal: Caller) -> JSONResponse:
+        """Cancel a run; one that already ended stays ended (200 with its status)."""
+        try:
+            record = store.get(run_id, principal)
+            if not record.ended and runs.is_local(run_id):
+                record = await runs.cancel_and_wait(run_id, principal)
+        except RunNotFoundError as exc:
+            _raise_http(exc)
+        content: dict[str, Any] = {"run_id": run_id, "status": record.status}
+        if record.ended:
+            return JSONResponse(content)
+        content["detail"] = "cancellation requested"
+        return JSONResponse(content, status_code=202)
+
+    @router.get("/threads/{thread_id}/stream", name="thread_stream", response_class=Response)
+    async def thread_stream(
+        request: Request, thread_id: str, principal: Caller, last_event_id: LastEventId = None
+    ) -> Response:
+        """Every run of a thread, oldest first, then new runs as they start."""
+        try:
+            thread = store.thread(thread_id, principal)
+        except RunNotFoundError as exc:
+            _raise_http(exc)
+        header = request.headers.get("last-event-id")
+        resume = parse_cursor(header) if header else parse_cursor(last_event_id, name="last_event_id")
+        if resume is not None and not resume[0]:
+            raise HTTPException(400, "a thread stream resumes from '<run_id>:<seq>', not a bare seq")
+        cursor = ThreadCursor(
+            thread_id,
+            lambda: store.thread_logs(thread),
+            thread.changed,
+            resume=resume,
+            slow_client=settings.sse.slow_client,
+            on_lag=store.count_lagging,
+            until=lambda: not store.following,
+        )
+        location = request.url_for("thread_stream", thread_id=thread_id).path
+        return stream(request, cursor, location)
+
+    @router.get("/graphs")
+    async def list_graphs(principal: Caller) -> dict[str, list[str]]:
+        """Names of the graphs runs can be started with."""
+        return {"graphs": runtime.graphs.names()}
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Liveness and counters (no secrets, no principals, no run ids)."""
+        bus = runtime.bus
+        return {
+            "status": "ok" if runtime.state == "running" else runtime.state,
+            "node": runtime.node,
+            "graphs": runtime.graphs.names(),
+            "bus": {
+                "published": bus.stats.published,
+                "dropped": dict(bus.stats.dropped),
+                "handler_errors": bus.stats.handler_errors,
+                "subscriptions": bus.subscriptions,
+            },
+            "runs": {"active": runs.active, "kept": len(store), "started": runs.started},
+            "sse": {"clients": store.clients, "readers": store.readers, "lagging": store.lagging},
+        }
+
+    return router

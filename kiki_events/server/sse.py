@@ -1,0 +1,219 @@
+"""SSE responses of the default format, built on sse-starlette.
+
+A response body is a cursor over a replay buffer (see :mod:`kiki_events.replay`):
+every wake-up writes everything available as **one** chunk of pre-encoded frames,
+so a client's backlog costs one send and no event is encoded per client.
+sse-starlette races that body against client disconnect, keep-alive comment
+lines and server shutdown in one task group, so nothing polls for disconnects.
+
+:func:`stream_agent_sse` is for applications with their own FastAPI app: it runs
+a graph for one request and streams its events, ``done`` last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from typing import Any
+
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from ..bus import EventBus
+from ..config import SSESettings
+from ..errors import BusError
+from ..events import StreamEvent
+from ..handler import KikiCallbackHandler, new_run_id
+from ..replay import Frame, RunCursor, RunLog, ThreadCursor
+from ..runs import RunStore, ensure_done, execute_run
+from .frames import notice_frame, retry_frame
+
+__all__ = ["cursor_body", "sse_response", "stream_agent_sse"]
+
+logger = logging.getLogger("kiki_events.server")
+
+_SEP = "\n"
+_BATCH = 512
+_CLEANUP_TIMEOUT = 5.0
+
+
+def _ping() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping", sep=_SEP)
+
+
+async def cursor_body(
+    cursor: RunCursor | ThreadCursor,
+    *,
+    retry: float,
+    store: RunStore | None = None,
+    on_abandon: Callable[[], object] | None = None,
+) -> AsyncGenerator[bytes, None]:
+    """The body of an SSE response: ``retry:`` first, then coalesced frames.
+
+    Ends when the cursor is finished (the run's ``done`` was sent, or a slow
+    client is dropped). ``on_abandon`` runs if the body stops before that, i.e.
+    the client went away (the ``on_disconnect: cancel`` policy). ``store`` gets
+    the client counted while connected.
+    """
+    if store is not None:
+        store.clients += 1
+        store.connections += 1
+    try:
+        yield retry_frame(retry)
+        while True:
+            items = await cursor.next(_BATCH)
+            if not items:
+                return
+            yield b"".join(item.data if isinstance(item, Frame) else notice_frame(item) for item in items)
+    finally:
+        if store is not None:
+            store.clients -= 1
+        if on_abandon is not None and not cursor.finished:
+            try:
+                on_abandon()
+            except Exception:
+                logger.exception("on-disconnect action failed")
+
+
+def sse_response(
+    body: AsyncIterator[bytes],
+    settings: SSESettings,
+    *,
+    headers: Mapping[str, str] | None = None,
+    on_server_exit: Callable[[], object] | None = None,
+    exit_grace: float = 0.0,
+) -> EventSourceResponse:
+    """An ``EventSourceResponse`` with our framing, headers and keep-alive.
+
+    ``on_server_exit`` is called when the server starts shutting down while this
+    stream is open; the stream then has ``exit_grace`` seconds to end by itself
+    (runs finish or are cancelled, so the client gets its final ``done``).
+    """
+    shutdown = anyio.Event()
+
+    async def watch_exit() -> None:
+        # Runs in the response's task group: cancelled with it, never orphaned.
+        await shutdown.wait()
+        if on_server_exit is not None:
+            on_server_exit()
+
+    return EventSourceResponse(
+        body,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})},
+        ping=settings.keepalive,
+        sep=_SEP,
+        ping_message_factory=_ping,
+        send_timeout=settings.send_timeout,
+        shutdown_event=shutdown,
+        shutdown_grace_period=exit_grace,
+        data_sender_callable=watch_exit,
+    )
+
+
+def stream_agent_sse(
+    graph: Any,
+    input: Any,
+    config: Mapping[str, Any] | None = None,
+    *,
+    bus: EventBus | None = None,
+    thread_id: str | None = None,
+    graph_name: str | None = None,
+    node: str | None = None,
+    max_payload_chars: int = 4000,
+    replay_events: int = 20000,
+    settings: SSESettings | None = None,
+) -> EventSourceResponse:
+    """Run ``graph`` for one request and stream its events as SSE, ``done`` last.
+
+    For an existing FastAPI app::
+
+        @app.post("/chat")
+        async def chat(body: Chat) -> EventSourceResponse:
+            return stream_agent_sse(graph, {"messages": [...]})
+
+    A handler is attached to ``config["callbacks"]``; the run belongs to the
+    response: it starts when streaming starts and is cancelled if the client
+    disconnects. With ``bus``, events are also published there (other
+    subscribers see the run); otherwise a private bus carries them.
+    ``replay_events`` bounds what is buffered for a slow client.
+
+    Raises:
+        BusError: ``bus`` is given but not running.
+    """
+    if bus is not None and not bus.running:
+        raise BusError("stream_agent_sse needs a running EventBus (use it inside 'async with EventBus()')")
+    sse = settings or SSESettings()
+    run_uuid, run_id = new_run_id()
+    log = RunLog(run_id, replay_events)
+    running: list[asyncio.Task[Any]] = []
+
+    def cancel_run() -> None:
+        for task in running:
+            task.cancel()
+
+    async def body() -> AsyncIterator[bytes]:
+        events = bus if bus is not None else EventBus(node=node)
+        if bus is None:
+            await events.start()
+
+        def keep(event: StreamEvent) -> None:
+            if event.run_id == run_id:
+                log.append(event)
+
+        remove = events.add_sink(keep)
+        handler = KikiCallbackHandler(
+            events, node=node, thread_id=thread_id, graph_name=graph_name, max_payload_chars=max_payload_chars
+        )
+        run_config = _with_handler(config, handler, run_uuid, thread_id)
+        label = graph_name or getattr(graph, "name", None) or type(graph).__name__
+        task = asyncio.get_running_loop().create_task(
+            execute_run(graph, input, run_config, handler, run_id, label=label), name=f"kiki-run:{run_id}"
+        )
+        task.add_done_callback(lambda t: _finish(t, handler, run_id, log))
+        running.append(task)
+        cursor = RunCursor(log, 0, thread_id=thread_id, slow_client=sse.slow_client)
+        try:
+            async with contextlib.aclosing(cursor_body(cursor, retry=sse.retry)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            remove()
+            task.cancel()
+            # Shielded: this runs while the response's task group is being cancelled.
+            with anyio.move_on_after(_CLEANUP_TIMEOUT, shield=True):
+                await asyncio.gather(task, return_exceptions=True)
+                if bus is None:
+                    await events.close()
+
+    # On server shutdown the run is cancelled at once, so the client still gets
+    # its ``done`` (cancelled) before the connection closes.
+    return sse_response(
+        body(), sse, headers={"X-Kiki-Run-Id": run_id}, on_server_exit=cancel_run, exit_grace=_CLEANUP_TIMEOUT
+    )
+
+
+def _finish(task: asyncio.Task[Any], handler: KikiCallbackHandler, run_id: str, log: RunLog) -> None:
+    ensure_done(task, handler, run_id)
+    if not log.ended:  # the done event was lost (bus full or closed): still end the stream
+        log.close()
+
+
+def _with_handler(
+    config: Mapping[str, Any] | None, handler: KikiCallbackHandler, run_uuid: Any, thread_id: str | None
+) -> dict[str, Any]:
+    merged = dict(config or {})
+    callbacks = merged.get("callbacks")
+    if callbacks is None:
+        merged["callbacks"] = [handler]
+    elif isinstance(callbacks, list | tuple):
+        merged["callbacks"] = [*callbacks, handler]
+    else:  # a callback manager
+        manager = callbacks.copy()
+        manager.add_handler(handler, inherit=True)
+        merged["callbacks"] = manager
+    merged["run_id"] = run_uuid
+    if thread_id is not None:
+        merged["configurable"] = {**merged.get("configurable", {}), "thread_id": thread_id}
+    return merged

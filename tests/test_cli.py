@@ -1,0 +1,187 @@
+"""The ``kiki-events`` command: ``schema``, ``serve`` errors, and SIGTERM with live clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kiki_events.cli import main
+from kiki_events.events import EVENT_TYPES
+from tests.servers import iter_frames, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "kiki_events.cli", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def test_schema_prints_the_json_schema_of_every_event(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "StreamEvent"
+    assert set(schema["discriminator"]["mapping"]) == set(EVENT_TYPES)
+    assert len(schema["oneOf"]) == len(EVENT_TYPES)
+    for ref in _refs(schema):
+        assert ref.startswith("#/$defs/")
+        assert ref.removeprefix("#/$defs/") in schema["$defs"]
+    done = schema["$defs"]["DoneEvent"]
+    assert {"run_id", "seq", "ts", "status"} <= set(done["required"])
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "expected"),
+    [
+        ("eventbus:\n  provider: kafka\n", (), "eventbus.provider: provider 'kafka' is not supported yet"),
+        ("sse:\n  keepalive: soon\n", (), "sse.keepalive: expected a duration"),
+        ("runs: [1, 2\n", (), "not valid YAML"),
+        ("nonsense: 1\n", (), "nonsense: unknown key"),
+        ("graphs:\n  team: ./nowhere.py:graph\n", (), "nowhere.py not found"),
+        ("{}\n", ("--graph", "broken"), "--graph 'broken': expected NAME=PATH:ATTR"),
+        ("{}\n", ("--port", "70000"), "--port 70000: must be between 0 and 65535"),
+    ],
+)
+def test_serve_with_a_bad_config_returns_2_with_one_clear_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    config: str,
+    args: tuple[str, ...],
+    expected: str,
+) -> None:
+    path = tmp_path / "kiki.yaml"
+    path.write_text(config)
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["serve", "--config", str(path), *args]) == 2
+
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("kiki-events: error: ")
+    assert expected in lines[0]
+
+
+def test_the_command_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "kiki.yaml"
+    path.write_text("eventbus:\n  provider: kafka\n")
+
+    result = _cli("serve", "--config", str(path), cwd=tmp_path)
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"kiki-events: error: {path}: eventbus.provider: provider 'kafka' is not supported")
+
+
+def test_serve_without_arguments_reads_config_eventbus_yaml_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "eventbus.yaml").write_text("runs:\n  max_active: 0\n")
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["serve"]) == 2
+    assert "config/eventbus.yaml: runs.max_active" in capsys.readouterr().err
+
+
+def test_serve_without_graphs_serves_the_demo_graph_of_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    assert main(["serve", "--config", str(ROOT / "config" / "eventbus.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "'./agents/research_team.py:graph'" in err
+    assert "not found" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_sigterm_gives_live_clients_a_final_done_cancelled_and_exits_cleanly(tmp_path: Path) -> None:
+    config = tmp_path / "kiki.yaml"
+    config.write_text(f"runs:\n  shutdown_grace: 0.2s\ngraphs:\n  team: {ROOT / 'agents' / 'research_team.py'}:graph\n")
+    port = _free_port()
+    environ = {**os.environ, "PYTHONPATH": str(ROOT), "KIKI_DEMO_TOKEN_DELAY": "0.05"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kiki_events.cli", "serve", "--config", str(config), "--port", str(port)],
+        cwd=tmp_path,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(f"the server exited: {process.communicate()}")
+            try:
+                return httpx.get(f"{url}/healthz").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout=30, what="the server to start")
+        body = {"graph": "team", "message": "Compare Redis streams and pub/sub", "thread_id": "t-1"}
+        with (
+            httpx.stream("POST", f"{url}/runs/stream", json=body, timeout=30) as response,
+            httpx.stream("GET", f"{url}/threads/t-1/stream", timeout=30) as thread,
+        ):
+            frames = iter_frames(response)
+            seen = [next(frames) for _ in range(5)]
+            thread_frames = iter_frames(thread)
+            on_thread = [next(thread_frames)]
+            process.send_signal(signal.SIGTERM)
+            seen += list(frames)
+            on_thread += list(thread_frames)  # a thread stream ends too, once its runs are done
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+    assert seen[-1].event == "done"
+    assert seen[-1].json["status"] == "cancelled"
+    assert [f.event for f in seen].count("done") == 1
+    assert [f.id for f in on_thread] == [f.id for f in seen]
+    # uvicorn re-raises the signal once its graceful shutdown is complete.
+    assert process.returncode in (0, -signal.SIGTERM)
+    assert "kiki runtime stopped" in err
+    assert "Traceback" not in err
+    assert f"serving http://127.0.0.1:{port}/" in out
