@@ -9,22 +9,10 @@ handler alone makes the chat models stream their tokens.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
-from pathlib import Path
-from typing import Any
+
+from _demo import research_team
 
 from kiki_events import EventBus, KikiCallbackHandler, StreamEvent
-
-
-def load_demo_graph() -> Any:
-    path = Path(__file__).resolve().parent.parent / "agents" / "research_team.py"
-    spec = importlib.util.spec_from_file_location("research_team_example", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # LangGraph resolves the state's type hints through it
-    spec.loader.exec_module(module)
-    return module.build_graph(token_delay=0.0)
 
 
 def show(event: StreamEvent) -> None:
@@ -41,7 +29,7 @@ def show(event: StreamEvent) -> None:
 
 
 async def main() -> None:
-    graph = load_demo_graph()
+    graph = research_team()
     async with EventBus() as bus:
         bus.subscribe(show)  # or: async for event in bus.subscribe(run_id=...)
         handler = KikiCallbackHandler(bus)
