@@ -24,6 +24,7 @@ from .errors import (
     KikiEventsError,
     MissingDependencyError,
     RunError,
+    RunLimitError,
     RunNotFoundError,
     SubscriptionOverflowError,
     UnknownGraphError,
@@ -44,8 +45,10 @@ from .events import (
     ToolResultEvent,
     Usage,
 )
+from .graphs import GraphRegistry, load_graph
 from .handler import KikiCallbackHandler, new_run_id, short_run_id
 from .redaction import redact_error, redact_text
+from .runtime import KikiRuntime
 
 __version__ = "0.1.0"
 
@@ -61,13 +64,16 @@ __all__ = [
     "EventBus",
     "EventDecodeError",
     "GraphLoadError",
+    "GraphRegistry",
     "InterruptEvent",
     "InterruptInfo",
     "KikiCallbackHandler",
     "KikiEventsError",
+    "KikiRuntime",
     "MissingDependencyError",
     "Overflow",
     "RunError",
+    "RunLimitError",
     "RunNotFoundError",
     "RunStatus",
     "Settings",
@@ -86,6 +92,7 @@ __all__ = [
     "encode",
     "event_json_schema",
     "events_from_astream_events",
+    "load_graph",
     "load_settings",
     "new_run_id",
     "redact_error",

@@ -233,7 +233,8 @@ def _describe(exc: ValidationError, source: str) -> str:
         else:
             message = err["msg"].removeprefix("Value error, ")
             secret = bool(err["loc"]) and err["loc"][-1] in _SECRET_KEYS
-            if "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict) and not secret:
+            shown = "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict)
+            if shown and not secret and ", got " not in message:
                 message += f" (got {err['input']!r})"
         problems.append(f"{key}: {message}")
     more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""

@@ -48,7 +48,11 @@ def redact_url(url: str) -> str:
 
 def redact_error(error: BaseException, *, max_chars: int = _MAX_MESSAGE) -> str:
     """A client-safe one-line description of ``error``: type and masked message, no trace."""
-    message = " ".join(str(error).split())
+    try:
+        text = str(error)
+    except Exception:  # a broken __str__ must not break error reporting
+        text = ""
+    message = " ".join(text.split())
     message = redact_text(message)
     if len(message) > max_chars:
         message = message[: max(max_chars - 1, 0)] + "…"

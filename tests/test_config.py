@@ -1,0 +1,423 @@
+"""Settings: defaults, the shipped YAML, ${VAR} expansion, env overrides, errors (R6)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kiki_events.config import Settings, load_settings, parse_duration
+from kiki_events.errors import ConfigError, KikiEventsError
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "config" / "eventbus.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "kiki.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def config_error(path: Path | str | None, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=environ or {})
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, KikiEventsError)
+    return str(info.value)
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def test_defaults_load_without_a_file() -> None:
+    loaded = load_settings(None, environ={})
+
+    assert loaded == Settings()
+    assert loaded.eventbus.provider == "memory"
+    assert loaded.eventbus.queue_size == 10000
+    assert loaded.eventbus.redis.mode == "pubsub"
+    assert loaded.eventbus.publish.timeout == 5.0
+    assert loaded.server.port == 8000
+    assert loaded.sse.cors_origins == ()
+    assert loaded.graphs == {}
+
+
+def test_the_shipped_config_file_loads() -> None:
+    loaded = load_settings(SHIPPED, environ={})
+
+    assert loaded.node is None  # ${KIKI_NODE:-} → empty → host name and pid later
+    assert loaded.eventbus.provider == "memory"
+    assert loaded.eventbus.redis.addr == "127.0.0.1:6379"
+    assert loaded.eventbus.redis.password is None
+    assert loaded.eventbus.subscribe.events == (
+        "agent:started",
+        "agent:completed",
+        "agent:failed",
+        "agent:tool_call",
+        "multiagent:sync",
+    )
+    assert loaded.eventbus.publish.async_ is True
+    assert loaded.sse.keepalive == 15.0
+    assert loaded.runs.replay_ttl == 600.0
+    assert loaded.graphs == {"research_team": "./agents/research_team.py:graph"}
+
+
+def test_the_shipped_config_file_shows_the_defaults() -> None:
+    loaded = load_settings(SHIPPED, environ={})
+
+    assert loaded.model_copy(update={"graphs": {}}) == Settings()
+
+
+def test_an_empty_file_means_defaults(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "# nothing here\n"), environ={}) == Settings()
+
+
+def test_variables_are_expanded_with_and_without_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        node: ${NODE_NAME}
+        eventbus:
+          redis:
+            addr: ${REDIS_HOST:-localhost}:${REDIS_PORT:-6380}
+            channel_prefix: "${TENANT:-acme}:kiki:"
+            password: ${REDIS_PASSWORD:-}
+        server:
+          port: ${PORT:-9100}
+        """,
+    )
+
+    loaded = load_settings(path, environ={"NODE_NAME": "api-7", "REDIS_HOST": "cache"})
+
+    assert loaded.node == "api-7"
+    assert loaded.eventbus.redis.addr == "cache:6380"
+    assert loaded.eventbus.redis.channel_prefix == "acme:kiki:"
+    assert loaded.eventbus.redis.password is None
+    assert loaded.server.port == 9100
+    assert load_settings(path, environ={"NODE_NAME": "n", "PORT": "9200"}).server.port == 9200
+
+
+def test_an_unset_variable_without_default_names_the_key_and_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "eventbus:\n  redis:\n    password: ${REDIS_PASSWORD}\n")
+
+    message = config_error(path)
+
+    assert message.startswith(str(path))
+    assert "eventbus.redis.password" in message
+    assert "REDIS_PASSWORD" in message and "not set" in message
+
+
+def test_variables_in_lists_name_their_position(tmp_path: Path) -> None:
+    path = write(tmp_path, "sse:\n  cors_origins: [https://a.example, '${ORIGIN}']\n")
+
+    assert "sse.cors_origins[1]" in config_error(path)
+    assert load_settings(path, environ={"ORIGIN": "https://b.example"}).sse.cors_origins == (
+        "https://a.example",
+        "https://b.example",
+    )
+
+
+def test_environment_overrides_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "eventbus:\n  provider: memory\nserver:\n  port: 8000\n")
+    environ = {
+        "KIKI__EVENTBUS__PROVIDER": "redis",
+        "KIKI__SERVER__PORT": "9001",
+        "KIKI__EVENTBUS__REDIS__MODE": "streams",
+        "KIKI__SSE__CORS_ORIGINS": "[https://a.example, https://b.example]",
+        "KIKI__METRICS__ENABLED": "false",
+        "SERVER__PORT": "1",  # no prefix: ignored
+    }
+
+    loaded = load_settings(path, environ=environ)
+
+    assert loaded.eventbus.provider == "redis"
+    assert loaded.server.port == 9001
+    assert loaded.eventbus.redis.mode == "streams"
+    assert loaded.sse.cors_origins == ("https://a.example", "https://b.example")
+    assert loaded.metrics.enabled is False
+    assert load_settings(None, environ={"KIKI__SERVER__PORT": "9001"}).server.port == 9001
+
+
+def test_environment_overrides_use_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIKI__SERVER__PORT", "9002")
+
+    assert load_settings(None).server.port == 9002
+
+
+@pytest.mark.parametrize(
+    "secret", ["123456", "0x1F", "#not-a-comment", "[bracket", "{brace", "@at", "a: b", "%pct", " x"]
+)
+def test_secrets_from_the_environment_arrive_unchanged(secret: str) -> None:
+    # A password must not be reinterpreted as YAML (an int, a comment, a mapping …).
+    assert load_settings(SHIPPED, environ={"REDIS_PASSWORD": secret}).eventbus.redis.password == secret
+    overridden = load_settings(None, environ={"KIKI__EVENTBUS__REDIS__PASSWORD": secret})
+    assert overridden.eventbus.redis.password == secret
+
+
+def test_an_override_into_a_value_that_is_not_a_section_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "server:\n  port: 8000\n")
+
+    message = config_error(path, {"KIKI__SERVER__PORT__NUMBER": "1"})
+
+    assert "KIKI__SERVER__PORT__NUMBER" in message and "port is not a section" in message
+    assert "server.port" in config_error(None, {"KIKI__SERVER__PORT__NUMBER": "1"})
+
+
+def test_an_unknown_override_names_the_key() -> None:
+    assert "eventbus.colour: unknown key" in config_error(None, {"KIKI__EVENTBUS__COLOUR": "red"})
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("eventbus:\n  redis:\n    adr: 10.0.0.1:6379\n", "eventbus.redis.adr: unknown key"),
+        ("colour: red\n", "colour: unknown key"),
+        ("eventbus:\n  queue_size: lots\n", "eventbus.queue_size: Input should be a valid integer"),
+        ("server:\n  port: 70000\n", "server.port:"),
+        ("eventbus: 5\n", "eventbus: Input should be a valid dictionary"),
+        ("eventbus:\n  publish:\n    timeout: fast\n", "eventbus.publish.timeout: expected a duration"),
+        ("sse:\n  keepalive: -1s\n", "sse.keepalive"),
+        ("sse:\n  keepalive: .inf\n", "sse.keepalive: a duration must be a finite number"),
+        ("runs:\n  replay_ttl: .nan\n", "runs.replay_ttl: a duration must be a finite number"),
+        ("eventbus:\n  redis:\n    mode: fanout\n", "eventbus.redis.mode: Input should be 'pubsub' or 'streams'"),
+        ("sse:\n  slow_client: wait\n", "sse.slow_client"),
+        ("eventbus:\n  provider: pulsar\n", "eventbus.provider: provider 'pulsar' is not supported yet"),
+        ("eventbus:\n  provider: kafka\n", "eventbus.provider: provider 'kafka' is not supported yet"),
+        ("eventbus:\n  provider: carrier-pigeon\n", "unknown provider 'carrier-pigeon'"),
+        ("eventbus:\n  subscribe:\n    events: [agent:begun]\n", "unknown topic 'agent:begun'"),
+    ],
+)
+def test_invalid_values_name_the_file_and_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+
+    message = config_error(path)
+
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_several_problems_are_reported_in_one_error(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, "server:\n  port: x\n  host: [1]\n"))
+
+    assert "server.port" in message and "server.host" in message and "1 more" in message
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+
+    assert config_error(path) == f"{path}: file not found"
+
+
+def test_a_directory_is_not_a_config_file(tmp_path: Path) -> None:
+    assert "cannot read the file" in config_error(tmp_path)
+
+
+def test_not_yaml_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "eventbus:\n  provider: [memory\nserver: {}\n")
+
+    message = config_error(path)
+
+    assert message.startswith(f"{path}: not valid YAML at line ")
+    assert "column" in message
+
+
+def test_not_utf8_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"node: caf\xe9\n")
+
+    assert "cannot read the file" in config_error(path)
+
+
+@pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "list"), ("42\n", "int"), ("just text\n", "str")])
+def test_the_top_level_must_be_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    assert f"the top level must be a mapping of sections, got {kind}" in config_error(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "node: !!int abc\n",
+        "node: !!float abc\n",
+        "node: !!timestamp 2001-13-45\n",
+        "node: !!int 0b2\n",
+        "a: !!bool x\n",
+    ],
+)
+def test_bad_tagged_values_are_config_errors(tmp_path: Path, text: str) -> None:
+    assert "not valid YAML" in config_error(write(tmp_path, text))
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+
+    assert "too many values" in config_error(write(tmp_path, "\n".join(lines) + "\n"))
+
+
+@pytest.mark.parametrize("depth", [40, 1000])
+def test_deep_nesting_is_refused(tmp_path: Path, depth: int) -> None:
+    assert "nested" in config_error(write(tmp_path, "node: " + "[" * depth + "]" * depth + "\n"))
+
+
+def test_a_bad_password_type_names_the_key_but_never_the_value(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, "eventbus:\n  redis:\n    password: 918273645\n"))
+
+    assert "eventbus.redis.password" in message
+    assert "918273645" not in message
+    langfuse = config_error(write(tmp_path, "langfuse:\n  secret_key: [sk-lf-abcdef123456]\n"))
+    assert "langfuse.secret_key" in langfuse and "abcdef123456" not in langfuse
+
+
+# -- durations and secrets ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (5, 5.0),
+        (0.25, 0.25),
+        ("5", 5.0),
+        ("5s", 5.0),
+        ("250ms", 0.25),
+        ("1.5s", 1.5),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        ("7d", 604800.0),
+        (" 10 s ", 10.0),
+        (0, 0.0),
+    ],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    assert parse_duration(value) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "value", ["fast", "5 minutes", "5x", "", "-1s", -1, True, None, [5], "1e3s", float("nan"), float("inf")]
+)
+def test_parse_duration_rejects_what_is_not_a_duration(value: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(value)
+
+
+def test_the_redis_password_never_appears_in_repr(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        eventbus:
+          provider: redis
+          redis:
+            username: kiki
+            password: ${REDIS_PASSWORD}
+        langfuse:
+          secret_key: ${LANGFUSE_SECRET}
+        """,
+    )
+
+    loaded = load_settings(path, environ={"REDIS_PASSWORD": "hunter2-s3cret", "LANGFUSE_SECRET": "sk-lf-topsecret"})
+
+    assert loaded.eventbus.redis.password == "hunter2-s3cret"
+    for text in (repr(loaded), str(loaded), repr(loaded.eventbus), repr(loaded.eventbus.redis)):
+        assert "hunter2-s3cret" not in text
+        assert "sk-lf-topsecret" not in text
+    assert "username='kiki'" in repr(loaded.eventbus.redis)
+
+
+def test_settings_are_immutable() -> None:
+    loaded = load_settings(None, environ={})
+
+    with pytest.raises(ValueError, match="frozen"):
+        loaded.server.port = 1  # type: ignore[misc]
+
+
+# -- hypothesis (R6) --------------------------------------------------------------------------
+
+_pieces = st.sampled_from(
+    [
+        "eventbus",
+        "redis",
+        "server",
+        "sse",
+        "port",
+        "keepalive",
+        "password",
+        "provider",
+        "graphs",
+        ":",
+        ": ",
+        "\n",
+        "  ",
+        "    ",
+        "\t",
+        "- ",
+        "[",
+        "]",
+        "{",
+        "}",
+        ",",
+        "'",
+        '"',
+        "#",
+        "&a ",
+        "*a",
+        "!!int ",
+        "!!float ",
+        "!!binary ",
+        "!!python/object ",
+        "!!timestamp ",
+        "? ",
+        "|",
+        ">",
+        "---\n",
+        "...\n",
+        "%YAML 1.1\n",
+        "${X}",
+        "${UNSET}",
+        "${Y:-5s}",
+        "5s",
+        "1e400",
+        ".nan",
+        ".inf",
+        "-1",
+        "true",
+        "null",
+        "~",
+        "0x1F",
+        "2001-02-30",
+    ]
+)
+_yamlish = st.one_of(
+    st.lists(st.one_of(_pieces, st.text(max_size=4)), max_size=30).map("".join),
+    st.text(max_size=60),
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz") / "fuzz.yaml"
+
+
+@given(text=_yamlish)
+@settings(max_examples=400, deadline=None)
+def test_arbitrary_yamlish_text_loads_or_raises_config_error(fuzz_file: Path, text: str) -> None:
+    fuzz_file.write_text(text, encoding="utf-8")
+    environ = {"X": "1", "Y": "[a", "KIKI__SERVER__HOST": "0.0.0.0"}
+
+    loaded: Settings | None = None
+    message = ""
+    try:
+        loaded = load_settings(fuzz_file, environ=environ)
+    except ConfigError as exc:  # anything else fails the test
+        message = str(exc)
+
+    if loaded is None:
+        # Names the file, or the environment variable that could not be applied.
+        assert message.startswith((f"{fuzz_file}: ", "environment KIKI__SERVER__HOST: "))
+    else:
+        assert loaded.server.host == "0.0.0.0"
