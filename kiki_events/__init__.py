@@ -12,6 +12,8 @@ The HTTP/SSE layer lives in :mod:`kiki_events.server`, test helpers in
 
 from __future__ import annotations
 
+import logging
+
 from .astream_events import events_from_astream_events, translate_astream_events
 from .bus import BusStats, EventBus, Overflow, Subscription
 from .codec import decode, decode_sse, encode, event_json_schema, sse_data
@@ -101,3 +103,6 @@ __all__ = [
     "sse_data",
     "translate_astream_events",
 ]
+
+# A library never configures logging; this only silences "no handler" warnings.
+logging.getLogger("kiki_events").addHandler(logging.NullHandler())

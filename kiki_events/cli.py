@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,12 +89,13 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
+        from .logs import configure_logging
         from .runtime import KikiRuntime
         from .server.app import create_app
     except ImportError as exc:
         raise MissingDependencyError(f"serving needs {exc.name}: pip install 'kiki-events[server]'") from None
 
-    logging.basicConfig(level=settings.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.logging)
     # Relative graph paths resolve against the current directory, like --graph values.
     runtime = KikiRuntime(settings, base_dir=Path.cwd())
     app = create_app(runtime=runtime)
@@ -112,6 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=server.host,
         port=server.port,
         log_level=settings.logging.level.lower(),
+        log_config=None,  # keep our handlers: uvicorn's records go through them too
         timeout_graceful_shutdown=int(settings.runs.shutdown_grace) + 10,
     )
     return 0

@@ -96,4 +96,6 @@ def test_importing_the_package_imports_no_server_or_backend_and_has_no_side_effe
 
     imported, side_effects = out.splitlines()
     assert imported == "[]"  # the server and the optional backends load only when used
-    assert side_effects == "1 [] []"  # no threads started, no logging configured
+    # No threads started and no logging configured; the library's own logger only
+    # has the NullHandler that silences "no handlers could be found".
+    assert side_effects == "1 [] [<NullHandler (NOTSET)>]"

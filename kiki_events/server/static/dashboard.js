@@ -376,19 +376,39 @@
         setConnection("reconnecting");  // the browser retries by itself, sending Last-Event-ID
         return;
       }
-      // The browser gave up (an HTTP error answer): retry ourselves, resuming after lastSeq.
+      // The browser gave up (an HTTP error answer): retry ourselves, resuming after
+      // lastSeq, unless the server does not know the run (any more).
       es.close();
-      if (stream.retries >= MAX_MANUAL_RETRIES) {
-        setConnection("disconnected");
-        warn("Lost the connection to the event stream.");
-        ui.run.disabled = false;
-        return;
-      }
-      stream.retries += 1;
       setConnection("reconnecting");
-      stream.timer = setTimeout(connect, 500 * 2 ** stream.retries);
+      runKnown().then((known) => {
+        if (!stream || stream.es !== es) return;
+        if (!known || stream.retries >= MAX_MANUAL_RETRIES) {
+          giveUp(known ? "Lost the connection to the event stream."
+            : "The server does not know this run (it ended too long ago, or never existed).");
+          return;
+        }
+        stream.retries += 1;
+        stream.timer = setTimeout(connect, 500 * 2 ** stream.retries);
+      });
     };
     for (const type of EVENT_TYPES) es.addEventListener(type, (event) => receive(type, event, es));
+  }
+
+  async function runKnown() {
+    try {
+      const res = await fetch(`runs/${encodeURIComponent(state.runId)}`, { headers: { Accept: "application/json" } });
+      return res.status !== 404;
+    } catch {
+      return true;  // the server is unreachable: keep trying
+    }
+  }
+
+  function giveUp(reason) {
+    stopStream();
+    setConnection("disconnected");
+    warn(reason);
+    ui.cancel.disabled = true;
+    ui.run.disabled = false;
   }
 
   function stopStream() {
