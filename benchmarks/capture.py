@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import load_demo, median, verdict, write_results
 from kiki_events import EventBus, KikiCallbackHandler, StreamEvent
-from kiki_events.server.frames import event_frame
+from kiki_events.replay import RunLog
 
 INPUT = {"messages": [{"role": "user", "content": "Write the report."}]}
 
@@ -69,16 +69,32 @@ async def timed(fn: Callable[[Any], Awaitable[int]], graph: Any) -> tuple[float,
     return time.perf_counter() - start, count
 
 
+async def aenumerate(items: Any) -> Any:
+    index = 0
+    async for item in items:
+        yield index, item
+        index += 1
+
+
 async def wire_sizes(graph: Any) -> dict[str, float]:
     """Average bytes per token frame: ours vs LangGraph Server's ``messages`` frame."""
     events: list[StreamEvent] = []
     await graph.ainvoke(INPUT, {"callbacks": [KikiCallbackHandler(events.append)], "configurable": {"thread_id": "t"}})
-    ours = [len(event_frame(e)) for e in events if e.type == "token"]
+    log = RunLog(events[0].run_id, len(events))  # frames exactly as the server stores and sends them
+    for event in events:
+        log.append(event)
+    frames, _ = log.read(0, len(events))
+    ours = [len(frame.data) for frame in frames if frame.event.type == "token"]
     theirs = []
-    async for chunk, metadata in graph.astream(INPUT, {"configurable": {"thread_id": "t"}}, stream_mode="messages"):
-        # LangGraph Server frames a messages-mode item as the JSON pair [message, metadata].
+    stream = graph.astream(INPUT, {"configurable": {"thread_id": "t"}}, stream_mode="messages")
+    async for seq, (chunk, metadata) in aenumerate(stream):
+        # LangGraph Server frames a messages-mode item as the JSON pair [message, metadata]; a
+        # resumable stream (like ours, always) adds an id line of milliseconds and a counter. Its
+        # own run metadata (assistant, graph, versions, host …) would add more: this anchor is
+        # the smaller, local part of that frame.
         data = json.dumps([chunk.model_dump(), metadata], separators=(",", ":"), default=str)
-        theirs.append(len(f"event: messages\ndata: {data}\n\n".encode()))
+        frame_id = f"{time.time_ns() // 1_000_000}-{seq}"
+        theirs.append(len(f"id: {frame_id}\nevent: messages\ndata: {data}\n\n".encode()))
     avg_ours = sum(ours) / len(ours)
     avg_theirs = sum(theirs) / len(theirs)
     return {

@@ -16,7 +16,7 @@ import logging
 
 from .astream_events import events_from_astream_events, translate_astream_events
 from .bus import BusStats, EventBus, Overflow, Subscription
-from .codec import decode, decode_sse, encode, event_json_schema, sse_data
+from .codec import SSEDecoder, decode, decode_sse, encode, event_json_schema, sse_data
 from .config import Settings, load_settings
 from .errors import (
     BusError,
@@ -78,6 +78,7 @@ __all__ = [
     "RunLimitError",
     "RunNotFoundError",
     "RunStatus",
+    "SSEDecoder",
     "Settings",
     "StatusEvent",
     "StreamEvent",

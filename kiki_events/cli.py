@@ -95,9 +95,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MissingDependencyError(f"serving needs {exc.name}: pip install 'kiki-events[server]'") from None
 
-    configure_logging(settings.logging)
     # Relative graph paths resolve against the current directory, like --graph values.
     runtime = KikiRuntime(settings, base_dir=Path.cwd())
+    configure_logging(settings.logging)  # only once everything that can be wrong was checked
     app = create_app(runtime=runtime)
     print(
         f"{_PROG}: serving http://{server.host}:{server.port}/ "

@@ -7,8 +7,9 @@ Two encodings:
 * :func:`sse_data` – the ``data:`` payload of an SSE frame. The frame's ``id:``
   line already carries ``run_id`` and ``seq`` and its ``event:`` line the type, so
   they are not repeated; token frames also leave out the run-constant envelope
-  fields (``thread_id``, ``node``, ``v``, ``causation_id``). :func:`decode_sse`
-  rebuilds the event from the three frame lines.
+  fields (``thread_id``, ``node``, ``v``, ``causation_id``), and carry ``agent``
+  only on the first token of each message. :func:`decode_sse` rebuilds the
+  event from the three frame lines.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import EventDecodeError
-from .events import EVENT_TYPES, SCHEMA_VERSION, StreamEvent, TokenEvent
+from .events import EVENT_TYPES, SCHEMA_VERSION, DoneEvent, StreamEvent, TokenEvent
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
+    "SSEDecoder",
     "decode",
     "decode_sse",
     "encode",
@@ -84,12 +86,17 @@ def _explain(exc: ValidationError, data: bytes | str) -> str:
     return f"invalid {kind} event: {where}: {first['msg']}{more}"
 
 
-def sse_data(event: StreamEvent) -> bytes:
-    """The ``data:`` payload of ``event``'s SSE frame (see the module docstring)."""
+def sse_data(event: StreamEvent, *, with_agent: bool = True) -> bytes:
+    """The ``data:`` payload of ``event``'s SSE frame (see the module docstring).
+
+    A message's agent is metadata of the message, not of each token: the replay
+    log passes ``with_agent=False`` for every token of a message after its first,
+    and clients map ``message_id`` to the agent they saw first.
+    """
     if type(event) is TokenEvent:
         # The hot path: one frame per token, so build it by hand.
         fields: dict[str, Any] = {"ts": round(event.ts, 3), "message_id": event.message_id, "text": event.text}
-        if event.agent is not None:
+        if with_agent and event.agent is not None:
             fields["agent"] = event.agent
         if event.kind != "text":
             fields["kind"] = event.kind
@@ -128,6 +135,36 @@ def decode_sse(
         fields.setdefault("seq", 0)
     # Already size-checked; re-encoding may escape non-ASCII text and grow it.
     return _validate(json.dumps(fields))
+
+
+class SSEDecoder:
+    """Rebuilds the events of an SSE stream, restoring what frames leave out.
+
+    Token frames name their agent only on a message's first token; the decoder
+    remembers it per message and puts it back on the later tokens. Use one
+    decoder per stream (or per client reading several streams).
+    """
+
+    def __init__(self, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._agents: dict[tuple[str, str], str] = {}
+
+    def decode(self, event_id: str, event_type: str, data: bytes | str) -> StreamEvent:
+        """Like :func:`decode_sse`; raises :class:`EventDecodeError` the same way."""
+        event = decode_sse(event_id, event_type, data, max_bytes=self.max_bytes)
+        if isinstance(event, TokenEvent):
+            key = (event.run_id, event.message_id)
+            if event.agent is not None:
+                self._agents[key] = event.agent
+            else:
+                agent = self._agents.get(key)
+                if agent is not None:
+                    event = event.model_copy(update={"agent": agent})
+        elif isinstance(event, DoneEvent):
+            run_id = event.run_id
+            for key in [k for k in self._agents if k[0] == run_id]:
+                del self._agents[key]
+        return event
 
 
 def event_json_schema() -> dict[str, Any]:

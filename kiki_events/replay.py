@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Literal, TypeAlias
 
-from .events import DoneEvent, RunStatus, StatusEvent, StreamEvent
+from .events import DoneEvent, RunStatus, StatusEvent, StreamEvent, TokenEvent
 from .server.frames import event_frame
 
 __all__ = ["Frame", "Item", "Notifier", "RunCursor", "RunLog", "SlowClientPolicy", "ThreadCursor"]
@@ -28,11 +28,12 @@ SlowClientPolicy: TypeAlias = Literal["skip", "disconnect"]
 class Frame:
     """One stored event and its SSE frame bytes (encoded lazily, once)."""
 
-    __slots__ = ("_data", "event", "seq")
+    __slots__ = ("_data", "event", "seq", "with_agent")
 
-    def __init__(self, event: StreamEvent) -> None:
+    def __init__(self, event: StreamEvent, *, with_agent: bool = True) -> None:
         self.event = event
         self.seq = event.seq
+        self.with_agent = with_agent
         self._data: bytes | None = None
 
     @property
@@ -40,7 +41,7 @@ class Frame:
         """The frame as sent to SSE clients (``id``/``event``/``data`` lines)."""
         data = self._data
         if data is None:
-            data = self._data = event_frame(self.event)
+            data = self._data = event_frame(self.event, with_agent=self.with_agent)
         return data
 
 
@@ -100,6 +101,9 @@ class RunLog:
         self.reordered = 0
         """Events that arrived after a later one (inserted in place)."""
         self._frames: list[Frame] = []
+        # Messages whose agent a token frame already named: later tokens of the
+        # same message leave it out (the agent is message metadata, not token data).
+        self._announced: set[str] = set()
         # Trimming in batches keeps appends O(1) amortised; at most this many
         # extra events are kept beyond ``capacity``.
         self._slack = max(16, capacity // 8)
@@ -121,8 +125,14 @@ class RunLog:
         """Store ``event``; returns ``False`` for a duplicate or a notice (``seq == 0``)."""
         seq = event.seq
         frames = self._frames
+        with_agent = True
+        if type(event) is TokenEvent:
+            announced = self._announced
+            with_agent = event.message_id not in announced
+            if with_agent:
+                announced.add(event.message_id)
         if seq > self.last_seq:
-            frames.append(Frame(event))
+            frames.append(Frame(event, with_agent=with_agent))
             self.last_seq = seq
         elif seq == 0:
             return False
@@ -133,7 +143,7 @@ class RunLog:
                 return False
             if index == 0 and frames and len(frames) >= self.capacity:
                 return False  # older than anything kept
-            frames.insert(index, Frame(event))
+            frames.insert(index, Frame(event, with_agent=with_agent))
             self.reordered += 1
         if type(event) is DoneEvent:
             self.final_status = event.status

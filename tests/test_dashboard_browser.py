@@ -35,7 +35,7 @@ from langgraph.graph.message import add_messages
 from langgraph.types import interrupt
 from typing_extensions import TypedDict
 
-from kiki_events.codec import decode_sse
+from kiki_events.codec import SSEDecoder
 from kiki_events.config import Settings
 from kiki_events.events import ToolResultEvent
 from kiki_events.server.app import create_app
@@ -290,6 +290,7 @@ def wait_until_finished(page: Any) -> str:
 def fetch_events(base_url: str, run_id: str) -> CapturedEvents:
     """The whole run, read separately from the page with an SSE client of our own."""
     events = CapturedEvents()
+    decoder = SSEDecoder()
     with (
         httpx.Client(base_url=base_url, timeout=20) as client,
         client.stream("GET", f"/runs/{run_id}/stream", headers={"Accept": "text/event-stream"}) as response,
@@ -297,7 +298,7 @@ def fetch_events(base_url: str, run_id: str) -> CapturedEvents:
         assert response.status_code == 200
         for frame in iter_frames(response):
             assert frame.id is not None and frame.event is not None and frame.data is not None, frame.raw
-            events.append(decode_sse(frame.id, frame.event, frame.data))
+            events.append(decoder.decode(frame.id, frame.event, frame.data))
             if events[-1].type == "done":
                 break
     assert [e.seq for e in events] == list(range(1, len(events) + 1)), "the run's events are not contiguous"

@@ -536,3 +536,23 @@ def test_mutated_events_only_ever_raise_event_decode_error(
     data = json.dumps(fields).encode()
     for candidate in (data, data[: len(data) - cut]):
         _check(_attempt(lambda candidate=candidate: decode(candidate)))
+
+
+def test_token_frames_name_the_agent_once_per_message_and_the_decoder_restores_it() -> None:
+    from kiki_events.codec import SSEDecoder
+    from kiki_events.replay import RunLog
+
+    def token(seq: int, message_id: str, agent: str) -> TokenEvent:
+        return TokenEvent(run_id="run", seq=seq, ts=1.0, agent=agent, message_id=message_id, text=f"t{seq}")
+
+    events = [token(1, "m1", "writer"), token(2, "m1", "writer"), token(3, "m2", "research/researcher")]
+    log = RunLog("run", 10)
+    for event in events:
+        log.append(event)
+    frames, _ = log.read(0, 10)
+    payloads = [frame.data.split(b"data: ", 1)[1] for frame in frames]
+    assert [b'"agent"' in p for p in payloads] == [True, False, True]
+
+    decoder = SSEDecoder()
+    decoded = [decoder.decode(e.id, "token", p.strip()) for e, p in zip(events, payloads, strict=True)]
+    assert [e.agent for e in decoded] == ["writer", "writer", "research/researcher"]

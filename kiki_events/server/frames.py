@@ -24,8 +24,11 @@ from ..redaction import redact_text
 __all__ = ["event_frame", "notice_frame", "retry_frame"]
 
 
-def event_frame(event: StreamEvent) -> bytes:
-    """The frame of one run event (``id``, ``event`` and ``data`` lines)."""
+def event_frame(event: StreamEvent, *, with_agent: bool = True) -> bytes:
+    """The frame of one run event (``id``, ``event`` and ``data`` lines).
+
+    ``with_agent=False`` leaves a token's agent out (see :func:`~kiki_events.codec.sse_data`).
+    """
     if event.seq == 0 and type(event) is StatusEvent:
         return notice_frame(event)
     kind = type(event)
@@ -44,7 +47,7 @@ def event_frame(event: StreamEvent) -> bytes:
             b"\nevent: ",
             event.type.encode(),
             b"\ndata: ",
-            sse_data(event),
+            sse_data(event, with_agent=with_agent),
             b"\n\n",
         )
     )

@@ -226,7 +226,9 @@
     },
 
     token(d) {
-      const name = d.agent || "(run)";
+      // The agent comes with a message's first token; later tokens name only the message.
+      if (d.agent) view.messageAgents.set(d.message_id, d.agent);
+      const name = d.agent || view.messageAgents.get(d.message_id) || "(run)";
       const entry = lane(name);
       const kind = d.kind === "reasoning" ? "reasoning" : "text";
       const msg = message(d.message_id, entry);
@@ -432,7 +434,7 @@
     state.threadId = info.thread_id || null;
     state.graph = info.graph || null;
     window.kikiState = state;
-    view = { lanes: new Map(), messages: new Map(), tools: new Map(), noticeSinceLast: false };
+    view = { lanes: new Map(), messages: new Map(), messageAgents: new Map(), tools: new Map(), noticeSinceLast: false };
     ui.lanes.replaceChildren();
     ui.runFeed.replaceChildren();
     ui.runFeed.hidden = true;
