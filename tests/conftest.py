@@ -9,6 +9,10 @@ from types import ModuleType
 
 import pytest
 
+from tests.redis_server import key_prefix, redis_server, redis_url
+
+__all__ = ["key_prefix", "redis_server", "redis_url"]
+
 ROOT = Path(__file__).resolve().parent.parent
 _loaded: dict[str, ModuleType] = {}
 

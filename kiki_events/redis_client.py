@@ -1,0 +1,99 @@
+"""Redis clients built from settings, and the key/channel names of one deployment.
+
+``redis`` is imported lazily: using the Redis transports without it raises
+:class:`~kiki_events.errors.MissingDependencyError` naming what to install.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .config import RedisSettings
+from .errors import ConfigError, MissingDependencyError
+from .redaction import redact_url
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["Keys", "connection_url", "create_redis"]
+
+
+def connection_url(settings: RedisSettings) -> str:
+    """The ``redis://`` / ``rediss://`` URL that ``settings`` describe (password included)."""
+    if settings.url:
+        if not settings.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"eventbus.redis.url: expected redis://, rediss:// or unix://, got {redact_url(settings.url)!r}"
+            )
+        return settings.url
+    host, sep, port = settings.addr.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"eventbus.redis.addr: expected host:port, got {settings.addr!r}")
+    scheme = "rediss" if settings.tls else "redis"
+    return f"{scheme}://{host}:{port}/{settings.db}"
+
+
+def create_redis(settings: RedisSettings, **options: Any) -> Redis:
+    """An asyncio Redis client for ``settings`` (ACL user, password, TLS, db).
+
+    The client is not connected yet; redis-py connects on first use and
+    reconnects by itself. ``options`` go to ``Redis.from_url``.
+    """
+    try:
+        from redis.asyncio import Redis
+    except ImportError as exc:  # pragma: no cover - redis is a required dependency today
+        raise MissingDependencyError("the Redis transports need redis: pip install 'kiki-events[redis]'") from exc
+    kwargs: dict[str, Any] = {"health_check_interval": 10, "socket_connect_timeout": 2.0, **options}
+    if settings.username is not None:
+        kwargs["username"] = settings.username
+    if settings.password is not None:
+        kwargs["password"] = settings.password
+    return Redis.from_url(connection_url(settings), **kwargs)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every key and channel name, under one prefix (which isolates tenants).
+
+    Run-scoped names carry the run id in a hash tag (``{run_id}``) so a Redis
+    Cluster keeps a run's keys on one shard.
+    """
+
+    prefix: str = "kiki:"
+
+    def run_channel(self, run_id: str) -> str:
+        return f"{self.prefix}run:{{{run_id}}}"
+
+    def thread_channel(self, thread_id: str) -> str:
+        return f"{self.prefix}thread:{{{thread_id}}}"
+
+    def lifecycle_channel(self) -> str:
+        return f"{self.prefix}lifecycle"
+
+    def control_channel(self, node: str | None = None) -> str:
+        return f"{self.prefix}control" if node is None else f"{self.prefix}control:{node}"
+
+    def run_stream(self, run_id: str) -> str:
+        return f"{self.prefix}stream:{{{run_id}}}"
+
+    def run_info(self, run_id: str) -> str:
+        return f"{self.prefix}runinfo:{{{run_id}}}"
+
+    def thread_runs(self, thread_id: str) -> str:
+        return f"{self.prefix}threadruns:{{{thread_id}}}"
+
+    def work_stream(self, agent: str) -> str:
+        return f"{self.prefix}work:{agent}"
+
+    def dead_letter_stream(self, agent: str) -> str:
+        return f"{self.prefix}dead:{agent}"
+
+    def agents(self, agent: str) -> str:
+        return f"{self.prefix}agents:{agent}"
+
+    def reply(self, request_id: str) -> str:
+        return f"{self.prefix}reply:{{{request_id}}}"
+
+    def done_marker(self, request_id: str) -> str:
+        return f"{self.prefix}handled:{{{request_id}}}"
