@@ -25,6 +25,7 @@ from .topics import TOPICS
 __all__ = [
     "EventBusSettings",
     "HandlerSettings",
+    "HandoffSettings",
     "LangfuseSettings",
     "LoggingSettings",
     "MetricsSettings",
@@ -174,6 +175,40 @@ class HandlerSettings(_Section):
     """Tool inputs/outputs and custom data longer than this are truncated in events."""
 
 
+class HandoffSettings(_Section):
+    """Agents across nodes (needs ``eventbus.provider: redis``); see :mod:`kiki_events.handoff`."""
+
+    serve: tuple[str, ...] = ()
+    """Agents (graph names) this node runs for other nodes."""
+    concurrency: int = Field(default=4, ge=1, le=1024)
+    """Tasks of one agent this node runs at once."""
+    timeout: Duration = 300.0
+    """Default time a delegating caller waits for the result."""
+    pickup_timeout: Duration = 5.0
+    """How long a task may wait for a node to pick it up before serving nodes are checked again."""
+    claim_idle: Duration = 30.0
+    """A task silent this long (its node died) is reclaimed by another node."""
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    """Deliveries of one task before it moves to the dead-letter stream."""
+    heartbeat: Duration = 2.0
+    """Interval of a serving node's advertisement and of its running tasks' keep-alive."""
+    advertise_ttl: Duration = 10.0
+    """A node that stops heartbeating stops counting as serving after this long."""
+    result_ttl: Duration = 600.0
+    """How long results and done markers are kept in Redis."""
+    max_input_bytes: int = Field(default=1 << 20, ge=1024)
+    max_output_bytes: int = Field(default=256 * 1024, ge=1024)
+    """Larger final states are replaced by the last message's text."""
+
+    @field_validator("serve")
+    @classmethod
+    def _agent_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not name or len(name) > 200 or any(c.isspace() or c in "{}" for c in name):
+                raise ValueError(f"invalid agent name {name!r} (no spaces or braces, at most 200 characters)")
+        return value
+
+
 class MetricsSettings(_Section):
     enabled: bool = True
     path: str = "/metrics"
@@ -208,6 +243,7 @@ class Settings(_Section):
     sse: SSESettings = SSESettings()
     runs: RunSettings = RunSettings()
     handler: HandlerSettings = HandlerSettings()
+    handoff: HandoffSettings = HandoffSettings()
     metrics: MetricsSettings = MetricsSettings()
     langfuse: LangfuseSettings = LangfuseSettings()
     logging: LoggingSettings = LoggingSettings()

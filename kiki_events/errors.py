@@ -11,10 +11,14 @@ working for callers who do not know this library::
     ├── BusError (RuntimeError)             bus used outside its lifecycle
     │   └── SubscriptionOverflowError       a ``disconnect`` subscription fell behind
     ├── GraphLoadError (ImportError)        ``path.py:attr`` cannot be loaded
-    └── RunError (RuntimeError)
-        ├── RunNotFoundError (LookupError)  unknown (or someone else's) run
-        ├── UnknownGraphError (LookupError) no graph registered under that name
-        └── RunLimitError                   too many runs executing at once
+    ├── RunError (RuntimeError)
+    │   ├── RunNotFoundError (LookupError)  unknown (or someone else's) run
+    │   ├── UnknownGraphError (LookupError) no graph registered under that name
+    │   └── RunLimitError                   too many runs executing at once
+    └── HandoffError (RuntimeError)         handing a task to an agent on another node failed
+        ├── NoAgentError (LookupError)      no node serves that agent
+        ├── HandoffTimeoutError (TimeoutError) no result within the timeout
+        └── HandoffFailedError              the agent's run ended in error (redacted message)
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ __all__ = [
     "ConfigError",
     "EventDecodeError",
     "GraphLoadError",
+    "HandoffError",
+    "HandoffFailedError",
+    "HandoffTimeoutError",
     "KikiEventsError",
     "MissingDependencyError",
+    "NoAgentError",
     "RunError",
     "RunLimitError",
     "RunNotFoundError",
@@ -76,3 +84,28 @@ class UnknownGraphError(RunError, LookupError):
 
 class RunLimitError(RunError):
     """Too many runs are executing at once (``runs.max_active``); try again later."""
+
+
+class HandoffError(KikiEventsError, RuntimeError):
+    """A task handed to an agent on another node could not be completed."""
+
+
+class NoAgentError(HandoffError, LookupError):
+    """No live node serves the requested agent (or none picked the task up)."""
+
+
+class HandoffTimeoutError(HandoffError, TimeoutError):
+    """The agent did not deliver a result within the timeout."""
+
+
+class HandoffFailedError(HandoffError):
+    """The agent's run ended without success; the message is redacted.
+
+    ``status`` is the run's final status (``error``, ``cancelled``, ``interrupted``)
+    or ``dead_letter`` when the task was given up after too many attempts.
+    """
+
+    def __init__(self, message: str, *, status: str = "error", run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.run_id = run_id

@@ -36,6 +36,7 @@ from .events import (
     RunStatus,
     StatusEvent,
     StreamEvent,
+    TokenEvent,
     ToolCallEvent,
     ToolResultEvent,
     Usage,
@@ -56,6 +57,7 @@ _CANCELLED = ("CancelledError", "GeneratorExit", "KeyboardInterrupt")
 # LangGraph's control-flow exceptions (interrupts, Command(graph=PARENT)) are not failures.
 _CONTROL_FLOW = ("GraphInterrupt", "NodeInterrupt", "ParentCommand", "GraphBubbleUp")
 _FINISHED_MEMORY = 4096
+_NOT_RELAYED = frozenset({"status", "error", "done", "interrupt"})
 
 
 def short_run_id(run_uuid: UUID) -> str:
@@ -131,6 +133,8 @@ class _Run:
     interrupted: bool = False
     failed_agent: str | None = None
     error_sent: bool = False
+    relayed_ids: dict[str, str] = field(default_factory=dict)
+    """Message ids of relayed runs → message ids in this run (see ``relay``)."""
 
 
 def _guard(method: Callable[..., None]) -> Callable[..., None]:
@@ -736,6 +740,91 @@ class KikiCallbackHandler(GraphCallbackHandler):
         if len(text) > self.max_payload_chars:
             return text[: self.max_payload_chars] + "…"
         return value
+
+    # -- events of other runs, relayed into a live run (agents on other nodes) ------------
+    # Used by kiki_events.handoff: a node that hands work to an agent on another node
+    # re-emits that agent's events inside its own run, so whoever watches this run
+    # sees them. Relayed events get this run's id, next seq and thread; their
+    # ``causation_id`` is the id of the original event.
+
+    def run_id_of(self, lc_run_id: UUID | None) -> str | None:
+        """Our run id of the live root run that LangChain run ``lc_run_id`` belongs to."""
+        run = self._owner.get(lc_run_id) if lc_run_id is not None else None
+        return run.run_id if run is not None else None
+
+    def emit_custom(self, run_id: str, name: str, data: Any, *, agent: str | None = None) -> CustomEvent | None:
+        """Add a ``custom`` event to the live run ``run_id``; ``None`` if it is not live."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        event = CustomEvent(
+            run_id=run.run_id,
+            seq=next(run.seq),
+            ts=_now(),
+            thread_id=run.thread_id,
+            causation_id=run.causation_id,
+            node=self.node,
+            agent=agent,
+            name=name,
+            data=self._jsonable(data),
+        )
+        if self._emit(event) is False:
+            self.dropped += 1
+        return event
+
+    def relay(self, run_id: str, event: StreamEvent, *, agent_prefix: str | None = None) -> StreamEvent | None:
+        """Re-emit ``event`` (of another run) inside the live run ``run_id``.
+
+        The copy gets ``run_id``'s id, next seq and thread, ``causation_id`` = the
+        original event's id, and its agent under ``agent_prefix`` (like a subgraph:
+        ``writer`` + ``draft`` → ``writer/draft``). Message and tool call ids are
+        renamed so they cannot collide with this run's own. A run's framing events
+        (``status``, ``error``, ``done``, ``interrupt``) and notices are not relayed:
+        the relaying node reports the outcome itself. Returns the relayed event, or
+        ``None`` when nothing was emitted (not relayable, or ``run_id`` is not live).
+        """
+        run = self._runs.get(run_id)
+        if run is None or event.seq == 0 or event.type in _NOT_RELAYED or event.run_id == run_id:
+            return None
+        agent = event.agent
+        if agent_prefix:
+            agent = f"{agent_prefix}/{agent}" if agent else agent_prefix
+        update: dict[str, Any] = {
+            "run_id": run.run_id,
+            "seq": next(run.seq),
+            "thread_id": run.thread_id,
+            "causation_id": event.id,
+            "agent": agent,
+        }
+        message_id = getattr(event, "message_id", None)
+        if message_id is not None:
+            key = f"{event.run_id}|{message_id}"
+            mapped = run.relayed_ids.get(key)
+            if mapped is None:
+                mapped = run.relayed_ids[key] = f"m{next(run.messages)}"
+            update["message_id"] = mapped
+        tool_call_id = getattr(event, "tool_call_id", None)
+        if tool_call_id is not None:
+            update["tool_call_id"] = f"{tool_call_id}~{event.run_id[:8]}"
+        relayed: StreamEvent
+        if type(event) is TokenEvent:
+            relayed = trusted_token(
+                run.run_id,
+                update["seq"],
+                event.ts,
+                run.thread_id,
+                agent,
+                update["causation_id"],
+                event.node,
+                update["message_id"],
+                event.text,
+                event.kind,
+            )
+        else:
+            relayed = type(event).model_construct(**{**dict(event), **update})
+        if self._emit(relayed) is False:
+            self.dropped += 1
+        return relayed
 
 
 def _name(serialized: dict[str, Any] | None) -> str | None:
