@@ -86,6 +86,7 @@ __all__ = [
     "TeamState",
     "build_benchmark_graph",
     "build_graph",
+    "build_writer_graph",
     "fetch_page",
     "graph",
     "web_search",
@@ -452,11 +453,42 @@ def _route_supervisor(state: TeamState) -> str:
 # -- graphs ----------------------------------------------------------------------
 
 
+def _writer_node(token_delay: float, tokens_per_answer: int | None) -> _LLMNode:
+    def writer_script(messages: list[BaseMessage]) -> AIMessage:
+        reply = _writer_script(messages)
+        if tokens_per_answer is not None:
+            reply = AIMessage(content=fit_to_tokens(reply.text, tokens_per_answer))
+        return reply
+
+    return _LLMNode(
+        "writer",
+        ScriptedChatModel(script=writer_script, token_delay=token_delay),
+        "You are a writer. Answer the user's request from the research findings.",
+        _finish_writer,
+    )
+
+
+def build_writer_graph(
+    *, token_delay: float = 0.0, tokens_per_answer: int | None = None
+) -> CompiledStateGraph[TeamState, None, TeamState, TeamState]:
+    """The writer alone: ``START -> writer -> END`` on the team's conversation.
+
+    A node serves it as the agent ``writer`` for teams on other nodes (see
+    ``research_team_split.py``).
+    """
+    graph = StateGraph(TeamState)
+    graph.add_node("writer", _writer_node(token_delay, tokens_per_answer))
+    graph.add_edge(START, "writer")
+    graph.add_edge("writer", END)
+    return graph.compile(name="writer")
+
+
 def build_graph(
     *,
     token_delay: float = 0.0,
     tokens_per_answer: int | None = None,
     checkpointer: Checkpointer = None,
+    writer: Any = None,
 ) -> CompiledStateGraph[TeamState, None, TeamState, TeamState]:
     """Build the research team graph.
 
@@ -465,14 +497,9 @@ def build_graph(
         tokens_per_answer: If set, the writer's answer is cut or padded to
             exactly this many streamed text chunks (for benchmarks).
         checkpointer: Passed to ``compile``.
+        writer: Replaces the writer node (e.g. a node that delegates to a
+            writer agent on another node).
     """
-
-    def writer_script(messages: list[BaseMessage]) -> AIMessage:
-        reply = _writer_script(messages)
-        if tokens_per_answer is not None:
-            reply = AIMessage(content=fit_to_tokens(reply.text, tokens_per_answer))
-        return reply
-
     tools = [web_search, fetch_page]
     researcher_model = ScriptedChatModel(script=_researcher_script, token_delay=token_delay).bind_tools(tools)
 
@@ -502,15 +529,7 @@ def build_graph(
         ),
     )
     team.add_node("research", research.compile(name="research"))
-    team.add_node(
-        "writer",
-        _LLMNode(
-            "writer",
-            ScriptedChatModel(script=writer_script, token_delay=token_delay),
-            "You are a writer. Answer the user's request from the research findings.",
-            _finish_writer,
-        ),
-    )
+    team.add_node("writer", writer if writer is not None else _writer_node(token_delay, tokens_per_answer))
     team.add_edge(START, "supervisor")
     team.add_conditional_edges("supervisor", _route_supervisor, ["research", "writer", END])
     team.add_edge("research", "supervisor")

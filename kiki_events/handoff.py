@@ -285,6 +285,8 @@ class _Served:
     graph: str
     queue: WorkQueue
     task: asyncio.Task[None] | None = None
+    ready: bool = False
+    """Its group exists and it was advertised since the last Redis error."""
     active: dict[str, _Active] = field(default_factory=dict)
     """Entry id → task being run."""
     running: set[asyncio.Task[None]] = field(default_factory=set)
@@ -322,7 +324,8 @@ class Handoff:
         self.keys = keys or Keys(runtime.settings.eventbus.redis.channel_prefix)
         self._owns_redis = redis is None
         self.redis: Redis = redis if redis is not None else create_redis(runtime.settings.eventbus.redis)
-        self._follow = follow
+        self.follow = follow
+        """How runs are followed (``None``: the runtime's ``follow``, else the local store)."""
         self._drain_grace = 3.0
         self._served: dict[str, _Served] = {}
         self._heartbeat: asyncio.Task[None] | None = None
@@ -440,11 +443,18 @@ class Handoff:
             consumer=self.node,
             dead_letter=self.keys.dead_letter_stream(agent),
         )
-        await queue.ensure_group()
         served = self._served[agent] = _Served(agent, graph_name, queue)
-        await self._advertise([agent])
+        try:
+            await self._prepare(served)
+        except Exception as exc:  # Redis is down: the consumer loop keeps trying
+            logger.warning("agent %r is not served yet (%s); retrying", agent, redact_text(str(exc)))
         served.task = asyncio.get_running_loop().create_task(self._consume(served), name=f"kiki-handoff:{agent}")
         logger.info("node %s serves agent %r (graph %r)", self.node, agent, graph_name)
+
+    async def _prepare(self, served: _Served) -> None:
+        await served.queue.ensure_group()
+        await self._advertise([served.agent])
+        served.ready = True
 
     def serving(self) -> list[str]:
         """Agents this node serves."""
@@ -530,6 +540,8 @@ class Handoff:
         failures = 0
         while True:
             try:
+                if not served.ready:
+                    await self._prepare(served)
                 free = settings.concurrency - len(served.running)
                 if free <= 0:
                     await asyncio.wait(served.running, return_when=asyncio.FIRST_COMPLETED)
@@ -836,7 +848,7 @@ class Handoff:
 
     async def _follow_run(self, run_id: str, deadline: float) -> AsyncIterator[StreamEvent]:
         """Every event of ``run_id`` once, in order; retries while the run is not known here yet."""
-        follow = self._follow or getattr(self.runtime, "follow", None)
+        follow = self.follow or getattr(self.runtime, "follow", None)
         after = 0
         delay = 0.01
         while True:

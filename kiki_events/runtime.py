@@ -27,6 +27,8 @@ from .runs import RunManager, RunStore
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from .handoff import Handoff
+
 __all__ = ["KikiRuntime", "default_node_name"]
 
 logger = logging.getLogger("kiki_events.runtime")
@@ -82,6 +84,13 @@ class KikiRuntime:
             node=self.node,
         )
         self._registry = registry
+        # Agents across nodes (kiki_events.handoff): delegate to and serve agents
+        # through Redis; None with another provider.
+        self.handoff: Handoff | None = None
+        if settings.eventbus.enabled and settings.eventbus.provider == "redis":
+            from .handoff import Handoff
+
+            self.handoff = Handoff(self)
         self._state: Literal["new", "running", "stopping", "closed"] = "new"
         self._remove_sink: Callable[[], None] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -111,6 +120,8 @@ class KikiRuntime:
         await self.bus.start()
         self._remove_sink = self.bus.add_sink(self.store.sink)
         await self.store.start()
+        if self.handoff is not None:
+            await self.handoff.start()
         self._state = "running"
         logger.info(
             "kiki runtime started on node %s with graphs %s", self.node, ", ".join(self.graphs.names()) or "(none)"
@@ -130,6 +141,8 @@ class KikiRuntime:
         return self._shutdown_task
 
     async def _shutdown(self) -> None:
+        if self.handoff is not None:  # take no new tasks from other nodes
+            await self.handoff.stop_serving()
         await self.runs.shutdown(self.settings.runs.shutdown_grace)
         self.store.stop_following()
 
@@ -140,6 +153,8 @@ class KikiRuntime:
             return
         try:
             await self.request_shutdown()
+            if self.handoff is not None:
+                await self.handoff.close()
         finally:
             if self._remove_sink is not None:
                 self._remove_sink()

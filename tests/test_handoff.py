@@ -109,11 +109,12 @@ class Cluster:
         self.handoffs: dict[str, Handoff] = {}
         self._stack = contextlib.AsyncExitStack()
 
-    def settings(self, node: str) -> Settings:
+    def settings(self, node: str, handoff: HandoffSettings) -> Settings:
         return Settings.model_validate(
             {
                 "node": node,
                 "eventbus": {"provider": "redis", "redis": {"url": self.redis_url, "channel_prefix": self.prefix}},
+                "handoff": handoff.model_dump(),
             }
         )
 
@@ -135,13 +136,14 @@ class Cluster:
     async def node(
         self, name: str, graphs: dict[str, Any] | None = None, *, serve: tuple[str, ...] = (), **options: Any
     ) -> Handoff:
-        runtime = KikiRuntime(self.settings(name), graphs=graphs or {})
+        """A started runtime named ``name``; returns its Handoff."""
+        settings = self.settings(name, FAST.model_copy(update={"serve": serve, **options}))
+        runtime = KikiRuntime(settings, graphs=graphs or {})
+        handoff = runtime.handoff
+        assert handoff is not None
+        if getattr(runtime, "follow", None) is None:
+            handoff.follow = self.follow
         await self._stack.enter_async_context(runtime)
-        settings = FAST.model_copy(update={"serve": serve, **options})
-        redis = Redis.from_url(self.redis_url)
-        self._stack.push_async_callback(redis.aclose)
-        handoff = Handoff(runtime, redis, self.keys, settings, follow=self.follow)
-        await self._stack.enter_async_context(handoff)
         self.runtimes[name] = runtime
         self.handoffs[name] = handoff
         return handoff
