@@ -29,6 +29,7 @@ from .errors import (
     RunLimitError,
     RunNotFoundError,
     SubscriptionOverflowError,
+    TransportError,
     UnknownGraphError,
 )
 from .events import (
@@ -87,6 +88,7 @@ __all__ = [
     "TokenEvent",
     "ToolCallEvent",
     "ToolResultEvent",
+    "TransportError",
     "UnknownGraphError",
     "Usage",
     "__version__",

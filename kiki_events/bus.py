@@ -9,6 +9,10 @@ and overflow policy; a handler that raises is isolated, logged and counted.
 Sinks (:meth:`EventBus.add_sink`) are called synchronously for every event, on the
 loop, before any subscription: they are for cheap O(1) work such as appending to a
 replay buffer.
+
+Interest listeners (:meth:`EventBus.add_interest_listener`) learn when the first
+subscription to a run or thread appears and when the last one goes: the cross-node
+bridge uses that to receive a remote run's traffic only while someone here wants it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from .errors import BusError, SubscriptionOverflowError
 from .events import EVENT_TYPES, StreamEvent
 from .topics import topic_matches, topic_of
 
-__all__ = ["BusStats", "EventBus", "EventHandler", "Overflow", "Subscription"]
+__all__ = ["BusStats", "EventBus", "EventHandler", "InterestListener", "Overflow", "Subscription"]
 
 logger = logging.getLogger("kiki_events.bus")
 
@@ -34,6 +38,8 @@ Overflow: TypeAlias = Literal["drop_oldest", "drop_newest", "disconnect"]
 """What a full subscription queue does with the next event."""
 EventHandler: TypeAlias = Callable[[StreamEvent], Awaitable[object] | object]
 Sink: TypeAlias = Callable[[StreamEvent], object]
+InterestListener: TypeAlias = Callable[[Literal["run", "thread"], str, bool], object]
+"""Called with ``("run" | "thread", id, present)`` when interest in a run or thread changes."""
 
 _OVERFLOWS: tuple[str, ...] = get_args(Overflow)
 
@@ -247,6 +253,7 @@ class EventBus:
         self._by_thread: dict[str, list[Subscription]] = {}
         self._by_topic: list[tuple[tuple[str, ...], Subscription]] = []
         self._subscriptions: set[Subscription] = set()
+        self._interest: list[InterestListener] = []
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -323,7 +330,7 @@ class EventBus:
         while inbox:
             self._dispatch(inbox.popleft())
 
-    def _dispatch(self, event: StreamEvent) -> None:
+    def _dispatch(self, event: StreamEvent, topics: bool = True) -> None:
         self.stats.published += 1
         for sink in self._sinks:
             try:
@@ -342,13 +349,47 @@ class EventBus:
             if subs:
                 for sub in subs:
                     sub._offer(event)
-        if self._by_topic:
+        if topics and self._by_topic:
             topic = topic_of(event)
             if topic is not None:
                 for patterns, sub in self._by_topic:
                     # One offer per subscription, however many of its patterns match.
                     if any(topic_matches(p, topic) for p in patterns):
                         sub._offer(event)
+
+    def deliver(self, events: Iterable[StreamEvent], *, topics: bool = True) -> int:
+        """Dispatch events received from another node, on the bus's loop, in order.
+
+        Like :meth:`publish` for each event (sinks, then subscriptions), without the
+        cross-thread inbox: the caller runs on the loop. ``topics=False`` skips
+        topic subscriptions (they already saw these events as broadcasts).
+        Returns how many were dispatched; never raises.
+        """
+        if self._state != "running":
+            return 0
+        if self._inbox:
+            self._drain_inbox()
+        count = 0
+        for event in events:
+            self._dispatch(event, topics)
+            count += 1
+        return count
+
+    def broadcast(self, event: StreamEvent) -> None:
+        """Offer a remote lifecycle event to topic and catch-all subscriptions only.
+
+        Sinks and run/thread subscriptions do not see it: this node does not follow
+        the run (it would otherwise keep a partial copy of it).
+        """
+        if self._state != "running":
+            return
+        topic = topic_of(event)
+        for sub in self._all:
+            sub._offer(event)
+        if topic is not None:
+            for patterns, sub in self._by_topic:
+                if any(topic_matches(p, topic) for p in patterns):
+                    sub._offer(event)
 
     async def emit_and_wait(self, event: StreamEvent) -> None:
         """Publish ``event`` and wait until every handler subscription has handled it."""
@@ -432,10 +473,14 @@ class EventBus:
             handler=handler,
             name=name or getattr(handler, "__qualname__", None) or f"{key[0]}:{key[1]}",
         )
-        if key[0] == "run":
-            self._by_run.setdefault(key[1], []).append(sub)
-        elif key[0] == "thread":
-            self._by_thread.setdefault(key[1], []).append(sub)
+        if key[0] == "run" or key[0] == "thread":
+            index = self._by_run if key[0] == "run" else self._by_thread
+            subs = index.get(key[1])
+            if subs:
+                index[key[1]] = [*subs, sub]  # copy on write, as in _remove
+            else:
+                index[key[1]] = [sub]
+                self._notify_interest("run" if key[0] == "run" else "thread", key[1], True)
         elif key[0] == "topic":
             self._by_topic.append((tuple(patterns), sub))
         else:
@@ -447,6 +492,28 @@ class EventBus:
             sub.task = asyncio.get_running_loop().create_task(sub._pump(), name=f"kiki-bus-handler:{sub.name}")
             sub.task.add_done_callback(_report_crash)
         return sub
+
+    def add_interest_listener(self, listener: InterestListener) -> Callable[[], None]:
+        """Call ``listener(kind, id, present)`` when interest in a run or thread appears or goes.
+
+        ``present`` is true when the first subscription to that run (or thread)
+        opens and false when the last one closes. Returns a remover.
+        """
+        self._interest.append(listener)
+
+        def remove() -> None:
+            if listener in self._interest:
+                self._interest.remove(listener)
+
+        return remove
+
+    def _notify_interest(self, kind: Literal["run", "thread"], key: str, present: bool) -> None:
+        for listener in self._interest:
+            try:
+                listener(kind, key, present)
+            except Exception:
+                self.stats.handler_errors += 1
+                logger.exception("interest listener %r raised", listener)
 
     def add_sink(self, sink: Sink) -> Callable[[], None]:
         """Call ``sink(event)`` synchronously for every event; returns a remover."""
@@ -477,8 +544,8 @@ class EventBus:
             subs = [s for s in index.get(value, ()) if s is not sub]
             if subs:
                 index[value] = subs
-            else:
-                index.pop(value, None)
+            elif index.pop(value, None) is not None:
+                self._notify_interest("run" if kind == "run" else "thread", value, False)
         elif kind == "topic":
             self._by_topic = [(p, s) for p, s in self._by_topic if s is not sub]
         else:

@@ -86,7 +86,7 @@ class RedisSettings(_Section):
     channel_prefix: str = "kiki:"
     mode: Literal["pubsub", "streams"] = "pubsub"
 
-    @field_validator("password", "username", mode="before")
+    @field_validator("password", "username", "url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -98,12 +98,29 @@ class PublishSettings(_Section):
     timeout: Duration = 5.0
     flush_interval: Duration = 0.002
     """Longest time an event waits to be batched with others before publishing."""
-    batch_size: int = Field(default=256, ge=1)
+    batch_size: int = Field(default=256, ge=1, le=100_000)
+    """Most events in one cross-node message; a run with more pending is flushed at once."""
+    outbox_size: int = Field(default=100_000, ge=1)
+    """Events waiting to leave the node (e.g. while Redis is down); beyond it new ones are dropped and counted."""
+    max_message_bytes: int = Field(default=1 << 20, ge=4096, le=512 << 20)
+    """Largest cross-node message sent or accepted; larger ones are dropped and counted."""
+
+    @field_validator("flush_interval")
+    @classmethod
+    def _short_flush(cls, value: float) -> float:
+        if value > 1.0:
+            raise ValueError("flush_interval longer than 1s would hold events back; use a few ms")
+        return value
 
 
 class SubscribeSettings(_Section):
     events: tuple[str, ...] = TOPICS[:4] + TOPICS[5:]
+    """Lifecycle topics received from other nodes; empty: none (run traffic still flows on demand)."""
     workers: int = Field(default=4, ge=1, le=256)
+    interest_linger: Duration = 5.0
+    """How long a node keeps receiving a remote run after its last local reader left (quick reconnects)."""
+    repair_timeout: Duration = 1.0
+    """How long a gap in a remote run may wait to be repaired before readers are told events were missed."""
 
     @field_validator("events")
     @classmethod
@@ -118,6 +135,18 @@ class PersistenceSettings(_Section):
     enabled: bool = False
     storage: Literal["redis"] = "redis"
     retention_days: float = Field(default=7, gt=0)
+    """Streams mode: how long a finished run's stream (and registry entry) is kept."""
+    run_ttl: Duration | None = None
+    """Overrides ``retention_days`` per run, e.g. ``2h``."""
+    stream_maxlen: int = Field(default=10_000, ge=16)
+    """Approximate bound of each run stream, in messages (each holds up to ``publish.batch_size`` events)."""
+
+    @field_validator("run_ttl")
+    @classmethod
+    def _positive_ttl(cls, value: float | None) -> float | None:
+        if value is not None and value < 1.0:
+            raise ValueError("run_ttl must be at least 1s")
+        return value
 
 
 class EventBusSettings(_Section):

@@ -11,6 +11,7 @@ working for callers who do not know this library::
     ├── BusError (RuntimeError)             bus used outside its lifecycle
     │   └── SubscriptionOverflowError       a ``disconnect`` subscription fell behind
     ├── GraphLoadError (ImportError)        ``path.py:attr`` cannot be loaded
+    ├── TransportError (ConnectionError)    the cross-node transport (Redis) cannot be reached
     ├── RunError (RuntimeError)
     │   ├── RunNotFoundError (LookupError)  unknown (or someone else's) run
     │   ├── UnknownGraphError (LookupError) no graph registered under that name
@@ -38,6 +39,7 @@ __all__ = [
     "RunLimitError",
     "RunNotFoundError",
     "SubscriptionOverflowError",
+    "TransportError",
     "UnknownGraphError",
 ]
 
@@ -68,6 +70,10 @@ class SubscriptionOverflowError(BusError):
 
 class GraphLoadError(KikiEventsError, ImportError):
     """A graph reference such as ``./agents/team.py:graph`` cannot be loaded."""
+
+
+class TransportError(KikiEventsError, ConnectionError):
+    """The cross-node transport (Redis) cannot be reached or refused a command."""
 
 
 class RunError(KikiEventsError, RuntimeError):

@@ -77,6 +77,18 @@ class Keys:
     def run_stream(self, run_id: str) -> str:
         return f"{self.prefix}stream:{{{run_id}}}"
 
+    def thread_stream(self, thread_id: str) -> str:
+        """Announcements of the runs started on a thread (streams mode)."""
+        return f"{self.prefix}threadstream:{{{thread_id}}}"
+
+    def lifecycle_stream(self) -> str:
+        """Lifecycle events of every run (streams mode)."""
+        return f"{self.prefix}lifecyclestream"
+
+    def control_stream(self, node: str | None = None) -> str:
+        """Control messages for one node, or for every node (streams mode)."""
+        return f"{self.prefix}controlstream" if node is None else f"{self.prefix}controlstream:{node}"
+
     def run_info(self, run_id: str) -> str:
         return f"{self.prefix}runinfo:{{{run_id}}}"
 

@@ -7,6 +7,10 @@ it delivered, asks the log for what came after, and otherwise waits on the log's
 :class:`Notifier`, which every append wakes. A cursor that points before the
 oldest kept event is told so (a ``gap`` notice on join, ``lagging`` when it fell
 behind while reading), never silently skipped ahead.
+
+Notices that concern everyone reading a run (``missed``: the cross-node bridge lost
+events upstream) are kept in the log at the position where they happened, so each
+cursor yields them in order with the events around them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Literal, TypeAlias
 
@@ -23,6 +28,9 @@ from .server.frames import event_frame
 __all__ = ["Frame", "Item", "Notifier", "RunCursor", "RunLog", "SlowClientPolicy", "ThreadCursor"]
 
 SlowClientPolicy: TypeAlias = Literal["skip", "disconnect"]
+
+_MAX_NOTICES = 64
+"""Run-wide notices a log keeps (the oldest are forgotten first)."""
 
 
 class Frame:
@@ -107,6 +115,9 @@ class RunLog:
         # Trimming in batches keeps appends O(1) amortised; at most this many
         # extra events are kept beyond ``capacity``.
         self._slack = max(16, capacity // 8)
+        self.notices: deque[tuple[int, int, StatusEvent]] = deque(maxlen=_MAX_NOTICES)
+        """Run-wide notices as ``(position, serial, notice)``: after the event ``position``."""
+        self._notice_serial = 0
 
     @property
     def ended(self) -> bool:
@@ -151,6 +162,15 @@ class RunLog:
             del frames[: len(frames) - self.capacity]
         self.changed.notify()
         return True
+
+    def add_notice(self, notice: StatusEvent) -> None:
+        """Keep a run-wide notice (``seq == 0``) after the last event; wakes readers.
+
+        Every cursor reading past this point yields it, in order with the events.
+        """
+        self._notice_serial += 1
+        self.notices.append((self.last_seq, self._notice_serial, notice))
+        self.changed.notify()
 
     def close(self) -> None:
         """Mark the log as gone; waiting readers wake and stop."""
@@ -215,6 +235,7 @@ class RunCursor:
         self._slow_client = slow_client
         self._on_lag = on_lag
         self._started = False
+        self._notice_serial = 0
 
     @property
     def caught_up(self) -> bool:
@@ -238,12 +259,38 @@ class RunCursor:
                     self.finished = True
                     return items
         self._started = True
-        if frames:
+        notices = self.log.notices
+        if notices and notices[-1][1] > self._notice_serial:
+            self._merge_notices(items, frames, notices)
+        elif frames:
             items.extend(frames)
+        if frames:
             self.after = frames[-1].seq
         if self.caught_up:
             self.finished = True
         return items
+
+    def _merge_notices(
+        self, items: list[Item], frames: list[Frame], notices: Iterable[tuple[int, int, StatusEvent]]
+    ) -> None:
+        """Interleave run-wide notices not yet seen with ``frames``, by position."""
+        start = self.after
+        end = frames[-1].seq if frames else start
+        index = 0
+        for position, serial, notice in notices:
+            if serial <= self._notice_serial:
+                continue
+            if position < start:  # from before this reader's position
+                self._notice_serial = serial
+                continue
+            if position > end:  # after what is delivered now: next time
+                break
+            while index < len(frames) and frames[index].seq <= position:
+                items.append(frames[index])
+                index += 1
+            items.append(notice)
+            self._notice_serial = serial
+        items.extend(frames[index:])
 
     async def next(self, limit: int = 512) -> list[Item]:
         """Wait for at least one item; an empty list means the cursor is finished."""

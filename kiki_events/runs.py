@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeAlias
 from .bus import EventBus
 from .config import HandlerSettings, RunSettings
 from .errors import RunError, RunLimitError, RunNotFoundError
-from .events import RunStatus, StreamEvent
+from .events import RunStatus, StatusEvent, StreamEvent
 from .graphs import GraphRegistry
 from .handler import KikiCallbackHandler, new_run_id
 from .redaction import redact_text
@@ -136,6 +136,8 @@ class RunStore:
         self._threads: dict[str, ThreadRecord] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
+        self.on_created: list[Callable[[RunRecord], object]] = []
+        """Called with each record made by :meth:`create` (runs started on this node)."""
 
     @classmethod
     def from_settings(cls, settings: RunSettings) -> RunStore:
@@ -170,8 +172,15 @@ class RunStore:
 
     # -- the bus sink (hot path: O(1), no awaits) ------------------------------------------
     def sink(self, event: StreamEvent) -> None:
-        """Record ``event``; called by the bus for every event."""
+        """Record ``event``; called by the bus for every event.
+
+        A notice (``seq == 0`` status) about a known run goes to that run's readers.
+        """
         if event.seq == 0:
+            if type(event) is StatusEvent:
+                known = self._runs.get(event.run_id)
+                if known is not None:
+                    known.log.add_notice(event)
             return
         record = self._runs.get(event.run_id)
         if record is None:
@@ -214,7 +223,80 @@ class RunStore:
             thread = self._threads.get(thread_id)
             if thread is not None and not _visible(thread.principal, principal):
                 raise RunNotFoundError(f"thread {thread_id!r} not found")
-        return self._admit(run_id, thread_id=thread_id, graph=graph, principal=principal, node=node)
+        record = self._admit(run_id, thread_id=thread_id, graph=graph, principal=principal, node=node)
+        for listener in self.on_created:
+            try:
+                listener(record)
+            except Exception:
+                logger.exception("run creation listener %r raised", listener)
+        return record
+
+    def adopt(
+        self,
+        run_id: str,
+        *,
+        thread_id: str | None = None,
+        graph: str | None = None,
+        principal: str | None = None,
+        node: str | None = None,
+        created_at: float | None = None,
+    ) -> RunRecord:
+        """The record of a run executing elsewhere, made from what its node published.
+
+        Returns the existing record if the run is known. A new one joins its thread
+        in start order (``created_at``), so thread streams replay runs oldest first.
+        """
+        record = self._runs.get(run_id)
+        if record is not None:
+            return record
+        record = RunRecord(
+            run_id, RunLog(run_id, self.replay_events), thread_id=thread_id, graph=graph, principal=principal, node=node
+        )
+        if created_at is not None:
+            record.created_at = created_at
+        self._runs[run_id] = record
+        if thread_id is not None:
+            thread = self._threads.get(thread_id)
+            if thread is None:
+                thread = self._threads[thread_id] = ThreadRecord(thread_id, principal)
+            runs = self._runs
+            position = len(thread.runs)
+            while position > 0:
+                before = runs.get(thread.runs[position - 1])
+                if before is None or before.created_at <= record.created_at:
+                    break
+                position -= 1
+            if len(thread.runs) == thread.runs.maxlen:
+                thread.runs.popleft()
+                position = max(position - 1, 0)
+            thread.runs.insert(position, run_id)
+            thread.changed.notify()
+        if len(self._runs) > self.max_runs:
+            self._evict_oldest_finished(len(self._runs) - self.max_runs)
+        return record
+
+    def adopt_thread(self, thread_id: str, principal: str | None = None) -> ThreadRecord:
+        """The record of a thread whose runs execute elsewhere (existing or new)."""
+        thread = self._threads.get(thread_id)
+        if thread is None:
+            thread = self._threads[thread_id] = ThreadRecord(thread_id, principal)
+        return thread
+
+    def peek(self, run_id: str) -> RunRecord | None:
+        """The record of ``run_id`` whoever owns it, or ``None`` (for trusted callers)."""
+        return self._runs.get(run_id)
+
+    def peek_thread(self, thread_id: str) -> ThreadRecord | None:
+        """The record of ``thread_id`` whoever owns it, or ``None`` (for trusted callers)."""
+        return self._threads.get(thread_id)
+
+    def forget(self, run_id: str) -> bool:
+        """Drop a run's record now (its readers stop); returns whether it was known."""
+        record = self._runs.get(run_id)
+        if record is None:
+            return False
+        self._forget(record)
+        return True
 
     def _admit(
         self, run_id: str, *, thread_id: str | None, graph: str | None, principal: str | None, node: str | None
