@@ -1,0 +1,302 @@
+"""The transport seam: what the bridge needs from a way of moving events between nodes.
+
+A transport moves *frames* (see :mod:`~kiki_events.transports.wire`) between the
+nodes of one deployment and keeps the run registry (where each run executes and
+its status). It never touches the local bus: the :class:`~kiki_events.bridge.Bridge`
+owns that. Three implementations:
+
+* :class:`~kiki_events.transports.memory.MemoryTransport` – several runtimes in one
+  process, connected through a shared :class:`~kiki_events.transports.memory.MemoryHub`;
+* :class:`~kiki_events.transports.redis_pubsub.RedisPubSubTransport` – lowest latency,
+  at-most-once (gaps are repaired from the owning node or reported);
+* :class:`~kiki_events.transports.redis_streams.RedisStreamsTransport` – durable: every
+  run in a stream that outlives the node that produced it.
+
+Publishing is never awaited by the producer: :meth:`Transport.publish` puts the
+encoded event into a bounded outbox that a supervised task flushes in batches.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
+
+from ..events import StreamEvent
+
+if TYPE_CHECKING:
+    from .wire import Message
+
+__all__ = [
+    "LAG_BUCKETS",
+    "ControlMessage",
+    "LagHistogram",
+    "RunInfo",
+    "Transport",
+    "TransportListener",
+    "TransportState",
+    "TransportStats",
+    "WatchKind",
+]
+
+TransportState: TypeAlias = Literal["new", "connecting", "connected", "reconnecting", "closed"]
+"""``connecting`` until the first connection, ``reconnecting`` after losing it."""
+WatchKind: TypeAlias = Literal["run", "thread"]
+
+LAG_BUCKETS: tuple[float, ...] = tuple(0.0005 * 2**i for i in range(15))
+"""Upper bounds of the delivery-lag histogram: 0.5 ms doubling to ~8 s.
+
+Bridge lag is milliseconds, not the seconds of an LLM call, so the buckets start
+lower than the LLM-duration buckets of OBSERVABILITY.md while keeping their shape.
+"""
+
+
+class LagHistogram:
+    """Publish-to-receipt delay of live frames (cumulative buckets read at scrape time)."""
+
+    __slots__ = ("buckets", "count", "counts", "sum")
+
+    def __init__(self, buckets: Sequence[float] = LAG_BUCKETS) -> None:
+        self.buckets = tuple(buckets)
+        self.counts = [0] * (len(self.buckets) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(seconds, 0.0)
+        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
+        self.count += 1
+        self.sum += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``(upper bound, count)`` pairs as Prometheus wants them, ``+Inf`` last."""
+        total = 0
+        out: list[tuple[str, int]] = []
+        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+@dataclass
+class TransportStats:
+    """Counters of one transport; read them, do not write them."""
+
+    messages_out: int = 0
+    """Frames sent (one Redis message or stream entry each)."""
+    messages_in: int = 0
+    """Frames received and accepted."""
+    events_out: int = 0
+    """Run events sent (a frame carries several)."""
+    events_in: int = 0
+    """Run events received for runs this node follows (live, replayed or backfilled)."""
+    lifecycle_in: int = 0
+    """Lifecycle events received as broadcasts."""
+    reconnects: int = 0
+    """Connections re-established after a loss."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Events or frames lost, by reason (``outbox_full``, ``malformed``, ``oversized`` …)."""
+    lag: LagHistogram = field(default_factory=LagHistogram)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run as the registry knows it: where it executes and how it is doing."""
+
+    run_id: str
+    node: str
+    status: str = "running"
+    """``pending``, ``running``, or a final status (``success``, ``error``, ``interrupted``, ``cancelled``)."""
+    thread_id: str | None = None
+    graph: str | None = None
+    principal: str | None = None
+    """Owner of the run (empty when anonymous)."""
+    created_at: float = 0.0
+    ended_at: float | None = None
+    last_seq: int = 0
+    """Seq of the run's last event, once it ended."""
+
+    @property
+    def ended(self) -> bool:
+        return self.status not in ("pending", "running")
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat string fields (a Redis hash)."""
+        fields = {"node": self.node, "status": self.status, "created_at": repr(self.created_at)}
+        if self.thread_id is not None:
+            fields["thread_id"] = self.thread_id
+        if self.graph is not None:
+            fields["graph"] = self.graph
+        if self.principal is not None:
+            fields["principal"] = self.principal
+        if self.ended_at is not None:
+            fields["ended_at"] = repr(self.ended_at)
+        if self.last_seq:
+            fields["last_seq"] = str(self.last_seq)
+        return fields
+
+    @classmethod
+    def from_fields(cls, run_id: str, fields: Mapping[Any, Any]) -> RunInfo | None:
+        """Parse a hash written by :meth:`to_fields`; ``None`` if it is not one."""
+        text = {_text(k): _text(v) for k, v in fields.items()}
+        node = text.get("node")
+        if not node:
+            return None
+        try:
+            ended = text.get("ended_at")
+            return cls(
+                run_id=run_id,
+                node=node,
+                status=text.get("status") or "running",
+                thread_id=text.get("thread_id"),
+                graph=text.get("graph"),
+                principal=text.get("principal"),
+                created_at=float(text.get("created_at") or 0.0),
+                ended_at=float(ended) if ended else None,
+                last_seq=int(text.get("last_seq") or 0),
+            )
+        except ValueError:
+            return None
+
+    def public(self) -> dict[str, Any]:
+        """JSON-ready status, like :meth:`~kiki_events.runs.RunRecord.to_dict` (no principal)."""
+        return {
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "graph": self.graph,
+            "status": self.status,
+            "node": self.node,
+            "created_at": self.created_at,
+            "ended_at": self.ended_at,
+            "last_seq": self.last_seq,
+        }
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class ControlMessage:
+    """A request from one node to another (or to all): ``cancel``, ``replay``, or your own op."""
+
+    op: str
+    sender: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+class TransportListener(Protocol):
+    """What a transport calls; implemented by the bridge. Called on the event loop, never awaited."""
+
+    def on_frame(self, message: Message) -> None:
+        """A frame of run events (live, replayed or backfilled) or lifecycle broadcasts arrived."""
+
+    def on_control(self, message: ControlMessage) -> None:
+        """A control message for this node (or for every node) arrived."""
+
+    def on_connected(self, resumed: bool) -> None:
+        """The reader is connected: for the first time, or again after a loss (``resumed``).
+
+        After a loss, a transport that is not :attr:`~Transport.durable` may have
+        lost what was sent meanwhile.
+        """
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Moves frames between nodes and keeps the run registry.
+
+    Stable API for code built on the bridge: :attr:`node`, :attr:`name`,
+    :attr:`durable`, :attr:`state`, :attr:`stats`, :meth:`publish`, :meth:`flush`,
+    :meth:`send_control`, :meth:`lookup_run`. The rest is driven by the bridge.
+    """
+
+    name: str
+    """``memory``, ``redis-pubsub`` or ``redis-streams``."""
+    node: str
+    """This node's name (the sender of every frame it publishes)."""
+    durable: bool
+    """Whether run events can be read back from the transport (streams) or only from their node."""
+    stats: TransportStats
+
+    @property
+    def state(self) -> TransportState: ...
+
+    @property
+    def outbox_depth(self) -> int:
+        """Events waiting to be sent."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Non-secret facts for ``/healthz`` (the Redis URL with its password masked)."""
+        ...
+
+    async def start(self, listener: TransportListener) -> None:
+        """Start the supervised reader and publisher; returns without waiting for a connection."""
+
+    async def close(self, *, timeout: float = 5.0) -> None:
+        """Flush what is queued (up to ``timeout``), then stop."""
+
+    def publish(self, event: StreamEvent, data: bytes | None = None) -> bool:
+        """Queue a run event (``data``: its :func:`~kiki_events.codec.encode` bytes) without blocking.
+
+        Returns ``False`` when the outbox is full (the event is dropped and counted).
+        Never raises.
+        """
+
+    def register(self, info: RunInfo, *, announce: bool = False) -> None:
+        """Queue a registry update (``announce``: also tell watchers of its thread)."""
+
+    async def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the outbox is empty; ``False`` if it is not after ``timeout``."""
+
+    async def watch(self, kind: WatchKind, key: str, *, after: int = 0) -> bool:
+        """Start receiving a run's frames (or a thread's run announcements).
+
+        Durable transports also deliver what is stored after seq ``after`` first.
+        Returns when the subscription is effective (``False`` if it could not be
+        confirmed now; it is restored on reconnect).
+        """
+
+    async def unwatch(self, kind: WatchKind, key: str) -> None:
+        """Stop receiving a run's (or thread's) frames."""
+
+    async def backfill(self, run_id: str, after: int) -> bool:
+        """Durable transports: deliver stored events after ``after`` again; others return ``False``."""
+
+    async def send_control(self, message: ControlMessage, node: str | None = None) -> None:
+        """Send a control message to ``node`` (``None``: every node).
+
+        Raises:
+            TransportError: it could not be sent now.
+        """
+
+    async def send_events(
+        self, node: str, run_id: str, events: Sequence[bytes], header: Mapping[str, Any] | None = None
+    ) -> None:
+        """Send encoded run events straight to ``node`` (a replay answering its request).
+
+        Raises:
+            TransportError: they could not be sent now.
+        """
+
+    async def lookup_run(self, run_id: str) -> RunInfo | None:
+        """The registry's entry for ``run_id``.
+
+        Raises:
+            TransportError: the registry cannot be reached now.
+        """
+
+    async def thread_runs(self, thread_id: str) -> list[RunInfo]:
+        """The registry's runs of ``thread_id``, oldest first.
+
+        Raises:
+            TransportError: the registry cannot be reached now.
+        """
+
+
+Clock: TypeAlias = Callable[[], float]

@@ -1,0 +1,410 @@
+"""What every transport shares: options, the outbox flusher, frame intake, supervision.
+
+:class:`BaseTransport` implements the producer side of the protocol (``publish``
+into the outbox, a supervised task flushing it with backoff while the connection
+is down) and the checks on everything received (size, version, validation, echo
+suppression), so each transport only says how frames are sent and read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..codec import encode
+from ..errors import TransportError
+from ..events import DoneEvent, StreamEvent
+from ..redaction import redact_text
+from ..topics import topic_of
+from .base import ControlMessage, RunInfo, TransportListener, TransportState, TransportStats
+from .outbox import Outbox, OutboxBatch
+from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, WireError, unpack
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = ["Backoff", "BaseTransport", "TransportOptions", "supervise"]
+
+logger = logging.getLogger("kiki_events.bridge")
+
+_HEADER_ROOM = 1024
+"""Bytes kept free in a frame for its header."""
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Knobs every transport reads; :meth:`from_settings` maps them from the YAML."""
+
+    prefix: str = "kiki:"
+    """Key and channel prefix: isolates deployments (tenants) sharing one Redis."""
+    outbox_size: int = 100_000
+    batch_size: int = 256
+    """Most events in one frame."""
+    flush_interval: float = 0.002
+    max_message_bytes: int = 1 << 20
+    """Largest frame sent or accepted."""
+    timeout: float = 5.0
+    """Longest wait for one flush to Redis."""
+    lifecycle: bool = True
+    """Receive lifecycle broadcasts (``eventbus.subscribe.events`` is not empty)."""
+    publish: bool = True
+    """Send this node's events (``eventbus.publish.enabled``)."""
+    run_ttl: float = 7 * 86400.0
+    """How long a finished run's stream and registry entry are kept."""
+    stream_maxlen: int = 10_000
+    """Approximate bound of each run stream, in entries (frames)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TransportOptions:
+        """Options from the ``eventbus`` section (and ``runs.replay_ttl`` for pub/sub retention)."""
+        bus = settings.eventbus
+        persistence = bus.persistence
+        if persistence.run_ttl is not None:
+            run_ttl = persistence.run_ttl
+        elif bus.provider == "redis" and bus.redis.mode == "streams":
+            run_ttl = persistence.retention_days * 86400.0
+        else:
+            # Without streams a run's history lives in its node's memory only.
+            run_ttl = settings.runs.replay_ttl
+        return cls(
+            prefix=bus.redis.channel_prefix,
+            outbox_size=bus.publish.outbox_size,
+            batch_size=bus.publish.batch_size,
+            flush_interval=bus.publish.flush_interval,
+            max_message_bytes=bus.publish.max_message_bytes,
+            timeout=bus.publish.timeout or 5.0,
+            lifecycle=bool(bus.subscribe.events),
+            publish=bus.publish.enabled,
+            run_ttl=max(run_ttl, 1.0),
+            stream_maxlen=persistence.stream_maxlen,
+        )
+
+    @property
+    def frame_bytes(self) -> int:
+        """Room for events in one frame."""
+        return max(self.max_message_bytes - _HEADER_ROOM, 256)
+
+
+class Backoff:
+    """Exponential delays with jitter: 50 ms doubling, capped (1 s keeps reconnects within 3 s)."""
+
+    def __init__(self, initial: float = 0.05, cap: float = 1.0) -> None:
+        self.initial = initial
+        self.cap = cap
+        self._next = initial
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self.cap)
+        return delay * random.uniform(0.8, 1.0)
+
+    def reset(self) -> None:
+        self._next = self.initial
+
+
+_STOP_GRACE = 0.5
+"""Seconds a read loop gets to notice the transport closed before it is cancelled."""
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], *, grace: float = 0.0, timeout: float = 2.0) -> None:
+    """Let ``tasks`` end by themselves for ``grace`` seconds, then cancel them; never hangs.
+
+    A task cancelled in the middle of a redis-py read can swallow the cancellation
+    (an ``asyncio.timeout`` race inside the client), so loops also check a flag and
+    this gives up waiting after ``timeout``.
+    """
+    pending = {t for t in tasks if not t.done()}
+    if pending and grace > 0:
+        _, pending = await asyncio.wait(pending, timeout=grace)
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, stuck = await asyncio.wait(pending, timeout=timeout)
+        for task in stuck:
+            logger.warning("task %s did not stop within %.1fs", task.get_name(), timeout)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            logger.debug("task %s ended with %r", task.get_name(), task.exception())
+
+
+def supervise(name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    """Run ``loop`` in a task that restarts it (after a pause) if it crashes."""
+
+    async def guarded() -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("%s crashed; restarting it", name)
+                await asyncio.sleep(backoff.next())
+
+    return asyncio.get_running_loop().create_task(guarded(), name=name)
+
+
+class BaseTransport:
+    """Shared machinery; subclasses implement :meth:`_send` and their reader."""
+
+    name = "base"
+    durable = False
+
+    def __init__(self, *, node: str, options: TransportOptions | None = None) -> None:
+        self.node = node
+        self.options = options = options or TransportOptions()
+        self.stats = TransportStats()
+        self._outbox = Outbox(options.outbox_size)
+        self._listener: TransportListener | None = None
+        self._flush_event = asyncio.Event()
+        self._wanted = False
+        self._sending = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._started = False
+        self._out_ok: bool | None = None
+        self._in_ok: bool | None = None
+        self._ever_in = False
+        self._overflow_logged = False
+        self._outage_logged = False
+        self._rejected_logged: set[str] = set()
+        self._bad_listener_logged = False
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def state(self) -> TransportState:
+        if self._closed:
+            return "closed"
+        if not self._started:
+            return "new"
+        links = [ok for ok in (self._out_ok, self._in_ok) if ok is not None]
+        if links and all(links) and self._in_ok is not False:
+            return "connected"
+        if not self._ever_in and self._out_ok is not True:
+            return "connecting"
+        return "reconnecting"
+
+    @property
+    def outbox_depth(self) -> int:
+        return self._outbox.depth
+
+    def describe(self) -> dict[str, Any]:
+        return {"transport": self.name, "prefix": self.options.prefix}
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self, listener: TransportListener) -> None:
+        if self._started:
+            raise TransportError(f"the {self.name} transport was started already")
+        self._listener = listener
+        self._started = True
+        self._tasks.append(supervise(f"kiki-bridge-flush:{self.name}", self._flush_forever))
+        await self._start_reader()
+
+    async def _start_reader(self) -> None:
+        """Subclasses start their supervised reader here."""
+
+    async def close(self, *, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        if self._started:
+            await self.flush(timeout)
+        self._closed = True  # the read loops see it within a fraction of a second
+        tasks, self._tasks = self._tasks, []
+        await stop_tasks(tasks, grace=_STOP_GRACE)
+        if self._outbox.depth:
+            self.stats.drop("closed", self._outbox.depth)
+            logger.warning("bridge closed with %d event(s) not sent", self._outbox.depth)
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        """Subclasses release their connections here."""
+
+    # -- producer side (event loop, hot path) ------------------------------------------------
+    def publish(self, event: StreamEvent, data: bytes | None = None) -> bool:
+        if self._closed or not self.options.publish:
+            return False
+        if data is None:
+            data = encode(event)
+        if len(data) > self.options.frame_bytes:
+            self.stats.drop("oversized")
+            self._log_once("oversized_out", "an event of %d bytes is larger than a frame; dropped", len(data))
+            return False
+        kind = type(event)
+        lifecycle = kind is not DoneEvent and topic_of(event) is not None
+        if not self._outbox.add(event.run_id, event.seq, data, lifecycle=lifecycle, keep=kind is DoneEvent):
+            self.stats.drop("outbox_full")
+            if not self._overflow_logged:
+                self._overflow_logged = True
+                logger.warning(
+                    "bridge outbox full (%d events): dropping new events until it drains", self.options.outbox_size
+                )
+            return False
+        if not self._wanted:
+            self._want_flush()
+        return True
+
+    def register(self, info: RunInfo, *, announce: bool = False) -> None:
+        if self._closed or not self.options.publish:
+            return
+        self._outbox.register(info, announce=announce)
+        if not self._wanted:
+            self._want_flush()
+
+    def _want_flush(self) -> None:
+        if self._started:
+            self._wanted = True
+            self._flush_event.set()
+
+    async def flush(self, timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._outbox.empty or self._sending:
+            if time.monotonic() >= deadline or self._closed or not self._started:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
+    async def _flush_forever(self) -> None:
+        backoff = Backoff()
+        interval = self.options.flush_interval
+        while not self._closed:
+            await self._flush_event.wait()
+            if interval > 0 and self._outbox.depth < self.options.batch_size and self._out_ok is not False:
+                await asyncio.sleep(interval)
+            self._flush_event.clear()
+            self._wanted = False
+            batch = self._outbox.take()
+            if batch is None:
+                continue
+            self._sending = True
+            try:
+                await asyncio.wait_for(self._send(batch), self.options.timeout)
+            except asyncio.CancelledError:
+                self._outbox.restore(batch)
+                raise
+            except Exception as exc:
+                self._outbox.restore(batch)
+                self._publish_failed(exc)
+                self._sending = False
+                await asyncio.sleep(backoff.next())
+                self._want_flush()
+                continue
+            self._sending = False
+            backoff.reset()
+            self._publish_ok()
+            if not self._outbox.empty:
+                self._want_flush()
+            elif self._overflow_logged:
+                self._overflow_logged = False
+                logger.info("bridge outbox drained")
+
+    async def _send(self, batch: OutboxBatch) -> None:
+        raise NotImplementedError
+
+    def _publish_failed(self, exc: BaseException) -> None:
+        self._out_ok = False
+        if not self._outage_logged:
+            self._outage_logged = True
+            logger.warning(
+                "bridge cannot publish (%s: %s); keeping events in the outbox and retrying",
+                type(exc).__name__,
+                redact_text(str(exc)),
+            )
+
+    def _publish_ok(self) -> None:
+        if self._out_ok is False and self._outage_logged:
+            logger.info("bridge publishing again")
+        self._out_ok = True
+        self._outage_logged = False
+
+    # -- consumer side ---------------------------------------------------------------------
+    def _reader_up(self) -> None:
+        """The reader (re)connected; tells the listener if it had been lost before."""
+        again = self._ever_in
+        self._in_ok = True
+        self._ever_in = True
+        if again:
+            self.stats.reconnects += 1
+            logger.info("bridge reconnected (%s)", self.name)
+        listener = self._listener
+        if listener is not None:
+            self._safely(listener.on_connected, again)
+
+    def _reader_down(self, exc: BaseException) -> None:
+        if self._in_ok is not False:
+            logger.warning(
+                "bridge lost its %s connection (%s: %s); reconnecting",
+                self.name,
+                type(exc).__name__,
+                redact_text(str(exc)),
+            )
+        self._in_ok = False
+
+    def _receive(self, data: bytes | str, *, live: bool = True) -> None:
+        """Validate one frame from outside and hand it to the listener (never raises)."""
+        try:
+            message = unpack(data, max_bytes=self.options.max_message_bytes)
+        except WireError as exc:
+            self.stats.drop(exc.reason)
+            self._log_once(exc.reason, "dropped a frame from the transport: %s", exc)
+            return
+        if message.sender == self.node:
+            return  # our own frame: never re-deliver it here
+        listener = self._listener
+        if listener is None:
+            return
+        kind = message.kind
+        if kind == KIND_CONTROL:
+            op = message.header.get("o")
+            payload = message.header.get("p", {})
+            if not isinstance(op, str) or not op or not isinstance(payload, dict):
+                self.stats.drop("malformed")
+                self._log_once("malformed", "dropped a frame from the transport: %s", "invalid control message")
+                return
+            self.stats.messages_in += 1
+            self._safely(listener.on_control, ControlMessage(op, message.sender, payload))
+            return
+        self.stats.messages_in += 1
+        if kind == KIND_LIFECYCLE:
+            self.stats.lifecycle_in += len(message.events)
+        else:
+            self.stats.events_in += len(message.events)
+        if live and kind in (KIND_BATCH, KIND_LIFECYCLE):
+            self.stats.lag.observe(time.time() - message.sent_at)
+        self._safely(listener.on_frame, message)
+
+    def _safely(self, method: Callable[..., object], *args: object) -> None:
+        try:
+            method(*args)
+        except Exception:
+            self.stats.drop("listener_error")
+            if not self._bad_listener_logged:
+                self._bad_listener_logged = True
+                logger.exception("the bridge failed to handle a frame")
+
+    def _log_once(self, kind: str, message: str, *args: object) -> None:
+        if kind in self._rejected_logged:
+            logger.debug(message, *args)
+            return
+        self._rejected_logged.add(kind)
+        logger.warning(message + " (logged once per kind; see kiki_events_dropped_total)", *args)
+
+
+def control_extra(message: ControlMessage) -> Mapping[str, Any]:
+    """Header keys of a control frame."""
+    return {"o": message.op, "p": dict(message.payload)}
+
+
+async def cancel_quietly(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` and wait for it, whatever it raises."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

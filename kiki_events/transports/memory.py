@@ -1,0 +1,221 @@
+"""The in-memory transport: several runtimes of one process behave like a cluster.
+
+A :class:`MemoryHub` stands in for Redis: channels, a run registry, and an
+availability switch that simulates an outage. Each runtime gets a
+:class:`MemoryTransport` on the shared hub (``KikiRuntime(settings, hub=hub)``)::
+
+    hub = MemoryHub()
+    async with KikiRuntime(settings_a, hub=hub) as a, KikiRuntime(settings_b, hub=hub) as b:
+        handle = a.runs.start("team", inputs)
+        async for event in b.follow(handle.run_id): ...
+
+Frames go through the same encoding and checks as with Redis, and the same
+channel names (so prefixes isolate tenants on one hub). Delivery is at-most-once
+like Redis pub/sub: what is published while the hub is down is lost, and the
+bridge repairs the gap from the owning node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import TransportError
+from ..redis_client import Keys
+from .base import ControlMessage, RunInfo, WatchKind
+from .common import BaseTransport, TransportOptions, control_extra
+from .outbox import OutboxBatch, chunks
+from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_REPLAY, KIND_THREAD, pack
+
+__all__ = ["MemoryHub", "MemoryTransport"]
+
+_MAX_RUNS = 100_000
+
+
+class MemoryHub:
+    """Channels and a run registry shared by the memory transports of one process."""
+
+    def __init__(self, *, max_runs: int = _MAX_RUNS) -> None:
+        self.available = True
+        """While false every send fails and nothing is delivered (an outage)."""
+        self.frames = 0
+        """Frames delivered to at least one subscriber."""
+        self._max_runs = max_runs
+        self._channels: dict[str, set[MemoryTransport]] = {}
+        self._transports: set[MemoryTransport] = set()
+        self._runs: OrderedDict[str, RunInfo] = OrderedDict()
+        self._threads: dict[str, dict[str, None]] = {}
+
+    def set_available(self, available: bool) -> None:
+        """Simulate Redis going away (``False``) and coming back (``True``)."""
+        if available == self.available:
+            return
+        self.available = available
+        for transport in list(self._transports):
+            transport._link_changed(available)
+
+    def publish(self, channel: str, data: bytes) -> int:
+        """Deliver raw ``data`` to every subscriber of ``channel`` (tests inject frames here).
+
+        Raises:
+            TransportError: the hub is unavailable.
+        """
+        if not self.available:
+            raise TransportError("the memory hub is unavailable")
+        subscribers = self._channels.get(channel)
+        if not subscribers:
+            return 0
+        self.frames += 1
+        for transport in subscribers:
+            transport._deliver_soon(data)
+        return len(subscribers)
+
+    def subscribers(self, channel: str) -> int:
+        """How many transports subscribe to ``channel``."""
+        return len(self._channels.get(channel, ()))
+
+    def _subscribe(self, transport: MemoryTransport, channel: str) -> None:
+        self._channels.setdefault(channel, set()).add(transport)
+
+    def _unsubscribe(self, transport: MemoryTransport, channel: str) -> None:
+        subscribers = self._channels.get(channel)
+        if subscribers is not None:
+            subscribers.discard(transport)
+            if not subscribers:
+                del self._channels[channel]
+
+    def _put_run(self, key: str, info: RunInfo, thread_key: str | None) -> None:
+        self._runs[key] = info
+        self._runs.move_to_end(key)
+        if thread_key is not None:
+            self._threads.setdefault(thread_key, {})[info.run_id] = None
+        while len(self._runs) > self._max_runs:
+            self._runs.popitem(last=False)
+
+    def _check(self) -> None:
+        if not self.available:
+            raise TransportError("the memory hub is unavailable")
+
+
+class MemoryTransport(BaseTransport):
+    """One runtime's connection to a :class:`MemoryHub`."""
+
+    name = "memory"
+    durable = False
+
+    def __init__(self, hub: MemoryHub, *, node: str, options: TransportOptions | None = None) -> None:
+        super().__init__(node=node, options=options)
+        self.hub = hub
+        self.keys = Keys(self.options.prefix)
+        self._channels: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "channels": len(self._channels)}
+
+    # -- connection --------------------------------------------------------------------
+    async def _start_reader(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        keys = self.keys
+        self._join(keys.control_channel())
+        self._join(keys.control_channel(self.node))
+        if self.options.lifecycle:
+            self._join(keys.lifecycle_channel())
+        self.hub._transports.add(self)
+        if self.hub.available:
+            self._reader_up()
+            self._out_ok = True
+        else:
+            self._reader_down(TransportError("the memory hub is unavailable"))
+
+    async def _close_connections(self) -> None:
+        self.hub._transports.discard(self)
+        for channel in list(self._channels):
+            self._leave(channel)
+
+    def _join(self, channel: str) -> None:
+        self._channels.add(channel)
+        self.hub._subscribe(self, channel)
+
+    def _leave(self, channel: str) -> None:
+        self._channels.discard(channel)
+        self.hub._unsubscribe(self, channel)
+
+    def _link_changed(self, available: bool) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if available:
+            loop.call_soon_threadsafe(self._reader_up)
+        else:
+            loop.call_soon_threadsafe(self._reader_down, TransportError("the memory hub is unavailable"))
+
+    def _deliver_soon(self, data: bytes) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed() and not self._closed:
+            loop.call_soon_threadsafe(self._receive, data)
+
+    # -- sending ------------------------------------------------------------------------
+    async def _send(self, batch: OutboxBatch) -> None:
+        hub, keys, node, opts = self.hub, self.keys, self.node, self.options
+        hub._check()
+        now = time.time()
+        for info, announce in batch.registry.values():
+            thread_key = keys.thread_runs(info.thread_id) if info.thread_id else None
+            hub._put_run(keys.run_info(info.run_id), info, thread_key)
+            if announce and info.thread_id:
+                marker = pack(KIND_THREAD, node, sent_at=now, run_id=info.run_id, i=info.to_fields())
+                hub.publish(keys.thread_channel(info.thread_id), marker)
+                self.stats.messages_out += 1
+        for run_id, pending in batch.runs.items():
+            channel = keys.run_channel(run_id)
+            events = pending.events
+            for start, stop in chunks(events, opts.batch_size, opts.frame_bytes):
+                hub.publish(channel, pack(KIND_BATCH, node, events[start:stop], sent_at=now, run_id=run_id))
+                self.stats.messages_out += 1
+            self.stats.events_out += len(events)
+        lifecycle = batch.lifecycle
+        for start, stop in chunks(lifecycle, opts.batch_size, opts.frame_bytes):
+            hub.publish(keys.lifecycle_channel(), pack(KIND_LIFECYCLE, node, lifecycle[start:stop], sent_at=now))
+            self.stats.messages_out += 1
+
+    # -- the rest of the protocol ----------------------------------------------------------
+    def _channel(self, kind: WatchKind, key: str) -> str:
+        return self.keys.run_channel(key) if kind == "run" else self.keys.thread_channel(key)
+
+    async def watch(self, kind: WatchKind, key: str, *, after: int = 0) -> bool:
+        self._join(self._channel(kind, key))
+        return self.hub.available
+
+    async def unwatch(self, kind: WatchKind, key: str) -> None:
+        self._leave(self._channel(kind, key))
+
+    async def backfill(self, run_id: str, after: int) -> bool:
+        return False
+
+    async def send_control(self, message: ControlMessage, node: str | None = None) -> None:
+        frame = pack(KIND_CONTROL, self.node, sent_at=time.time(), **control_extra(message))
+        self.hub.publish(self.keys.control_channel(node), frame)
+        self.stats.messages_out += 1
+
+    async def send_events(
+        self, node: str, run_id: str, events: Sequence[bytes], header: Mapping[str, Any] | None = None
+    ) -> None:
+        frame = pack(KIND_REPLAY, self.node, events, sent_at=time.time(), run_id=run_id, **(header or {}))
+        self.hub.publish(self.keys.control_channel(node), frame)
+        self.stats.messages_out += 1
+
+    async def lookup_run(self, run_id: str) -> RunInfo | None:
+        self.hub._check()
+        return self.hub._runs.get(self.keys.run_info(run_id))
+
+    async def thread_runs(self, thread_id: str) -> list[RunInfo]:
+        hub = self.hub
+        hub._check()
+        keys = self.keys
+        ids = hub._threads.get(keys.thread_runs(thread_id), {})
+        infos = [info for run_id in ids if (info := hub._runs.get(keys.run_info(run_id))) is not None]
+        return sorted(infos, key=lambda info: info.created_at)

@@ -1,0 +1,226 @@
+"""Redis pub/sub transport: lowest latency, at-most-once.
+
+Channels (names from :class:`~kiki_events.redis_client.Keys`, under the prefix):
+
+* ``run:{<run_id>}`` – every frame of a run (one per run per flush);
+* ``thread:{<thread_id>}`` – a short announcement when a run starts on the thread;
+* ``lifecycle`` – lifecycle events (``agent:*``, ``multiagent:sync``) of every run;
+* ``control`` and ``control:<node>`` – control messages, and replays sent to one node.
+
+Each node holds **one** subscription connection, read by one supervised task with
+``get_message(timeout=…)``; it subscribes to a run or thread channel only while
+the bridge has a local interest in it, and to ``lifecycle`` only if
+``eventbus.subscribe.events`` is not empty. Frames are published through one
+pipeline per flush. The subscriber connection does not retry by itself: when it
+breaks, the task reconnects with backoff (at most 1 s between attempts),
+resubscribes everything and tells the bridge, which warns the affected readers
+(``missed``) and asks the owning nodes to replay what it lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TransportError
+from .base import ControlMessage, WatchKind
+from .common import Backoff, TransportOptions, control_extra, supervise
+from .outbox import OutboxBatch, chunks
+from .redis_common import RedisTransportBase
+from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_REPLAY, KIND_THREAD, pack
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+
+__all__ = ["RedisPubSubTransport"]
+
+_READ_TIMEOUT = 0.25
+"""Longest wait for a message; the loop notices a close within this time."""
+_CONFIRM_TIMEOUT = 2.0
+
+
+class RedisPubSubTransport(RedisTransportBase):
+    """See the module docstring."""
+
+    name = "redis-pubsub"
+    durable = False
+
+    def __init__(
+        self, redis: Redis, *, node: str, options: TransportOptions | None = None, owns_client: bool = False
+    ) -> None:
+        super().__init__(redis, node=node, options=options, owns_client=owns_client)
+        self._channels: set[str] = set()
+        self._pubsub: PubSub | None = None
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._lock = asyncio.Lock()
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "channels": len(self._channels)}
+
+    # -- the subscriber --------------------------------------------------------------------
+    async def _start_reader(self) -> None:
+        keys = self.keys
+        self._channels.update((keys.control_channel(), keys.control_channel(self.node)))
+        if self.options.lifecycle:
+            self._channels.add(keys.lifecycle_channel())
+        self._tasks.append(supervise(f"kiki-bridge-read:{self.name}", self._read_forever))
+
+    async def _read_forever(self) -> None:
+        backoff = Backoff()
+        while not self._closed:
+            pubsub = self.redis.pubsub()
+            saved_retry: Any = None
+            try:
+                await pubsub.connect()  # type: ignore[no-untyped-call]
+                connection = pubsub.connection
+                if connection is not None:
+                    # This loop reconnects (and knows it did): no silent retries underneath.
+                    from redis.asyncio.retry import Retry
+                    from redis.backoff import NoBackoff
+
+                    saved_retry, connection.retry = connection.retry, Retry(NoBackoff(), 0)
+                channels = set(self._channels)
+                waiting = set(channels)
+                await pubsub.subscribe(*sorted(channels))
+                deadline = time.monotonic() + _CONFIRM_TIMEOUT
+                while waiting:
+                    message = await pubsub.get_message(timeout=max(deadline - time.monotonic(), 0.01))
+                    if message is None:
+                        raise TransportError("Redis did not confirm the subscriptions")
+                    self._handle(message, waiting)
+                self._pubsub = pubsub
+                await self._resync(channels)
+                backoff.reset()
+                self._reader_up()
+                while not self._closed:
+                    message = await pubsub.get_message(timeout=_READ_TIMEOUT)
+                    if message is not None:
+                        self._handle(message)
+                self._pubsub = None
+                await self._release(pubsub, saved_retry)
+            except asyncio.CancelledError:
+                self._pubsub = None
+                await self._release(pubsub, saved_retry)
+                raise
+            except self._errors as exc:
+                self._pubsub = None
+                self._fail_pending()
+                self._reader_down(exc)
+                await self._release(pubsub, saved_retry)
+                await asyncio.sleep(backoff.next())
+
+    async def _release(self, pubsub: PubSub, saved_retry: Any) -> None:
+        connection = pubsub.connection
+        if connection is not None and saved_retry is not None:
+            connection.retry = saved_retry
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _handle(self, message: Mapping[str, Any], waiting: set[str] | None = None) -> None:
+        kind = message.get("type")
+        if kind == "message":
+            self._receive(message["data"])
+        elif kind == "subscribe":
+            channel = message["channel"]
+            name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            if waiting is not None:
+                waiting.discard(name)
+            future = self._pending.pop(name, None)
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    async def _resync(self, subscribed: set[str]) -> None:
+        """Apply the watch changes made while (re)connecting."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        added = self._channels - subscribed
+        removed = subscribed - self._channels
+        async with self._lock:
+            if added:
+                await pubsub.subscribe(*sorted(added))
+            if removed:
+                await pubsub.unsubscribe(*sorted(removed))
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_result(None)
+
+    # -- watching ----------------------------------------------------------------------------
+    def _channel(self, kind: WatchKind, key: str) -> str:
+        return self.keys.run_channel(key) if kind == "run" else self.keys.thread_channel(key)
+
+    async def watch(self, kind: WatchKind, key: str, *, after: int = 0) -> bool:
+        channel = self._channel(kind, key)
+        self._channels.add(channel)
+        pubsub = self._pubsub
+        if pubsub is None:
+            return False  # subscribed with everything else once connected
+        future = self._pending.get(channel)
+        if future is None:
+            future = self._pending[channel] = asyncio.get_running_loop().create_future()
+        try:
+            async with self._lock:
+                await pubsub.subscribe(channel)
+            await asyncio.wait_for(asyncio.shield(future), _CONFIRM_TIMEOUT)
+        except self._errors:
+            if self._pending.get(channel) is future:
+                self._pending.pop(channel, None)
+            return False
+        return self._pubsub is pubsub
+
+    async def unwatch(self, kind: WatchKind, key: str) -> None:
+        channel = self._channel(kind, key)
+        self._channels.discard(channel)
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        with contextlib.suppress(*self._errors):
+            async with self._lock:
+                await pubsub.unsubscribe(channel)
+
+    async def backfill(self, run_id: str, after: int) -> bool:
+        return False
+
+    # -- sending -------------------------------------------------------------------------------
+    async def _send(self, batch: OutboxBatch) -> None:
+        keys, node, opts, stats = self.keys, self.node, self.options, self.stats
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        for info, announce in batch.registry.values():
+            self._queue_registry(pipe, info)
+            if announce and info.thread_id:
+                marker = pack(KIND_THREAD, node, sent_at=now, run_id=info.run_id, i=info.to_fields())
+                pipe.publish(keys.thread_channel(info.thread_id), marker)
+        frames = 0
+        for run_id, pending in batch.runs.items():
+            channel = keys.run_channel(run_id)
+            events = pending.events
+            for start, stop in chunks(events, opts.batch_size, opts.frame_bytes):
+                pipe.publish(channel, pack(KIND_BATCH, node, events[start:stop], sent_at=now, run_id=run_id))
+                frames += 1
+        lifecycle = batch.lifecycle
+        for start, stop in chunks(lifecycle, opts.batch_size, opts.frame_bytes):
+            pipe.publish(keys.lifecycle_channel(), pack(KIND_LIFECYCLE, node, lifecycle[start:stop], sent_at=now))
+            frames += 1
+        await pipe.execute()
+        stats.messages_out += frames
+        stats.events_out += batch.count
+
+    async def send_control(self, message: ControlMessage, node: str | None = None) -> None:
+        frame = pack(KIND_CONTROL, self.node, sent_at=time.time(), **control_extra(message))
+        await self._call(self.redis.publish(self.keys.control_channel(node), frame))
+        self.stats.messages_out += 1
+
+    async def send_events(
+        self, node: str, run_id: str, events: Sequence[bytes], header: Mapping[str, Any] | None = None
+    ) -> None:
+        frame = pack(KIND_REPLAY, self.node, events, sent_at=time.time(), run_id=run_id, **(header or {}))
+        await self._call(self.redis.publish(self.keys.control_channel(node), frame))
+        self.stats.messages_out += 1

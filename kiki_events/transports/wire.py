@@ -1,0 +1,177 @@
+"""Frames: the bytes that carry events between nodes.
+
+A frame is one Redis pub/sub message or one stream entry::
+
+    <header JSON>\\n<event JSON>\\n<event JSON> ...
+
+Events are :func:`~kiki_events.codec.encode` bytes, encoded once on the producing
+node; JSON escapes every control character inside strings, so a newline always
+separates events. The header is a small JSON object with short keys:
+
+====  ==========================================================================
+``v``  wire version (:data:`WIRE_VERSION`); frames of another version are dropped
+``k``  kind: ``b`` run batch, ``p`` replay chunk, ``l`` lifecycle broadcast,
+       ``t`` thread announcement, ``c`` control message
+``n``  sender node (echo suppression: a node ignores its own frames)
+``t``  publish time, Unix seconds (delivery lag is measured from it)
+``r``  run id (``b``, ``p``, ``t``): every event of the frame belongs to it
+====  ==========================================================================
+
+plus kind-specific keys: ``p`` frames carry ``f`` (first seq the owner still has),
+``e`` (last chunk of the replay) and ``g`` (the owner no longer knows the run);
+``t`` frames carry ``i`` (the run's registry fields); ``c`` frames carry ``o`` (the
+operation) and ``p`` (its payload).
+
+:func:`unpack` validates foreign bytes completely and raises :class:`WireError`
+with a ``reason`` (``oversized``, ``unknown_version``, ``malformed``) that
+receivers count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias
+
+from ..codec import decode
+from ..errors import EventDecodeError
+from ..events import SCHEMA_VERSION, StreamEvent
+from ..topics import topic_of
+
+__all__ = [
+    "KIND_BATCH",
+    "KIND_CONTROL",
+    "KIND_LIFECYCLE",
+    "KIND_REPLAY",
+    "KIND_THREAD",
+    "WIRE_VERSION",
+    "DropReason",
+    "Message",
+    "WireError",
+    "pack",
+    "unpack",
+]
+
+WIRE_VERSION: Final = 1
+"""Version of the frame layout; receivers drop frames of any other version."""
+
+KIND_BATCH: Final = "b"
+KIND_REPLAY: Final = "p"
+KIND_LIFECYCLE: Final = "l"
+KIND_THREAD: Final = "t"
+KIND_CONTROL: Final = "c"
+_KINDS = frozenset((KIND_BATCH, KIND_REPLAY, KIND_LIFECYCLE, KIND_THREAD, KIND_CONTROL))
+_RUN_KINDS = frozenset((KIND_BATCH, KIND_REPLAY))
+_MAX_NAME = 256
+
+DropReason: TypeAlias = Literal["oversized", "unknown_version", "malformed"]
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class WireError(ValueError):
+    """Bytes that are not an acceptable frame; ``reason`` says which way."""
+
+    def __init__(self, reason: DropReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason: DropReason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A decoded, validated frame."""
+
+    kind: str
+    sender: str
+    sent_at: float
+    run_id: str | None
+    events: list[StreamEvent]
+    header: Mapping[str, Any]
+
+
+def pack(
+    kind: str,
+    sender: str,
+    events: Sequence[bytes] = (),
+    *,
+    sent_at: float,
+    run_id: str | None = None,
+    **extra: Any,
+) -> bytes:
+    """One frame: the header, then ``events`` (already encoded), newline-separated."""
+    header: dict[str, Any] = {"v": WIRE_VERSION, "k": kind, "n": sender, "t": sent_at}
+    if run_id is not None:
+        header["r"] = run_id
+    header.update(extra)
+    head = _dumps(header).encode()
+    if not events:
+        return head
+    return head + b"\n" + b"\n".join(events)
+
+
+def frame_size(events: Sequence[bytes]) -> int:
+    """Bytes ``events`` take in a frame, separators included (without the header)."""
+    return sum(len(e) for e in events) + len(events)
+
+
+def unpack(data: bytes | str, *, max_bytes: int) -> Message:
+    """Validate a frame from another node.
+
+    Raises:
+        WireError: too large, another version, or not a valid frame.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    if len(data) > max_bytes:
+        raise WireError("oversized", f"frame of {len(data)} bytes is larger than the limit of {max_bytes}")
+    head, _, body = data.partition(b"\n")
+    try:
+        header = json.loads(head)
+    except (ValueError, RecursionError):
+        raise WireError("malformed", "frame header is not JSON") from None
+    if not isinstance(header, dict):
+        raise WireError("malformed", "frame header is not a JSON object")
+    version = header.get("v")
+    if version != WIRE_VERSION or type(version) is not int:
+        raise WireError("unknown_version", f"frame version {version!r} (this build reads {WIRE_VERSION})")
+    kind = header.get("k")
+    sender = header.get("n")
+    sent_at = header.get("t")
+    run_id = header.get("r")
+    if kind not in _KINDS:
+        raise WireError("malformed", f"unknown frame kind {kind!r}")
+    if not isinstance(sender, str) or not sender or len(sender) > _MAX_NAME:
+        raise WireError("malformed", "frame sender is missing or invalid")
+    if isinstance(sent_at, bool) or not isinstance(sent_at, int | float) or not math.isfinite(sent_at):
+        raise WireError("malformed", "frame time is missing or invalid")
+    if run_id is not None and (not isinstance(run_id, str) or not run_id or len(run_id) > 128):
+        raise WireError("malformed", "frame run id is invalid")
+    if kind in _RUN_KINDS and run_id is None:
+        raise WireError("malformed", "run frame without a run id")
+    events = [_event(line, max_bytes) for line in body.split(b"\n")] if body else []
+    for event in events:
+        if event.seq < 1:
+            raise WireError("malformed", "frame carries an event without a seq")
+        if kind in _RUN_KINDS:
+            if event.run_id != run_id:
+                raise WireError("malformed", "frame carries an event of another run")
+        elif kind == KIND_LIFECYCLE:
+            if topic_of(event) is None:
+                raise WireError("malformed", "lifecycle frame carries a run-scoped event")
+        else:
+            raise WireError("malformed", f"frame of kind {kind!r} carries events")
+    return Message(kind, sender, float(sent_at), run_id, events, header)
+
+
+def _event(line: bytes, max_bytes: int) -> StreamEvent:
+    try:
+        return decode(line, max_bytes=max_bytes)
+    except EventDecodeError as exc:
+        try:
+            version = json.loads(line).get("v", SCHEMA_VERSION)
+        except (ValueError, AttributeError, RecursionError):
+            version = SCHEMA_VERSION
+        if version != SCHEMA_VERSION:
+            raise WireError("unknown_version", str(exc)) from None
+        raise WireError("malformed", str(exc)) from None
