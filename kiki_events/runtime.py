@@ -6,6 +6,10 @@ The server and library users build the same object; nothing is global::
 
     async with KikiRuntime(settings, graphs={"team": graph}) as runtime:
         handle = runtime.runs.start("team", {"messages": [...]})
+
+With ``eventbus.provider: redis`` (or a shared :class:`~kiki_events.transports.MemoryHub`)
+it also owns a :class:`~kiki_events.bridge.Bridge` connecting it to the other
+nodes: :meth:`KikiRuntime.follow` then reads a run wherever it executes.
 """
 
 from __future__ import annotations
@@ -14,18 +18,23 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from .bridge import Bridge
 from .bus import EventBus
 from .config import Settings
-from .errors import KikiEventsError
+from .errors import KikiEventsError, RunNotFoundError
+from .events import StreamEvent
 from .graphs import GraphRegistry, load_graphs
-from .runs import RunManager, RunStore
+from .replay import Frame, RunCursor
+from .runs import RunManager, RunRecord, RunStore
+from .transports import MemoryHub, Transport, create_transport
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+    from redis.asyncio import Redis
 
     from .handoff import Handoff
 
@@ -53,9 +62,15 @@ class KikiRuntime:
         registry: Prometheus registry for the runtime's metrics (default: a new
             private one, created on first use; never the global registry).
         base_dir: directory that relative graph paths resolve against.
+        redis: Redis client for the bridge (default: one made from
+            ``eventbus.redis`` when ``eventbus.provider`` is ``redis``).
+        hub: connect to the other runtimes of this process sharing ``hub``
+            (with ``eventbus.provider: memory``).
+        transport: a transport of your own (overrides ``redis`` and ``hub``).
 
     Raises:
         GraphLoadError: a graph reference cannot be loaded.
+        ConfigError: the Redis address is invalid.
     """
 
     def __init__(
@@ -65,6 +80,9 @@ class KikiRuntime:
         graphs: Mapping[str, object] | None = None,
         registry: CollectorRegistry | None = None,
         base_dir: str | os.PathLike[str] | None = None,
+        redis: Redis | None = None,
+        hub: MemoryHub | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.settings = settings = settings or Settings()
         self.node = settings.node or default_node_name()
@@ -83,6 +101,12 @@ class KikiRuntime:
             handler_settings=settings.handler,
             node=self.node,
         )
+        if transport is None and settings.eventbus.enabled:
+            transport = create_transport(settings, node=self.node, redis=redis, hub=hub)
+        self.bridge: Bridge | None = None
+        """Connection to the other nodes; ``None`` without a transport (flag off: nothing changes)."""
+        if transport is not None:
+            self.bridge = Bridge(transport, bus=self.bus, store=self.store, runs=self.runs, settings=settings.eventbus)
         self._registry = registry
         # Agents across nodes (kiki_events.handoff): delegate to and serve agents
         # through Redis; None with another provider.
@@ -120,6 +144,8 @@ class KikiRuntime:
         await self.bus.start()
         self._remove_sink = self.bus.add_sink(self.store.sink)
         await self.store.start()
+        if self.bridge is not None:
+            await self.bridge.start()  # after the store's sink: it reads run records
         if self.handoff is not None:
             await self.handoff.start()
         self._state = "running"
@@ -156,12 +182,55 @@ class KikiRuntime:
             if self.handoff is not None:
                 await self.handoff.close()
         finally:
+            if self.bridge is not None:
+                # Every run ended by now: their last events leave before the bridge closes.
+                await self.bridge.close(timeout=self.settings.eventbus.publish.timeout or 5.0)
             if self._remove_sink is not None:
                 self._remove_sink()
             await self.store.close()
             await self.bus.close()
             self._state = "closed"
             logger.info("kiki runtime stopped")
+
+    async def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[StreamEvent]:
+        """Every event of ``run_id`` with ``seq > after``, from whichever node runs it.
+
+        Ends after the run's ``done`` (or when the run is forgotten). A run of
+        another node is followed through the bridge: caught up from its stream
+        (streams mode) or its node's replay log, then live. Besides the run's
+        events, connection-level notices may appear (``StatusEvent`` with
+        ``seq == 0``: ``gap`` if ``after`` is older than what is kept, ``lagging``
+        if this reader fell out of the replay window, ``missed`` if events were
+        lost between nodes); filter on ``event.seq`` if you do not want them.
+        No ownership check: this is the trusted, in-process API.
+
+        Raises:
+            RunNotFoundError: no node knows the run (after a short registry lookup;
+                raised on the first iteration).
+            TransportError: the run is not known here and the registry cannot be reached.
+        """
+        record = await self._resolve(run_id)
+        bridge = self.bridge
+        lease = bridge.watch_run(run_id) if bridge is not None and not record.ended else None
+        cursor = RunCursor(record.log, after, thread_id=record.thread_id, slow_client=self.settings.sse.slow_client)
+        try:
+            while True:
+                items = await cursor.next()
+                if not items:
+                    return
+                for item in items:
+                    yield item.event if isinstance(item, Frame) else item
+        finally:
+            if lease is not None:
+                lease.release()
+
+    async def _resolve(self, run_id: str) -> RunRecord:
+        record = self.store.peek(run_id)
+        if self.bridge is None:
+            if record is None:
+                raise RunNotFoundError(f"run {run_id!r} not found")
+            return record
+        return await self.bridge.open_run(run_id, check_owner=False)
 
     async def __aenter__(self) -> KikiRuntime:
         await self.start()
