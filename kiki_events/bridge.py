@@ -816,6 +816,10 @@ class Bridge:
             TransportError: the registry or the other node cannot be reached.
         """
         info = await self.run_info(run_id, principal, check_owner=check_owner)
+        record = self.store.peek(run_id)
+        if record is not None and record.ended and not info.ended:
+            # Its done reached this node before the registry heard of it.
+            info = dataclasses.replace(info, status=record.status, last_seq=record.log.last_seq)
         if info.ended:
             return info
         if info.node == self.node:

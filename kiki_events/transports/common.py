@@ -193,7 +193,7 @@ class BaseTransport:
 
     @property
     def outbox_depth(self) -> int:
-        return self._outbox.depth
+        return len(self._outbox)
 
     def describe(self) -> dict[str, Any]:
         return {"transport": self.name, "prefix": self.options.prefix}
@@ -216,11 +216,13 @@ class BaseTransport:
         if self._started:
             await self.flush(timeout)
         self._closed = True  # the read loops see it within a fraction of a second
+        self._flush_event.set()  # and the flusher wakes up to see it
         tasks, self._tasks = self._tasks, []
         await stop_tasks(tasks, grace=_STOP_GRACE)
-        if self._outbox.depth:
-            self.stats.drop("closed", self._outbox.depth)
-            logger.warning("bridge closed with %d event(s) not sent", self._outbox.depth)
+        unsent = len(self._outbox)
+        if unsent:
+            self.stats.drop("closed", unsent)
+            logger.warning("bridge closed with %d event(s) not sent", unsent)
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -295,6 +297,7 @@ class BaseTransport:
                 await asyncio.sleep(backoff.next())
                 self._want_flush()
                 continue
+            self._outbox.sent(batch)
             self._sending = False
             backoff.reset()
             self._publish_ok()

@@ -47,13 +47,15 @@ class Outbox:
             raise ValueError(f"capacity must be at least 1; got {capacity}")
         self.capacity = capacity
         self.depth = 0
-        """Run events waiting."""
+        """Run events waiting to be taken."""
+        self.in_flight = 0
+        """Run events taken by a flush that has not succeeded yet (they count against the bound)."""
         self._runs: dict[str, PendingRun] = {}
         self._lifecycle: list[bytes] = []
         self._registry: dict[str, tuple[RunInfo, bool]] = {}
 
     def __len__(self) -> int:
-        return self.depth
+        return self.depth + self.in_flight
 
     @property
     def empty(self) -> bool:
@@ -65,7 +67,7 @@ class Outbox:
         ``lifecycle`` also queues it for the lifecycle broadcast; ``keep`` queues it
         even when the outbox is full (a run's ``done``).
         """
-        if self.depth >= self.capacity and not keep:
+        if self.depth + self.in_flight >= self.capacity and not keep:
             return False
         pending = self._runs.get(run_id)
         if pending is None:
@@ -93,8 +95,13 @@ class Outbox:
             return None
         batch = OutboxBatch(self._runs, self._lifecycle, self._registry, self.depth)
         self._runs, self._lifecycle, self._registry = {}, [], {}
+        self.in_flight += self.depth
         self.depth = 0
         return batch
+
+    def sent(self, batch: OutboxBatch) -> None:
+        """A taken batch reached the transport."""
+        self.in_flight -= batch.count
 
     def restore(self, batch: OutboxBatch) -> None:
         """Put a batch that could not be sent back in front of what came since."""
@@ -108,6 +115,7 @@ class Outbox:
                 older.seqs.extend(newer.seqs)
         self._runs = runs
         self.depth += batch.count
+        self.in_flight -= batch.count
         self._lifecycle = batch.lifecycle + self._lifecycle
         registry = batch.registry
         for run_id, (info, announce) in self._registry.items():

@@ -1,0 +1,533 @@
+"""One contract, every transport: memory, Redis pub/sub, Redis streams.
+
+Each test builds "nodes" — separate :class:`KikiRuntime` objects in this process —
+connected the way production nodes are: through a shared :class:`MemoryHub`, or
+through a private ``redis-server`` under a key prefix of the test's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kiki_events.codec import encode
+from kiki_events.config import Settings
+from kiki_events.errors import RunNotFoundError
+from kiki_events.events import StatusEvent, StreamEvent, TokenEvent
+from kiki_events.redis_client import Keys
+from kiki_events.replay import ThreadCursor
+from kiki_events.runtime import KikiRuntime
+from kiki_events.topics import topic_of
+from kiki_events.transports import MemoryHub
+from kiki_events.transports.wire import KIND_BATCH, KIND_CONTROL, pack
+from tests.redis_server import free_port
+from tests.servers import Gate, async_wait_for, gated_graph
+
+TASK = {"messages": [{"role": "user", "content": "Compare Redis streams and pub/sub"}]}
+TRANSPORTS = [
+    "memory",
+    pytest.param("pubsub", marks=pytest.mark.redis),
+    pytest.param("streams", marks=pytest.mark.redis),
+]
+TIMEOUT = 20.0
+
+
+class Cluster:
+    """Nodes of one deployment (one hub, or one Redis and one prefix)."""
+
+    def __init__(self, kind: str, research_team: ModuleType, redis_url: str | None, prefix: str) -> None:
+        self.kind = kind
+        self.research_team = research_team
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.hub = MemoryHub()
+        self.gate = Gate()
+        self.nodes: list[KikiRuntime] = []
+        self._redis: Any = None
+
+    def settings(self, name: str, *, prefix: str | None = None, url: str | None = None, **eventbus: Any) -> Settings:
+        bus: dict[str, Any] = {
+            "subscribe": {"interest_linger": 0, "repair_timeout": "1s"},
+            **eventbus,
+        }
+        redis = {"channel_prefix": prefix or self.prefix}
+        if self.kind == "memory":
+            bus.setdefault("provider", "memory")
+        else:
+            bus.setdefault("provider", "redis")
+            redis.update(url=url or self.redis_url, mode=self.kind)
+        bus["redis"] = {**redis, **bus.get("redis", {})}
+        return Settings.model_validate({"node": name, "eventbus": bus, "runs": {"shutdown_grace": "1s"}})
+
+    async def node(self, name: str, *, start: bool = True, **overrides: Any) -> KikiRuntime:
+        graphs = {
+            "team": self.research_team.build_graph(token_delay=0.0),
+            "gated": gated_graph(self.research_team, self.gate, tokens=30),
+        }
+        runtime = KikiRuntime(self.settings(name, **overrides), graphs=graphs, hub=self.hub)
+        self.nodes.append(runtime)
+        if start:
+            await runtime.start()
+            await self.connected(runtime)
+        return runtime
+
+    async def connected(self, runtime: KikiRuntime) -> None:
+        bridge = runtime.bridge
+        assert bridge is not None
+        await async_wait_for(lambda: bridge.state == "connected", TIMEOUT, f"{runtime.node} to connect")
+
+    async def redis(self) -> Any:
+        if self._redis is None:
+            from redis.asyncio import Redis
+
+            self._redis = Redis.from_url(self.redis_url)
+        return self._redis
+
+    async def inject(self, runtime: KikiRuntime, data: bytes) -> None:
+        """Put raw bytes where ``runtime`` reads control messages, as a hostile publisher would."""
+        keys = Keys(self.prefix)
+        if self.kind == "memory":
+            self.hub.publish(keys.control_channel(runtime.node), data)
+        elif self.kind == "pubsub":
+            await (await self.redis()).publish(keys.control_channel(runtime.node), data)
+        else:
+            await (await self.redis()).xadd(keys.control_stream(runtime.node), {"d": data})
+
+    async def close(self) -> None:
+        self.gate.open()
+        self.hub.set_available(True)
+        for runtime in reversed(self.nodes):
+            await runtime.close()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+@pytest_asyncio.fixture(params=TRANSPORTS)
+async def cluster(request: pytest.FixtureRequest, research_team: ModuleType, key_prefix: str) -> AsyncIterator[Cluster]:
+    url = None if request.param == "memory" else request.getfixturevalue("redis_url")
+    nodes = Cluster(request.param, research_team, url, key_prefix)
+    try:
+        yield nodes
+    finally:
+        await nodes.close()
+
+
+async def collect(runtime: KikiRuntime, run_id: str, *, after: int = 0) -> list[StreamEvent]:
+    async def read() -> list[StreamEvent]:
+        return [event async for event in runtime.follow(run_id, after=after)]
+
+    return await asyncio.wait_for(read(), TIMEOUT)
+
+
+def run_seqs(events: list[StreamEvent]) -> list[int]:
+    return [e.seq for e in events if e.seq > 0]
+
+
+async def finished(runtime: KikiRuntime, run_id: str) -> list[StreamEvent]:
+    """The run's events as its own node kept them (after it ended)."""
+    return await collect(runtime, run_id)
+
+
+# -- following a run ----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_run_on_a_is_followed_on_b_every_event_in_order_once(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    handle = a.runs.start("gated", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+
+    follower = asyncio.ensure_future(collect(b, handle.run_id))
+    await async_wait_for(lambda: b.store.peek(handle.run_id) is not None, TIMEOUT, "B to adopt the run")
+    cluster.gate.open()
+    seen = await follower
+    local = await finished(a, handle.run_id)
+
+    assert run_seqs(seen) == list(range(1, len(local) + 1))
+    assert seen == local
+    assert seen[-1].type == "done"
+    assert all(e.node == "node-a" for e in seen)
+    assert b.store.peek(handle.run_id) is not None
+    assert b.store.peek(handle.run_id).node == "node-a"  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+async def test_a_finished_run_is_replayed_on_b(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    handle = a.runs.start("team", TASK)
+    await asyncio.wait_for(handle.task, TIMEOUT)
+    local = await finished(a, handle.run_id)
+
+    assert await collect(b, handle.run_id) == local
+
+
+@pytest.mark.asyncio
+async def test_nodes_never_redeliver_their_own_events(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    on_a: Counter[tuple[str, int]] = Counter()
+    on_b: Counter[tuple[str, int]] = Counter()
+    a.bus.add_sink(lambda e: on_a.update([(e.run_id, e.seq)]))
+    b.bus.add_sink(lambda e: on_b.update([(e.run_id, e.seq)]))
+    handle = a.runs.start("gated", TASK)
+    follower = asyncio.ensure_future(collect(b, handle.run_id))
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    cluster.gate.open()
+    seen = await follower
+    assert a.bridge is not None and b.bridge is not None
+    await a.bridge.transport.flush()
+
+    assert max(on_a.values()) == 1
+    assert max(on_b.values()) == 1
+    assert len(on_b) == len(seen)
+    assert a.bridge.stats.delivered == 0  # A followed nothing: its own events never came back
+    assert b.bridge.stats.delivered == len(seen)
+
+
+# -- traffic only where wanted -------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_node_receives_no_run_traffic_without_an_interest(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    assert a.bridge is not None and b.bridge is not None
+    first = a.runs.start("team", TASK)
+    await asyncio.wait_for(first.task, TIMEOUT)
+    await a.bridge.transport.flush()
+    await asyncio.sleep(0.1)
+
+    assert b.bridge.transport.stats.events_in == 0
+    assert first.run_id not in b.store
+
+    second = a.runs.start("gated", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    subscription = b.bus.subscribe(run_id=second.run_id)
+    await async_wait_for(lambda: len(subscription) > 0, TIMEOUT, "B to receive the run it subscribed to")
+    received = b.bridge.transport.stats.events_in
+    assert received > 0
+    subscription.close()
+    await async_wait_for(lambda: b.bridge is not None and not b.bridge.health()["following"]["runs"], TIMEOUT)
+    cluster.gate.open()
+    await asyncio.wait_for(second.task, TIMEOUT)
+    await a.bridge.transport.flush()
+    await asyncio.sleep(0.2)
+
+    assert b.bridge.transport.stats.events_in == received  # nothing more once nobody here wanted it
+
+
+@pytest.mark.asyncio
+async def test_lifecycle_events_are_broadcast_to_nodes_that_subscribe_to_them(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    quiet = await cluster.node("node-c", subscribe={"events": [], "interest_linger": 0})
+    assert b.bridge is not None and quiet.bridge is not None
+    topics = b.bus.subscribe(topics="agent:*")
+    handle = a.runs.start("team", TASK)
+    await asyncio.wait_for(handle.task, TIMEOUT)
+    local = await finished(a, handle.run_id)
+    wanted = set(Settings().eventbus.subscribe.events)
+    expected = [(e.run_id, e.seq) for e in local if topic_of(e) in wanted]
+    await async_wait_for(lambda: len(topics) >= len(expected), TIMEOUT, "the lifecycle broadcasts")
+    await asyncio.sleep(0.1)
+
+    got = await topics.get_batch(1000)
+    assert [(e.run_id, e.seq) for e in got] == expected
+    assert {e.type for e in got} == {"agent_lifecycle", "tool_call"}
+    assert b.bridge.transport.stats.events_in == 0  # lifecycle only: no run traffic
+    assert handle.run_id not in b.store  # and no partial copy of the run
+    assert quiet.bridge.transport.stats.lifecycle_in == 0
+
+
+# -- control ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_cancel_from_b_stops_the_run_on_a(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    handle = a.runs.start("gated", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    follower = asyncio.ensure_future(collect(b, handle.run_id))
+    assert b.bridge is not None
+    await async_wait_for(lambda: b.store.peek(handle.run_id) is not None, TIMEOUT)
+
+    info = await b.bridge.cancel(handle.run_id)
+    seen = await follower
+
+    assert info.node == "node-a" and info.status in ("pending", "running")
+    assert seen[-1].type == "done"
+    assert seen[-1].status == "cancelled"  # type: ignore[union-attr]
+    assert handle.record.status == "cancelled"
+    after = await b.bridge.cancel(handle.run_id)  # an ended run stays ended
+    assert after.status == "cancelled"
+
+
+@pytest.mark.asyncio
+async def test_custom_control_messages_reach_the_named_node_or_every_node(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    c = await cluster.node("node-c")
+    assert a.bridge is not None and b.bridge is not None and c.bridge is not None
+    got: dict[str, list[Any]] = {"node-b": [], "node-c": []}
+    b.bridge.add_control_handler("ping", lambda m: got["node-b"].append((m.sender, dict(m.payload))))
+
+    async def on_c(message: Any) -> None:
+        got["node-c"].append((message.sender, dict(message.payload)))
+
+    c.bridge.add_control_handler("ping", on_c)
+    await a.bridge.send_control("ping", {"n": 1}, node="node-b")
+    await a.bridge.send_control("ping", {"n": 2})
+    await async_wait_for(lambda: len(got["node-b"]) == 2 and len(got["node-c"]) == 1, TIMEOUT)
+
+    assert got == {"node-b": [("node-a", {"n": 1}), ("node-a", {"n": 2})], "node-c": [("node-a", {"n": 2})]}
+
+
+# -- join and resume --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_resuming_on_b_after_a_position_seen_on_a_has_no_gap_and_no_duplicate(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    handle = a.runs.start("gated", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    seen_on_a: list[StreamEvent] = []
+    async for event in a.follow(handle.run_id):
+        seen_on_a.append(event)
+        if len(seen_on_a) == 7:
+            break  # the client on A goes away
+    cut = seen_on_a[-1].seq
+    follower = asyncio.ensure_future(collect(b, handle.run_id, after=cut))
+    await async_wait_for(lambda: b.store.peek(handle.run_id) is not None, TIMEOUT)
+    cluster.gate.open()
+    seen_on_b = await follower
+    everything = run_seqs(await finished(a, handle.run_id))
+
+    assert run_seqs(seen_on_a) + run_seqs(seen_on_b) == everything
+    assert seen_on_b[0].seq == cut + 1
+
+
+@pytest.mark.asyncio
+async def test_two_readers_on_b_share_one_subscription(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    handle = a.runs.start("gated", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    first = asyncio.ensure_future(collect(b, handle.run_id))
+    second = asyncio.ensure_future(collect(b, handle.run_id, after=3))
+    await async_wait_for(lambda: b.store.peek(handle.run_id) is not None, TIMEOUT)
+    cluster.gate.open()
+    one, two = await asyncio.gather(first, second)
+    assert b.bridge is not None
+
+    assert run_seqs(two) == run_seqs(one)[3:]
+    assert b.bridge.transport.stats.events_in <= 2 * len(one)  # a replay at most, not one copy per reader
+
+
+@pytest.mark.asyncio
+async def test_following_an_unknown_run_raises_run_not_found(cluster: Cluster) -> None:
+    b = await cluster.node("node-b")
+    assert b.bridge is not None
+    b.bridge.lookup_wait = 0.2
+
+    with pytest.raises(RunNotFoundError):
+        await collect(b, "no-such-run-anywhere")
+
+
+# -- threads ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_thread_stream_on_b_sees_the_runs_a_starts_on_that_thread(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    assert b.bridge is not None
+    first = a.runs.start("team", TASK, thread_id="thread-x")
+    await asyncio.wait_for(first.task, TIMEOUT)
+    await a.bridge.transport.flush()  # type: ignore[union-attr]
+
+    thread = await b.bridge.open_thread("thread-x")
+    lease = b.bridge.watch_thread("thread-x")
+    cursor = ThreadCursor("thread-x", lambda: b.store.thread_logs(thread), thread.changed)
+    try:
+        items: list[Any] = []
+
+        async def read_until(count: int) -> None:
+            while sum(1 for i in items if getattr(i, "event", None) is not None and i.event.type == "done") < count:
+                items.extend(await cursor.next())
+
+        await asyncio.wait_for(read_until(1), TIMEOUT)
+        second = a.runs.start("gated", TASK, thread_id="thread-x")
+        await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+        cluster.gate.open()
+        await asyncio.wait_for(read_until(2), TIMEOUT)
+    finally:
+        lease.release()
+
+    events = [i.event for i in items if hasattr(i, "event")]
+    assert [e.run_id for e in events if e.type == "done"] == [first.run_id, second.run_id]
+    for handle in (first, second):
+        assert [e for e in events if e.run_id == handle.run_id] == await finished(a, handle.run_id)
+
+
+# -- bad input and isolation ---------------------------------------------------------------------------------------------
+
+
+def frames_to_inject() -> dict[str, bytes]:
+    token = encode(TokenEvent(run_id="r1", seq=1, ts=1.0, message_id="m", text="x"))
+    return {
+        "malformed": b"\xff\xfe not json at all",
+        "oversized": b"x" * (70 * 1024),
+        "unknown_version": json.dumps({"v": 99, "k": "b", "n": "evil", "t": 1.0, "r": "r1"}).encode(),
+        "event_version": pack(KIND_BATCH, "evil", [token.replace(b'"v":1', b'"v":7')], sent_at=1.0, run_id="r1"),
+        "wrong_run": pack(KIND_BATCH, "evil", [token], sent_at=1.0, run_id="r2"),
+        "bad_control": pack(KIND_CONTROL, "evil", sent_at=1.0, o=5, p=[]),
+    }
+
+
+@pytest.mark.asyncio
+async def test_malformed_oversized_and_unknown_version_frames_are_dropped_counted_and_survived(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b", publish={"max_message_bytes": 65536})
+    assert b.bridge is not None
+    for data in frames_to_inject().values():
+        await cluster.inject(b, data)
+    for data in frames_to_inject().values():
+        await cluster.inject(b, data)
+    stats = b.bridge.transport.stats
+    await async_wait_for(lambda: sum(stats.dropped.values()) >= 12, TIMEOUT, "every frame to be refused")
+
+    assert stats.dropped == {"malformed": 6, "oversized": 2, "unknown_version": 4}
+    warnings = [r for r in caplog.records if r.name == "kiki_events.bridge" and "dropped a frame" in r.getMessage()]
+    assert len(warnings) <= 3  # once per kind
+    # The listener is alive: B still follows runs.
+    handle = a.runs.start("team", TASK)
+    assert (await collect(b, handle.run_id))[-1].type == "done"
+
+
+@pytest.mark.asyncio
+async def test_two_prefixes_on_one_redis_never_see_each_other(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    other = await cluster.node("node-b", prefix=cluster.prefix + "other:")
+    assert other.bridge is not None and a.bridge is not None
+    other.bridge.lookup_wait = 0.3
+    topics = other.bus.subscribe(topics="*")
+    handle = a.runs.start("team", TASK, thread_id="shared-thread")
+    await asyncio.wait_for(handle.task, TIMEOUT)
+    await a.bridge.transport.flush()
+    await asyncio.sleep(0.2)
+
+    with pytest.raises(RunNotFoundError):
+        await collect(other, handle.run_id)
+    with pytest.raises(RunNotFoundError):
+        await other.bridge.open_thread("shared-thread")
+    assert len(topics) == 0
+    assert other.bridge.transport.stats.lifecycle_in == 0
+    assert other.bridge.transport.stats.messages_in == 0
+
+
+@pytest.mark.asyncio
+async def test_outbox_overflow_is_dropped_and_counted_never_raised_into_the_graph(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    a = await cluster.node("node-a", start=False, url=unreachable, publish={"outbox_size": 16, "timeout": "0.5s"})
+    await a.start()
+    assert a.bridge is not None
+    if cluster.kind == "memory":
+        cluster.hub.set_available(False)
+    handle = a.runs.start("team", TASK)
+
+    assert await asyncio.wait_for(handle.task, TIMEOUT) == "success"
+    events = await finished(a, handle.run_id)  # A serves its own run meanwhile
+    stats = a.bridge.transport.stats
+    assert stats.dropped["outbox_full"] == len(events) - 16 - 1  # the done is always kept
+    assert a.bridge.transport.outbox_depth == 17
+    assert sum("outbox full" in r.getMessage() for r in caplog.records) == 1
+    assert a.bridge.health()["state"] in ("connecting", "reconnecting")
+
+
+@pytest.mark.asyncio
+async def test_events_wait_in_the_outbox_during_an_outage_and_flush_in_order(cluster: Cluster) -> None:
+    if cluster.kind != "memory":
+        pytest.skip("a real Redis outage is covered by tests/test_cluster.py")
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    handle = a.runs.start("gated", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    follower = asyncio.ensure_future(collect(b, handle.run_id))
+    await async_wait_for(lambda: (r := b.store.peek(handle.run_id)) is not None and r.log.last_seq > 0, TIMEOUT)
+    cluster.hub.set_available(False)
+    cluster.gate.open()
+    await asyncio.wait_for(handle.task, TIMEOUT)
+    assert a.bridge is not None and a.bridge.transport.outbox_depth > 0
+    cluster.hub.set_available(True)
+    seen = await follower
+
+    assert run_seqs(seen) == run_seqs(await finished(a, handle.run_id))
+    notices = [e for e in seen if isinstance(e, StatusEvent) and e.seq == 0]
+    assert [n.status for n in notices] == ["missed"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda header, body: json.dumps(header).encode() + b"\n" + body,
+            st.dictionaries(
+                st.sampled_from(["v", "k", "n", "t", "r", "o", "p", "f", "e", "g", "i"]),
+                st.one_of(st.integers(-2, 3), st.text(max_size=8), st.none(), st.floats(), st.booleans()),
+            ),
+            st.binary(max_size=200),
+        ),
+    )
+)
+def test_fuzzed_frames_never_break_the_receiver(data: bytes) -> None:
+    hub = MemoryHub()
+    keys = Keys("fuzz:")
+
+    async def scenario() -> None:
+        settings_ = Settings.model_validate({"node": "fuzzed", "eventbus": {"redis": {"channel_prefix": "fuzz:"}}})
+        async with KikiRuntime(settings_, hub=hub) as runtime:
+            assert runtime.bridge is not None
+            hub.publish(keys.control_channel("fuzzed"), data)
+            hub.publish(keys.lifecycle_channel(), data)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert runtime.bridge.state == "connected"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.asyncio
+async def test_lag_is_measured_from_the_frame_header(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    handle = a.runs.start("gated", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    follower = asyncio.ensure_future(collect(b, handle.run_id))
+    await async_wait_for(lambda: b.store.peek(handle.run_id) is not None, TIMEOUT)
+    started = time.time()
+    cluster.gate.open()
+    await follower
+    assert b.bridge is not None
+    lag = b.bridge.transport.stats.lag
+
+    assert lag.count > 0
+    assert 0 <= lag.sum / lag.count < time.time() - started + 1
