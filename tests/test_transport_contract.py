@@ -138,7 +138,7 @@ async def finished(runtime: KikiRuntime, run_id: str) -> list[StreamEvent]:
     return await collect(runtime, run_id)
 
 
-# -- following a run ----------------------------------------------------------------------------------
+# -- following a run -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.asyncio
@@ -251,7 +251,7 @@ async def test_lifecycle_events_are_broadcast_to_nodes_that_subscribe_to_them(cl
     assert quiet.bridge.transport.stats.lifecycle_in == 0
 
 
-# -- control ---------------------------------------------------------------------------------------------------
+# -- control -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.asyncio
@@ -295,7 +295,7 @@ async def test_custom_control_messages_reach_the_named_node_or_every_node(cluste
     assert got == {"node-b": [("node-a", {"n": 1}), ("node-a", {"n": 2})], "node-c": [("node-a", {"n": 2})]}
 
 
-# -- join and resume --------------------------------------------------------------------------------------------
+# -- join and resume -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.asyncio
@@ -347,7 +347,7 @@ async def test_following_an_unknown_run_raises_run_not_found(cluster: Cluster) -
         await collect(b, "no-such-run-anywhere")
 
 
-# -- threads ------------------------------------------------------------------------------------------------------------
+# -- threads -------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.asyncio
@@ -383,7 +383,7 @@ async def test_a_thread_stream_on_b_sees_the_runs_a_starts_on_that_thread(cluste
         assert [e for e in events if e.run_id == handle.run_id] == await finished(a, handle.run_id)
 
 
-# -- bad input and isolation ---------------------------------------------------------------------------------------------
+# -- bad input and isolation ---------------------------------------------------------------------------------
 
 
 def frames_to_inject() -> dict[str, bytes]:
