@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..runtime import KikiRuntime
@@ -31,7 +31,13 @@ class RuntimeCollector(Collector):
             "kiki_events_published", "Events published on the local bus.", value=bus.stats.published
         )
         dropped = CounterMetricFamily("kiki_events_dropped", "Events not delivered, by reason.", labels=["reason"])
-        for reason, count in sorted(bus.stats.dropped.items()):
+        reasons = dict(bus.stats.dropped)
+        bridge = runtime.bridge
+        if bridge is not None:
+            # Outbox overflow, refused frames (malformed, oversized, unknown_version) …
+            for reason, count in bridge.transport.stats.dropped.items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        for reason, count in sorted(reasons.items()):
             dropped.add_metric([reason], count)
         yield dropped
         yield CounterMetricFamily(
@@ -56,3 +62,49 @@ class RuntimeCollector(Collector):
         yield CounterMetricFamily(
             "kiki_sse_slow_clients", "Clients that fell out of a replay window (sse.slow_client).", value=store.lagging
         )
+        if bridge is not None:
+            yield from _bridge_metrics(runtime)
+
+
+def _bridge_metrics(runtime: KikiRuntime) -> Iterator[Metric]:
+    bridge = runtime.bridge
+    if bridge is None:  # pragma: no cover - checked by the caller
+        return
+    stats = bridge.transport.stats
+    messages = CounterMetricFamily(
+        "kiki_bridge_messages", "Cross-node messages (frames), by direction.", labels=["direction"]
+    )
+    messages.add_metric(["in"], stats.messages_in)
+    messages.add_metric(["out"], stats.messages_out)
+    yield messages
+    events = CounterMetricFamily(
+        "kiki_bridge_events", "Run events sent to and received from other nodes.", labels=["direction"]
+    )
+    events.add_metric(["in"], stats.events_in)
+    events.add_metric(["out"], stats.events_out)
+    yield events
+    yield CounterMetricFamily(
+        "kiki_bridge_lifecycle_events", "Lifecycle events received as broadcasts.", value=stats.lifecycle_in
+    )
+    yield CounterMetricFamily(
+        "kiki_bridge_reconnects", "Connections to the transport re-established after a loss.", value=stats.reconnects
+    )
+    gaps = CounterMetricFamily(
+        "kiki_bridge_gaps", "Gaps in remote runs, by outcome (repaired, or reported as missed).", labels=["outcome"]
+    )
+    gaps.add_metric(["repaired"], bridge.stats.repaired)
+    gaps.add_metric(["missed"], bridge.stats.missed)
+    yield gaps
+    yield GaugeMetricFamily(
+        "kiki_bridge_up", "1 while the bridge is connected to its transport.", value=int(bridge.state == "connected")
+    )
+    lag = stats.lag
+    yield HistogramMetricFamily(
+        "kiki_bridge_delivery_lag_seconds",
+        "Publish (on the producing node) to receipt (here) of live cross-node messages.",
+        buckets=lag.cumulative(),
+        sum_value=lag.sum,
+    )
+    depth = GaugeMetricFamily("kiki_queue_depth", "Events waiting in a queue.", labels=["queue"])
+    depth.add_metric(["outbox"], bridge.transport.outbox_depth)
+    yield depth

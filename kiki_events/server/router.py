@@ -13,26 +13,37 @@
 
 Errors: 400 malformed ``Last-Event-ID``, 401 no principal (with an auth hook),
 404 unknown graph / run / thread (also someone else's), 413 body too large,
-422 invalid body, 429 too many active runs, 503 shutting down.
+422 invalid body, 429 too many active runs, 503 shutting down (or, with the
+cross-node bridge, Redis unreachable for a run this node does not know).
+
+With a bridge (``eventbus.provider: redis``) every run endpoint works for runs
+executing on other nodes: the run is found in the registry, followed through the
+bridge while a client reads it, and cancelled on the node that runs it.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from ..errors import KikiEventsError, RunLimitError, RunNotFoundError, UnknownGraphError
+from ..bridge import Lease
+from ..errors import KikiEventsError, RunLimitError, RunNotFoundError, TransportError, UnknownGraphError
 from ..replay import RunCursor, RunLog, ThreadCursor
-from ..runs import RunHandle
+from ..runs import RunHandle, RunRecord, ThreadRecord
 from ..runtime import KikiRuntime
 from .auth import AuthDependency, Principal, principal_dependency
 from .requests import RunRequest, parse_cursor, parse_run_request
 from .sse import cursor_body, sse_response
 
 __all__ = ["create_router"]
+
+_CANCEL_WAIT = 5.0
 
 _RUN_BODY_DOC: dict[str, Any] = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": RunRequest.model_json_schema()}}}
@@ -44,7 +55,19 @@ def _raise_http(exc: KikiEventsError) -> NoReturn:
         raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from None
     if isinstance(exc, RunNotFoundError | UnknownGraphError):
         raise HTTPException(404, str(exc)) from None
+    if isinstance(exc, TransportError):
+        raise HTTPException(503, "other nodes cannot be reached right now", headers={"Retry-After": "1"}) from None
     raise HTTPException(503, str(exc)) from None
+
+
+async def _leased(body: AsyncIterator[bytes], acquire: Callable[[], Lease]) -> AsyncIterator[bytes]:
+    """``body``, with a bridge lease held while it is being sent (taken on first read)."""
+    lease = acquire()
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        lease.release()
 
 
 def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -> APIRouter:
@@ -58,6 +81,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
     settings = runtime.settings
     store = runtime.store
     runs = runtime.runs
+    bridge = runtime.bridge
     Caller = Annotated[Principal, Depends(principal_dependency(auth))]
     LastEventId = Annotated[str | None, Query(alias="last_event_id", max_length=256)]
 
@@ -77,11 +101,14 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
         location: str,
         run_id: str | None = None,
         on_abandon: Callable[[], object] | None = None,
+        lease: Callable[[], Lease] | None = None,
     ) -> Response:
         headers = {"Content-Location": location}
         if run_id is not None:
             headers["X-Kiki-Run-Id"] = run_id
-        body = cursor_body(cursor, retry=settings.sse.retry, store=store, on_abandon=on_abandon)
+        body: AsyncIterator[bytes] = cursor_body(cursor, retry=settings.sse.retry, store=store, on_abandon=on_abandon)
+        if lease is not None:
+            body = _leased(body, lease)
         return sse_response(
             body,
             settings.sse,
@@ -98,6 +125,26 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
 
     def run_url(request: Request, run_id: str) -> str:
         return request.url_for("join_run_stream", run_id=run_id).path
+
+    def is_remote(record: RunRecord) -> bool:
+        return bridge is not None and record.node is not None and record.node != runtime.node
+
+    async def find_run(run_id: str, principal: Principal) -> RunRecord:
+        """The run wherever it executes (caught up with what it produced so far)."""
+        try:
+            if bridge is None:
+                return store.get(run_id, principal)
+            return await bridge.open_run(run_id, principal)
+        except KikiEventsError as exc:
+            _raise_http(exc)
+
+    async def find_thread(thread_id: str, principal: Principal) -> ThreadRecord:
+        try:
+            if bridge is None:
+                return store.thread(thread_id, principal)
+            return await bridge.open_thread(thread_id, principal)
+        except KikiEventsError as exc:
+            _raise_http(exc)
 
     @router.post("/runs/stream", openapi_extra=_RUN_BODY_DOC, response_class=Response)
     async def start_run_stream(request: Request, principal: Caller) -> Response:
@@ -129,10 +176,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
         request: Request, run_id: str, principal: Caller, last_event_id: LastEventId = None
     ) -> Response:
         """Join a live or recently finished run, resuming after ``Last-Event-ID``."""
-        try:
-            record = store.get(run_id, principal)
-        except RunNotFoundError as exc:
-            _raise_http(exc)
+        record = await find_run(run_id, principal)
         header = request.headers.get("last-event-id")
         cursor_at = parse_cursor(header) if header else parse_cursor(last_event_id, name="last_event_id")
         after = 0
@@ -145,24 +189,48 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
             return Response(status_code=204)
         if after > record.log.last_seq:
             raise HTTPException(400, f"Last-Event-ID seq {after} is ahead of the run (last seq {record.log.last_seq})")
-        return stream(request, run_cursor(record.log, after, record.thread_id), run_url(request, run_id), run_id)
+        lease = None
+        if bridge is not None and is_remote(record) and not record.ended:
+            lease = lambda: bridge.watch_run(run_id)  # noqa: E731 - taken when the body starts
+        cursor = run_cursor(record.log, after, record.thread_id)
+        return stream(request, cursor, run_url(request, run_id), run_id, lease=lease)
 
     @router.get("/runs/{run_id}", name="run_status")
     async def run_status(run_id: str, principal: Caller) -> dict[str, Any]:
-        """Status of a run."""
+        """Status of a run (of any node: the registry knows where it runs)."""
         try:
-            return store.get(run_id, principal).to_dict()
+            record = store.get(run_id, principal)
         except RunNotFoundError as exc:
+            if bridge is None:
+                _raise_http(exc)
+            record = None
+        if record is not None and (record.ended or not is_remote(record)):
+            return record.to_dict()
+        try:
+            info = await bridge.run_info(run_id, principal)  # type: ignore[union-attr]
+        except KikiEventsError as exc:
+            if record is not None:
+                return record.to_dict()
             _raise_http(exc)
+        status = info.public()
+        if record is not None:
+            status["last_seq"] = max(status["last_seq"], record.log.last_seq)
+        return status
 
     @router.post("/runs/{run_id}/cancel")
     async def cancel_run(run_id: str, principal: Caller) -> JSONResponse:
-        """Cancel a run; one that already ended stays ended (200 with its status)."""
+        """Cancel a run on whichever node runs it; one that already ended stays ended (200)."""
         try:
-            record = store.get(run_id, principal)
+            record = store.get(run_id, principal) if bridge is None else await find_run(run_id, principal)
             if not record.ended and runs.is_local(run_id):
                 record = await runs.cancel_and_wait(run_id, principal)
-        except RunNotFoundError as exc:
+            elif not record.ended and bridge is not None and is_remote(record):
+                info = await bridge.cancel(run_id, principal)
+                if info.ended and not record.ended:
+                    return JSONResponse({"run_id": run_id, "status": info.status})
+                with bridge.watch_run(run_id):
+                    await _ended(record, _CANCEL_WAIT)
+        except KikiEventsError as exc:
             _raise_http(exc)
         content: dict[str, Any] = {"run_id": run_id, "status": record.status}
         if record.ended:
@@ -174,11 +242,8 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
     async def thread_stream(
         request: Request, thread_id: str, principal: Caller, last_event_id: LastEventId = None
     ) -> Response:
-        """Every run of a thread, oldest first, then new runs as they start."""
-        try:
-            thread = store.thread(thread_id, principal)
-        except RunNotFoundError as exc:
-            _raise_http(exc)
+        """Every run of a thread (on any node), oldest first, then new runs as they start."""
+        thread = await find_thread(thread_id, principal)
         header = request.headers.get("last-event-id")
         resume = parse_cursor(header) if header else parse_cursor(last_event_id, name="last_event_id")
         if resume is not None and not resume[0]:
@@ -193,7 +258,10 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
             until=lambda: not store.following,
         )
         location = request.url_for("thread_stream", thread_id=thread_id).path
-        return stream(request, cursor, location)
+        lease = None
+        if bridge is not None:
+            lease = lambda: bridge.watch_thread(thread_id)  # noqa: E731 - taken when the body starts
+        return stream(request, cursor, location, lease=lease)
 
     @router.get("/graphs")
     async def list_graphs(principal: Caller) -> dict[str, list[str]]:
@@ -216,6 +284,19 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
             },
             "runs": {"active": runs.active, "kept": len(store), "started": runs.started},
             "sse": {"clients": store.clients, "readers": store.readers, "lagging": store.lagging},
+            "bridge": bridge.health() if bridge is not None else None,
         }
 
     return router
+
+
+async def _ended(record: RunRecord, timeout: float) -> bool:
+    """Wait up to ``timeout`` for ``record``'s run to end; whether it did."""
+    deadline = time.monotonic() + timeout
+    while not record.ended:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(record.log.changed.wait(), remaining)
+    return True
