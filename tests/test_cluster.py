@@ -1,0 +1,366 @@
+"""Several real ``kiki-events serve`` processes and one private Redis: the cluster as users see it.
+
+Every node is a subprocess started from a YAML file (``provider: redis``), reached
+over HTTP like a browser would. The demo research team streams with a small
+token delay so runs stay live long enough to be joined, cut and resumed; tests
+wait for conditions, not for time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.redis_server import RedisServer, free_port
+from tests.servers import SSEFrame, iter_frames, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+ROOT = Path(__file__).resolve().parent.parent
+TASK = {"graph": "team", "message": "Compare Redis streams and pub/sub"}
+MODES = ["pubsub", "streams"]
+TIMEOUT = 60.0
+
+
+class Node:
+    """One ``kiki-events serve`` process."""
+
+    def __init__(self, tmp: Path, name: str, redis_url: str, prefix: str, mode: str, token_delay: float) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = tmp / f"{name}.yaml"
+        config.write_text(
+            f"node: {name}\n"
+            "eventbus:\n"
+            "  provider: redis\n"
+            f"  redis: {{url: '{redis_url}', channel_prefix: '{prefix}', mode: {mode}}}\n"
+            "  subscribe: {interest_linger: 1s}\n"
+            "runs: {shutdown_grace: 1s}\n"
+            "logging: {level: INFO}\n"
+            f"graphs:\n  team: {ROOT / 'agents' / 'research_team.py'}:graph\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "KIKI_DEMO_TOKEN_DELAY": str(token_delay)}
+        self.log = tmp / f"{name}.log"
+        self._log_file = self.log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kiki_events.cli", "serve", "--config", str(config), "--port", str(self.port)],
+            cwd=tmp,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    def health(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/healthz", timeout=5)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def bridge(self) -> dict[str, Any]:
+        bridge: dict[str, Any] = self.health()["bridge"]
+        return bridge
+
+    def wait_up(self, *, connected: bool = True) -> None:
+        def up() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited:\n{self.log.read_text()}")
+            try:
+                bridge = self.bridge()
+            except httpx.TransportError:
+                return False
+            return not connected or bridge["state"] == "connected"
+
+        wait_for(up, TIMEOUT, f"{self.name} to serve")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log_file.close()
+
+
+class Cluster:
+    def __init__(self, tmp: Path, redis: RedisServer, mode: str, *, token_delay: float = 0.01) -> None:
+        self.tmp = tmp
+        self.redis = redis
+        self.mode = mode
+        self.token_delay = token_delay
+        self.prefix = f"kiki-cluster-{os.getpid()}-{time.monotonic_ns()}:"
+        self.nodes: list[Node] = []
+
+    def start(self, *names: str, connected: bool = True) -> list[Node]:
+        nodes = [Node(self.tmp, n, self.redis.url, self.prefix, self.mode, self.token_delay) for n in names]
+        self.nodes.extend(nodes)
+        for node in nodes:
+            node.wait_up(connected=connected)
+        return nodes
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n.name}\n{n.log.read_text()}" for n in self.nodes)
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(mode: str, **kwargs: Any) -> Cluster:
+        cluster = Cluster(tmp_path, redis_server, mode, **kwargs)
+        made.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            cluster.close()
+
+
+class Reader(threading.Thread):
+    """Reads one SSE stream in the background, like a browser tab."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None, *, stop_after: int | None = None) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.headers = headers or {}
+        self.stop_after = stop_after
+        self.frames: list[SSEFrame] = []
+        self.status: int | None = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            with httpx.stream("GET", self.url, headers=self.headers, timeout=TIMEOUT) as response:
+                self.status = response.status_code
+                for frame in iter_frames(response):
+                    self.frames.append(frame)
+                    if self.stop_after is not None and len(self.events()) >= self.stop_after:
+                        return  # the client goes away
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+        finally:
+            self.finished.set()
+
+    def events(self) -> list[SSEFrame]:
+        return [f for f in self.frames if f.id is not None]
+
+    def notices(self) -> list[dict[str, Any]]:
+        return [f.json for f in self.frames if f.id is None and f.event == "status"]
+
+    def seqs(self) -> list[int]:
+        return [f.seq for f in self.events()]
+
+    def wait(self, timeout: float = TIMEOUT) -> Reader:
+        assert self.finished.wait(timeout), f"the stream {self.url} did not end"
+        assert self.error is None, repr(self.error)
+        return self
+
+
+def start_run(node: Node, **extra: Any) -> str:
+    response = httpx.post(f"{node.url}/runs", json={**TASK, **extra}, timeout=10)
+    assert response.status_code == 202, response.text
+    run_id: str = response.json()["run_id"]
+    return run_id
+
+
+def full_run(node: Node, run_id: str) -> list[SSEFrame]:
+    """The whole run as its own node serves it, once it ended."""
+    wait_for(lambda: httpx.get(f"{node.url}/runs/{run_id}").json()["status"] not in ("pending", "running"), TIMEOUT)
+    return Reader(f"{node.url}/runs/{run_id}/stream").wait().events()
+
+
+# -- watching, joining, resuming, cancelling ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_run_started_on_a_is_watched_on_b(make_cluster: Callable[..., Cluster], mode: str) -> None:
+    cluster = make_cluster(mode)
+    a, b = cluster.start("node-a", "node-b")
+    run_id = start_run(a)
+    on_b = Reader(f"{b.url}/runs/{run_id}/stream").wait()
+    on_a = full_run(a, run_id)
+
+    assert on_b.status == 200
+    assert [f.raw for f in on_b.events()] == [f.raw for f in on_a]
+    assert on_b.events()[-1].event == "done"
+    assert on_b.events()[-1].json["status"] == "success"
+    assert httpx.get(f"{b.url}/runs/{run_id}").json()["node"] == "node-a"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_join_and_resume_on_b_with_last_event_id_has_no_gap_and_no_duplicate(
+    make_cluster: Callable[..., Cluster], mode: str
+) -> None:
+    cluster = make_cluster(mode)
+    a, b = cluster.start("node-a", "node-b")
+    run_id = start_run(a)
+    cut = Reader(f"{a.url}/runs/{run_id}/stream", stop_after=40).wait()  # the browser on A goes away
+    last = cut.events()[-1].id
+    assert last is not None
+    resumed = Reader(f"{b.url}/runs/{run_id}/stream", {"Last-Event-ID": last}).wait()
+    everything = [f.seq for f in full_run(a, run_id)]
+
+    assert cut.seqs() + resumed.seqs() == everything
+    assert resumed.events()[-1].event == "done"
+    assert (
+        httpx.get(f"{b.url}/runs/{run_id}/stream", headers={"Last-Event-ID": f"{run_id}:{everything[-1]}"}).status_code
+        == 204
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cancel_from_b_ends_the_run_on_a(make_cluster: Callable[..., Cluster], mode: str) -> None:
+    cluster = make_cluster(mode, token_delay=0.05)
+    a, b = cluster.start("node-a", "node-b")
+    run_id = start_run(a)
+    watching = Reader(f"{b.url}/runs/{run_id}/stream")
+    wait_for(lambda: len(watching.events()) >= 5, TIMEOUT, "the run to be live on B")
+
+    cancelled = httpx.post(f"{b.url}/runs/{run_id}/cancel", timeout=30)
+    watching.wait()
+
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert watching.events()[-1].event == "done"
+    assert watching.events()[-1].json["status"] == "cancelled"
+    assert httpx.get(f"{a.url}/runs/{run_id}").json()["status"] == "cancelled"
+    again = httpx.post(f"{b.url}/runs/{run_id}/cancel", timeout=30)  # an ended run stays ended
+    assert again.status_code == 200
+    assert again.json()["status"] == "cancelled"
+
+
+def test_a_thread_stream_on_b_carries_the_runs_of_a(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("pubsub")
+    a, b = cluster.start("node-a", "node-b")
+    first = start_run(a, thread_id="thread-1")
+    full_run(a, first)
+    thread = Reader(f"{b.url}/threads/thread-1/stream")
+    second = start_run(a, thread_id="thread-1")
+    wait_for(lambda: [f.event for f in thread.events()].count("done") == 2, TIMEOUT, "both runs on B")
+    on_a = full_run(a, first) + full_run(a, second)
+
+    assert [f.raw for f in thread.events()[: len(on_a)]] == [f.raw for f in on_a]
+
+
+def test_another_users_run_is_not_found_on_any_node(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("pubsub")
+    a, b = cluster.start("node-a", "node-b")
+    response = httpx.get(f"{b.url}/runs/not-a-run/stream", timeout=10)
+    assert response.status_code == 404
+    run_id = start_run(a)
+    assert httpx.get(f"{b.url}/runs/{run_id}", timeout=10).status_code == 200
+
+
+# -- Redis faults (R1, R2) ---------------------------------------------------------------------------------------
+
+
+def test_streams_mode_loses_nothing_when_redis_restarts_mid_run(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("streams", token_delay=0.03)
+    a, b = cluster.start("node-a", "node-b")
+    run_id = start_run(a)
+    watching = Reader(f"{b.url}/runs/{run_id}/stream")
+    wait_for(lambda: len(watching.events()) >= 20, TIMEOUT, "the run to be live on B")
+
+    cluster.redis.stop()
+    seen_before = len(watching.events())
+    time.sleep(1.0)  # an outage of a second, while A keeps producing
+    cluster.redis.start()
+    watching.wait()
+    everything = [f.seq for f in full_run(a, run_id)]
+
+    assert seen_before < len(everything)
+    assert watching.seqs() == everything
+    assert watching.events()[-1].json["status"] == "success"
+    assert watching.notices() == []
+    assert a.bridge()["dropped"].get("outbox_full", 0) == 0
+
+
+def test_pubsub_mode_is_back_within_3s_of_a_redis_restart_and_tells_the_client(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster("pubsub", token_delay=0.03)
+    a, b = cluster.start("node-a", "node-b")
+    run_id = start_run(a)
+    watching = Reader(f"{b.url}/runs/{run_id}/stream")
+    wait_for(lambda: len(watching.events()) >= 20, TIMEOUT, "the run to be live on B")
+
+    cluster.redis.stop()
+    wait_for(lambda: b.bridge()["state"] != "connected", 10, "B to notice the outage")
+    time.sleep(1.0)
+    cluster.redis.start()
+    back = time.monotonic()
+    wait_for(lambda: b.bridge()["state"] == "connected", 10, "B to reconnect")
+    reconnected_in = time.monotonic() - back
+    watching.wait()
+    everything = [f.seq for f in full_run(a, run_id)]
+
+    assert reconnected_in <= 3.0
+    assert [n["status"] for n in watching.notices()] == ["missed"]
+    assert watching.events()[-1].json["status"] == "success"
+    # Repaired from A's replay log after the notice: nothing missing in the end, nothing twice.
+    assert watching.seqs() == everything
+    assert b.bridge()["reconnects"] >= 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_redis_down_at_start_each_node_serves_its_own_runs_and_events_flow_once_it_appears(
+    make_cluster: Callable[..., Cluster], mode: str
+) -> None:
+    cluster = make_cluster(mode)
+    cluster.redis.stop()
+    a, b = cluster.start("node-a", "node-b", connected=False)
+    assert a.bridge()["state"] == "connecting"
+    with httpx.stream("POST", f"{a.url}/runs/stream", json=TASK, timeout=TIMEOUT) as response:
+        local = list(iter_frames(response))
+        run_id = response.headers["x-kiki-run-id"]
+    assert local[-1].event == "done" and local[-1].json["status"] == "success"
+    assert a.bridge()["outbox"] > 0
+
+    cluster.redis.start()
+    for node in (a, b):
+        node.wait_up()
+    wait_for(lambda: a.bridge()["outbox"] == 0, TIMEOUT, "A's outbox to flush")
+    on_b = Reader(f"{b.url}/runs/{run_id}/stream").wait()
+    assert [f.raw for f in on_b.events()] == [f.raw for f in local if f.id is not None]
+
+
+# -- traffic only where wanted --------------------------------------------------------------------------------------
+
+
+def test_with_four_nodes_only_the_watching_node_receives_the_runs_tokens(make_cluster: Callable[..., Cluster]) -> None:
+    cluster = make_cluster("pubsub")
+    a, b, c, d = cluster.start("node-a", "node-b", "node-c", "node-d")
+    run_id = start_run(a)
+    watching = Reader(f"{b.url}/runs/{run_id}/stream").wait()
+    tokens = sum(1 for f in watching.events() if f.event == "token")
+    assert tokens > 100
+
+    assert b.bridge()["events"]["in"] >= len(watching.events())
+    for node in (c, d):
+        bridge = node.bridge()
+        assert bridge["events"]["in"] == 0, node.name
+        assert bridge["events"]["lifecycle_in"] > 0, node.name  # lifecycle broadcasts do arrive
+    metrics = httpx.get(f"{c.url}/metrics").text
+    assert 'kiki_bridge_events_total{direction="in"} 0.0' in metrics
+    assert 'kiki_queue_depth{queue="outbox"} 0.0' in metrics
+    assert "kiki_bridge_delivery_lag_seconds_bucket" in metrics
