@@ -3,7 +3,8 @@
 ``kiki-events serve`` runs the server (uvicorn) with the dashboard; without a
 config file and without ``--graph`` it serves the demo research team from
 ``./agents/research_team.py``. ``kiki-events schema`` prints the JSON Schema of
-the events. A bad configuration is one line on stderr and exit code 2.
+the events. ``kiki-events tail`` prints live events from Redis (see
+:mod:`kiki_events.tail`). A bad configuration is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .codec import event_json_schema
-from .errors import ConfigError, GraphLoadError, MissingDependencyError
+from .errors import ConfigError, GraphLoadError, MissingDependencyError, TransportError
 
 __all__ = ["DEFAULT_CONFIG", "DEMO_GRAPHS", "main"]
 
@@ -44,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("schema", help="print the JSON Schema of the StreamEvent union")
+
+    tail = commands.add_parser("tail", help="print live events from Redis, one line each")
+    tail.add_argument("--config", type=Path, help=f"YAML settings with provider: redis (default: {DEFAULT_CONFIG})")
+    which = tail.add_mutually_exclusive_group()
+    which.add_argument("--run", metavar="ID", help="every event of one run (ends after its done)")
+    which.add_argument("--thread", metavar="ID", help="every run that starts on a thread")
+    which.add_argument("--topic", metavar="T", help="lifecycle events of one topic, e.g. agent:* (default: all)")
+    tail.add_argument("--json", action="store_true", help="print each event as one line of JSON")
     return parser
 
 
@@ -54,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         json.dump(event_json_schema(), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
+    if args.command == "tail":
+        return _tail(args)
     try:
         return _serve(args)
     except (ConfigError, GraphLoadError, MissingDependencyError) as exc:
@@ -116,6 +127,29 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(settings.runs.shutdown_grace) + 10,
     )
     return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .config import load_settings
+    from .tail import tail
+
+    config: Path | None = args.config
+    if config is None and DEFAULT_CONFIG.is_file():
+        config = DEFAULT_CONFIG
+    try:
+        settings = load_settings(config)
+        if args.topic is not None and not args.topic.strip():
+            raise ConfigError("--topic: give a topic such as agent:started or agent:*")
+        run = tail(settings, run=args.run, thread=args.thread, topic=args.topic, as_json=args.json, out=sys.stdout)
+        return asyncio.run(run)
+    except (ConfigError, MissingDependencyError, TransportError) as exc:
+        source = f"{config}: " if config is not None and not str(exc).startswith(str(config)) else ""
+        print(f"{_PROG}: error: {source}{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover - ``python -m kiki_events.cli``

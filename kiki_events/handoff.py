@@ -496,6 +496,7 @@ class Handoff:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                _reraise_if_cancelled()
                 failures += 1
                 self.stats["redis_errors"] += 1
                 if failures == 1:
@@ -558,7 +559,11 @@ class Handoff:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                _reraise_if_cancelled()
+                if self._state != "running":
+                    return
                 failures += 1
+                served.ready = False  # e.g. NOGROUP after Redis lost its data
                 self.stats["redis_errors"] += 1
                 if failures == 1:
                     logger.warning(
@@ -956,6 +961,13 @@ class Handoff:
                 if request.run_id is None:
                     pipe.xdel(self.keys.work_stream(request.agent), request.entry_id)
                 await pipe.execute()
+
+
+def _reraise_if_cancelled() -> None:
+    """Re-raise a cancellation that a Redis client turned into another error."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 async def _empty() -> AsyncIterator[StreamEvent]:

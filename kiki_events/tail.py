@@ -1,0 +1,219 @@
+"""``kiki-events tail``: live events from Redis, one line each (or JSON lines).
+
+It joins the deployment like a node that only listens: the bridge's transport
+(pub/sub or streams, as configured) delivers the frames, and each event in them is
+printed. What it follows:
+
+* ``--run ID`` – every event of one run (in streams mode, what is stored first);
+  ends after the run's ``done``;
+* ``--thread ID`` – every run that starts on the thread from now on;
+* ``--topic T`` – lifecycle events of every run whose topic matches ``T``
+  (``agent:started``, ``agent:*``, ``multiagent:sync`` …);
+* nothing – lifecycle events of every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
+
+from .codec import encode
+from .config import Settings
+from .errors import ConfigError, TransportError
+from .events import StreamEvent
+from .redaction import redact_text
+from .topics import topic_matches, topic_of
+
+if TYPE_CHECKING:
+    from .transports import Transport
+    from .transports.base import ControlMessage
+    from .transports.wire import Message
+
+__all__ = ["format_event", "tail"]
+
+_TEXT = 60
+_SEEN = 4096
+
+
+def _short(value: Any, limit: int = _TEXT) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _payload(event: StreamEvent) -> str:
+    kind = event.type
+    if kind == "token":
+        text = _short(event.text)  # type: ignore[union-attr]
+        return f"{event.message_id} {text!r}" if event.kind == "text" else f"{event.message_id} (reasoning) {text!r}"  # type: ignore[union-attr]
+    if kind == "tool_call":
+        detail = event.name or event.args_delta or (_short(event.args) if event.args is not None else "")  # type: ignore[union-attr]
+        return f"{event.phase} {event.tool_call_id} {_short(detail or '')}".rstrip()  # type: ignore[union-attr]
+    if kind == "tool_result":
+        if event.error is not None:  # type: ignore[union-attr]
+            return f"{event.tool_call_id} {event.name or ''} error: {_short(event.error)}"  # type: ignore[union-attr]
+        return f"{event.tool_call_id} {event.name or ''} → {_short(event.output or '')}"  # type: ignore[union-attr]
+    if kind == "agent_lifecycle":
+        duration = f" {event.duration_s:.3f}s" if event.duration_s is not None else ""  # type: ignore[union-attr]
+        error = f" {_short(event.error)}" if event.error else ""  # type: ignore[union-attr]
+        return f"{event.phase}{duration}{error}"  # type: ignore[union-attr]
+    if kind == "status":
+        extra = event.graph or event.detail or ""  # type: ignore[union-attr]
+        return f"{event.status} {_short(extra)}".rstrip()  # type: ignore[union-attr]
+    if kind == "custom":
+        return f"{event.name} {_short(event.data)}"  # type: ignore[union-attr]
+    if kind == "interrupt":
+        return f"{len(event.interrupts)} interrupt(s)"  # type: ignore[union-attr]
+    if kind == "error":
+        return f"{event.error_type}: {_short(event.message)}"  # type: ignore[union-attr]
+    if kind == "done":
+        usage = event.usage  # type: ignore[union-attr]
+        return f"{event.status} {event.duration_s:.3f}s tokens in={usage.input_tokens} out={usage.output_tokens}"  # type: ignore[union-attr]
+    return ""  # pragma: no cover - every type is handled above
+
+
+def format_event(event: StreamEvent) -> str:
+    """One readable line: time, ``run:seq``, agent, type, a short payload."""
+    clock = time.strftime("%H:%M:%S", time.localtime(event.ts)) + f".{int(event.ts * 1000) % 1000:03d}"
+    return f"{clock} {event.run_id}:{event.seq} {event.agent or '-'} {event.type} {_payload(event)}".rstrip()
+
+
+class _Printer:
+    """The transport's listener: prints the events of the frames it is given."""
+
+    def __init__(
+        self,
+        out: IO[str],
+        *,
+        as_json: bool,
+        run: str | None,
+        topic: str | None,
+        on_announce: Callable[[str], None],
+    ) -> None:
+        self.out = out
+        self.as_json = as_json
+        self.run = run
+        self.topic = topic
+        self.on_announce = on_announce
+        self.finished = asyncio.Event()
+        """Set once the followed run (``--run``) ended."""
+        self.printed = 0
+        self._last: OrderedDict[str, int] = OrderedDict()
+
+    def events_of(self, message: Message) -> list[StreamEvent]:
+        """The events of a frame this tail shows (decoded and validated by the transport)."""
+        from .transports.wire import KIND_THREAD
+
+        if message.kind == KIND_THREAD and message.run_id is not None:
+            self.on_announce(message.run_id)
+            return []
+        events = message.events
+        if self.topic is not None:
+            topic = self.topic
+            events = [e for e in events if (t := topic_of(e)) is not None and topic_matches(topic, t)]
+        elif self.run is not None:
+            events = [e for e in events if e.run_id == self.run]
+        return events
+
+    def on_frame(self, message: Message) -> None:
+        for event in self.events_of(message):
+            last = self._last.get(event.run_id, 0)
+            if event.seq <= last:
+                continue  # replayed or backfilled twice
+            self._last[event.run_id] = event.seq
+            self._last.move_to_end(event.run_id)
+            if len(self._last) > _SEEN:
+                self._last.popitem(last=False)
+            line = encode(event).decode() if self.as_json else format_event(event)
+            self.out.write(line + "\n")
+            self.printed += 1
+            if event.type == "done" and event.run_id == self.run:
+                self.finished.set()
+        self.out.flush()
+
+    def on_control(self, message: ControlMessage) -> None:
+        return
+
+    def on_connected(self, resumed: bool) -> None:
+        if resumed and not self.as_json:
+            self.out.write("-- reconnected to Redis; events sent meanwhile may be missing\n")
+            self.out.flush()
+
+
+async def tail(
+    settings: Settings,
+    *,
+    run: str | None = None,
+    thread: str | None = None,
+    topic: str | None = None,
+    as_json: bool = False,
+    out: IO[str],
+    node: str | None = None,
+    connect_timeout: float = 3.0,
+    ready: asyncio.Event | None = None,
+) -> int:
+    """Print live events until cancelled (or, with ``run``, until that run's ``done``).
+
+    ``ready`` is set once the subscription is in place.
+
+    Raises:
+        ConfigError: the provider is not ``redis``, or the Redis settings are invalid.
+        TransportError: Redis cannot be reached.
+    """
+    bus = settings.eventbus
+    if bus.provider != "redis" or not bus.enabled:
+        raise ConfigError(
+            f"tail reads events from Redis, but eventbus.provider is {bus.provider!r}"
+            + ("" if bus.enabled else " (and eventbus.enabled is false)")
+            + "; use a configuration with provider: redis"
+        )
+    from .redaction import redact_url
+    from .redis_client import create_redis
+    from .runtime import default_node_name
+    from .transports import create_transport
+
+    redis = create_redis(bus.redis, socket_connect_timeout=connect_timeout)
+    where = redact_url(bus.redis.url) if bus.redis.url else bus.redis.addr
+    try:
+        await asyncio.wait_for(redis.ping(), connect_timeout)
+    except Exception as exc:
+        raise TransportError(f"cannot reach Redis at {where}: {redact_text(str(exc)) or type(exc).__name__}") from None
+    finally:
+        await redis.aclose()
+    # Lifecycle broadcasts only when they are wanted; a run or a thread is watched instead.
+    wanted = (topic,) if topic is not None else (() if run or thread else ("*",))
+    subscribe = bus.subscribe.model_copy(update={"events": wanted})
+    settings = settings.model_copy(update={"eventbus": bus.model_copy(update={"subscribe": subscribe})})
+    transport: Transport | None = create_transport(settings, node=node or f"tail-{default_node_name()}", redis=redis)
+    if transport is None:  # pragma: no cover - redis always has a transport
+        raise ConfigError("no transport for these settings")
+    watching: set[str] = set()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def announce(run_id: str) -> None:
+        if run_id not in watching:
+            watching.add(run_id)
+            task = asyncio.get_running_loop().create_task(transport.watch("run", run_id))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    printer = _Printer(out, as_json=as_json, run=run, topic=topic, on_announce=announce)
+    await transport.start(printer)
+    try:
+        if run is not None:
+            await transport.watch("run", run)
+        elif thread is not None:
+            await transport.watch("thread", thread)
+        if ready is not None:
+            ready.set()
+        await printer.finished.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await transport.close(timeout=1.0)
+    return 0
