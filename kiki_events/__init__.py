@@ -23,8 +23,12 @@ from .errors import (
     ConfigError,
     EventDecodeError,
     GraphLoadError,
+    HandoffError,
+    HandoffFailedError,
+    HandoffTimeoutError,
     KikiEventsError,
     MissingDependencyError,
+    NoAgentError,
     RunError,
     RunLimitError,
     RunNotFoundError,
@@ -50,6 +54,7 @@ from .events import (
 )
 from .graphs import GraphRegistry, load_graph
 from .handler import KikiCallbackHandler, new_run_id, short_run_id
+from .handoff import Handoff, HandoffResult, remote_agent_node
 from .redaction import redact_error, redact_text
 from .runtime import KikiRuntime
 
@@ -68,12 +73,18 @@ __all__ = [
     "EventDecodeError",
     "GraphLoadError",
     "GraphRegistry",
+    "Handoff",
+    "HandoffError",
+    "HandoffFailedError",
+    "HandoffResult",
+    "HandoffTimeoutError",
     "InterruptEvent",
     "InterruptInfo",
     "KikiCallbackHandler",
     "KikiEventsError",
     "KikiRuntime",
     "MissingDependencyError",
+    "NoAgentError",
     "Overflow",
     "RunError",
     "RunLimitError",
@@ -102,6 +113,7 @@ __all__ = [
     "new_run_id",
     "redact_error",
     "redact_text",
+    "remote_agent_node",
     "short_run_id",
     "sse_data",
     "translate_astream_events",
