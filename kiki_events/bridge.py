@@ -128,6 +128,7 @@ class _Remote:
     gap_notice_due: bool = False
     watching: bool = False
     synced: bool = False
+    adopting: bool = False
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -311,8 +312,9 @@ class Bridge:
             self._kick(remote)
 
     def _wanted(self, remote: _Remote) -> bool:
-        if remote.record is not None and remote.record.ended:
-            return False  # nothing more will come
+        record = remote.record
+        if record is not None and (record.ended or self._is_local(record)):
+            return False  # nothing more will come from elsewhere
         return remote.leases > 0 or time.monotonic() < remote.keep_until
 
     def _kick(self, remote: _Remote) -> None:
@@ -341,28 +343,44 @@ class Bridge:
         record = remote.record or self.store.peek(remote.run_id)
         if record is None:
             info = await self._lookup_quietly(remote.run_id, self.lookup_wait)
-            if info is None or info.node == self.node:
-                logger.debug("not following run %s: no node knows it", remote.run_id)
-                remote.ready.set()
-                remote.leases = 0
-                remote.keep_until = 0.0
-                return
-            record = self._adopt(info)
-        remote.record = record
-        if self._is_local(record):
+            record = self.store.peek(remote.run_id)  # adopted meanwhile?
+            if record is None and info is not None and info.node != self.node:
+                record = self._adopt(info)
+        if record is None:
+            # No node registered it yet (a subscription made before the run started):
+            # listen anyway; its first frame makes this node look it up again.
+            logger.debug("following run %s before any node registered it", remote.run_id)
             remote.ready.set()
-            remote.leases = 0
-            remote.keep_until = 0.0
+            remote.watching = True
+            await self.transport.watch("run", remote.run_id)
+            return
+        remote.record = record
+        if self._is_local(record) or record.ended:
+            remote.ready.set()
             return
         remote.owner = remote.owner or record.node
         remote.next_seq = max(remote.next_seq, record.log.last_seq + 1)
-        if record.ended:
-            remote.ready.set()
-            return
         remote.watching = True
         confirmed = await self.transport.watch("run", remote.run_id, after=remote.next_seq - 1)
         if confirmed:
             await self._sync(remote)
+
+    async def _adopt_late(self, remote: _Remote) -> None:
+        """A followed run whose frames arrived before this node knew it: adopt it, then deliver."""
+        info = await self._lookup_quietly(remote.run_id, self.lookup_wait)
+        record = self.store.peek(remote.run_id)
+        if record is None and info is not None and info.node != self.node:
+            record = self._adopt(info)
+        if record is None or self._remote.get(remote.run_id) is not remote:
+            remote.held.clear()  # nobody can say whose run this is: deliver nothing
+            remote.adopting = False
+            return
+        remote.record = record
+        remote.adopting = False
+        remote.owner = remote.owner or record.node
+        if remote.held and min(remote.held) > remote.next_seq:
+            self._repair(remote)
+        self._accept(remote, [])
 
     async def _sync(self, remote: _Remote) -> None:
         """Fetch what the run produced before the subscription took effect."""
@@ -586,10 +604,16 @@ class Bridge:
             return
         run_id = message.run_id
         remote = self._remote.get(run_id) if run_id is not None else None
-        if remote is None or remote.record is None:
+        if remote is None:
             return  # not followed (any more)
         if remote.owner is None:
             remote.owner = message.sender
+        if remote.record is None:
+            self._hold(remote, message.events)
+            if not remote.adopting:
+                remote.adopting = True
+                self._spawn(self._adopt_late(remote), f"kiki-bridge-adopt:{remote.run_id}")
+            return
         if kind == KIND_REPLAY:
             self._replayed(remote, message)
         else:
@@ -618,11 +642,20 @@ class Bridge:
             remote.ready.set()
             remote.repair_since = None
 
+    def _hold(self, remote: _Remote, events: list[StreamEvent]) -> None:
+        held = remote.held
+        for event in events:
+            if event.seq >= remote.next_seq and len(held) < _MAX_HELD:
+                held[event.seq] = event
+
     def _accept(self, remote: _Remote, events: list[StreamEvent]) -> None:
         """Deliver ``events`` in seq order, once each; hold back what comes after a gap."""
         out: list[StreamEvent] = []
         expected = remote.next_seq
         held = remote.held
+        while expected in held:
+            out.append(held.pop(expected))
+            expected += 1
         duplicates = 0
         for event in events:
             seq = event.seq
@@ -902,6 +935,8 @@ class Bridge:
         now = time.monotonic()
         timeout = self.repair_timeout
         for remote in list(self._remote.values()):
+            if remote.record is None:
+                continue  # being adopted: its events wait until this node knows whose run it is
             if remote.gap_since is not None and now - remote.gap_since >= timeout:
                 self._skip_gap(remote)
             if remote.repair_since is not None and now - remote.repair_since >= max(timeout, _READY_TIMEOUT):

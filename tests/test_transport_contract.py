@@ -251,6 +251,30 @@ async def test_lifecycle_events_are_broadcast_to_nodes_that_subscribe_to_them(cl
     assert quiet.bridge.transport.stats.lifecycle_in == 0
 
 
+@pytest.mark.asyncio
+async def test_a_bus_subscription_made_before_the_run_exists_receives_it_when_it_starts(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    assert b.bridge is not None
+    b.bridge.lookup_wait = 0.1
+    run_id = "RUNfuture000000000000001"
+    subscription = b.bus.subscribe(run_id=run_id)
+    await async_wait_for(lambda: b.bridge is not None and b.bridge.health()["following"]["runs"] == 1, TIMEOUT)
+    events: list[StreamEvent] = [StatusEvent(run_id=run_id, seq=1, ts=1.0, status="started", node="node-a")]
+    events += [
+        TokenEvent(run_id=run_id, seq=i, ts=1.0, message_id="m", text=f"t{i}", node="node-a") for i in range(2, 40)
+    ]
+    for event in events:
+        a.bus.publish(event)  # as a handler attached by the user would
+
+    got: list[StreamEvent] = []
+    while len(got) < len(events):
+        got.extend(await asyncio.wait_for(subscription.get_batch(), TIMEOUT))
+    assert got == events
+    record = b.store.peek(run_id)
+    assert record is not None and record.node == "node-a"
+
+
 # -- control -------------------------------------------------------------------------------------------------
 
 
