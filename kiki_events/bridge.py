@@ -62,6 +62,10 @@ ControlHandler = Callable[[ControlMessage], Awaitable[object] | object]
 """Handles a control message; may be async. Exceptions are logged, never propagated."""
 
 _TICK = 0.1
+_HEARTBEAT_EVERY = 5.0
+_HEARTBEAT_TTL = 15.0
+_GONE_AFTER = 2
+"""Liveness checks in a row an owning node must miss before its runs are given up."""
 _READY_TIMEOUT = 2.0
 _MAX_HELD = 10_000
 _SEEN_BROADCASTS = 4096
@@ -129,6 +133,7 @@ class _Remote:
     watching: bool = False
     synced: bool = False
     adopting: bool = False
+    misses: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
 
@@ -184,6 +189,8 @@ class Bridge:
             _OP_REPLAY: [self._handle_replay],
         }
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._unfollowed: dict[str, float] = {}
+        self._liveness_task: asyncio.Task[Any] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._removers: list[Callable[[], None]] = []
         self._state: Literal["new", "running", "closed"] = "new"
@@ -299,6 +306,7 @@ class Bridge:
         remote = self._remote.get(run_id)
         if remote is None:
             remote = self._remote[run_id] = _Remote(run_id, owner or (record.node if record else None))
+            self._unfollowed.pop(run_id, None)
         remote.leases += 1
         self._kick(remote)
         return Lease(lambda: self._release(remote))
@@ -337,6 +345,9 @@ class Bridge:
             else:
                 if remote.leases <= 0 and not wanted and time.monotonic() >= remote.keep_until:
                     del self._remote[remote.run_id]
+                    record = remote.record
+                    if record is not None and not record.ended and not self._is_local(record):
+                        self._unfollowed[remote.run_id] = time.monotonic()
                 return
 
     async def _start(self, remote: _Remote) -> None:
@@ -924,12 +935,66 @@ class Bridge:
                 self._thread_run(watch, info)
 
     async def _tick_forever(self) -> None:
+        every = max(int(_HEARTBEAT_EVERY / _TICK), 1)
+        count = 0
         while True:
             await asyncio.sleep(_TICK)
+            count += 1
             try:
                 self._tick()
+                if count % every == 0:
+                    self._sweep_unfollowed()
+                    if self._liveness_task is None or self._liveness_task.done():
+                        self._liveness_task = self._spawn(self._liveness(), "kiki-bridge-liveness")
             except Exception:
                 logger.exception("bridge housekeeping failed")
+
+    async def _liveness(self) -> None:
+        """Say this node is alive; give up the runs of owning nodes that stopped saying so."""
+        if self.transport.state != "connected":
+            return  # an outage is not a sign that other nodes died
+        try:
+            await self.transport.heartbeat(_HEARTBEAT_TTL)
+            followed = [
+                r
+                for r in self._remote.values()
+                if r.watching and r.owner and r.owner != self.node and r.record is not None and not r.record.ended
+            ]
+            if not followed:
+                return
+            alive = await self.transport.alive(sorted({r.owner for r in followed if r.owner}))
+        except TransportError:
+            return
+        for remote in followed:
+            if remote.owner in alive:
+                remote.misses = 0
+                continue
+            remote.misses += 1
+            if remote.misses >= _GONE_AFTER:
+                self._owner_gone(remote)
+
+    def _owner_gone(self, remote: _Remote) -> None:
+        record = remote.record
+        if record is None or record.ended:
+            return
+        logger.warning(
+            "node %s stopped while running run %s; its readers here are told and released", remote.owner, remote.run_id
+        )
+        self._notify_missed(remote, f"the node running this run ({remote.owner}) stopped; it will not continue", None)
+        record.log.close()
+        record.ended_at = time.time()
+        self._kick(remote)
+
+    def _sweep_unfollowed(self) -> None:
+        """Forget copies of remote runs nobody here followed for a while (a join adopts them again)."""
+        deadline = time.monotonic() - self.store.replay_ttl
+        for run_id, since in list(self._unfollowed.items()):
+            if since > deadline:
+                continue
+            del self._unfollowed[run_id]
+            record = self.store.peek(run_id)
+            if record is not None and not record.ended and run_id not in self._remote:
+                self.store.forget(run_id)
 
     def _tick(self) -> None:
         now = time.monotonic()

@@ -89,6 +89,10 @@ class Keys:
         """Control messages for one node, or for every node (streams mode)."""
         return f"{self.prefix}controlstream" if node is None else f"{self.prefix}controlstream:{node}"
 
+    def node(self, name: str) -> str:
+        """A node's heartbeat (expires when the node stops refreshing it)."""
+        return f"{self.prefix}node:{name}"
+
     def run_info(self, run_id: str) -> str:
         return f"{self.prefix}runinfo:{{{run_id}}}"
 

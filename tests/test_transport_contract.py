@@ -319,6 +319,39 @@ async def test_custom_control_messages_reach_the_named_node_or_every_node(cluste
     assert got == {"node-b": [("node-a", {"n": 1}), ("node-a", {"n": 2})], "node-c": [("node-a", {"n": 2})]}
 
 
+@pytest.mark.asyncio
+async def test_readers_of_a_run_whose_node_died_are_told_and_released(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kiki_events.bridge
+
+    monkeypatch.setattr(kiki_events.bridge, "_HEARTBEAT_EVERY", 0.2)
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    assert a.bridge is not None
+    handle = a.runs.start("gated", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    follower = asyncio.ensure_future(collect(b, handle.run_id))
+    await async_wait_for(lambda: (r := b.store.peek(handle.run_id)) is not None and r.log.last_seq > 5, TIMEOUT)
+
+    async def silent(ttl: float) -> None:  # node A "crashes": no more heartbeats
+        return
+
+    monkeypatch.setattr(a.bridge.transport, "heartbeat", silent)
+    if cluster.kind == "memory":
+        cluster.hub._heartbeats.clear()
+    else:
+        await (await cluster.redis()).delete(Keys(cluster.prefix).node("node-a"))
+    seen = await follower
+
+    assert seen[-1].type == "status" and seen[-1].seq == 0
+    assert seen[-1].status == "missed"  # type: ignore[union-attr]
+    assert "node-a" in (seen[-1].detail or "")  # type: ignore[union-attr]
+    assert all(e.type != "done" for e in seen)
+    record = b.store.peek(handle.run_id)
+    assert record is not None and record.ended
+
+
 # -- join and resume -----------------------------------------------------------------------------------------
 
 

@@ -284,6 +284,20 @@ class Transport(Protocol):
             TransportError: they could not be sent now.
         """
 
+    async def heartbeat(self, ttl: float) -> None:
+        """Tell the other nodes this node is alive for the next ``ttl`` seconds.
+
+        Raises:
+            TransportError: it could not be sent now.
+        """
+
+    async def alive(self, nodes: Sequence[str]) -> set[str]:
+        """Which of ``nodes`` sent a heartbeat that has not expired.
+
+        Raises:
+            TransportError: the registry cannot be reached now.
+        """
+
     async def lookup_run(self, run_id: str) -> RunInfo | None:
         """The registry's entry for ``run_id``.
 

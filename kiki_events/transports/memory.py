@@ -48,6 +48,7 @@ class MemoryHub:
         self._transports: set[MemoryTransport] = set()
         self._runs: OrderedDict[str, RunInfo] = OrderedDict()
         self._threads: dict[str, dict[str, None]] = {}
+        self._heartbeats: dict[str, float] = {}
 
     def set_available(self, available: bool) -> None:
         """Simulate Redis going away (``False``) and coming back (``True``)."""
@@ -207,6 +208,16 @@ class MemoryTransport(BaseTransport):
         frame = pack(KIND_REPLAY, self.node, events, sent_at=time.time(), run_id=run_id, **(header or {}))
         self.hub.publish(self.keys.control_channel(node), frame)
         self.stats.messages_out += 1
+
+    async def heartbeat(self, ttl: float) -> None:
+        self.hub._check()
+        self.hub._heartbeats[self.keys.node(self.node)] = time.monotonic() + ttl
+
+    async def alive(self, nodes: Sequence[str]) -> set[str]:
+        hub = self.hub
+        hub._check()
+        now = time.monotonic()
+        return {node for node in nodes if hub._heartbeats.get(self.keys.node(node), 0.0) > now}
 
     async def lookup_run(self, run_id: str) -> RunInfo | None:
         self.hub._check()

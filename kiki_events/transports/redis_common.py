@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import TransportError
@@ -94,6 +94,16 @@ class RedisTransportBase(BaseTransport):
             thread_key = keys.thread_runs(info.thread_id)
             pipe.zadd(thread_key, {info.run_id: info.created_at})
             pipe.expire(thread_key, ttl, gt=info.ended)
+
+    async def heartbeat(self, ttl: float) -> None:
+        await self._call(self.redis.set(self.keys.node(self.node), b"1", px=max(int(ttl * 1000), 1)))
+
+    async def alive(self, nodes: Sequence[str]) -> set[str]:
+        names = list(nodes)
+        if not names:
+            return set()
+        values = await self._call(self.redis.mget([self.keys.node(n) for n in names]))
+        return {name for name, value in zip(names, values, strict=True) if value is not None}
 
     async def lookup_run(self, run_id: str) -> RunInfo | None:
         fields = await self._call(self.redis.hgetall(self.keys.run_info(run_id)))
