@@ -1,9 +1,8 @@
 """Agents across nodes, against a real (private) Redis.
 
 Several nodes live in this one process: each is a KikiRuntime with its own bus,
-run store and Handoff, sharing one Redis under a per-test key prefix. Following a
-run that executes on another node needs the bridge; until a runtime can follow
-runs across nodes itself, these tests follow them through the other node's store.
+run store, Redis bridge and Handoff, sharing one Redis under a per-test key prefix.
+A run on another node is followed through the bridge (``runtime.follow``).
 """
 
 from __future__ import annotations
@@ -118,21 +117,6 @@ class Cluster:
             }
         )
 
-    def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[StreamEvent]:
-        """Follow a run from whichever of these nodes knows it (the bridge's job, in one process)."""
-        from kiki_events.handoff import _local_follow
-
-        for runtime in self.runtimes.values():
-            if run_id in runtime.store:
-                return _local_follow(runtime, run_id, after=after)
-        from kiki_events.errors import RunNotFoundError
-
-        async def missing() -> AsyncIterator[StreamEvent]:
-            raise RunNotFoundError(run_id)
-            yield  # pragma: no cover
-
-        return missing()
-
     async def node(
         self, name: str, graphs: dict[str, Any] | None = None, *, serve: tuple[str, ...] = (), **options: Any
     ) -> Handoff:
@@ -141,8 +125,6 @@ class Cluster:
         runtime = KikiRuntime(settings, graphs=graphs or {})
         handoff = runtime.handoff
         assert handoff is not None
-        if getattr(runtime, "follow", None) is None:
-            handoff.follow = self.follow
         await self._stack.enter_async_context(runtime)
         self.runtimes[name] = runtime
         self.handoffs[name] = handoff
