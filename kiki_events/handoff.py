@@ -1053,12 +1053,16 @@ def remote_agent_node(
             requested = handler.emit_custom(run_id, MULTIAGENT_SYNC, sync, agent=prefix or None)
             if requested is not None:
                 causation_id = requested.id
+        # The remote run belongs to whoever owns this one (it shares the thread).
+        record = runner.runtime.store.peek(run_id) if run_id is not None else None
+        principal = record.principal if record is not None else None
         graph_input = (to_input or _default_input)(state)
         stream = runner.stream(
             agent,
             graph_input,
             causation_id=causation_id,
             thread_id=str(thread_id) if thread_id is not None else None,
+            principal=principal,
             timeout=timeout,
             request_id=request_id,
         )

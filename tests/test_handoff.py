@@ -164,7 +164,9 @@ async def settled(redis: Redis, stream: str) -> None:
 
 
 def events_of(runtime: KikiRuntime, run_id: str) -> list[StreamEvent]:
-    frames, _ = runtime.store.get(run_id).log.read(0, 100_000)
+    record = runtime.store.peek(run_id)
+    assert record is not None, f"run {run_id} unknown on node {runtime.node}"
+    frames, _ = record.log.read(0, 100_000)
     return [frame.event for frame in frames]
 
 
@@ -423,7 +425,7 @@ async def test_a_remote_agent_node_relays_the_remote_run_into_the_parent_run(
     await cluster.node("b", {"writer": writer_graph(scripted, text)}, serve=("writer",))
     runtime_a, runtime_b = cluster.runtimes["a"], cluster.runtimes["b"]
 
-    handle = runtime_a.runs.start("team", {"messages": [HumanMessage("go")]}, thread_id="t-1")
+    handle = runtime_a.runs.start("team", {"messages": [HumanMessage("go")]}, thread_id="t-1", principal="alice")
     await asyncio.wait_for(handle.task, 10)
 
     parent = events_of(runtime_a, handle.run_id)
@@ -443,6 +445,8 @@ async def test_a_remote_agent_node_relays_the_remote_run_into_the_parent_run(
     assert {e.causation_id for e in child} == {sync[0].id}
     assert [e.causation_id for e in relayed] == [e.id for e in child if isinstance(e, TokenEvent)]
     assert sync[1].data["run_id"] == child_run and sync[1].data["node"] == "b"
+    child_record = runtime_b.store.peek(child_run)
+    assert child_record is not None and child_record.principal == "alice"  # the owner travels along
     assert a.stats["delegated"] == 1
     assert not any(isinstance(e, StatusEvent) and e.run_id != handle.run_id for e in parent)
 
