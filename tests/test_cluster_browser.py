@@ -1,0 +1,69 @@
+"""Two real nodes and a real browser: a run started on node A's dashboard, watched and cancelled on node B's.
+
+Chromium drives the dashboards of two ``kiki-events serve`` processes sharing a
+private Redis (pub/sub mode), as a new user would: run the research team on A,
+open B's dashboard on that run (``#run=<id>``), watch it stream there, press
+Cancel on B, and see both pages end with ``cancelled``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.test_cluster import Cluster, make_cluster  # noqa: F401 - the fixture
+from tests.test_dashboard_browser import browser, wait_until_finished  # noqa: F401 - the fixture
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.redis]
+
+
+@pytest.fixture
+def pages(browser: Any) -> Iterator[Callable[[], Any]]:  # noqa: F811 - the fixture imported above
+    opened: list[Any] = []
+
+    def new_page() -> Any:
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.problems = []
+        page.on("pageerror", lambda exc: page.problems.append(f"page error: {exc}"))
+        opened.append(page)
+        return page
+
+    yield new_page
+    for page in opened:
+        page.close()
+
+
+def test_a_run_started_on_a_is_watched_and_cancelled_on_b(
+    make_cluster: Callable[..., Cluster],  # noqa: F811 - the fixture imported above
+    pages: Callable[[], Any],
+) -> None:
+    cluster = make_cluster("pubsub", token_delay=0.05)
+    a, b = cluster.start("node-a", "node-b")
+
+    on_a = pages()
+    on_a.goto(f"{a.url}/")
+    on_a.wait_for_function("[...document.querySelectorAll('#graph option')].some(o => o.value === 'team')")
+    on_a.select_option("#graph", "team")
+    on_a.fill("#message", "Compare Redis streams and pub/sub")
+    on_a.click("#run")
+    on_a.wait_for_function("window.kikiState.runId !== null && window.kikiState.lastSeq > 3")
+    run_id = on_a.evaluate("window.kikiState.runId")
+
+    on_b = pages()
+    on_b.goto(f"{b.url}/#run={run_id}")
+    on_b.wait_for_function("window.kikiState.lastSeq > 10")  # live on B: tokens from A
+    on_b.wait_for_function("!document.querySelector('#cancel').disabled")
+    on_b.click("#cancel")
+
+    assert wait_until_finished(on_b) == "cancelled"
+    assert wait_until_finished(on_a) == "cancelled"
+    seen_on_a = on_a.evaluate("window.kikiState.lastSeq")
+    seen_on_b = on_b.evaluate("window.kikiState.lastSeq")
+    assert seen_on_a == seen_on_b  # both pages got every event, done included
+    assert on_b.evaluate("window.kikiState.duplicates") == 0
+    assert httpx.get(f"{a.url}/runs/{run_id}").json()["status"] == "cancelled"
+    assert on_a.problems == [] and on_b.problems == []
