@@ -46,7 +46,6 @@ from .events import DoneEvent, StatusEvent, StreamEvent
 from .topics import topic_matches, topic_of
 from .transports.base import ControlMessage, RunInfo, Transport
 from .transports.common import stop_tasks
-from .transports.outbox import chunks
 from .transports.wire import KIND_LIFECYCLE, KIND_REPLAY, KIND_THREAD, Message
 
 if TYPE_CHECKING:
@@ -64,6 +63,8 @@ ControlHandler = Callable[[ControlMessage], Awaitable[object] | object]
 _TICK = 0.1
 _HEARTBEAT_EVERY = 5.0
 _HEARTBEAT_TTL = 15.0
+_REPAIR_ATTEMPTS = 3
+"""Repair requests for one gap (each after ``repair_timeout`` without progress) before it is given up."""
 _GONE_AFTER = 2
 """Liveness checks in a row an owning node must miss before its runs are given up."""
 _READY_TIMEOUT = 2.0
@@ -91,6 +92,19 @@ class BridgeStats:
     """Remote lifecycle events offered to topic subscribers."""
     control_in: int = 0
     control_errors: int = 0
+
+
+def _count(value: object) -> bool:
+    """A non-negative int from a control message (never a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _drain(held: dict[int, StreamEvent], expected: int, out: list[StreamEvent]) -> int:
+    """Move the held events that follow on from ``expected`` to ``out``; returns the next seq expected."""
+    while expected in held:
+        out.append(held.pop(expected))
+        expected += 1
+    return expected
 
 
 class Lease:
@@ -133,6 +147,7 @@ class _Remote:
     watching: bool = False
     synced: bool = False
     adopting: bool = False
+    attempts: int = 0
     misses: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -176,8 +191,7 @@ class Bridge:
         self.linger = settings.subscribe.interest_linger
         self.repair_timeout = settings.subscribe.repair_timeout
         self.lookup_wait = lookup_wait
-        self._batch_size = settings.publish.batch_size
-        self._frame_bytes = max(settings.publish.max_message_bytes - 1024, 256)
+        self._max_held = max(_MAX_HELD, store.replay_events)
         self._topics = tuple(settings.subscribe.events)
         self._remote: dict[str, _Remote] = {}
         self._threads: dict[str, _ThreadWatch] = {}
@@ -413,8 +427,11 @@ class Bridge:
         if owner is None:
             return False
         remote.repair_since = time.monotonic()
+        request: dict[str, Any] = {"run_id": remote.run_id, "after": remote.next_seq - 1}
+        if remote.held:
+            request["until"] = min(remote.held) - 1  # what is missing, not what already came
         try:
-            await self.send_control(_OP_REPLAY, {"run_id": remote.run_id, "after": remote.next_seq - 1}, node=owner)
+            await self.send_control(_OP_REPLAY, request, node=owner)
         except TransportError:
             remote.repair_since = None
             return False
@@ -656,43 +673,59 @@ class Bridge:
     def _hold(self, remote: _Remote, events: list[StreamEvent]) -> None:
         held = remote.held
         for event in events:
-            if event.seq >= remote.next_seq and len(held) < _MAX_HELD:
+            if event.seq >= remote.next_seq and len(held) < self._max_held:
                 held[event.seq] = event
 
     def _accept(self, remote: _Remote, events: list[StreamEvent]) -> None:
-        """Deliver ``events`` in seq order, once each; hold back what comes after a gap."""
+        """Deliver ``events`` in seq order, once each; hold back what comes after a gap.
+
+        Nothing is dropped silently: when the held-back events reach their bound
+        the gap is given up at once (readers get a ``missed`` notice), so whatever
+        arrives next still has room.
+        """
         out: list[StreamEvent] = []
-        expected = remote.next_seq
+        start = remote.next_seq
         held = remote.held
-        while expected in held:
-            out.append(held.pop(expected))
-            expected += 1
+        expected = _drain(held, start, out)
         duplicates = 0
         for event in events:
             seq = event.seq
             if seq < expected or seq in held:
                 duplicates += 1
-            elif seq == expected:
+                continue
+            if seq == expected:
                 out.append(event)
-                expected += 1
-                while expected in held:
-                    out.append(held.pop(expected))
-                    expected += 1
-            elif len(held) < _MAX_HELD:
-                held[seq] = event
+                expected = _drain(held, expected + 1, out)
+                continue
+            if len(held) >= self._max_held:
+                remote.next_seq = expected
+                if out:
+                    self._deliver(out)
+                    out = []
+                first = min(held)
+                self._notify_missed(remote, f"events {expected}-{first - 1} of this run were lost in transit", first)
+                expected = _drain(held, first, out)
+                if seq < expected:
+                    duplicates += 1
+                    continue
+            held[seq] = event
+            expected = _drain(held, expected, out)
         remote.next_seq = expected
         self.stats.duplicates += duplicates
         if out:
             self._deliver(out)
         if held:
+            now = time.monotonic()
             if remote.gap_since is None:
-                remote.gap_since = time.monotonic()
                 self.stats.gaps += 1
                 self._repair(remote)
-            elif len(held) >= _MAX_HELD:
-                self._skip_gap(remote)
+                remote.gap_since = now
+            elif expected > start:
+                remote.gap_since = now  # a repair is making progress: give it time
+                remote.attempts = 0
         elif remote.gap_since is not None:
             remote.gap_since = None
+            remote.attempts = 0
             self.stats.repaired += 1
         if out:
             record = remote.record
@@ -736,6 +769,7 @@ class Bridge:
         self._notify_missed(remote, f"events {remote.next_seq}-{first - 1} of this run were lost in transit", first)
         remote.next_seq = first
         remote.gap_since = None
+        remote.attempts = 0
         self._accept(remote, [])
 
     def _notify_missed(self, remote: _Remote, detail: str, first_seq: int | None) -> None:
@@ -884,23 +918,21 @@ class Bridge:
             self.runs.cancel(run_id, record.principal)
 
     async def _handle_replay(self, message: ControlMessage) -> None:
-        run_id = message.payload.get("run_id")
-        after = message.payload.get("after", 0)
-        if not isinstance(run_id, str) or not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        payload = message.payload
+        run_id = payload.get("run_id")
+        after = payload.get("after", 0)
+        until = payload.get("until")
+        if not isinstance(run_id, str) or not _count(after) or (until is not None and not _count(until)):
             return
         record = self.store.peek(run_id)
         if record is None or not self._is_local(record):
-            await self.transport.send_events(message.sender, run_id, [], {"e": 1, "g": 1})
+            await self.transport.send_replay(message.sender, run_id, [], gone=True)
             return
-        frames, first = record.log.read(after, record.log.capacity + 1024)
-        events = [encode(frame.event) for frame in frames]
-        header: dict[str, Any] = {"f": first} if first is not None else {}
-        parts = list(chunks(events, self._batch_size, self._frame_bytes)) or [(0, 0)]
-        for index, (start, stop) in enumerate(parts):
-            if index == len(parts) - 1:
-                header["e"] = 1
-            await self.transport.send_events(message.sender, run_id, events[start:stop], header)
-            header = {}
+        log = record.log
+        limit = log.capacity + 1024 if until is None else max(until - after, 0)
+        frames, first = log.read(after, limit)
+        events = [encode(frame.event) for frame in frames if until is None or frame.seq <= until]
+        await self.transport.send_replay(message.sender, run_id, events, first=first)
 
     # -- housekeeping ------------------------------------------------------------------------------------
     def _interest(self, kind: Literal["run", "thread"], key: str, present: bool) -> None:
@@ -1003,7 +1035,14 @@ class Bridge:
             if remote.record is None:
                 continue  # being adopted: its events wait until this node knows whose run it is
             if remote.gap_since is not None and now - remote.gap_since >= timeout:
-                self._skip_gap(remote)
+                if remote.attempts < _REPAIR_ATTEMPTS - 1:
+                    # No progress: the request or its answer may be lost, or the owner busy. Ask again.
+                    remote.attempts += 1
+                    remote.gap_since = now
+                    remote.repair_since = None
+                    self._repair(remote)
+                else:
+                    self._skip_gap(remote)
             if remote.repair_since is not None and now - remote.repair_since >= max(timeout, _READY_TIMEOUT):
                 remote.repair_since = None  # the answer never came: allow another attempt
                 remote.ready.set()

@@ -275,10 +275,13 @@ class Transport(Protocol):
             TransportError: it could not be sent now.
         """
 
-    async def send_events(
-        self, node: str, run_id: str, events: Sequence[bytes], header: Mapping[str, Any] | None = None
+    async def send_replay(
+        self, node: str, run_id: str, events: Sequence[bytes], *, first: int | None = None, gone: bool = False
     ) -> None:
-        """Send encoded run events straight to ``node`` (a replay answering its request).
+        """Answer ``node``'s replay request: ``events`` (encoded) in frames sent in one go.
+
+        ``first``: the oldest seq still kept, when older ones were asked for;
+        ``gone``: this node no longer knows the run. The last frame is marked as the end.
 
         Raises:
             TransportError: they could not be sent now.

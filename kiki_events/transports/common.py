@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +23,8 @@ from ..events import DoneEvent, StreamEvent
 from ..redaction import redact_text
 from ..topics import topic_of
 from .base import ControlMessage, RunInfo, TransportListener, TransportState, TransportStats
-from .outbox import Outbox, OutboxBatch
-from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, WireError, unpack
+from .outbox import Outbox, OutboxBatch, chunks
+from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_REPLAY, WireError, pack, unpack
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -397,6 +397,31 @@ class BaseTransport:
             return
         self._rejected_logged.add(kind)
         logger.warning(message + " (logged once per kind; see kiki_events_dropped_total)", *args)
+
+
+def replay_frames(
+    node: str,
+    run_id: str,
+    events: Sequence[bytes],
+    options: TransportOptions,
+    *,
+    first: int | None = None,
+    gone: bool = False,
+) -> list[bytes]:
+    """The frames of a replay answer: ``f`` (first kept seq) on the first, ``e`` (end) on the last."""
+    now = time.time()
+    parts = list(chunks(list(events), options.batch_size, options.frame_bytes)) or [(0, 0)]
+    frames = []
+    for index, (start, stop) in enumerate(parts):
+        header: dict[str, Any] = {}
+        if index == 0 and first is not None:
+            header["f"] = first
+        if index == len(parts) - 1:
+            header["e"] = 1
+            if gone:
+                header["g"] = 1
+        frames.append(pack(KIND_REPLAY, node, events[start:stop], sent_at=now, run_id=run_id, **header))
+    return frames
 
 
 def control_extra(message: ControlMessage) -> Mapping[str, Any]:

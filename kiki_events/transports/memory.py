@@ -20,15 +20,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import TransportError
 from ..redis_client import Keys
 from .base import ControlMessage, RunInfo, WatchKind
-from .common import BaseTransport, TransportOptions, control_extra
+from .common import BaseTransport, TransportOptions, control_extra, replay_frames
 from .outbox import OutboxBatch, chunks
-from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_REPLAY, KIND_THREAD, pack
+from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack
 
 __all__ = ["MemoryHub", "MemoryTransport"]
 
@@ -202,12 +202,15 @@ class MemoryTransport(BaseTransport):
         self.hub.publish(self.keys.control_channel(node), frame)
         self.stats.messages_out += 1
 
-    async def send_events(
-        self, node: str, run_id: str, events: Sequence[bytes], header: Mapping[str, Any] | None = None
+    async def send_replay(
+        self, node: str, run_id: str, events: Sequence[bytes], *, first: int | None = None, gone: bool = False
     ) -> None:
-        frame = pack(KIND_REPLAY, self.node, events, sent_at=time.time(), run_id=run_id, **(header or {}))
-        self.hub.publish(self.keys.control_channel(node), frame)
-        self.stats.messages_out += 1
+        channel = self.keys.control_channel(node)
+        frames = replay_frames(self.node, run_id, events, self.options, first=first, gone=gone)
+        self.hub._check()
+        for frame in frames:
+            self.hub.publish(channel, frame)
+        self.stats.messages_out += len(frames)
 
     async def heartbeat(self, ttl: float) -> None:
         self.hub._check()

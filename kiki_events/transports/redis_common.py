@@ -70,6 +70,12 @@ class RedisTransportBase(BaseTransport):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "url": redis_location(self.redis)}
 
+    async def _warm_up(self) -> None:
+        """Open spare connections now: a replay or control message sent later (maybe while this
+        node is busy flushing a flood of events) then needs no connection handshake first."""
+        with contextlib.suppress(*self._errors):
+            await asyncio.wait_for(asyncio.gather(*(self.redis.ping() for _ in range(3))), self.options.timeout)
+
     async def _close_connections(self) -> None:
         if self._owns_client:
             # Closing a broken connection may raise; nothing is left to do about it.

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TransportError
 from .base import ControlMessage, WatchKind
-from .common import Backoff, TransportOptions, control_extra, supervise
+from .common import Backoff, TransportOptions, control_extra, replay_frames, supervise
 from .outbox import OutboxBatch, chunks
 from .redis_common import RedisTransportBase
-from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_REPLAY, KIND_THREAD, pack
+from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -68,6 +68,7 @@ class RedisPubSubTransport(RedisTransportBase):
         if self.options.lifecycle:
             self._channels.add(keys.lifecycle_channel())
         self._tasks.append(supervise(f"kiki-bridge-read:{self.name}", self._read_forever))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._warm_up(), name="kiki-bridge-warm-up"))
 
     async def _read_forever(self) -> None:
         backoff = Backoff()
@@ -218,9 +219,13 @@ class RedisPubSubTransport(RedisTransportBase):
         await self._call(self.redis.publish(self.keys.control_channel(node), frame))
         self.stats.messages_out += 1
 
-    async def send_events(
-        self, node: str, run_id: str, events: Sequence[bytes], header: Mapping[str, Any] | None = None
+    async def send_replay(
+        self, node: str, run_id: str, events: Sequence[bytes], *, first: int | None = None, gone: bool = False
     ) -> None:
-        frame = pack(KIND_REPLAY, self.node, events, sent_at=time.time(), run_id=run_id, **(header or {}))
-        await self._call(self.redis.publish(self.keys.control_channel(node), frame))
-        self.stats.messages_out += 1
+        channel = self.keys.control_channel(node)
+        frames = replay_frames(self.node, run_id, events, self.options, first=first, gone=gone)
+        pipe = self.redis.pipeline(transaction=False)
+        for frame in frames:
+            pipe.publish(channel, frame)
+        await self._call(pipe.execute())
+        self.stats.messages_out += len(frames)

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import TransportError
 from ..redaction import redact_text
 from .base import ControlMessage, WatchKind
-from .common import Backoff, TransportOptions, control_extra, supervise
+from .common import Backoff, TransportOptions, control_extra, replay_frames, supervise
 from .outbox import OutboxBatch, chunks
 from .redis_common import RUNNING_TTL, RedisTransportBase
-from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_REPLAY, KIND_THREAD, pack
+from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -73,6 +73,7 @@ class RedisStreamsTransport(RedisTransportBase):
     # -- the reader ------------------------------------------------------------------------
     async def _start_reader(self) -> None:
         self._tasks.append(supervise(f"kiki-bridge-read:{self.name}", self._read_forever))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._warm_up(), name="kiki-bridge-warm-up"))
 
     async def _find_tails(self) -> None:
         """Start shared streams at their current end (``$``, without losing what comes meanwhile)."""
@@ -224,19 +225,20 @@ class RedisStreamsTransport(RedisTransportBase):
             self.stats.drop("redis_error")
             self._log_once("redis_error", "Redis refused a bridge command: %s", redact_text(str(result)))
 
-    async def _send_frame(self, stream: str, frame: bytes) -> None:
+    async def _send_frames(self, stream: str, frames: Sequence[bytes]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(stream, {"d": frame}, maxlen=_CONTROL_MAXLEN, approximate=True)
+        for frame in frames:
+            pipe.xadd(stream, {"d": frame}, maxlen=_CONTROL_MAXLEN, approximate=True)
         pipe.expire(stream, _CONTROL_TTL)
         await self._call(pipe.execute())
-        self.stats.messages_out += 1
+        self.stats.messages_out += len(frames)
 
     async def send_control(self, message: ControlMessage, node: str | None = None) -> None:
         frame = pack(KIND_CONTROL, self.node, sent_at=time.time(), **control_extra(message))
-        await self._send_frame(self.keys.control_stream(node), frame)
+        await self._send_frames(self.keys.control_stream(node), [frame])
 
-    async def send_events(
-        self, node: str, run_id: str, events: Sequence[bytes], header: Mapping[str, Any] | None = None
+    async def send_replay(
+        self, node: str, run_id: str, events: Sequence[bytes], *, first: int | None = None, gone: bool = False
     ) -> None:
-        frame = pack(KIND_REPLAY, self.node, events, sent_at=time.time(), run_id=run_id, **(header or {}))
-        await self._send_frame(self.keys.control_stream(node), frame)
+        frames = replay_frames(self.node, run_id, events, self.options, first=first, gone=gone)
+        await self._send_frames(self.keys.control_stream(node), frames)
