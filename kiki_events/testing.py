@@ -3,6 +3,8 @@
 ``capture_run`` runs a graph with a :class:`KikiCallbackHandler` attached and
 returns its events; :class:`CapturedEvents` answers the usual questions about
 them (text per agent, tool calls, final status) and checks the run's invariants.
+:class:`MemoryHub` connects several runtimes of one test like a Redis would
+(``KikiRuntime(settings, hub=hub)``), so cross-node code is testable without Redis.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from langchain_core.runnables import Runnable, RunnableConfig
 
 from .events import DoneEvent, StreamEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 from .handler import KikiCallbackHandler
+from .transports.memory import MemoryHub
 
-__all__ = ["CapturedEvents", "capture_run"]
+__all__ = ["CapturedEvents", "MemoryHub", "capture_run"]
 
 
 class CapturedEvents(list[StreamEvent]):

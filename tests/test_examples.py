@@ -23,7 +23,7 @@ def run_example(path: Path) -> str:
 
 
 def test_every_example_is_covered() -> None:
-    assert [p.name for p in EXAMPLES] == ["01_attach_handler.py", "02_own_fastapi_app.py"]
+    assert [p.name for p in EXAMPLES] == ["01_attach_handler.py", "02_own_fastapi_app.py", "03_cross_node.py"]
 
 
 def test_attach_handler_prints_the_run() -> None:
@@ -38,3 +38,10 @@ def test_own_fastapi_app_streams_both_ways() -> None:
     out = run_example(ROOT / "examples" / "02_own_fastapi_app.py").splitlines()
     assert out[0].startswith("/chat: ") and out[0].endswith("last: done success")
     assert out[1].startswith("/agents/runs/") and out[1].endswith("last: done")
+
+
+def test_cross_node_follows_a_run_of_another_node_and_cancels_one() -> None:
+    out = run_example(ROOT / "examples" / "03_cross_node.py").splitlines()
+    assert "on node-b: [writer] completed (produced on node-a)" in out
+    assert any(line.startswith("on node-b: done success after") and line.endswith("from node-a") for line in out)
+    assert out[-2:] == ["on node-b: the second run ended cancelled", "on node-a: the second run is cancelled"]
