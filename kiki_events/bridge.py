@@ -519,14 +519,16 @@ class Bridge:
                     await asyncio.wait_for(remote.ready.wait(), _READY_TIMEOUT)
         return record
 
-    async def run_info(self, run_id: str, principal: str | None = None, *, check_owner: bool = True) -> RunInfo:
-        """What the registry says about ``run_id`` (status, node …).
+    async def run_info(
+        self, run_id: str, principal: str | None = None, *, check_owner: bool = True, wait: float = 0.2
+    ) -> RunInfo:
+        """What the registry says about ``run_id`` (status, node …), waiting up to ``wait`` for it.
 
         Raises:
             RunNotFoundError: no node knows it, or it belongs to someone else.
             TransportError: the registry cannot be reached.
         """
-        info = await self.lookup(run_id)
+        info = await self.lookup(run_id, wait=wait)
         if info is None or (check_owner and info.principal != principal):
             raise RunNotFoundError(f"run {run_id!r} not found")
         return info

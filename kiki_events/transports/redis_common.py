@@ -70,11 +70,17 @@ class RedisTransportBase(BaseTransport):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "url": redis_location(self.redis)}
 
+    def _reader_up(self) -> None:
+        first = not self._ever_in
+        super()._reader_up()
+        if first:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._warm_up(), name="kiki-bridge-warm-up"))
+
     async def _warm_up(self) -> None:
-        """Open spare connections now: a replay or control message sent later (maybe while this
-        node is busy flushing a flood of events) then needs no connection handshake first."""
+        """Open spare connections once connected: a replay or control message sent later (maybe
+        while this node is busy flushing a flood of events) then needs no handshake first."""
         with contextlib.suppress(*self._errors):
-            await asyncio.wait_for(asyncio.gather(*(self.redis.ping() for _ in range(3))), self.options.timeout)
+            await asyncio.wait_for(asyncio.gather(*(self.redis.ping() for _ in range(2))), self.options.timeout)
 
     async def _close_connections(self) -> None:
         if self._owns_client:

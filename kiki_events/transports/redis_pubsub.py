@@ -55,7 +55,7 @@ class RedisPubSubTransport(RedisTransportBase):
         super().__init__(redis, node=node, options=options, owns_client=owns_client)
         self._channels: set[str] = set()
         self._pubsub: PubSub | None = None
-        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._pending: dict[str, asyncio.Future[bool]] = {}
         self._lock = asyncio.Lock()
 
     def describe(self) -> dict[str, Any]:
@@ -68,7 +68,6 @@ class RedisPubSubTransport(RedisTransportBase):
         if self.options.lifecycle:
             self._channels.add(keys.lifecycle_channel())
         self._tasks.append(supervise(f"kiki-bridge-read:{self.name}", self._read_forever))
-        self._tasks.append(asyncio.get_running_loop().create_task(self._warm_up(), name="kiki-bridge-warm-up"))
 
     async def _read_forever(self) -> None:
         backoff = Backoff()
@@ -132,7 +131,7 @@ class RedisPubSubTransport(RedisTransportBase):
                 waiting.discard(name)
             future = self._pending.pop(name, None)
             if future is not None and not future.done():
-                future.set_result(None)
+                future.set_result(True)
 
     async def _resync(self, subscribed: set[str]) -> None:
         """Apply the watch changes made while (re)connecting."""
@@ -151,7 +150,7 @@ class RedisPubSubTransport(RedisTransportBase):
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
-                future.set_result(None)
+                future.set_result(False)
 
     # -- watching ----------------------------------------------------------------------------
     def _channel(self, kind: WatchKind, key: str) -> str:
@@ -160,21 +159,23 @@ class RedisPubSubTransport(RedisTransportBase):
     async def watch(self, kind: WatchKind, key: str, *, after: int = 0) -> bool:
         channel = self._channel(kind, key)
         self._channels.add(channel)
-        pubsub = self._pubsub
-        if pubsub is None:
-            return False  # subscribed with everything else once connected
         future = self._pending.get(channel)
         if future is None:
             future = self._pending[channel] = asyncio.get_running_loop().create_future()
+        pubsub = self._pubsub
+        if pubsub is not None:
+            try:
+                async with self._lock:
+                    await pubsub.subscribe(channel)
+            except self._errors:
+                return False  # subscribed again with everything else on reconnect
+        # Not connected yet: the reader subscribes it with the rest once it is.
         try:
-            async with self._lock:
-                await pubsub.subscribe(channel)
-            await asyncio.wait_for(asyncio.shield(future), _CONFIRM_TIMEOUT)
-        except self._errors:
+            return await asyncio.wait_for(asyncio.shield(future), _CONFIRM_TIMEOUT)
+        except TimeoutError:
             if self._pending.get(channel) is future:
                 self._pending.pop(channel, None)
             return False
-        return self._pubsub is pubsub
 
     async def unwatch(self, kind: WatchKind, key: str) -> None:
         channel = self._channel(kind, key)

@@ -73,7 +73,6 @@ class RedisStreamsTransport(RedisTransportBase):
     # -- the reader ------------------------------------------------------------------------
     async def _start_reader(self) -> None:
         self._tasks.append(supervise(f"kiki-bridge-read:{self.name}", self._read_forever))
-        self._tasks.append(asyncio.get_running_loop().create_task(self._warm_up(), name="kiki-bridge-warm-up"))
 
     async def _find_tails(self) -> None:
         """Start shared streams at their current end (``$``, without losing what comes meanwhile)."""
