@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["format_event", "tail"]
 
 _TEXT = 60
+_POLL = 0.02
 _SEEN = 4096
 
 
@@ -144,6 +145,18 @@ class _Printer:
             self.out.flush()
 
 
+async def _watch(transport: Transport, kind: Any, key: str, timeout: float) -> None:
+    """Watch ``key`` and wait (up to ``timeout``) until the subscription is in place.
+
+    Before the transport's reader is connected, ``watch`` only records the wish;
+    pub/sub messages sent until then would be missed.
+    """
+    for _ in range(max(1, int(timeout / _POLL))):
+        if await transport.watch(kind, key):
+            return
+        await asyncio.sleep(_POLL)
+
+
 async def tail(
     settings: Settings,
     *,
@@ -155,10 +168,11 @@ async def tail(
     node: str | None = None,
     connect_timeout: float = 3.0,
     ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
 ) -> int:
     """Print live events until cancelled (or, with ``run``, until that run's ``done``).
 
-    ``ready`` is set once the subscription is in place.
+    ``ready`` is set once the subscription is in place; setting ``stop`` ends the tail.
 
     Raises:
         ConfigError: the provider is not ``redis``, or the Redis settings are invalid.
@@ -205,12 +219,19 @@ async def tail(
     await transport.start(printer)
     try:
         if run is not None:
-            await transport.watch("run", run)
+            await _watch(transport, "run", run, connect_timeout)
         elif thread is not None:
-            await transport.watch("thread", thread)
+            await _watch(transport, "thread", thread, connect_timeout)
         if ready is not None:
             ready.set()
-        await printer.finished.wait()
+        waits = [asyncio.ensure_future(printer.finished.wait())]
+        if stop is not None:
+            waits.append(asyncio.ensure_future(stop.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
     finally:
         for task in tasks:
             task.cancel()

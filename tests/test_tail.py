@@ -7,13 +7,15 @@ a private Redis; the tail prints them, in both Redis modes.
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+import warnings
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,20 @@ def run_events(run_id: str = "RUNtail0000000000000001", thread_id: str = "t-tail
     ]
 
 
+@pytest.fixture(autouse=True)
+def _collect_transport_sockets() -> Iterator[None]:
+    """Collect what a closed transport leaves behind here, not in a later test.
+
+    A Redis transport closed soon after it started can leave a connection of its
+    spare-connection warm-up to the garbage collector (a transport issue, tracked
+    separately); the tail itself closes everything it opens.
+    """
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
 class _Quiet:
     def on_frame(self, message: Any) -> None: ...
     def on_control(self, message: Any) -> None: ...
@@ -93,15 +109,15 @@ async def producer(request: pytest.FixtureRequest, redis_url: str, key_prefix: s
     await transport.close()
 
 
-async def subscribed(producer: Transport, channel_or_stream: str) -> None:
-    """Wait until the tail listens (pub/sub) — streams keep what is sent anyway."""
+async def subscribed(producer: Transport, channel_or_stream: str, listeners: int = 1) -> None:
+    """Wait until ``listeners`` connections listen (pub/sub) — streams keep what is sent anyway."""
     if producer.name != "redis-pubsub":
         return
     redis = producer.redis  # type: ignore[attr-defined]
 
     async def listening() -> bool:
         counts = await redis.pubsub_numsub(channel_or_stream)
-        return bool(counts and counts[0][1])
+        return bool(counts and counts[0][1] >= listeners)
 
     deadline = time.monotonic() + 10
     while not await listening():
@@ -159,16 +175,18 @@ async def test_tail_of_a_topic_prints_only_matching_lifecycle_events(
     producer: Transport, redis_url: str, key_prefix: str
 ) -> None:
     out = io.StringIO()
-    ready = asyncio.Event()
-    task = asyncio.ensure_future(tail(settings_for(redis_url, key_prefix), topic="agent:*", out=out, ready=ready))
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.ensure_future(
+        tail(settings_for(redis_url, key_prefix), topic="agent:*", out=out, ready=ready, stop=stop)
+    )
     try:
         await asyncio.wait_for(ready.wait(), 10)
-        await subscribed(producer, f"{key_prefix}lifecycle")
+        await subscribed(producer, f"{key_prefix}lifecycle", listeners=2)  # the producer's own, and the tail's
         await publish(producer, run_events())
         await async_wait_for(lambda: len(out.getvalue().splitlines()) >= 3, 5, "three lifecycle lines")
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        stop.set()
+        await asyncio.wait_for(task, 10)
 
     lines = out.getvalue().splitlines()
     # agent:started, agent:tool_result, agent:completed; tokens and a tool call's start have no topic.
@@ -183,8 +201,10 @@ async def test_tail_of_a_thread_follows_the_runs_that_start_on_it(
     out = io.StringIO()
     events = run_events(thread_id="t-9")
     mode = "streams" if producer.name == "redis-streams" else "pubsub"
-    ready = asyncio.Event()
-    task = asyncio.ensure_future(tail(settings_for(redis_url, key_prefix, mode), thread="t-9", out=out, ready=ready))
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.ensure_future(
+        tail(settings_for(redis_url, key_prefix, mode), thread="t-9", out=out, ready=ready, stop=stop)
+    )
     try:
         await asyncio.wait_for(ready.wait(), 10)
         producer.register(RunInfo(events[0].run_id, node="producer", thread_id="t-9", graph="team"), announce=True)
@@ -193,8 +213,8 @@ async def test_tail_of_a_thread_follows_the_runs_that_start_on_it(
         await publish(producer, events)
         await async_wait_for(lambda: len(out.getvalue().splitlines()) >= len(events), 5, "the run's lines")
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        stop.set()
+        await asyncio.wait_for(task, 10)
 
     assert out.getvalue().splitlines() == [format_event(e) for e in events]
 
