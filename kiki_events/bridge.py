@@ -817,6 +817,8 @@ class Bridge:
 
     def on_connected(self, resumed: bool) -> None:
         """Called by the transport when it (re)connects."""
+        if self._liveness_task is None or self._liveness_task.done():
+            self._liveness_task = self._spawn(self._liveness(), "kiki-bridge-liveness")  # alive from now on
         durable = self.transport.durable
         for remote in list(self._remote.values()):
             if not remote.watching:

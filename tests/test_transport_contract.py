@@ -440,6 +440,30 @@ async def test_a_thread_stream_on_b_sees_the_runs_a_starts_on_that_thread(cluste
         assert [e for e in events if e.run_id == handle.run_id] == await finished(a, handle.run_id)
 
 
+@pytest.mark.asyncio
+async def test_what_a_run_leaves_in_redis_expires(cluster: Cluster) -> None:
+    if cluster.kind == "memory":
+        pytest.skip("the memory hub keeps a bounded registry instead")
+    a = await cluster.node("node-a", persistence={"run_ttl": "1h"})
+    assert a.bridge is not None
+    handle = a.runs.start("team", TASK, thread_id="ttl-thread")
+    await asyncio.wait_for(handle.task, TIMEOUT)
+    await a.bridge.transport.flush()
+    redis = await cluster.redis()
+    keys = Keys(cluster.prefix)
+
+    info = await redis.hgetall(keys.run_info(handle.run_id))
+    assert info[b"status"] == b"success" and info[b"node"] == b"node-a"
+    assert int(info[b"last_seq"]) == handle.record.log.last_seq
+    assert 0 < await redis.ttl(keys.run_info(handle.run_id)) <= 3600
+    assert 0 < await redis.ttl(keys.thread_runs("ttl-thread")) <= 3600
+    assert 0 < await redis.ttl(keys.node("node-a")) <= 15
+    if cluster.kind == "streams":
+        assert 0 < await redis.ttl(keys.run_stream(handle.run_id)) <= 3600
+    else:
+        assert not await redis.exists(keys.run_stream(handle.run_id))
+
+
 # -- bad input and isolation ---------------------------------------------------------------------------------
 
 

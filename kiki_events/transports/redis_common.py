@@ -105,7 +105,7 @@ class RedisTransportBase(BaseTransport):
         if info.thread_id:
             thread_key = keys.thread_runs(info.thread_id)
             pipe.zadd(thread_key, {info.run_id: info.created_at})
-            pipe.expire(thread_key, ttl, gt=info.ended)
+            pipe.expire(thread_key, ttl)
 
     async def heartbeat(self, ttl: float) -> None:
         await self._call(self.redis.set(self.keys.node(self.node), b"1", px=max(int(ttl * 1000), 1)))

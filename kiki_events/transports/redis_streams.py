@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ _SHARED_MAXLEN = 10_000
 _CONTROL_MAXLEN = 1_000
 _CONTROL_TTL = 86400
 _DUPLICATE = "equal or smaller"
+_BOUNDED_MEMORY = 4096
 
 
 def _text(value: Any) -> str:
@@ -65,6 +67,8 @@ class RedisStreamsTransport(RedisTransportBase):
         super().__init__(redis, node=node, options=options, owns_client=owns_client)
         self._positions: dict[str, str] = {}
         self._last_ids: dict[str, tuple[int, int]] = {}
+        self._bounded: OrderedDict[str, None] = OrderedDict()
+        """Runs whose stream already has its safety expiry (in case their node dies before the end)."""
         self._tails_known = False
 
     def describe(self) -> dict[str, Any]:
@@ -197,6 +201,8 @@ class RedisStreamsTransport(RedisTransportBase):
                 entry_id = self._entry_id(ids, run_id, seqs[stop - 1])
                 pipe.xadd(stream, {"d": frame}, id=entry_id, maxlen=opts.stream_maxlen, approximate=True)
                 frames += 1
+            if run_id not in self._bounded:
+                pipe.expire(stream, RUNNING_TTL, nx=True)
         lifecycle = batch.lifecycle
         for start, stop in chunks(lifecycle, opts.batch_size, opts.frame_bytes):
             frame = pack(KIND_LIFECYCLE, node, lifecycle[start:stop], sent_at=now)
@@ -208,8 +214,13 @@ class RedisStreamsTransport(RedisTransportBase):
         results = await pipe.execute(raise_on_error=False)
         self._check(results)
         self._last_ids.update(ids)
+        for run_id in batch.runs:
+            self._bounded[run_id] = None
         for info in ended:
             self._last_ids.pop(info.run_id, None)
+            self._bounded.pop(info.run_id, None)
+        while len(self._bounded) > _BOUNDED_MEMORY:
+            self._bounded.popitem(last=False)
         stats.messages_out += frames
         stats.events_out += batch.count
 
