@@ -34,11 +34,8 @@ from tests.redis_server import free_port
 from tests.servers import Gate, async_wait_for, gated_graph
 
 TASK = {"messages": [{"role": "user", "content": "Compare Redis streams and pub/sub"}]}
-TRANSPORTS = [
-    "memory",
-    pytest.param("pubsub", marks=pytest.mark.redis),
-    pytest.param("streams", marks=pytest.mark.redis),
-]
+REDIS_TRANSPORTS = [pytest.param("pubsub", marks=pytest.mark.redis), pytest.param("streams", marks=pytest.mark.redis)]
+TRANSPORTS = ["memory", *REDIS_TRANSPORTS]
 TIMEOUT = 20.0
 
 
@@ -441,9 +438,8 @@ async def test_a_thread_stream_on_b_sees_the_runs_a_starts_on_that_thread(cluste
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", REDIS_TRANSPORTS, indirect=True)
 async def test_what_a_run_leaves_in_redis_expires(cluster: Cluster) -> None:
-    if cluster.kind == "memory":
-        pytest.skip("the memory hub keeps a bounded registry instead")
     a = await cluster.node("node-a", persistence={"run_ttl": "1h"})
     assert a.bridge is not None
     handle = a.runs.start("team", TASK, thread_id="ttl-thread")
@@ -544,9 +540,8 @@ async def test_outbox_overflow_is_dropped_and_counted_never_raised_into_the_grap
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", ["memory"], indirect=True)  # a real Redis outage: tests/test_cluster.py
 async def test_events_wait_in_the_outbox_during_an_outage_and_flush_in_order(cluster: Cluster) -> None:
-    if cluster.kind != "memory":
-        pytest.skip("a real Redis outage is covered by tests/test_cluster.py")
     a = await cluster.node("node-a")
     b = await cluster.node("node-b")
     handle = a.runs.start("gated", TASK)
