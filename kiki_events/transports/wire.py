@@ -35,7 +35,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
-from ..codec import decode
+from pydantic import ValidationError
+
+from ..codec import _ADAPTER, decode
 from ..errors import EventDecodeError
 from ..events import SCHEMA_VERSION, StreamEvent
 from ..topics import topic_of
@@ -68,6 +70,7 @@ _MAX_NAME = 256
 
 DropReason: TypeAlias = Literal["oversized", "unknown_version", "malformed"]
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_validate = _ADAPTER.validate_json
 
 
 class WireError(ValueError):
@@ -149,18 +152,26 @@ def unpack(data: bytes | str, *, max_bytes: int) -> Message:
         raise WireError("malformed", "frame run id is invalid")
     if kind in _RUN_KINDS and run_id is None:
         raise WireError("malformed", "run frame without a run id")
-    events = [_event(line, max_bytes) for line in body.split(b"\n")] if body else []
-    for event in events:
-        if event.seq < 1:
-            raise WireError("malformed", "frame carries an event without a seq")
-        if kind in _RUN_KINDS:
-            if event.run_id != run_id:
-                raise WireError("malformed", "frame carries an event of another run")
-        elif kind == KIND_LIFECYCLE:
-            if topic_of(event) is None:
-                raise WireError("malformed", "lifecycle frame carries a run-scoped event")
-        else:
-            raise WireError("malformed", f"frame of kind {kind!r} carries events")
+    if not body:
+        return Message(kind, sender, float(sent_at), run_id, [], header)
+    if kind not in _RUN_KINDS and kind != KIND_LIFECYCLE:
+        raise WireError("malformed", f"frame of kind {kind!r} carries events")
+    lines = body.split(b"\n")
+    try:
+        # The whole frame is within max_bytes, so each event is: validate them directly.
+        events = [_validate(line) for line in lines]
+    except ValidationError:
+        for line in lines:
+            _event(line, max_bytes)  # raises with the reason of the first bad event
+        raise WireError("malformed", "frame carries an invalid event") from None  # pragma: no cover
+    if kind == KIND_LIFECYCLE:
+        for event in events:
+            if event.seq < 1 or topic_of(event) is None:
+                raise WireError("malformed", "lifecycle frame carries a run-scoped event or a notice")
+    else:
+        for event in events:
+            if event.run_id != run_id or event.seq < 1:
+                raise WireError("malformed", "frame carries an event of another run, or a notice")
     return Message(kind, sender, float(sent_at), run_id, events, header)
 
 
