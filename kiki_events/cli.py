@@ -10,7 +10,6 @@ the events. ``kiki-events tail`` prints live events from Redis (see
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from .codec import event_json_schema
 from .errors import ConfigError, GraphLoadError, MissingDependencyError, TransportError
+from .heap import freeze_startup_heap
 
 __all__ = ["DEFAULT_CONFIG", "DEMO_GRAPHS", "main"]
 
@@ -117,10 +117,8 @@ def _serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     # What was imported and built so far lives as long as the process: keep it out of
-    # the collector's full passes, which otherwise stall the event loop (measured here:
-    # ~50 ms per full collection with LangGraph loaded) and show up as stream latency.
-    gc.collect()
-    gc.freeze()
+    # the collector's full passes, which otherwise stall the event loop.
+    freeze_startup_heap()
     # On SIGTERM/SIGINT uvicorn stops accepting connections; open streams see the
     # shutdown and ask the runtime to end its runs (``runs.shutdown_grace``), so
     # every client receives its final ``done`` before the connection closes.
