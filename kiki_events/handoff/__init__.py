@@ -1,0 +1,56 @@
+"""Agents across nodes: hand a task to an agent that another node serves.
+
+A node *serves* agents (graph names it has registered): it advertises them in
+Redis and consumes their work streams. Any node can *delegate* a task to an
+agent: the task goes to exactly one serving node, runs there through that node's
+:class:`~kiki_events.runs.RunManager` (so its events flow like any run's), and
+its result comes back. :func:`remote_agent_node` makes a LangGraph node that
+delegates and relays the remote run's events into the calling run, so a browser
+watching that run sees the remote agent's tokens.
+
+Redis keys (under the deployment prefix; see :class:`~kiki_events.redis_client.Keys`):
+
+=========================  ===========================================================
+``agents:<agent>``         sorted set: serving node → advertisement expiry (Unix s)
+``work:<agent>``           work stream; consumer group ``kiki-agents``, one consumer per node
+``dead:<agent>``           dead-letter stream: tasks given up, with the reason
+``reply:{<request>}``      reply stream: ``started`` (child run id, node), then ``result``
+``handled:{<request>}``    done marker: a lease while a node runs it, ``done`` after
+``cancel:{<request>}``     set when the requester gave up; the serving node cancels the run
+=========================  ===========================================================
+
+Failures: a node that dies while running a task stops touching it; after
+``handoff.claim_idle`` another node reclaims it (``XAUTOCLAIM``) and runs it again
+(the requester follows the new run). A task delivered more than
+``handoff.max_attempts`` times moves to the dead-letter stream and its requester
+gets :class:`~kiki_events.errors.HandoffFailedError`. A task whose done marker says
+``done`` is acknowledged without running again. A run that ends in error is a
+result, not a failure: it is not retried.
+
+Modules: :mod:`~.service` (:class:`Handoff`: lifecycle, one object per runtime),
+:mod:`~.serving` (consumer loops, running tasks, dead-lettering),
+:mod:`~.requesting` (submit, replies, :class:`HandoffStream`),
+:mod:`~.remote_node` (:func:`remote_agent_node`), :mod:`~.results` and
+:mod:`~.payload` (what crosses the wire); the Redis queue is :mod:`kiki_events.workqueue`.
+"""
+
+from __future__ import annotations
+
+from .common import GROUP
+from .payload import dump_payload, load_payload
+from .remote_node import remote_agent_node
+from .requesting import Follow, HandoffStream
+from .results import HandoffResult, HandoffStatus
+from .service import Handoff
+
+__all__ = [
+    "GROUP",
+    "Follow",
+    "Handoff",
+    "HandoffResult",
+    "HandoffStatus",
+    "HandoffStream",
+    "dump_payload",
+    "load_payload",
+    "remote_agent_node",
+]

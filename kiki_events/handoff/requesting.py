@@ -1,0 +1,321 @@
+"""The requesting side: submit a task, wait for its replies, follow its run.
+
+A task is one entry of the agent's work stream. The serving node answers on the
+request's reply stream: ``started`` (run id and node; again if the task is run
+again elsewhere), then ``result``. :meth:`Requester.stream` also follows the
+remote run's events while they happen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from ..errors import HandoffError, HandoffTimeoutError, NoAgentError, RunNotFoundError
+from ..events import StreamEvent
+from ..replay import Frame, RunCursor
+from .common import WIRE_VERSION, Shared, logger
+from .payload import dump_payload
+from .results import HandoffResult, result_from
+
+if TYPE_CHECKING:
+    from ..runtime import KikiRuntime
+
+__all__ = ["Follow", "HandoffStream", "Requester"]
+
+Follow: TypeAlias = Callable[..., AsyncIterator[StreamEvent]]
+"""``follow(run_id, *, after=0)``: every event of a run from whichever node runs it."""
+
+
+@dataclass(eq=False)
+class _Request:
+    request_id: str
+    agent: str
+    deadline: float
+    entry_id: str
+    reply_key: str
+    last_reply: str = "0-0"
+    run_id: str | None = None
+    node: str | None = None
+
+
+class HandoffStream:
+    """The events of a handed-off task's run, as they happen; iterate it once.
+
+    After the iteration ends, :attr:`result` holds the outcome. Iteration raises
+    :class:`~kiki_events.errors.NoAgentError` or
+    :class:`~kiki_events.errors.HandoffTimeoutError` like :meth:`Handoff.delegate`,
+    but not :class:`~kiki_events.errors.HandoffFailedError`: check
+    ``result.status`` (or call ``result.raise_for_status()``).
+    """
+
+    def __init__(self, events: AsyncIterator[StreamEvent], request_id: str) -> None:
+        self._events = events
+        self.request_id = request_id
+        self.result: HandoffResult | None = None
+        """The outcome, once iteration has ended."""
+        self.run_id: str | None = None
+        """The run currently followed on the serving node."""
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._events
+
+    async def aclose(self) -> None:
+        """Stop following (and cancel the task if it is still running)."""
+        closer = getattr(self._events, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+async def _local_follow(runtime: KikiRuntime, run_id: str, *, after: int = 0) -> AsyncIterator[StreamEvent]:
+    """Follow a run of this node's own store (used when the runtime has no ``follow``)."""
+    record = runtime.store.get(run_id)
+    cursor = RunCursor(record.log, after)
+    while True:
+        items = await cursor.next()
+        if not items:
+            return
+        for item in items:
+            if isinstance(item, Frame):
+                yield item.event
+
+
+async def _empty() -> AsyncIterator[StreamEvent]:
+    return
+    yield  # pragma: no cover
+
+
+class Requester:
+    """Hands tasks to the agents other nodes serve and waits for their outcome."""
+
+    def __init__(self, shared: Shared, state: Callable[[], str], follow: Follow | None = None) -> None:
+        self.shared = shared
+        self._state = state
+        self.follow = follow
+        self._drain_grace = 3.0
+
+    @staticmethod
+    def new_request_id() -> str:
+        return secrets.token_urlsafe(16)
+
+    async def delegate(
+        self,
+        agent: str,
+        input: Any,
+        causation_id: str | None,
+        thread_id: str | None,
+        principal: str | None,
+        timeout: float | None,
+        request_id: str | None,
+    ) -> HandoffResult:
+        request = await self._submit(agent, input, causation_id, thread_id, principal, timeout, request_id)
+        try:
+            fields = await self._next_reply(request)
+            while fields.get("kind") != "result":
+                fields = await self._next_reply(request)
+        except BaseException:
+            await self._abandon(request)
+            raise
+        return result_from(request.request_id, request.agent, fields).raise_for_status()
+
+    def stream(
+        self,
+        agent: str,
+        input: Any,
+        causation_id: str | None,
+        thread_id: str | None,
+        principal: str | None,
+        timeout: float | None,
+        request_id: str | None,
+    ) -> HandoffStream:
+        rid = request_id or self.new_request_id()
+        holder = HandoffStream(_empty(), rid)
+        holder._events = self._stream(holder, agent, input, causation_id, thread_id, principal, timeout, rid)
+        return holder
+
+    async def _stream(
+        self,
+        holder: HandoffStream,
+        agent: str,
+        input: Any,
+        causation_id: str | None,
+        thread_id: str | None,
+        principal: str | None,
+        timeout: float | None,
+        request_id: str,
+    ) -> AsyncIterator[StreamEvent]:
+        request = await self._submit(agent, input, causation_id, thread_id, principal, timeout, request_id)
+        out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=1024)
+        pump: asyncio.Task[None] | None = None
+        pumped: str | None = None
+        finished = False
+
+        async def watch() -> None:
+            try:
+                while True:
+                    fields = await self._next_reply(request)
+                    await out.put(("reply", fields))
+                    if fields.get("kind") == "result":
+                        return
+            except Exception as exc:  # NoAgentError, HandoffTimeoutError, Redis trouble
+                await out.put(("error", exc))
+
+        async def follow(run_id: str) -> None:
+            try:
+                async for event in self._follow_run(run_id, request.deadline):
+                    await out.put(("event", event))
+            except Exception as exc:  # the result still arrives through the reply stream
+                logger.debug("following run %s of request %s stopped: %r", run_id, request_id, exc)
+            finally:
+                await out.put(("followed", run_id))
+
+        watcher = asyncio.get_running_loop().create_task(watch(), name=f"kiki-handoff-reply:{request_id}")
+        try:
+            result: HandoffResult | None = None
+            while result is None or (pump is not None and not pump.done()) or not out.empty():
+                if result is None:
+                    kind, value = await out.get()
+                else:
+                    # The result is in; give the run's last events a moment to arrive.
+                    try:
+                        kind, value = await asyncio.wait_for(out.get(), self._drain_grace)
+                    except TimeoutError:
+                        break
+                if kind == "event":
+                    if value.run_id == pumped:
+                        yield value
+                elif kind == "error":
+                    raise value
+                elif kind == "reply" and value.get("kind") == "started":
+                    run_id = value.get("run_id")
+                    if run_id and run_id != pumped:
+                        if pump is not None:  # run again elsewhere: follow the new run
+                            pump.cancel()
+                        pumped = holder.run_id = run_id
+                        pump = asyncio.get_running_loop().create_task(follow(run_id), name=f"kiki-follow:{run_id}")
+                elif kind == "reply" and value.get("kind") == "result":
+                    result = holder.result = result_from(request.request_id, request.agent, value)
+                elif kind == "followed" and value == pumped and result is None:
+                    continue  # the run's events ended; its result follows
+            finished = True
+        finally:
+            for task in (watcher, pump):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (watcher, pump) if t is not None), return_exceptions=True)
+            if not finished:
+                await self._abandon(request)
+
+    async def _follow_run(self, run_id: str, deadline: float) -> AsyncIterator[StreamEvent]:
+        """Every event of ``run_id`` once, in order; retries while the run is not known here yet."""
+        runtime = self.shared.runtime
+        follow = self.follow or getattr(runtime, "follow", None)
+        after = 0
+        delay = 0.01
+        while True:
+            try:
+                source = (
+                    follow(run_id, after=after) if follow is not None else _local_follow(runtime, run_id, after=after)
+                )
+                async for event in source:
+                    if event.seq == 0 or event.seq <= after:
+                        continue
+                    after = event.seq
+                    yield event
+                    if event.type == "done":
+                        return
+                return
+            except RunNotFoundError:
+                # The run was announced before this node heard of it.
+                if time.time() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    async def _submit(
+        self,
+        agent: str,
+        input: Any,
+        causation_id: str | None,
+        thread_id: str | None,
+        principal: str | None,
+        timeout: float | None,
+        request_id: str | None,
+    ) -> _Request:
+        shared = self.shared
+        settings = shared.settings
+        state = self._state()
+        if state not in ("running", "draining"):
+            raise HandoffError(f"cannot delegate: the Handoff is {state}")
+        if not await shared.serving_nodes(agent):
+            raise NoAgentError(f"no node serves agent {agent!r}")
+        if isinstance(input, str):
+            input = {"messages": [{"role": "user", "content": input}]}
+        payload = json.dumps(dump_payload(input), ensure_ascii=False, separators=(",", ":"))
+        if len(payload.encode()) > settings.max_input_bytes:
+            raise HandoffError(
+                f"input for agent {agent!r} is {len(payload.encode())} bytes, "
+                f"more than handoff.max_input_bytes ({settings.max_input_bytes})"
+            )
+        request_id = request_id or self.new_request_id()
+        deadline = time.time() + (settings.timeout if timeout is None else timeout)
+        fields = {
+            "v": WIRE_VERSION,
+            "request_id": request_id,
+            "agent": agent,
+            "input": payload,
+            "deadline": f"{deadline:.3f}",
+            "origin": shared.node,
+        }
+        extra = {"causation_id": causation_id, "thread_id": thread_id, "principal": principal}
+        fields.update({name: value for name, value in extra.items() if value})
+        entry_id = await shared.work_queue(agent).put(fields)
+        shared.stats["delegated"] += 1
+        return _Request(request_id, agent, deadline, entry_id, shared.keys.reply(request_id))
+
+    async def _next_reply(self, request: _Request) -> dict[str, str]:
+        """The next entry of the request's reply stream; enforces pickup and overall timeouts."""
+        shared = self.shared
+        pickup_by = time.time() + shared.settings.pickup_timeout
+        while True:
+            now = time.time()
+            if now >= request.deadline:
+                raise HandoffTimeoutError(f"agent {request.agent!r} gave no result within the timeout")
+            wait_until = request.deadline if request.run_id is not None else min(request.deadline, pickup_by)
+            block_ms = max(1, int((wait_until - now) * 1000))
+            reply: Any = await shared.redis.xread({request.reply_key: request.last_reply}, count=1, block=block_ms)
+            for _key, entries in reply or ():
+                for entry_id, raw in entries:
+                    request.last_reply = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                    fields = {
+                        (k.decode() if isinstance(k, bytes) else str(k)): (
+                            v.decode() if isinstance(v, bytes) else str(v)
+                        )
+                        for k, v in raw.items()
+                    }
+                    if fields.get("kind") == "started":
+                        request.run_id = fields.get("run_id") or request.run_id
+                        request.node = fields.get("node") or request.node
+                    return fields
+            if request.run_id is None and time.time() >= pickup_by:
+                if not await shared.serving_nodes(request.agent):
+                    with contextlib.suppress(Exception):
+                        await shared.redis.xdel(shared.keys.work_stream(request.agent), request.entry_id)
+                    raise NoAgentError(f"no node serves agent {request.agent!r} (nobody picked the task up)")
+                pickup_by = time.time() + shared.settings.pickup_timeout
+
+    async def _abandon(self, request: _Request) -> None:
+        """The requester gives up: tell the serving node to cancel, or drop the unread task."""
+        shared = self.shared
+        with contextlib.suppress(Exception):
+            async with shared.redis.pipeline(transaction=False) as pipe:
+                pipe.set(shared.cancel_key(request.request_id), "1", ex=max(1, int(shared.settings.result_ttl)))
+                if request.run_id is None:
+                    pipe.xdel(shared.keys.work_stream(request.agent), request.entry_id)
+                await pipe.execute()
