@@ -1,0 +1,57 @@
+"""The bridge benchmark runs end to end (small numbers; its figures are not judged here)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiki_events.heap import freeze_startup_heap
+from tests.redis_server import REQUIRE_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_freeze_startup_heap_moves_live_objects_out_of_the_collectors_reach() -> None:
+    kept = [object() for _ in range(1000)]
+    try:
+        frozen = freeze_startup_heap()
+        assert frozen == gc.get_freeze_count()
+        assert frozen >= 1000
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    assert len(kept) == 1000
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["pubsub", "streams"])
+def test_bridge_benchmark_delivers_every_event_and_writes_its_figures(tmp_path: Path, mode: str) -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail("redis-server is not on PATH")
+        pytest.skip("redis-server is not on PATH")
+    out = tmp_path / "bridge.json"
+    command = [sys.executable, "benchmarks/bridge.py", "--rounds", "1", "--events", "3000", "--rate", "1000",
+               "--seconds", "1.5", "--mode", mode, "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=220, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    figures = json.loads(out.read_text())
+    assert figures["mode"] == mode
+    assert figures["heap_frozen"] is True
+    p2, p3 = figures["P2"], figures["P3"]
+    assert p2["lost"]["kiki"] == 0
+    assert p2["lost"]["transport"] == 0
+    assert p2["events_per_s"] > 0 and p2["anchor_events_per_s"] > 0
+    assert p2["ratio"] == pytest.approx(p2["per_round"]["kiki"][0] / p2["per_round"]["anchor"][0], rel=0.01)
+    assert 0 < p3["p50_ms"] <= p3["p99_ms"]
+    assert "P2 ratio" in result.stdout and "P3 at 1,000 events/s" in result.stdout
