@@ -320,9 +320,9 @@ async def test_custom_control_messages_reach_the_named_node_or_every_node(cluste
 async def test_readers_of_a_run_whose_node_died_are_told_and_released(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import kiki_events.bridge
+    import kiki_events.bridge.liveness
 
-    monkeypatch.setattr(kiki_events.bridge, "_HEARTBEAT_EVERY", 0.2)
+    monkeypatch.setattr(kiki_events.bridge.liveness, "_HEARTBEAT_EVERY", 0.2)
     a = await cluster.node("node-a")
     b = await cluster.node("node-b")
     assert a.bridge is not None

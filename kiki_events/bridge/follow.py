@@ -1,0 +1,336 @@
+"""Following remote runs: leases, the subscription, adoption and catch-up.
+
+A remote run is followed while something here holds a :class:`~.lease.Lease` on
+it (an SSE reader, :meth:`KikiRuntime.follow`, a bus subscription, a thread
+watch) and for ``eventbus.subscribe.interest_linger`` after the last one is
+released. One task per run (:meth:`Following.reconcile`) brings the subscription
+in line with the leases: it adopts the run from the registry (a run nobody
+registered yet is adopted on its first frame), watches it, then catches up with
+what it produced before the watch took effect — from the stream (streams mode)
+or from the owning node's replay log. How its events then reach the local bus, in
+order, and how gaps are repaired: :mod:`.repair`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import RunNotFoundError, TransportError
+from ..events import StreamEvent
+from ..transports.base import RunInfo
+from ..transports.wire import KIND_REPLAY, Message
+from .lease import NO_LEASE, Lease
+
+if TYPE_CHECKING:
+    from ..runs import RunRecord
+    from .core import Bridge
+
+__all__ = ["READY_TIMEOUT", "Following", "RemoteRun"]
+
+logger = logging.getLogger("kiki_events.bridge")
+
+READY_TIMEOUT = 2.0
+"""Longest wait of :meth:`Following.open_run` for a remote run to catch up."""
+
+
+@dataclass(eq=False)
+class RemoteRun:
+    """A remote run this node follows, and where its delivery stands."""
+
+    run_id: str
+    owner: str | None
+    """The node running it (``None`` until the registry or its first frame says)."""
+    record: RunRecord | None = None
+    """Its record here (``None`` until adopted)."""
+    leases: int = 0
+    keep_until: float = 0.0
+    """Followed until then after the last lease was released (``interest_linger``)."""
+    next_seq: int = 1
+    """The seq to deliver next."""
+    held: dict[int, StreamEvent] = field(default_factory=dict)
+    """Events received ahead of ``next_seq`` (bounded), waiting for the gap to be filled."""
+    gap_since: float | None = None
+    """When the current gap was seen (or last made progress)."""
+    repair_since: float | None = None
+    """When the replay or backfill in flight was asked for."""
+    watching: bool = False
+    synced: bool = False
+    """Caught up since the subscription took effect (pub/sub: until a reconnect)."""
+    adopting: bool = False
+    attempts: int = 0
+    """Repair requests made for the current gap."""
+    misses: int = 0
+    """Liveness checks in a row its owner missed."""
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the first catch-up is done (or given up)."""
+    task: asyncio.Task[None] | None = None
+
+
+class Following:
+    """The remote runs this node follows (:attr:`remote`, by run id)."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+        self.remote: dict[str, RemoteRun] = {}
+        self._unfollowed: dict[str, float] = {}
+        """Copies of unfinished remote runs nobody here follows any more, since when."""
+
+    def is_local(self, record: RunRecord) -> bool:
+        """Whether the run executes on this node (or nobody says it runs elsewhere)."""
+        bridge = self._bridge
+        return record.node is None or record.node == bridge.node or bridge.runs.is_local(record.run_id)
+
+    # -- leases ------------------------------------------------------------------------------------
+    def watch_run(self, run_id: str, *, owner: str | None = None) -> Lease:
+        """See :meth:`Bridge.watch_run <kiki_events.bridge.Bridge.watch_run>`."""
+        bridge = self._bridge
+        record = bridge.store.peek(run_id)
+        if bridge._state != "running" or (record is not None and self.is_local(record)):
+            return NO_LEASE
+        remote = self.remote.get(run_id)
+        if remote is None:
+            remote = self.remote[run_id] = RemoteRun(run_id, owner or (record.node if record else None))
+            self._unfollowed.pop(run_id, None)
+        remote.leases += 1
+        self.kick(remote)
+        return Lease(lambda: self._release(remote))
+
+    def _release(self, remote: RemoteRun) -> None:
+        remote.leases -= 1
+        if remote.leases <= 0:
+            linger = self._bridge.linger
+            remote.keep_until = time.monotonic() + linger
+            loop = asyncio.get_running_loop()
+            loop.call_later(linger, self.kick, remote)
+            self.kick(remote)
+
+    def _wanted(self, remote: RemoteRun) -> bool:
+        record = remote.record
+        if record is not None and (record.ended or self.is_local(record)):
+            return False  # nothing more will come from elsewhere
+        return remote.leases > 0 or time.monotonic() < remote.keep_until
+
+    def kick(self, remote: RemoteRun) -> None:
+        """Make sure the run's reconcile task runs (it checks what to do)."""
+        if self.remote.get(remote.run_id) is not remote:
+            return
+        if remote.task is None or remote.task.done():
+            remote.task = self._bridge._spawn(self.reconcile(remote), f"kiki-bridge-watch:{remote.run_id}")
+
+    async def reconcile(self, remote: RemoteRun) -> None:
+        """Bring the subscription in line with the leases (one task per run at a time)."""
+        transport = self._bridge.transport
+        while self.remote.get(remote.run_id) is remote:
+            wanted = self._wanted(remote)
+            if wanted and not remote.watching:
+                await self._start(remote)
+            elif not wanted and remote.watching:
+                remote.watching = False
+                remote.synced = False
+                with contextlib.suppress(TransportError):
+                    await transport.unwatch("run", remote.run_id)
+            else:
+                if remote.leases <= 0 and not wanted and time.monotonic() >= remote.keep_until:
+                    del self.remote[remote.run_id]
+                    record = remote.record
+                    if record is not None and not record.ended and not self.is_local(record):
+                        self._unfollowed[remote.run_id] = time.monotonic()
+                return
+
+    # -- adoption and catch-up ---------------------------------------------------------------------
+    async def _start(self, remote: RemoteRun) -> None:
+        bridge = self._bridge
+        store = bridge.store
+        record = remote.record or store.peek(remote.run_id)
+        if record is None:
+            info = await self._lookup_quietly(remote.run_id, bridge.lookup_wait)
+            record = store.peek(remote.run_id)  # adopted meanwhile?
+            if record is None and info is not None and info.node != bridge.node:
+                record = self.adopt(info)
+        if record is None:
+            # No node registered it yet (a subscription made before the run started):
+            # listen anyway; its first frame makes this node look it up again.
+            logger.debug("following run %s before any node registered it", remote.run_id)
+            remote.ready.set()
+            remote.watching = True
+            await bridge.transport.watch("run", remote.run_id)
+            return
+        remote.record = record
+        if self.is_local(record) or record.ended:
+            remote.ready.set()
+            return
+        remote.owner = remote.owner or record.node
+        remote.next_seq = max(remote.next_seq, record.log.last_seq + 1)
+        remote.watching = True
+        confirmed = await bridge.transport.watch("run", remote.run_id, after=remote.next_seq - 1)
+        if confirmed:
+            await self.sync(remote)
+
+    def frame(self, message: Message) -> None:
+        """A frame of a run (live, replayed or backfilled): deliver it if the run is followed."""
+        run_id = message.run_id
+        remote = self.remote.get(run_id) if run_id is not None else None
+        if remote is None:
+            return  # not followed (any more)
+        if remote.owner is None:
+            remote.owner = message.sender
+        repair = self._bridge._repair
+        if remote.record is None:
+            repair.hold(remote, message.events)
+            if not remote.adopting:
+                remote.adopting = True
+                self._bridge._spawn(self._adopt_late(remote), f"kiki-bridge-adopt:{remote.run_id}")
+            return
+        if message.kind == KIND_REPLAY:
+            repair.replayed(remote, message)
+        else:
+            repair.accept(remote, message.events)
+
+    async def _adopt_late(self, remote: RemoteRun) -> None:
+        """A followed run whose frames arrived before this node knew it: adopt it, then deliver."""
+        bridge = self._bridge
+        info = await self._lookup_quietly(remote.run_id, bridge.lookup_wait)
+        record = bridge.store.peek(remote.run_id)
+        if record is None and info is not None and info.node != bridge.node:
+            record = self.adopt(info)
+        if record is None or self.remote.get(remote.run_id) is not remote:
+            remote.held.clear()  # nobody can say whose run this is: deliver nothing
+            remote.adopting = False
+            return
+        remote.record = record
+        remote.adopting = False
+        remote.owner = remote.owner or record.node
+        repair = bridge._repair
+        if remote.held and min(remote.held) > remote.next_seq:
+            repair.repair(remote)
+        repair.accept(remote, [])
+
+    async def sync(self, remote: RemoteRun) -> None:
+        """Fetch what the run produced before the subscription took effect."""
+        bridge = self._bridge
+        if bridge.transport.durable:
+            # watch() already read the stream; a gap seen meanwhile is repaired below.
+            remote.synced = True
+            remote.ready.set()
+            if remote.held:
+                await bridge.transport.backfill(remote.run_id, remote.next_seq - 1)
+            return
+        if remote.owner is None:
+            remote.ready.set()
+            return
+        if await bridge._repair.ask_replay(remote):
+            remote.synced = True
+
+    async def _resync(self, remote: RemoteRun) -> None:
+        if self._bridge.transport.durable:
+            await self.sync(remote)
+        elif await self._bridge._repair.ask_replay(remote):
+            remote.synced = True
+
+    def reconnected(self, resumed: bool) -> None:
+        """The transport (re)connected: catch up every followed run that may have missed something.
+
+        After a pub/sub reconnect what was sent meanwhile is gone from Redis: the
+        readers are told (``missed``), then the run is repaired from its node.
+        """
+        bridge = self._bridge
+        durable = bridge.transport.durable
+        for remote in list(self.remote.values()):
+            if not remote.watching:
+                continue
+            record = remote.record
+            if record is None or record.ended:
+                continue
+            if resumed and not durable:
+                if remote.synced or record.log.last_seq:
+                    bridge._repair.notify_missed(
+                        remote, "the bridge lost its connection to Redis; events sent meanwhile may be missing", None
+                    )
+                remote.synced = False
+            if not remote.synced:
+                bridge._spawn(self._resync(remote), f"kiki-bridge-resync:{remote.run_id}")
+
+    def adopt(self, info: RunInfo) -> RunRecord:
+        """The local record of a run the registry says executes elsewhere (existing or new)."""
+        return self._bridge.store.adopt(
+            info.run_id,
+            thread_id=info.thread_id,
+            graph=info.graph,
+            principal=info.principal,
+            node=info.node,
+            created_at=info.created_at,
+        )
+
+    def sweep_unfollowed(self) -> None:
+        """Forget copies of remote runs nobody here followed for a while (a join adopts them again)."""
+        store = self._bridge.store
+        deadline = time.monotonic() - store.replay_ttl
+        for run_id, since in list(self._unfollowed.items()):
+            if since > deadline:
+                continue
+            del self._unfollowed[run_id]
+            record = store.peek(run_id)
+            if record is not None and not record.ended and run_id not in self.remote:
+                store.forget(run_id)
+
+    # -- the registry ----------------------------------------------------------------------------------
+    async def _lookup_quietly(self, run_id: str, wait: float) -> RunInfo | None:
+        try:
+            return await self.lookup(run_id, wait=wait)
+        except TransportError:
+            return None
+
+    async def lookup(self, run_id: str, *, wait: float = 0.0) -> RunInfo | None:
+        """See :meth:`Bridge.lookup <kiki_events.bridge.Bridge.lookup>`."""
+        transport = self._bridge.transport
+        deadline = time.monotonic() + wait
+        delay = 0.01
+        failure: TransportError | None = None
+        while True:
+            try:
+                info = await transport.lookup_run(run_id)
+                failure = None
+            except TransportError as exc:
+                info, failure = None, exc
+            remaining = deadline - time.monotonic()
+            if info is not None or remaining <= 0:
+                if info is None and failure is not None:
+                    raise failure
+                return info
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.2)
+
+    async def open_run(self, run_id: str, principal: str | None, *, check_owner: bool, wait: float | None) -> RunRecord:
+        """See :meth:`Bridge.open_run <kiki_events.bridge.Bridge.open_run>`."""
+        bridge = self._bridge
+        record = bridge.store.peek(run_id)
+        owner: str | None = None
+        if record is not None:
+            if check_owner and record.principal != principal:
+                raise RunNotFoundError(f"run {run_id!r} not found")
+            if self.is_local(record) or record.ended:
+                return record
+        else:
+            info = await self.lookup(run_id, wait=bridge.lookup_wait if wait is None else wait)
+            if info is None or info.node == bridge.node or (check_owner and info.principal != principal):
+                raise RunNotFoundError(f"run {run_id!r} not found")
+            record = self.adopt(info)
+            owner = info.node
+        with self.watch_run(run_id, owner=owner):
+            remote = self.remote.get(run_id)
+            if remote is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(remote.ready.wait(), READY_TIMEOUT)
+        return record
+
+    async def run_info(self, run_id: str, principal: str | None, *, check_owner: bool, wait: float) -> RunInfo:
+        """See :meth:`Bridge.run_info <kiki_events.bridge.Bridge.run_info>`."""
+        info = await self.lookup(run_id, wait=wait)
+        if info is None or (check_owner and info.principal != principal):
+            raise RunNotFoundError(f"run {run_id!r} not found")
+        return info

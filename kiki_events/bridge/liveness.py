@@ -1,0 +1,102 @@
+"""Liveness and housekeeping: heartbeats, nodes that stopped, the periodic timers.
+
+Every node says it is alive (a heartbeat with a short expiry). A node following
+runs of other nodes checks that their owners still say so; after a few missed
+checks in a row, the readers of those runs here are told (``missed``) and
+released. Checks happen only while connected: an outage is not a sign that other
+nodes died. The same periodic task drives the repair timers (:mod:`.repair`) and
+forgets copies of remote runs nobody here follows any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TransportError
+
+if TYPE_CHECKING:
+    from .core import Bridge
+    from .follow import RemoteRun
+
+__all__ = ["Liveness"]
+
+logger = logging.getLogger("kiki_events.bridge")
+
+_TICK = 0.1
+_HEARTBEAT_EVERY = 5.0
+_HEARTBEAT_TTL = 15.0
+_GONE_AFTER = 2
+"""Liveness checks in a row an owning node must miss before its runs are given up."""
+
+
+class Liveness:
+    """The heartbeat of this node, the liveness of the others, and the housekeeping loop."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+        self._task: asyncio.Task[Any] | None = None
+
+    def ensure_checking(self) -> None:
+        """Start a heartbeat and liveness check unless one is running."""
+        if self._task is None or self._task.done():
+            self._task = self._bridge._spawn(self._check(), "kiki-bridge-liveness")
+
+    async def run_forever(self) -> None:
+        """The housekeeping loop: repair timers every tick, liveness every heartbeat period."""
+        bridge = self._bridge
+        every = max(int(_HEARTBEAT_EVERY / _TICK), 1)
+        count = 0
+        while True:
+            await asyncio.sleep(_TICK)
+            count += 1
+            try:
+                bridge._repair.tick(time.monotonic())
+                if count % every == 0:
+                    bridge._following.sweep_unfollowed()
+                    self.ensure_checking()
+            except Exception:
+                logger.exception("bridge housekeeping failed")
+
+    async def _check(self) -> None:
+        """Say this node is alive; give up the runs of owning nodes that stopped saying so."""
+        bridge = self._bridge
+        transport = bridge.transport
+        if transport.state != "connected":
+            return  # an outage is not a sign that other nodes died
+        try:
+            await transport.heartbeat(_HEARTBEAT_TTL)
+            followed = [
+                r
+                for r in bridge._following.remote.values()
+                if r.watching and r.owner and r.owner != bridge.node and r.record is not None and not r.record.ended
+            ]
+            if not followed:
+                return
+            alive = await transport.alive(sorted({r.owner for r in followed if r.owner}))
+        except TransportError:
+            return
+        for remote in followed:
+            if remote.owner in alive:
+                remote.misses = 0
+                continue
+            remote.misses += 1
+            if remote.misses >= _GONE_AFTER:
+                self._owner_gone(remote)
+
+    def _owner_gone(self, remote: RemoteRun) -> None:
+        record = remote.record
+        if record is None or record.ended:
+            return
+        logger.warning(
+            "node %s stopped while running run %s; its readers here are told and released", remote.owner, remote.run_id
+        )
+        bridge = self._bridge
+        bridge._repair.notify_missed(
+            remote, f"the node running this run ({remote.owner}) stopped; it will not continue", None
+        )
+        record.log.close()
+        record.ended_at = time.time()
+        bridge._following.kick(remote)

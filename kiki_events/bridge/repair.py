@@ -1,0 +1,220 @@
+"""In-order delivery of remote runs, and gap repair.
+
+The events of a followed run reach the local bus strictly in ``seq`` order, each
+once (:meth:`Repair.accept`). A gap (a lost message, a reconnect) holds later
+events back while the missing ones are fetched again — from the stream (streams
+mode: a backfill) or from the owning node's replay log (pub/sub, memory: a
+``replay`` control request, answered with replay frames). Each request that
+brings no progress within ``eventbus.subscribe.repair_timeout`` is made again; after
+a few, the gap is given up and the run's readers get an explicit ``missed``
+notice (``status``, ``seq == 0``), never a silent skip. The held-back events are
+bounded: reaching the bound gives the gap up at once, so what arrives next still
+has room.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TransportError
+from ..events import StatusEvent, StreamEvent
+from ..transports.wire import Message
+from .follow import READY_TIMEOUT, RemoteRun
+
+if TYPE_CHECKING:
+    from .core import Bridge
+
+__all__ = ["OP_REPLAY", "Repair"]
+
+OP_REPLAY = "replay"
+"""Control operation asking a node to replay (part of) one of its runs."""
+_REPAIR_ATTEMPTS = 3
+"""Repair requests for one gap (each after ``repair_timeout`` without progress) before it is given up."""
+_MAX_HELD = 10_000
+
+
+def _drain(held: dict[int, StreamEvent], expected: int, out: list[StreamEvent]) -> int:
+    """Move the held events that follow on from ``expected`` to ``out``; returns the next seq expected."""
+    while expected in held:
+        out.append(held.pop(expected))
+        expected += 1
+    return expected
+
+
+class Repair:
+    """Delivers followed runs in order and repairs their gaps."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+        self.max_held = max(_MAX_HELD, bridge.store.replay_events)
+        """Most events held back per run behind a gap."""
+
+    def hold(self, remote: RemoteRun, events: list[StreamEvent]) -> None:
+        """Keep ``events`` until they can be delivered (the run is being adopted)."""
+        held = remote.held
+        for event in events:
+            if event.seq >= remote.next_seq and len(held) < self.max_held:
+                held[event.seq] = event
+
+    def accept(self, remote: RemoteRun, events: list[StreamEvent]) -> None:
+        """Deliver ``events`` in seq order, once each; hold back what comes after a gap.
+
+        Nothing is dropped silently: when the held-back events reach their bound
+        the gap is given up at once (readers get a ``missed`` notice), so whatever
+        arrives next still has room.
+        """
+        bridge = self._bridge
+        out: list[StreamEvent] = []
+        start = remote.next_seq
+        held = remote.held
+        expected = _drain(held, start, out)
+        duplicates = 0
+        for event in events:
+            seq = event.seq
+            if seq < expected or seq in held:
+                duplicates += 1
+                continue
+            if seq == expected:
+                out.append(event)
+                expected = _drain(held, expected + 1, out)
+                continue
+            if len(held) >= self.max_held:
+                remote.next_seq = expected
+                if out:
+                    bridge._inbound.deliver(out)
+                    out = []
+                first = min(held)
+                self.notify_missed(remote, f"events {expected}-{first - 1} of this run were lost in transit", first)
+                expected = _drain(held, first, out)
+                if seq < expected:
+                    duplicates += 1
+                    continue
+            held[seq] = event
+            expected = _drain(held, expected, out)
+        remote.next_seq = expected
+        stats = bridge.stats
+        stats.duplicates += duplicates
+        if out:
+            bridge._inbound.deliver(out)
+        if held:
+            now = time.monotonic()
+            if remote.gap_since is None:
+                stats.gaps += 1
+                self.repair(remote)
+                remote.gap_since = now
+            elif expected > start:
+                remote.gap_since = now  # a repair is making progress: give it time
+                remote.attempts = 0
+        elif remote.gap_since is not None:
+            remote.gap_since = None
+            remote.attempts = 0
+            stats.repaired += 1
+        if out:
+            record = remote.record
+            if record is not None and record.ended:
+                bridge._following.kick(remote)  # the run is over: stop receiving it
+
+    def replayed(self, remote: RemoteRun, message: Message) -> None:
+        """A frame of the owning node's answer to a replay request."""
+        header = message.header
+        first = header.get("f")
+        if header.get("g"):
+            remote.ready.set()
+            remote.repair_since = None
+            record = remote.record
+            if record is not None and not record.ended and not remote.held:
+                self.notify_missed(remote, "the node that ran this run no longer has it", None)
+                record.log.close()
+            return
+        if isinstance(first, int) and not isinstance(first, bool) and first > remote.next_seq:
+            # The owner no longer keeps what came before ``first``.
+            if remote.next_seq > 1:
+                self.notify_missed(remote, "events before this point are no longer kept by their node", first)
+            remote.next_seq = first
+            for seq in [s for s in remote.held if s < first]:
+                del remote.held[seq]
+        self.accept(remote, message.events)
+        if header.get("e"):
+            remote.ready.set()
+            remote.repair_since = None
+
+    def repair(self, remote: RemoteRun) -> None:
+        """Ask again for what is missing (unless a request is in flight)."""
+        if remote.repair_since is not None:
+            return
+        bridge = self._bridge
+        if bridge.transport.durable:
+            remote.repair_since = time.monotonic()
+            bridge._spawn(self._backfill(remote), f"kiki-bridge-backfill:{remote.run_id}")
+        else:
+            bridge._spawn(self.ask_replay(remote), f"kiki-bridge-repair:{remote.run_id}")
+
+    async def _backfill(self, remote: RemoteRun) -> None:
+        try:
+            await self._bridge.transport.backfill(remote.run_id, remote.next_seq - 1)
+        finally:
+            remote.repair_since = None
+
+    async def ask_replay(self, remote: RemoteRun) -> bool:
+        """Ask the owning node to replay what this node lacks; ``False`` if it could not be asked."""
+        owner = remote.owner
+        if owner is None:
+            return False
+        remote.repair_since = time.monotonic()
+        request: dict[str, Any] = {"run_id": remote.run_id, "after": remote.next_seq - 1}
+        if remote.held:
+            request["until"] = min(remote.held) - 1  # what is missing, not what already came
+        try:
+            await self._bridge.send_control(OP_REPLAY, request, node=owner)
+        except TransportError:
+            remote.repair_since = None
+            return False
+        return True
+
+    def _skip_gap(self, remote: RemoteRun) -> None:
+        """Give up on a gap: tell the readers, then deliver what came after it."""
+        if not remote.held:
+            return
+        first = min(remote.held)
+        self.notify_missed(remote, f"events {remote.next_seq}-{first - 1} of this run were lost in transit", first)
+        remote.next_seq = first
+        remote.gap_since = None
+        remote.attempts = 0
+        self.accept(remote, [])
+
+    def notify_missed(self, remote: RemoteRun, detail: str, first_seq: int | None) -> None:
+        """Tell the run's readers here that events were lost (a ``missed`` notice, ``seq == 0``)."""
+        bridge = self._bridge
+        record = remote.record
+        notice = StatusEvent(
+            run_id=remote.run_id,
+            seq=0,
+            ts=round(time.time(), 3),
+            thread_id=record.thread_id if record is not None else None,
+            node=bridge.node,
+            status="missed",
+            detail=detail,
+            first_seq=first_seq,
+        )
+        bridge.stats.missed += 1
+        bridge.bus.deliver((notice,))
+
+    def tick(self, now: float) -> None:
+        """The repair timers: ask again after ``repair_timeout`` without progress, or give the gap up."""
+        timeout = self._bridge.repair_timeout
+        for remote in list(self._bridge._following.remote.values()):
+            if remote.record is None:
+                continue  # being adopted: its events wait until this node knows whose run it is
+            if remote.gap_since is not None and now - remote.gap_since >= timeout:
+                if remote.attempts < _REPAIR_ATTEMPTS - 1:
+                    # No progress: the request or its answer may be lost, or the owner busy. Ask again.
+                    remote.attempts += 1
+                    remote.gap_since = now
+                    remote.repair_since = None
+                    self.repair(remote)
+                else:
+                    self._skip_gap(remote)
+            if remote.repair_since is not None and now - remote.repair_since >= max(timeout, READY_TIMEOUT):
+                remote.repair_since = None  # the answer never came: allow another attempt
+                remote.ready.set()

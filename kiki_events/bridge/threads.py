@@ -1,0 +1,176 @@
+"""Thread watches: following every run other nodes start on a thread.
+
+While a thread is watched (an SSE thread stream, a bus subscription to the
+thread), this node listens for the thread's run announcements and follows each
+run of the thread's owner started elsewhere, including the ones the registry
+already lists. Runs of someone else are never mixed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..errors import RunNotFoundError, TransportError
+from ..transports.base import RunInfo
+from ..transports.wire import Message
+from .lease import NO_LEASE, Lease
+
+if TYPE_CHECKING:
+    from ..runs import ThreadRecord
+    from .core import Bridge
+
+__all__ = ["ThreadWatches"]
+
+
+@dataclass(eq=False)
+class _ThreadWatch:
+    thread_id: str
+    principal: str | None
+    leases: int = 0
+    keep_until: float = 0.0
+    watching: bool = False
+    runs: dict[str, Lease] = field(default_factory=dict)
+    """A lease on each of its remote runs."""
+    task: asyncio.Task[None] | None = None
+
+
+class ThreadWatches:
+    """The threads this node watches."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+        self.watches: dict[str, _ThreadWatch] = {}
+
+    async def open_thread(self, thread_id: str, principal: str | None) -> ThreadRecord:
+        """See :meth:`Bridge.open_thread <kiki_events.bridge.Bridge.open_thread>`."""
+        bridge = self._bridge
+        store = bridge.store
+        thread = store.peek_thread(thread_id)
+        if thread is not None and thread.principal != principal:
+            raise RunNotFoundError(f"thread {thread_id!r} not found")
+        try:
+            infos = await bridge.transport.thread_runs(thread_id)
+        except TransportError:
+            if thread is None:
+                raise
+            infos = []
+        if thread is None and not infos:
+            raise RunNotFoundError(f"thread {thread_id!r} not found")
+        if any(info.principal != principal for info in infos):
+            raise RunNotFoundError(f"thread {thread_id!r} not found")
+        thread = store.adopt_thread(thread_id, principal)
+        following = bridge._following
+        for info in infos:
+            if info.node != bridge.node:
+                following.adopt(info)
+        return thread
+
+    def watch_thread(self, thread_id: str) -> Lease:
+        """See :meth:`Bridge.watch_thread <kiki_events.bridge.Bridge.watch_thread>`."""
+        bridge = self._bridge
+        if bridge._state != "running":
+            return NO_LEASE
+        watch = self.watches.get(thread_id)
+        if watch is None:
+            thread = bridge.store.peek_thread(thread_id)
+            watch = self.watches[thread_id] = _ThreadWatch(thread_id, thread.principal if thread else None)
+        watch.leases += 1
+        self._kick(watch)
+        return Lease(lambda: self._release(watch))
+
+    def bus_lease(self, thread_id: str) -> Lease:
+        """A lease for a bus subscription to the thread (the thread may be unknown here yet)."""
+        lease = self.watch_thread(thread_id)
+        self._bridge._spawn(self._adopt_thread(thread_id), f"kiki-bridge-thread-adopt:{thread_id}")
+        return lease
+
+    async def _adopt_thread(self, thread_id: str) -> None:
+        bridge = self._bridge
+        watch = self.watches.get(thread_id)
+        if watch is None or watch.principal is not None or bridge.store.peek_thread(thread_id) is not None:
+            return
+        try:
+            infos = await bridge.transport.thread_runs(thread_id)
+        except TransportError:
+            return
+        if infos:
+            watch.principal = infos[0].principal
+            bridge.store.adopt_thread(thread_id, watch.principal)
+            for info in infos:
+                self._thread_run(watch, info)
+
+    def _release(self, watch: _ThreadWatch) -> None:
+        watch.leases -= 1
+        if watch.leases <= 0:
+            linger = self._bridge.linger
+            watch.keep_until = time.monotonic() + linger
+            asyncio.get_running_loop().call_later(linger, self._kick, watch)
+            self._kick(watch)
+
+    def _kick(self, watch: _ThreadWatch) -> None:
+        if self.watches.get(watch.thread_id) is not watch:
+            return
+        if watch.task is None or watch.task.done():
+            watch.task = self._bridge._spawn(self._reconcile(watch), f"kiki-bridge-thread:{watch.thread_id}")
+
+    async def _reconcile(self, watch: _ThreadWatch) -> None:
+        transport = self._bridge.transport
+        while self.watches.get(watch.thread_id) is watch:
+            wanted = watch.leases > 0 or time.monotonic() < watch.keep_until
+            if wanted and not watch.watching:
+                watch.watching = True
+                await transport.watch("thread", watch.thread_id)
+                await self._refresh(watch)
+            elif not wanted and watch.watching:
+                watch.watching = False
+                with contextlib.suppress(TransportError):
+                    await transport.unwatch("thread", watch.thread_id)
+                leases, watch.runs = watch.runs, {}
+                for lease in leases.values():
+                    lease.release()
+            else:
+                if not wanted:
+                    del self.watches[watch.thread_id]
+                return
+
+    async def _refresh(self, watch: _ThreadWatch) -> None:
+        try:
+            infos = await self._bridge.transport.thread_runs(watch.thread_id)
+        except TransportError:
+            return  # refreshed again on reconnect
+        for info in infos:
+            self._thread_run(watch, info)
+
+    def reconnected(self) -> None:
+        """The transport (re)connected: look for runs started on watched threads meanwhile."""
+        for watch in list(self.watches.values()):
+            if watch.watching:
+                self._bridge._spawn(self._refresh(watch), f"kiki-bridge-thread-refresh:{watch.thread_id}")
+
+    def announced(self, message: Message) -> None:
+        """A run started on a thread (an announcement frame)."""
+        fields = message.header.get("i")
+        if message.run_id is None or not isinstance(fields, dict):
+            return
+        info = RunInfo.from_fields(message.run_id, fields)
+        if info is None or info.thread_id is None:
+            return
+        watch = self.watches.get(info.thread_id)
+        if watch is not None and watch.watching:
+            self._thread_run(watch, info)
+
+    def _thread_run(self, watch: _ThreadWatch, info: RunInfo) -> None:
+        bridge = self._bridge
+        if info.run_id in watch.runs or info.node == bridge.node or info.thread_id != watch.thread_id:
+            return
+        if info.principal != watch.principal:
+            return  # not this thread's owner: never mix someone else's run in
+        following = bridge._following
+        record = following.adopt(info)
+        if following.is_local(record):
+            return
+        watch.runs[info.run_id] = following.watch_run(info.run_id, owner=info.node)
