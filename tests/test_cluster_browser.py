@@ -1,9 +1,12 @@
-"""Two real nodes and a real browser: a run started on node A's dashboard, watched and cancelled on node B's.
+"""Two real nodes and a real browser: a run started on node A's dashboard, watched,
+resumed and cancelled on node B's.
 
 Chromium drives the dashboards of two ``kiki-events serve`` processes sharing a
 private Redis (pub/sub mode), as a new user would: run the research team on A,
-open B's dashboard on that run (``#run=<id>``), watch it stream there, press
-Cancel on B, and see both pages end with ``cancelled``.
+open B's dashboard on that run (``#run=<id>``), watch it stream there, lose the
+connection to B for a moment (a proxy in front of B cuts it) and let the browser
+resume by itself with ``Last-Event-ID``, press Cancel on B, and see both pages end
+with ``cancelled`` having seen every event once.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.tcp_proxy import CuttableProxy
 from tests.test_cluster import Cluster, make_cluster  # noqa: F401 - the fixture
 from tests.test_dashboard_browser import browser, wait_until_finished  # noqa: F401 - the fixture
 
@@ -37,7 +41,7 @@ def pages(browser: Any) -> Iterator[Callable[[], Any]]:  # noqa: F811 - the fixt
         page.close()
 
 
-def test_a_run_started_on_a_is_watched_and_cancelled_on_b(
+def test_a_run_started_on_a_is_watched_resumed_and_cancelled_on_b(
     make_cluster: Callable[..., Cluster],  # noqa: F811 - the fixture imported above
     pages: Callable[[], Any],
 ) -> None:
@@ -54,12 +58,19 @@ def test_a_run_started_on_a_is_watched_and_cancelled_on_b(
     run_id = on_a.evaluate("window.kikiState.runId")
 
     on_b = pages()
-    on_b.goto(f"{b.url}/#run={run_id}")
-    on_b.wait_for_function("window.kikiState.lastSeq > 10")  # live on B: tokens from A
-    on_b.wait_for_function("!document.querySelector('#cancel').disabled")
-    on_b.click("#cancel")
+    with CuttableProxy(b.port) as to_b:
+        on_b.goto(f"{to_b.url}/#run={run_id}")
+        on_b.wait_for_function("window.kikiState.lastSeq > 10")  # live on B: tokens from A
+        assert to_b.last_event_ids == []
+        to_b.cut()  # the connection to B drops mid-run; the browser reconnects to B by itself
+        on_b.wait_for_function("window.kikiState.reconnects > 0 && window.kikiState.connection === 'connected'")
+        resumed_after = int(to_b.last_event_ids[0].rsplit(":", 1)[1])
+        assert to_b.last_event_ids[0] == f"{run_id}:{resumed_after}" and resumed_after > 10
+        on_b.wait_for_function(f"window.kikiState.lastSeq > {resumed_after + 5}")  # live again after the resume
+        on_b.wait_for_function("!document.querySelector('#cancel').disabled")
+        on_b.click("#cancel")
 
-    assert wait_until_finished(on_b) == "cancelled"
+        assert wait_until_finished(on_b) == "cancelled"
     assert wait_until_finished(on_a) == "cancelled"
     seen_on_a = on_a.evaluate("window.kikiState.lastSeq")
     seen_on_b = on_b.evaluate("window.kikiState.lastSeq")
