@@ -192,6 +192,16 @@ class KikiRuntime:
             self._state = "closed"
             logger.info("kiki runtime stopped")
 
+    async def connected(self, timeout: float | None = None) -> bool:
+        """Wait until this node is connected to the other nodes (:meth:`.Bridge.connected`).
+
+        ``True`` at once without a bridge (nothing to connect to); ``False`` if the
+        bridge is not connected within ``timeout`` seconds (``None``: no limit).
+        """
+        if self.bridge is None:
+            return True
+        return await self.bridge.connected(timeout)
+
     async def follow(self, run_id: str, *, after: int = 0) -> AsyncIterator[StreamEvent]:
         """Every event of ``run_id`` with ``seq > after``, from whichever node runs it.
 

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["format_event", "tail"]
 
 _TEXT = 60
-_POLL = 0.02
 _SEEN = 4096
 
 
@@ -146,15 +145,14 @@ class _Printer:
 
 
 async def _watch(transport: Transport, kind: Any, key: str, timeout: float) -> None:
-    """Watch ``key`` and wait (up to ``timeout``) until the subscription is in place.
+    """Watch ``key`` once the transport is connected (up to ``timeout``), so the
+    subscription is in place when this returns.
 
     Before the transport's reader is connected, ``watch`` only records the wish;
     pub/sub messages sent until then would be missed.
     """
-    for _ in range(max(1, int(timeout / _POLL))):
-        if await transport.watch(kind, key):
-            return
-        await asyncio.sleep(_POLL)
+    await transport.connected(timeout)
+    await transport.watch(kind, key)
 
 
 async def tail(

@@ -28,7 +28,7 @@ from kiki_events.redis_client import Keys
 from kiki_events.replay import ThreadCursor
 from kiki_events.runtime import KikiRuntime
 from kiki_events.topics import topic_of
-from kiki_events.transports import MemoryHub
+from kiki_events.transports import MemoryHub, create_transport
 from kiki_events.transports.wire import KIND_BATCH, KIND_CONTROL, pack
 from tests.redis_server import free_port
 from tests.servers import Gate, async_wait_for, gated_graph
@@ -79,9 +79,8 @@ class Cluster:
         return runtime
 
     async def connected(self, runtime: KikiRuntime) -> None:
-        bridge = runtime.bridge
-        assert bridge is not None
-        await async_wait_for(lambda: bridge.state == "connected", TIMEOUT, f"{runtime.node} to connect")
+        assert runtime.bridge is not None
+        assert await runtime.connected(TIMEOUT), f"{runtime.node} did not connect"
 
     async def redis(self) -> Any:
         if self._redis is None:
@@ -516,6 +515,68 @@ async def test_two_prefixes_on_one_redis_never_see_each_other(cluster: Cluster) 
     assert len(topics) == 0
     assert other.bridge.transport.stats.lifecycle_in == 0
     assert other.bridge.transport.stats.messages_in == 0
+
+
+class Recorder:
+    """A transport listener that keeps the run events it receives."""
+
+    def __init__(self) -> None:
+        self.events: list[StreamEvent] = []
+
+    def on_frame(self, message: Any) -> None:
+        self.events.extend(message.events)
+
+    def on_control(self, message: Any) -> None: ...
+
+    def on_connected(self, resumed: bool) -> None: ...
+
+
+@pytest.mark.asyncio
+async def test_connected_is_false_while_down_true_once_up_and_a_watch_made_then_gets_the_next_message(
+    cluster: Cluster, request: pytest.FixtureRequest
+) -> None:
+    server: Any = None
+    url = None
+    if cluster.kind == "memory":
+        cluster.hub.set_available(False)
+    else:
+        server = request.getfixturevalue("redis_server")  # a private Redis of this test, stopped for now
+        server.stop()
+        url = server.url
+    b = await cluster.node("node-b", start=False, url=url)
+    await b.start()
+    listener = Recorder()
+    transport = create_transport(cluster.settings("listener", url=url), node="listener", hub=cluster.hub)
+    assert transport is not None
+    await transport.start(listener)
+    try:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        assert not await b.connected(timeout=0.3)
+        assert 0.3 <= loop.time() - began < 3.0  # within the timeout (and not long after it)
+        assert not await transport.connected(timeout=0)
+        waiting = [asyncio.ensure_future(b.connected(TIMEOUT)), asyncio.ensure_future(transport.connected(TIMEOUT))]
+        await asyncio.sleep(0)
+        assert not any(w.done() for w in waiting)
+
+        if server is None:
+            cluster.hub.set_available(True)
+        else:
+            await asyncio.to_thread(server.start)
+        assert await asyncio.wait_for(asyncio.gather(*waiting), TIMEOUT) == [True, True]
+        assert b.bridge is not None and b.bridge.state == "connected"
+        assert await transport.watch("run", "RUNconnected00000000001")
+        a = await cluster.node("node-a", url=url)
+        assert a.bridge is not None
+        event = TokenEvent(run_id="RUNconnected00000000001", seq=1, ts=1.0, message_id="m", text="hi", node="node-a")
+        assert a.bridge.transport.publish(event)
+        await async_wait_for(lambda: listener.events, TIMEOUT, "the next message after the watch")
+
+        assert listener.events == [event]
+    finally:
+        await transport.close()
+    await b.close()
+    assert not await b.connected(timeout=0)  # closed: never connected again
 
 
 @pytest.mark.asyncio

@@ -59,7 +59,7 @@ class BridgeStats:
 
 class Bridge:
     """See the package docstring. Stable API for code built on it: :attr:`node`,
-    :attr:`transport`, :meth:`send_control`, :meth:`add_control_handler`,
+    :attr:`transport`, :meth:`connected`, :meth:`send_control`, :meth:`add_control_handler`,
     :meth:`lookup`, :meth:`watch_run`, :meth:`watch_thread`, :meth:`health`.
     """
 
@@ -103,6 +103,18 @@ class Bridge:
     def state(self) -> str:
         """The transport's state: ``connecting``, ``connected``, ``reconnecting`` … or ``closed``."""
         return "closed" if self._state == "closed" else self.transport.state
+
+    async def connected(self, timeout: float | None = None) -> bool:
+        """Wait until the bridge is connected to the other nodes (its transport's reader is up).
+
+        A :meth:`watch_run` or :meth:`watch_thread` made after this returned ``True``
+        receives what is published from then on. Returns ``False`` if the connection
+        is not up within ``timeout`` seconds (``None``: no limit), or once closed;
+        it never raises. Woken by the transport's state changes, not by polling.
+        """
+        if self._state == "closed":
+            return False
+        return await self.transport.connected(timeout)
 
     async def start(self) -> None:
         """Attach to the bus and the run store, and start the transport (not waiting for Redis)."""

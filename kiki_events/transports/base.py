@@ -41,7 +41,8 @@ __all__ = [
 ]
 
 TransportState: TypeAlias = Literal["new", "connecting", "connected", "reconnecting", "closed"]
-"""``connecting`` until the first connection, ``reconnecting`` after losing it."""
+"""``connecting`` until the first connection, ``reconnecting`` after losing it; ``connected``
+while the reader is up and publishing is not failing."""
 WatchKind: TypeAlias = Literal["run", "thread"]
 
 LAG_BUCKETS: tuple[float, ...] = tuple(0.0005 * 2**i for i in range(15))
@@ -211,8 +212,8 @@ class Transport(Protocol):
     """Moves frames between nodes and keeps the run registry.
 
     Stable API for code built on the bridge: :attr:`node`, :attr:`name`,
-    :attr:`durable`, :attr:`state`, :attr:`stats`, :meth:`publish`, :meth:`flush`,
-    :meth:`send_control`, :meth:`lookup_run`. The rest is driven by the bridge.
+    :attr:`durable`, :attr:`state`, :attr:`stats`, :meth:`connected`, :meth:`publish`,
+    :meth:`flush`, :meth:`send_control`, :meth:`lookup_run`. The rest is driven by the bridge.
     """
 
     name: str
@@ -237,6 +238,14 @@ class Transport(Protocol):
 
     async def start(self, listener: TransportListener) -> None:
         """Start the supervised reader and publisher; returns without waiting for a connection."""
+
+    async def connected(self, timeout: float | None = None) -> bool:
+        """Wait until :attr:`state` is ``connected``: the reader is up, so a :meth:`watch`
+        takes effect at once, and publishing is not failing.
+
+        Returns ``False`` if that did not happen within ``timeout`` seconds (``None``:
+        no limit) or the transport is closed. Woken by state changes, not polling.
+        """
 
     async def close(self, *, timeout: float = 5.0) -> None:
         """Flush what is queued (up to ``timeout``), then stop."""

@@ -176,6 +176,7 @@ class BaseTransport:
         self._outage_logged = False
         self._rejected_logged: set[str] = set()
         self._bad_listener_logged = False
+        self._state_changed: asyncio.Event | None = None
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -184,12 +185,36 @@ class BaseTransport:
             return "closed"
         if not self._started:
             return "new"
-        links = [ok for ok in (self._out_ok, self._in_ok) if ok is not None]
-        if links and all(links) and self._in_ok is not False:
+        # Connected means the reader is up (a watch takes effect at once) and
+        # publishing is not failing; a publish that succeeded is not enough.
+        if self._in_ok is True and self._out_ok is not False:
             return "connected"
-        if not self._ever_in and self._out_ok is not True:
+        if not self._ever_in:
             return "connecting"
         return "reconnecting"
+
+    def _changed(self) -> None:
+        """The state may have changed: wake the waiters of :meth:`connected`."""
+        event, self._state_changed = self._state_changed, None
+        if event is not None:
+            event.set()
+
+    async def connected(self, timeout: float | None = None) -> bool:
+        """See :meth:`Transport.connected <kiki_events.transports.base.Transport.connected>`."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            state = self.state
+            if state in ("connected", "closed"):
+                return state == "connected"
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            event = self._state_changed
+            if event is None:
+                event = self._state_changed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)
 
     @property
     def outbox_depth(self) -> int:
@@ -204,6 +229,7 @@ class BaseTransport:
             raise TransportError(f"the {self.name} transport was started already")
         self._listener = listener
         self._started = True
+        self._changed()
         self._tasks.append(supervise(f"kiki-bridge-flush:{self.name}", self._flush_forever))
         await self._start_reader()
 
@@ -217,6 +243,7 @@ class BaseTransport:
             await self.flush(timeout)
         self._closed = True  # the read loops see it within a fraction of a second
         self._flush_event.set()  # and the flusher wakes up to see it
+        self._changed()
         tasks, self._tasks = self._tasks, []
         await stop_tasks(tasks, grace=_STOP_GRACE)
         unsent = len(self._outbox)
@@ -311,7 +338,9 @@ class BaseTransport:
         raise NotImplementedError
 
     def _publish_failed(self, exc: BaseException) -> None:
-        self._out_ok = False
+        if self._out_ok is not False:
+            self._out_ok = False
+            self._changed()
         if not self._outage_logged:
             self._outage_logged = True
             logger.warning(
@@ -323,7 +352,9 @@ class BaseTransport:
     def _publish_ok(self) -> None:
         if self._out_ok is False and self._outage_logged:
             logger.info("bridge publishing again")
-        self._out_ok = True
+        if self._out_ok is not True:
+            self._out_ok = True
+            self._changed()
         self._outage_logged = False
 
     # -- consumer side ---------------------------------------------------------------------
@@ -338,6 +369,7 @@ class BaseTransport:
         listener = self._listener
         if listener is not None:
             self._safely(listener.on_connected, again)
+        self._changed()
 
     def _reader_down(self, exc: BaseException) -> None:
         if self._in_ok is not False:
@@ -348,6 +380,7 @@ class BaseTransport:
                 redact_text(str(exc)),
             )
         self._in_ok = False
+        self._changed()
 
     def _receive(self, data: bytes | str, *, live: bool = True) -> None:
         """Validate one frame from outside and hand it to the listener (never raises)."""
