@@ -268,6 +268,76 @@ async def test_timeout_raises_and_cancels_the_remote_run(cluster: Cluster) -> No
     assert record.status == "cancelled"
 
 
+SLOW_BEAT = {"heartbeat": 4.0, "advertise_ttl": 60.0, "claim_idle": 120.0}
+"""A serving node whose heartbeat would notice a given-up task only seconds later."""
+
+
+async def _give_up(a: Handoff, how: str, running: asyncio.Event) -> None:
+    """Delegate to ``slow`` and give up once its run is running."""
+    if how == "timeout":
+        with pytest.raises(HandoffTimeoutError):
+            await a.delegate("slow", "wait", timeout=0.5)
+    else:  # the stream's reader stops reading
+        stream = a.stream("slow", "wait", timeout=30)
+        async for event in stream:
+            if event.type == "status":
+                break
+        await stream.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["timeout", "stream_closed"])
+async def test_a_requester_that_gives_up_cancels_the_remote_run_at_once_through_the_bridge(
+    cluster: Cluster, redis: Redis, how: str
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    a = await cluster.node("a")
+    b = await cluster.node("b", {"slow": blocking_graph(started, release)}, serve=("slow",), **SLOW_BEAT)
+    runtime_b = cluster.runtimes["b"]
+    assert runtime_b.bridge is not None
+    control_before = runtime_b.bridge.stats.control_in
+
+    await _give_up(a, how, started)
+    gave_up = time.monotonic()
+
+    # Well before b's next heartbeat (4 s): the cancel came through b's control path.
+    await async_wait_for(lambda: runtime_b.runs.active == 0, 2, "the abandoned run to be cancelled")
+    assert time.monotonic() - gave_up < 2
+    assert started.is_set() and not release.is_set()
+    (run_id,) = list(runtime_b.store._runs)
+    done = events_of(runtime_b, run_id)[-1]
+    assert isinstance(done, DoneEvent) and done.status == "cancelled"
+    assert runtime_b.bridge.stats.control_in > control_before
+    await settled(redis, cluster.keys.work_stream("slow"))
+    (reply_key,) = [key async for key in redis.scan_iter(match=f"{cluster.prefix}reply:*")]
+    (_id, reply), *_ = await redis.xrevrange(reply_key, count=1)
+    assert reply[b"kind"] == b"result" and reply[b"status"] == b"cancelled"
+    assert b.stats["released"] == 0
+
+
+@pytest.mark.asyncio
+async def test_a_run_whose_requester_vanished_is_cancelled_when_its_deadline_passes(
+    cluster: Cluster, redis: Redis
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    b = await cluster.node("b", {"slow": blocking_graph(started, release)}, serve=("slow",))
+    runtime_b = cluster.runtimes["b"]
+    request_id = b.new_request_id()
+    queue = WorkQueue(redis, cluster.keys.work_stream("slow"), group=GROUP, consumer="x", dead_letter="-")
+    task = {"v": "1", "request_id": request_id, "agent": "slow", "input": '{"messages":[]}', "cancel": "bridge"}
+    # A requester that sent a task and died: nobody will cancel it.
+    await queue.put({**task, "deadline": f"{time.time() + 0.2:.3f}"})
+
+    await asyncio.wait_for(started.wait(), 5)
+    await async_wait_for(lambda: runtime_b.runs.active == 0, 5, "the run to be cancelled at its deadline")
+
+    (run_id,) = list(runtime_b.store._runs)
+    assert runtime_b.store.get(run_id).status == "cancelled"
+    await settled(redis, cluster.keys.work_stream("slow"))
+    (_id, reply), *_ = await redis.xrevrange(cluster.keys.reply(request_id), count=1)
+    assert reply[b"status"] == b"cancelled"
+
+
 @pytest.mark.asyncio
 async def test_a_run_that_fails_is_reported_redacted_and_not_retried(cluster: Cluster, redis: Redis) -> None:
     runs: list[int] = []

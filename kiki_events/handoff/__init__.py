@@ -16,8 +16,17 @@ Redis keys (under the deployment prefix; see :class:`~kiki_events.redis_client.K
 ``dead:<agent>``           dead-letter stream: tasks given up, with the reason
 ``reply:{<request>}``      reply stream: ``started`` (child run id, node), then ``result``
 ``handled:{<request>}``    done marker: a lease while a node runs it, ``done`` after
-``cancel:{<request>}``     set when the requester gave up; the serving node cancels the run
+``cancel:{<request>}``     set when the requester gave up: a node picking the task up finishes it unrun
 =========================  ===========================================================
+
+Giving up: a requester that stops waiting (timeout, cancellation, error) cancels
+the remote run through its bridge (:meth:`~kiki_events.bridge.Bridge.cancel`), so
+it stops at once like a cancel from any node. The ``cancel`` key covers what the
+bridge cannot: a task picked up whose run has not started yet (checked before and
+right after the run starts), and a requester or serving node without a bridge
+(the serving node's heartbeat then watches the key). A serving node also cancels
+a run once its task's deadline has passed, so a requester that died leaves
+nothing running.
 
 Failures: a node that dies while running a task stops touching it; after
 ``handoff.claim_idle`` another node reclaims it (``XAUTOCLAIM``) and runs it again

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from ..redis_client import Keys
     from ..runtime import KikiRuntime
 
-__all__ = ["GROUP", "WIRE_VERSION", "Shared", "logger", "reraise_if_cancelled", "text"]
+__all__ = ["GROUP", "WIRE_VERSION", "Shared", "decode_fields", "logger", "reraise_if_cancelled", "text"]
 
 logger = logging.getLogger("kiki_events.handoff")
 
@@ -60,6 +61,11 @@ class Shared:
 def text(value: Any) -> str:
     """A Redis reply value as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """A stream entry's fields as text."""
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 def reraise_if_cancelled() -> None:

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ..errors import HandoffError, HandoffTimeoutError, NoAgentError, RunNotFoundError
 from ..events import StreamEvent
+from ..redaction import redact_text
 from ..replay import Frame, RunCursor
-from .common import WIRE_VERSION, Shared, logger
+from .common import WIRE_VERSION, Shared, decode_fields, logger, text
 from .payload import dump_payload
 from .results import HandoffResult, result_from
 
@@ -40,6 +41,7 @@ class _Request:
     deadline: float
     entry_id: str
     reply_key: str
+    principal: str | None = None
     last_reply: str = "0-0"
     run_id: str | None = None
     node: str | None = None
@@ -275,9 +277,13 @@ class Requester:
         }
         extra = {"causation_id": causation_id, "thread_id": thread_id, "principal": principal}
         fields.update({name: value for name, value in extra.items() if value})
+        if shared.runtime.bridge is not None:
+            # The serving node need not watch for this request being given up: it
+            # will hear of it through its bridge (see _abandon).
+            fields["cancel"] = "bridge"
         entry_id = await shared.work_queue(agent).put(fields)
         shared.stats["delegated"] += 1
-        return _Request(request_id, agent, deadline, entry_id, shared.keys.reply(request_id))
+        return _Request(request_id, agent, deadline, entry_id, shared.keys.reply(request_id), principal)
 
     async def _next_reply(self, request: _Request) -> dict[str, str]:
         """The next entry of the request's reply stream; enforces pickup and overall timeouts."""
@@ -292,13 +298,8 @@ class Requester:
             reply: Any = await shared.redis.xread({request.reply_key: request.last_reply}, count=1, block=block_ms)
             for _key, entries in reply or ():
                 for entry_id, raw in entries:
-                    request.last_reply = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-                    fields = {
-                        (k.decode() if isinstance(k, bytes) else str(k)): (
-                            v.decode() if isinstance(v, bytes) else str(v)
-                        )
-                        for k, v in raw.items()
-                    }
+                    request.last_reply = text(entry_id)
+                    fields = decode_fields(raw)
                     if fields.get("kind") == "started":
                         request.run_id = fields.get("run_id") or request.run_id
                         request.node = fields.get("node") or request.node
@@ -311,11 +312,43 @@ class Requester:
                 pickup_by = time.time() + shared.settings.pickup_timeout
 
     async def _abandon(self, request: _Request) -> None:
-        """The requester gives up: tell the serving node to cancel, or drop the unread task."""
+        """The requester gives up: stop the remote run, or make sure the task never runs.
+
+        The ``cancel`` key comes first: a node that picks the task up later (or
+        again, after a reclaim) finishes it unrun. An unread task is also deleted.
+        A run that started is cancelled through the bridge, like a cancel from any
+        node; a run that started just now, whose ``started`` reply was not read
+        yet, is found by reading the reply stream once more (the serving node
+        checks the key right after writing ``started``, so one of the two sees the
+        other). Without a bridge the serving node watches the key instead.
+        """
         shared = self.shared
-        with contextlib.suppress(Exception):
+        try:
             async with shared.redis.pipeline(transaction=False) as pipe:
                 pipe.set(shared.cancel_key(request.request_id), "1", ex=max(1, int(shared.settings.result_ttl)))
                 if request.run_id is None:
                     pipe.xdel(shared.keys.work_stream(request.agent), request.entry_id)
-                await pipe.execute()
+                    pipe.xrange(request.reply_key, min=f"({request.last_reply}", max="+")
+                replies = await pipe.execute()
+        except Exception as exc:
+            logger.warning(
+                "could not tell that request %s was given up (%s)", request.request_id, redact_text(str(exc))
+            )
+            replies = []
+        if request.run_id is None and len(replies) == 3:
+            for _entry_id, raw in replies[2] or ():
+                fields = decode_fields(raw)
+                if fields.get("kind") == "started" and fields.get("run_id"):
+                    request.run_id = fields["run_id"]
+        bridge = shared.runtime.bridge
+        if request.run_id is None or bridge is None:
+            return
+        try:
+            await bridge.cancel(request.run_id, request.principal, check_owner=False)
+        except Exception as exc:  # the serving node still cancels it when its deadline passes
+            logger.warning(
+                "could not cancel run %s of request %s through the bridge (%s)",
+                request.run_id,
+                request.request_id,
+                redact_text(str(exc)),
+            )

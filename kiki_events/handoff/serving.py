@@ -4,6 +4,10 @@ Each served agent has a consumer loop (one per node and agent) that reads new ta
 and reclaims those of dead nodes; every task runs in its own task through the
 runtime's run manager. A heartbeat keeps the advertisement and the running tasks'
 claims alive. A task that cannot be run moves to the dead-letter stream.
+
+A run whose requester gave up is cancelled through this node's bridge by the
+requester itself; this side only watches the ``cancel`` key where that cannot
+work (no bridge on either end), and cancels a run whose task deadline passed.
 """
 
 from __future__ import annotations
@@ -50,8 +54,13 @@ class _Active:
     agent: str
     request_id: str
     marker: str
+    deadline: float
+    """When its requester stops waiting (Unix s, the requester's clock)."""
+    watch_cancel: bool
+    """Whether the heartbeat watches the ``cancel`` key (the requester cannot reach this node's bridge)."""
     run_id: str | None = None
     cancelled: bool = False
+    """Cancelled by this node on the requester's behalf (not by a shutdown)."""
 
 
 @dataclass(eq=False)
@@ -178,19 +187,26 @@ class Server:
             if not active:
                 continue
             await served.queue.touch([a.item.id for a in active])
+            # Requesters with a bridge cancel through it; only the others are watched here.
+            watched = [a for a in active if a.watch_cancel and not a.cancelled and a.run_id is not None]
             async with shared.redis.pipeline(transaction=False) as pipe:
                 for task in active:
                     pipe.pexpire(task.marker, lease_ms)
+                for task in watched:
                     pipe.exists(shared.cancel_key(task.request_id))
                 replies = await pipe.execute()
-            for task, wanted in zip(active, replies[1::2], strict=True):
-                if wanted and not task.cancelled and task.run_id is not None:
-                    task.cancelled = True
-                    logger.info(
-                        "request %s was abandoned by its requester; cancelling run %s", task.request_id, task.run_id
-                    )
-                    with contextlib.suppress(RunNotFoundError):
-                        shared.runtime.runs.cancel(task.run_id)
+            for task, wanted in zip(watched, replies[len(active) :], strict=True):
+                if wanted:
+                    self._cancel_run(task, "it was abandoned by its requester")
+
+    def _cancel_run(self, active: _Active, why: str) -> None:
+        """Cancel the run of ``active`` on its requester's behalf."""
+        if active.cancelled or active.run_id is None:
+            return
+        active.cancelled = True
+        logger.info("cancelling run %s of request %s: %s", active.run_id, active.request_id, why)
+        with contextlib.suppress(RunNotFoundError):
+            self.shared.runtime.runs.cancel(active.run_id)
 
     def _lease_ms(self) -> int:
         # Shorter than claim_idle: a dead node's lease is gone by the time its task is reclaimed.
@@ -283,7 +299,9 @@ class Server:
                 await served.queue.ack(item.id)
             # Otherwise a live node runs it: its next heartbeat takes the task back.
             return
-        active = served.active[item.id] = _Active(item, served.agent, request_id, marker)
+        # A requester with a bridge cancels the run through it (so does one on this node).
+        watch_cancel = fields.get("cancel") != "bridge" or shared.runtime.bridge is None
+        active = served.active[item.id] = _Active(item, served.agent, request_id, marker, deadline, watch_cancel)
         if await redis.exists(shared.cancel_key(request_id)) or time.time() > deadline:
             await self._finish(served, active, {"status": "expired", "error": "the requester stopped waiting"})
             return
@@ -323,14 +341,19 @@ class Server:
             return
         active.run_id = handle.run_id
         shared.stats["handled"] += 1
-        await self._reply(
-            reply_key,
-            {"kind": "started", "run_id": handle.run_id, "node": shared.node, "attempt": str(item.deliveries)},
-        )
-        await asyncio.wait({handle.task})
+        started = {"kind": "started", "run_id": handle.run_id, "node": shared.node, "attempt": str(item.deliveries)}
+        if await self._reply(reply_key, started, check_cancel=request_id):
+            # Given up between the check above and now, before reading ``started``.
+            self._cancel_run(active, "it was abandoned by its requester")
+        await self._wait_run(handle.task, active)
         status = handle.record.status
         handler = handlers[0] if handlers else None
-        if status == "cancelled" and not active.cancelled and runs.closing:
+        if (
+            status == "cancelled"
+            and not active.cancelled
+            and runs.closing
+            and not await redis.exists(shared.cancel_key(request_id))
+        ):
             # This node is shutting down, not the requester: let another node run it.
             await redis.delete(marker)
             await served.queue.release([item.id], settings.claim_idle)
@@ -363,8 +386,29 @@ class Server:
         if reply_key is not None:
             await self._reply(reply_key, {"kind": "result", "status": "dead_letter", "error": reason})
 
-    async def _reply(self, key: str, fields: dict[str, str]) -> None:
+    async def _reply(self, key: str, fields: dict[str, str], *, check_cancel: str | None = None) -> bool:
+        """Append to a reply stream; with ``check_cancel``, also tell whether that request was given up."""
         async with self.shared.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(key, fields)  # type: ignore[arg-type]
             pipe.expire(key, max(1, int(self.shared.settings.result_ttl)))
-            await pipe.execute()
+            if check_cancel is not None:
+                pipe.exists(self.shared.cancel_key(check_cancel))
+            replies = await pipe.execute()
+        return check_cancel is not None and bool(replies[2])
+
+    async def _wait_run(self, run: asyncio.Task[Any], active: _Active) -> None:
+        """Wait for the run to end; cancel it once its requester's deadline has passed.
+
+        The requester cancels it itself when it gives up; this covers a requester
+        that could not (it died, or its cancel got lost). The grace absorbs clock
+        differences between the nodes.
+        """
+        grace = max(1.0, self.shared.settings.heartbeat)
+        remaining = active.deadline + grace - time.time()
+        if remaining == float("inf"):
+            await asyncio.wait({run})
+            return
+        done, _ = await asyncio.wait({run}, timeout=max(0.0, remaining))
+        if not done:
+            self._cancel_run(active, "its requester's deadline passed")
+            await asyncio.wait({run})
