@@ -105,6 +105,10 @@ class RunLog:
         """Status of the run's ``done`` event, once it arrived."""
         self.closed = False
         """Forgotten by its store (or ended without a ``done``): readers stop."""
+        self.syncing = False
+        """Its history is still being fetched from the node that runs it (set by the
+        cross-node bridge, see :meth:`set_syncing`): a :class:`ThreadCursor` holds the
+        thread's later runs back meanwhile."""
         self.changed = Notifier()
         self.reordered = 0
         """Events that arrived after a later one (inserted in place)."""
@@ -172,9 +176,18 @@ class RunLog:
         self.notices.append((self.last_seq, self._notice_serial, notice))
         self.changed.notify()
 
+    def set_syncing(self, syncing: bool) -> bool:
+        """Set :attr:`syncing`; wakes the readers and returns ``True`` if it changed."""
+        if syncing == self.syncing:
+            return False
+        self.syncing = syncing
+        self.changed.notify()
+        return True
+
     def close(self) -> None:
         """Mark the log as gone; waiting readers wake and stop."""
         self.closed = True
+        self.syncing = False  # nothing more will come
         self.changed.notify()
 
     def read(self, after: int, limit: int) -> tuple[list[Frame], int | None]:
@@ -308,7 +321,14 @@ class ThreadCursor:
     """Reads every run of a thread, oldest run first, then follows new runs live.
 
     ``runs`` returns the thread's current logs in start order; ``changed`` is
-    notified when any of them grows or a run joins the thread. Once ``until()``
+    notified when any of them grows, starts or stops :attr:`~RunLog.syncing`, or a
+    run joins the thread. Runs that are live interleave, each in its own order;
+    but a run's events are delivered only once every earlier run has either
+    ended and been delivered or is live and in sync: while an earlier run of
+    another node is still catching up with its history (``syncing``), the later
+    runs wait, so a reader never gets a later run before an earlier one's replay.
+    The bridge clears ``syncing`` when the catch-up is done or given up, so this
+    never waits forever. Once ``until()``
     is true (no new runs will come, e.g. the server is stopping), the cursor
     finishes after delivering what its runs still have. A resume point
     ``(run_id, seq)`` skips the runs before ``run_id``; if that run is no longer
@@ -388,6 +408,8 @@ class ThreadCursor:
                     return items
                 self._done.add(run_id)
                 del self._cursors[run_id]
+            elif log.syncing:
+                break  # later runs wait until this one has caught up with its history
         if self._until is not None and self._until() and not self._cursors and len(items) < limit:
             # Nothing more will start here: end the stream once every run was delivered.
             self.finished = all(log.run_id in self._done for log in logs)

@@ -255,25 +255,45 @@ class RunStore:
         if created_at is not None:
             record.created_at = created_at
         self._runs[run_id] = record
-        if thread_id is not None:
-            thread = self._threads.get(thread_id)
-            if thread is None:
-                thread = self._threads[thread_id] = ThreadRecord(thread_id, principal)
-            runs = self._runs
-            position = len(thread.runs)
-            while position > 0:
-                before = runs.get(thread.runs[position - 1])
-                if before is None or before.created_at <= record.created_at:
-                    break
-                position -= 1
-            if len(thread.runs) == thread.runs.maxlen:
-                thread.runs.popleft()
-                position = max(position - 1, 0)
-            thread.runs.insert(position, run_id)
-            thread.changed.notify()
+        self._join_thread(record)
         if len(self._runs) > self.max_runs:
             self._evict_oldest_finished(len(self._runs) - self.max_runs)
         return record
+
+    def _join_thread(self, record: RunRecord) -> None:
+        """Put a new run in its thread's list at its place in start order (``created_at``).
+
+        Runs of other nodes are adopted in whatever order this node hears of them;
+        thread streams read the list in this order.
+        """
+        if record.thread_id is None:
+            return
+        thread = self._threads.get(record.thread_id)
+        if thread is None:
+            thread = self._threads[record.thread_id] = ThreadRecord(record.thread_id, record.principal)
+        runs = self._runs
+        position = len(thread.runs)
+        while position > 0:
+            before = runs.get(thread.runs[position - 1])
+            if before is None or before.created_at <= record.created_at:
+                break
+            position -= 1
+        if len(thread.runs) == thread.runs.maxlen:
+            thread.runs.popleft()
+            position = max(position - 1, 0)
+        thread.runs.insert(position, record.run_id)
+        thread.changed.notify()
+
+    def set_syncing(self, record: RunRecord, syncing: bool) -> None:
+        """Say whether ``record``'s history is still being fetched from the node running it.
+
+        Set and cleared by the cross-node bridge (:attr:`RunLog.syncing`); the readers
+        of the run and of its thread are woken when it changes.
+        """
+        if record.log.set_syncing(syncing) and record.thread_id is not None:
+            thread = self._threads.get(record.thread_id)
+            if thread is not None:
+                thread.changed.notify()
 
     def adopt_thread(self, thread_id: str, principal: str | None = None) -> ThreadRecord:
         """The record of a thread whose runs execute elsewhere (existing or new)."""
@@ -305,12 +325,7 @@ class RunStore:
             run_id, RunLog(run_id, self.replay_events), thread_id=thread_id, graph=graph, principal=principal, node=node
         )
         self._runs[run_id] = record
-        if thread_id is not None:
-            thread = self._threads.get(thread_id)
-            if thread is None:
-                thread = self._threads[thread_id] = ThreadRecord(thread_id, principal)
-            thread.runs.append(run_id)
-            thread.changed.notify()
+        self._join_thread(record)
         if len(self._runs) > self.max_runs:
             self._evict_oldest_finished(len(self._runs) - self.max_runs)
         return record

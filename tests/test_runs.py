@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from types import ModuleType
 from typing import Any
 
@@ -255,6 +256,48 @@ class TestThreadCursor:
         assert _seqs(await waiting) == [2]
         assert await cursor.next() == []
         assert cursor.finished
+
+    @pytest.mark.asyncio
+    async def test_holds_later_runs_back_while_an_earlier_run_catches_up_with_its_history(self) -> None:
+        store = RunStore(replay_events=100)
+        first = store.adopt("a", thread_id="t", node="n1", created_at=20.0)
+        store.set_syncing(first, True)  # its history is being fetched from n1
+        store.adopt("b", thread_id="t", node="n1", created_at=30.0)
+        store.sink(_status("b", "t"))
+        store.sink(_token("b", 2, "t"))
+        thread = store.thread("t")
+        cursor = ThreadCursor("t", lambda: store.thread_logs(thread), thread.changed)
+
+        def runs(items: list[Any]) -> list[tuple[str, int]]:
+            return [(i.event.run_id, i.seq) for i in items if isinstance(i, Frame)]
+
+        assert cursor.poll() == []  # b waits for a
+        store.sink(_status("a", "t"))  # a's own events are not held back
+        assert runs(cursor.poll()) == [("a", 1)]
+        waiting = asyncio.ensure_future(cursor.next())
+        await async_wait_for(lambda: thread.changed.waiting == 1, what="the thread cursor to wait")
+        store.set_syncing(first, False)  # caught up, still live: later runs may follow
+        assert runs(await waiting) == [("b", 1), ("b", 2)]
+        store.sink(_token("a", 2, "t"))
+        store.sink(_token("b", 3, "t"))
+        assert runs(cursor.poll()) == [("a", 2), ("b", 3)]  # live runs interleave
+
+        store.set_syncing(first, True)  # a gap being repaired holds b back again
+        store.sink(_token("b", 4, "t"))
+        assert cursor.poll() == []
+        first.log.close()  # a run that is over never holds anything back
+        assert first.log.syncing is False
+        assert runs(cursor.poll()) == [("b", 4)]
+
+    def test_runs_join_their_thread_in_start_order_whatever_order_they_arrive_in(self) -> None:
+        store = RunStore()
+        store.adopt("late", thread_id="t", node="n1", created_at=time.time() + 60)
+        store.create("local", thread_id="t")
+        store.adopt("early", thread_id="t", node="n1", created_at=10.0)
+        thread = store.thread("t")
+
+        assert list(thread.runs) == ["early", "local", "late"]
+        assert [log.run_id for log in store.thread_logs(thread)] == ["early", "local", "late"]
 
 
 # -- RunStore ------------------------------------------------------------------------------------

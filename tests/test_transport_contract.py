@@ -437,6 +437,49 @@ async def test_a_thread_stream_on_b_sees_the_runs_a_starts_on_that_thread(cluste
 
 
 @pytest.mark.asyncio
+async def test_a_thread_stream_on_b_holds_a_later_run_back_until_the_earlier_one_caught_up(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = await cluster.node("node-a")
+    # Catch-ups that take long are given up after a few repair periods: longer than this test.
+    b = await cluster.node("node-b", subscribe={"interest_linger": 0, "repair_timeout": "10s"})
+    assert a.bridge is not None and b.bridge is not None
+    first = a.runs.start("team", TASK, thread_id="thread-o")
+    await asyncio.wait_for(first.task, TIMEOUT)
+    second = a.runs.start("gated", TASK, thread_id="thread-o")
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    await a.bridge.transport.flush()
+    # B's catch-up of the first run is slow (a big replay, a busy node): it starts only
+    # once released, while the second run reaches B at once.
+    release = asyncio.Event()
+    watch = b.bridge.transport.watch
+
+    async def slow_watch(kind: Any, key: str, *, after: int = 0) -> bool:
+        if kind == "run" and key == first.run_id:
+            await release.wait()
+        return await watch(kind, key, after=after)
+
+    monkeypatch.setattr(b.bridge.transport, "watch", slow_watch)
+    thread = await b.bridge.open_thread("thread-o")
+    lease = b.bridge.watch_thread("thread-o")
+    cursor = ThreadCursor("thread-o", lambda: b.store.thread_logs(thread), thread.changed)
+    try:
+        cluster.gate.open()
+        await async_wait_for(lambda: (r := b.store.peek(second.run_id)) is not None and r.ended, TIMEOUT, "run 2 on B")
+        held = cursor.poll()
+        release.set()
+        items: list[Any] = []
+        while sum(1 for i in items if getattr(i, "event", None) is not None and i.event.type == "done") < 2:
+            items.extend(await asyncio.wait_for(cursor.next(), TIMEOUT))
+    finally:
+        lease.release()
+
+    assert held == []  # the second run waits for the first
+    events = [i.event for i in items if hasattr(i, "event")]
+    assert events == await finished(a, first.run_id) + await finished(a, second.run_id)
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("cluster", REDIS_TRANSPORTS, indirect=True)
 async def test_what_a_run_leaves_in_redis_expires(cluster: Cluster) -> None:
     a = await cluster.node("node-a", persistence={"run_ttl": "1h"})

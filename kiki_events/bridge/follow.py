@@ -7,8 +7,11 @@ released. One task per run (:meth:`Following.reconcile`) brings the subscription
 in line with the leases: it adopts the run from the registry (a run nobody
 registered yet is adopted on its first frame), watches it, then catches up with
 what it produced before the watch took effect — from the stream (streams mode)
-or from the owning node's replay log. How its events then reach the local bus, in
-order, and how gaps are repaired: :mod:`.repair`.
+or from the owning node's replay log. Until it has (and while a gap is repaired) its
+log is marked ``syncing``, so that readers of its thread hold the thread's later runs
+back (:class:`~kiki_events.replay.ThreadCursor`); a catch-up that takes too long is
+given up, which clears it. How its events then reach the local bus, in order, and how
+gaps are repaired: :mod:`.repair`.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ class RemoteRun:
     """Liveness checks in a row its owner missed."""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the first catch-up is done (or given up)."""
+    since: float = field(default_factory=time.monotonic)
+    """When this node began following it."""
     task: asyncio.Task[None] | None = None
 
 
@@ -97,6 +102,7 @@ class Following:
             remote = self.remote[run_id] = RemoteRun(run_id, owner or (record.node if record else None))
             self._unfollowed.pop(run_id, None)
         remote.leases += 1
+        self.update_syncing(remote)
         self.kick(remote)
         return Lease(lambda: self._release(remote))
 
@@ -115,6 +121,27 @@ class Following:
             return False  # nothing more will come from elsewhere
         return remote.leases > 0 or time.monotonic() < remote.keep_until
 
+    def update_syncing(self, remote: RemoteRun) -> None:
+        """Mark the run's log as :attr:`~kiki_events.replay.RunLog.syncing` while its history is
+        being fetched: until the first catch-up is done (or given up), and while a gap is
+        being repaired; cleared once it is in sync, ended, or no longer followed.
+
+        Thread readers hold the thread's later runs back meanwhile. Called at each
+        change of those states (cheap when nothing changed).
+        """
+        store = self._bridge.store
+        record = remote.record or store.peek(remote.run_id)
+        if record is None:
+            return
+        syncing = (
+            (not remote.ready.is_set() or remote.gap_since is not None)
+            and not record.ended
+            and self.remote.get(remote.run_id) is remote
+            and (remote.leases > 0 or time.monotonic() < remote.keep_until)
+            and not self.is_local(record)
+        )
+        store.set_syncing(record, syncing)
+
     def kick(self, remote: RemoteRun) -> None:
         """Make sure the run's reconcile task runs (it checks what to do)."""
         if self.remote.get(remote.run_id) is not remote:
@@ -132,11 +159,13 @@ class Following:
             elif not wanted and remote.watching:
                 remote.watching = False
                 remote.synced = False
+                self.update_syncing(remote)
                 with contextlib.suppress(TransportError):
                     await transport.unwatch("run", remote.run_id)
             else:
                 if remote.leases <= 0 and not wanted and time.monotonic() >= remote.keep_until:
                     del self.remote[remote.run_id]
+                    self.update_syncing(remote)
                     record = remote.record
                     if record is not None and not record.ended and not self.is_local(record):
                         self._unfollowed[remote.run_id] = time.monotonic()
@@ -163,10 +192,12 @@ class Following:
         remote.record = record
         if self.is_local(record) or record.ended:
             remote.ready.set()
+            self.update_syncing(remote)
             return
         remote.owner = remote.owner or record.node
         remote.next_seq = max(remote.next_seq, record.log.last_seq + 1)
         remote.watching = True
+        self.update_syncing(remote)
         confirmed = await bridge.transport.watch("run", remote.run_id, after=remote.next_seq - 1)
         if confirmed:
             await self.sync(remote)
@@ -217,11 +248,13 @@ class Following:
             # watch() already read the stream; a gap seen meanwhile is repaired below.
             remote.synced = True
             remote.ready.set()
+            self.update_syncing(remote)
             if remote.held:
                 await bridge.transport.backfill(remote.run_id, remote.next_seq - 1)
             return
         if remote.owner is None:
             remote.ready.set()
+            self.update_syncing(remote)
             return
         if await bridge._repair.ask_replay(remote):
             remote.synced = True

@@ -99,4 +99,5 @@ class Liveness:
         )
         record.log.close()
         record.ended_at = time.time()
+        bridge._following.update_syncing(remote)
         bridge._following.kick(remote)

@@ -110,15 +110,18 @@ class Repair:
             remote.gap_since = None
             remote.attempts = 0
             stats.repaired += 1
+        following = bridge._following
+        following.update_syncing(remote)
         if out:
             record = remote.record
             if record is not None and record.ended:
-                bridge._following.kick(remote)  # the run is over: stop receiving it
+                following.kick(remote)  # the run is over: stop receiving it
 
     def replayed(self, remote: RemoteRun, message: Message) -> None:
         """A frame of the owning node's answer to a replay request."""
         header = message.header
         first = header.get("f")
+        following = self._bridge._following
         if header.get("g"):
             remote.ready.set()
             remote.repair_since = None
@@ -126,6 +129,7 @@ class Repair:
             if record is not None and not record.ended and not remote.held:
                 self.notify_missed(remote, "the node that ran this run no longer has it", None)
                 record.log.close()
+            following.update_syncing(remote)
             return
         if isinstance(first, int) and not isinstance(first, bool) and first > remote.next_seq:
             # The owner no longer keeps what came before ``first``.
@@ -138,6 +142,7 @@ class Repair:
         if header.get("e"):
             remote.ready.set()
             remote.repair_since = None
+            following.update_syncing(remote)
 
     def repair(self, remote: RemoteRun) -> None:
         """Ask again for what is missing (unless a request is in flight)."""
@@ -201,9 +206,19 @@ class Repair:
         bridge.bus.deliver((notice,))
 
     def tick(self, now: float) -> None:
-        """The repair timers: ask again after ``repair_timeout`` without progress, or give the gap up."""
+        """The repair timers: ask again after ``repair_timeout`` without progress, or give the gap up.
+
+        A first catch-up that did not finish within a few such periods (its node does
+        not answer, Redis is down) is given up too: the run's thread readers stop
+        waiting for it (it goes on catching up in the background).
+        """
         timeout = self._bridge.repair_timeout
-        for remote in list(self._bridge._following.remote.values()):
+        following = self._bridge._following
+        give_up = max(timeout, READY_TIMEOUT) * _REPAIR_ATTEMPTS
+        for remote in list(following.remote.values()):
+            if not remote.ready.is_set() and now - remote.since >= give_up:
+                remote.ready.set()
+                following.update_syncing(remote)
             if remote.record is None:
                 continue  # being adopted: its events wait until this node knows whose run it is
             if remote.gap_since is not None and now - remote.gap_since >= timeout:
@@ -218,3 +233,4 @@ class Repair:
             if remote.repair_since is not None and now - remote.repair_since >= max(timeout, READY_TIMEOUT):
                 remote.repair_since = None  # the answer never came: allow another attempt
                 remote.ready.set()
+                following.update_syncing(remote)

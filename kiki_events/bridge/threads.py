@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ..errors import RunNotFoundError, TransportError
 from ..transports.base import RunInfo
 from ..transports.wire import Message
+from .follow import READY_TIMEOUT
 from .lease import NO_LEASE, Lease
 
 if TYPE_CHECKING:
@@ -64,9 +65,16 @@ class ThreadWatches:
             raise RunNotFoundError(f"thread {thread_id!r} not found")
         thread = store.adopt_thread(thread_id, principal)
         following = bridge._following
+        loop = asyncio.get_running_loop()
         for info in infos:
-            if info.node != bridge.node:
-                following.adopt(info)
+            if info.node == bridge.node:
+                continue
+            record = following.adopt(info)
+            if not record.ended and not following.is_local(record):
+                # Start catching it up now: a reader of the thread then holds the later
+                # runs back until it has. The reader's own lease (watch_thread) comes a
+                # moment later and keeps it followed.
+                loop.call_later(READY_TIMEOUT, following.watch_run(info.run_id, owner=info.node).release)
         return thread
 
     def watch_thread(self, thread_id: str) -> Lease:
