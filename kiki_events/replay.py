@@ -102,7 +102,7 @@ class RunLog:
         self.last_seq = 0
         """Highest seq appended so far."""
         self.final_status: RunStatus | None = None
-        """Status of the run's ``done`` event, once it arrived."""
+        """Status of the run's ``done`` event, once it arrived (or as given to :meth:`close`)."""
         self.closed = False
         """Forgotten by its store (or ended without a ``done``): readers stop."""
         self.syncing = False
@@ -184,9 +184,15 @@ class RunLog:
         self.changed.notify()
         return True
 
-    def close(self) -> None:
-        """Mark the log as gone; waiting readers wake and stop."""
+    def close(self, status: RunStatus | None = None) -> None:
+        """Mark the log as gone; waiting readers wake and stop.
+
+        ``status``: how the run ended, when that is known although its ``done`` never
+        reached this log (another node's run whose last events are lost).
+        """
         self.closed = True
+        if status is not None and self.final_status is None:
+            self.final_status = status
         self.syncing = False  # nothing more will come
         self.changed.notify()
 

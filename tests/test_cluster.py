@@ -264,6 +264,37 @@ def test_a_thread_stream_on_b_carries_the_runs_of_a(make_cluster: Callable[..., 
     assert [f.raw for f in thread.events()] == [f.raw for f in full_run(a, first) + full_run(a, second)]
 
 
+def test_a_finished_run_whose_stream_lost_its_end_is_streamed_on_b_up_to_a_missed_notice(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    import redis
+
+    cluster = make_cluster("streams")
+    (a,) = cluster.start("node-a")
+    run_id = start_run(a)
+    everything = [f.seq for f in full_run(a, run_id)]
+    stream = f"{cluster.prefix}stream:{{{run_id}}}"
+    client = redis.Redis.from_url(cluster.redis.url)
+    try:
+        wait_for(lambda: int(client.hget(f"{cluster.prefix}runinfo:{{{run_id}}}", "last_seq") or 0) > 0, TIMEOUT)
+        last = client.xrevrange(stream, count=1)
+        assert client.xdel(stream, last[0][0]) == 1  # its last entry (with the done) is gone
+        kept = client.xrevrange(stream, count=1)[0][0]
+    finally:
+        client.close()
+    (b,) = cluster.start("node-b")
+
+    on_b = Reader(f"{b.url}/runs/{run_id}/stream").wait(20)
+
+    kept_seq = int(kept.split(b"-")[0])
+    assert on_b.seqs() == everything[:kept_seq]
+    assert [n["status"] for n in on_b.notices()] == ["missed"]
+    assert f"events {kept_seq + 1}-{everything[-1]}" in on_b.notices()[0]["detail"]
+    assert on_b.frames[-1].id is None  # the notice is the last frame
+    status = httpx.get(f"{b.url}/runs/{run_id}").json()
+    assert (status["status"], status["node"]) == ("success", "node-a")
+
+
 def test_another_users_run_is_not_found_on_any_node(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster("pubsub")
     a, b = cluster.start("node-a", "node-b")

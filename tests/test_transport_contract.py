@@ -390,6 +390,130 @@ async def test_two_readers_on_b_share_one_subscription(cluster: Cluster) -> None
     assert b.bridge.transport.stats.events_in <= 2 * len(one)  # a replay at most, not one copy per reader
 
 
+PROMPTLY = 4.0
+"""Bound on following a finished run whose history is gone: less than the repair timers'
+give-up time (3 × 2 s here), so only a catch-up that concludes at once ends in time."""
+
+
+def missed(events: list[StreamEvent]) -> list[StatusEvent]:
+    return [e for e in events if isinstance(e, StatusEvent) and e.seq == 0 and e.status == "missed"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("seen_before", [False, True], ids=["new-on-b", "known-on-b"])
+async def test_a_finished_run_whose_history_is_gone_ends_at_once_on_b_with_a_missed_notice(
+    cluster: Cluster, seen_before: bool
+) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    assert a.bridge is not None and b.bridge is not None
+    handle = a.runs.start("gated", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    kept = 0
+    if seen_before:  # B followed part of it live, then its reader left before the end
+        async for event in b.follow(handle.run_id):
+            if event.seq == 3:
+                break
+        await async_wait_for(lambda: b.bridge is not None and not b.bridge.health()["following"]["runs"], TIMEOUT)
+        kept = b.store.peek(handle.run_id).log.last_seq  # type: ignore[union-attr]
+    cluster.gate.open()
+    await asyncio.wait_for(handle.task, TIMEOUT)
+    await a.bridge.transport.flush()
+    last_seq = handle.record.log.last_seq
+    # Its history goes away, its registry entry stays: node A restarts (it forgets its
+    # runs), and in streams mode the run's stream is gone too (trimmed, expired).
+    await a.close()
+    await cluster.node("node-a")
+    if cluster.kind == "streams":
+        assert await (await cluster.redis()).delete(Keys(cluster.prefix).run_stream(handle.run_id)) == 1
+
+    seen = await asyncio.wait_for(collect(b, handle.run_id), PROMPTLY)
+
+    notices = missed(seen)
+    assert run_seqs(seen) == list(range(1, kept + 1))
+    assert seen[kept:] == notices and len(notices) == 1
+    assert f"events {kept + 1}-{last_seq} of this run are no longer available" in (notices[0].detail or "")
+    record = b.store.peek(handle.run_id)
+    assert record is not None and record.ended
+    assert record.status == "success"  # as the registry says it ended
+    await async_wait_for(lambda: b.bridge is not None and not b.bridge.health()["following"]["runs"], TIMEOUT)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", ["memory", REDIS_TRANSPORTS[0]], indirect=True)
+async def test_a_finished_run_whose_node_never_answers_ends_after_a_few_requests(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kiki_events.bridge.repair
+
+    monkeypatch.setattr(kiki_events.bridge.repair, "READY_TIMEOUT", 0.2)
+    a = await cluster.node("node-a")
+    handle = a.runs.start("team", TASK)
+    await asyncio.wait_for(handle.task, TIMEOUT)
+    await a.close()  # gone for good, its last heartbeat not expired yet: only the registry knows the run
+    b = await cluster.node("node-b", subscribe={"interest_linger": 0, "repair_timeout": "0.2s"})
+    assert b.bridge is not None
+    asked: list[Any] = []
+    b.bridge.transport.send_control = _recording(b.bridge.transport.send_control, asked)  # type: ignore[method-assign]
+
+    seen = await asyncio.wait_for(collect(b, handle.run_id), TIMEOUT)
+
+    notices = missed(seen)
+    assert seen == notices and len(notices) == 1
+    assert "no complete answer from node-a after 3 requests" in (notices[0].detail or "")
+    assert [m.op for m, _ in asked] == ["replay"] * 3
+    record = b.store.peek(handle.run_id)
+    assert record is not None and record.status == "success"
+
+
+def _recording(send: Any, into: list[Any]) -> Any:
+    async def recorded(message: Any, node: str | None = None) -> None:
+        into.append((message, node))
+        await send(message, node)
+
+    return recorded
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", ["streams"], indirect=True)
+@pytest.mark.parametrize("lost", ["head", "tail"])
+async def test_a_finished_run_whose_stream_lost_entries_delivers_the_rest_and_says_what_is_missing(
+    cluster: Cluster, lost: str
+) -> None:
+    a = await cluster.node("node-a", publish={"batch_size": 8})
+    handle = a.runs.start("team", TASK)
+    await asyncio.wait_for(handle.task, TIMEOUT)
+    assert a.bridge is not None
+    await a.bridge.transport.flush()
+    everything = run_seqs(await finished(a, handle.run_id))
+    redis = await cluster.redis()
+    stream = Keys(cluster.prefix).run_stream(handle.run_id)
+    entries = await redis.xrange(stream)
+    assert len(entries) > 4
+    # Entry ids are ``<highest seq of the entry>-<n>``.
+    gone = entries[:2] if lost == "head" else entries[-2:]
+    first_gone = 1 if lost == "head" else int(entries[-3][0].split(b"-")[0]) + 1
+    last_gone = int(gone[-1][0].split(b"-")[0])
+    assert await redis.xdel(stream, *[entry_id for entry_id, _ in gone]) == 2
+    b = await cluster.node("node-b")
+
+    seen = await asyncio.wait_for(collect(b, handle.run_id), PROMPTLY)
+
+    kept = [s for s in everything if not first_gone <= s <= last_gone]
+    assert run_seqs(seen) == kept
+    notices = missed(seen)
+    assert len(notices) == 1
+    assert f"{first_gone}-{last_gone}" in (notices[0].detail or "")
+    if lost == "head":
+        assert seen.index(notices[0]) < min(i for i, e in enumerate(seen) if e.seq > 0)
+        assert notices[0].first_seq == last_gone + 1
+        assert seen[-1].type == "done"
+    else:
+        assert seen[-1] == notices[0]
+        record = b.store.peek(handle.run_id)
+        assert record is not None and record.ended and record.status == "success"
+
+
 @pytest.mark.asyncio
 async def test_following_an_unknown_run_raises_run_not_found(cluster: Cluster) -> None:
     b = await cluster.node("node-b")

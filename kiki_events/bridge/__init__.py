@@ -21,6 +21,9 @@ when a transport is configured (``eventbus.provider: redis``, or a
   is skipped with an explicit ``missed`` notice to the run's readers. After a
   pub/sub reconnect every followed run gets a ``missed`` notice too (messages
   sent while disconnected are gone from Redis), then is repaired from its node.
+  A run that ended elsewhere but whose history is gone (its stream trimmed or
+  expired, its node restarted) ends here at once: its readers get what is left
+  and a ``missed`` notice saying which events are no longer available.
 * **Control** (:mod:`.control`). Cancel a run on the node that runs it, ask a
   node to replay a run, or your own operations (:meth:`Bridge.add_control_handler`,
   :meth:`Bridge.send_control`).

@@ -12,6 +12,11 @@ log is marked ``syncing``, so that readers of its thread hold the thread's later
 back (:class:`~kiki_events.replay.ThreadCursor`); a catch-up that takes too long is
 given up, which clears it. How its events then reach the local bus, in order, and how
 gaps are repaired: :mod:`.repair`.
+
+A run the registry says has ended gets no more live traffic: a catch-up made once that
+is known brings everything still kept, so what it did not bring is gone (a trimmed or
+expired stream, a node that restarted). The run's readers are told so and the run ends
+here (:meth:`~.repair.Repair.settle`); they never wait for a ``done`` that cannot come.
 """
 
 from __future__ import annotations
@@ -69,6 +74,12 @@ class RemoteRun:
     """Repair requests made for the current gap."""
     misses: int = 0
     """Liveness checks in a row its owner missed."""
+    final: RunInfo | None = None
+    """The registry's entry once it said the run ended: from then on a catch-up is complete."""
+    final_asked: float | None = None
+    """When the last catch-up since the run is known to have ended was asked for."""
+    final_attempts: int = 0
+    """Catch-ups asked for since the run is known to have ended."""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the first catch-up is done (or given up)."""
     since: float = field(default_factory=time.monotonic)
@@ -91,8 +102,11 @@ class Following:
         return record.node is None or record.node == bridge.node or bridge.runs.is_local(record.run_id)
 
     # -- leases ------------------------------------------------------------------------------------
-    def watch_run(self, run_id: str, *, owner: str | None = None) -> Lease:
-        """See :meth:`Bridge.watch_run <kiki_events.bridge.Bridge.watch_run>`."""
+    def watch_run(self, run_id: str, *, owner: str | None = None, info: RunInfo | None = None) -> Lease:
+        """See :meth:`Bridge.watch_run <kiki_events.bridge.Bridge.watch_run>`.
+
+        ``info``: the registry's entry, when the caller just read it.
+        """
         bridge = self._bridge
         record = bridge.store.peek(run_id)
         if bridge._state != "running" or (record is not None and self.is_local(record)):
@@ -102,6 +116,8 @@ class Following:
             remote = self.remote[run_id] = RemoteRun(run_id, owner or (record.node if record else None))
             self._unfollowed.pop(run_id, None)
         remote.leases += 1
+        if info is not None and info.ended and remote.final is None and not remote.watching:
+            self.ended_elsewhere(remote, info)  # so the catch-up about to start is complete
         self.update_syncing(remote)
         self.kick(remote)
         return Lease(lambda: self._release(remote))
@@ -176,6 +192,7 @@ class Following:
         bridge = self._bridge
         store = bridge.store
         record = remote.record or store.peek(remote.run_id)
+        info: RunInfo | None = None
         if record is None:
             info = await self._lookup_quietly(remote.run_id, bridge.lookup_wait)
             record = store.peek(remote.run_id)  # adopted meanwhile?
@@ -198,9 +215,23 @@ class Following:
         remote.next_seq = max(remote.next_seq, record.log.last_seq + 1)
         remote.watching = True
         self.update_syncing(remote)
+        if remote.final is None:
+            # Whether it ended, asked before the watch: if it did, the catch-up below is
+            # complete; if not, its end comes live.
+            if info is None:
+                info = await self._lookup_quietly(remote.run_id, 0.0)
+            if info is not None and info.ended and not record.ended:
+                self.ended_elsewhere(remote, info)
+        complete = remote.final is not None
         confirmed = await bridge.transport.watch("run", remote.run_id, after=remote.next_seq - 1)
         if confirmed:
-            await self.sync(remote)
+            await self.sync(remote, complete=complete)
+
+    def ended_elsewhere(self, remote: RemoteRun, info: RunInfo) -> None:
+        """The registry says the run ended: the next catch-up counts as the first of its last ones."""
+        remote.final = info
+        remote.final_asked = time.monotonic()
+        remote.final_attempts = 1
 
     def frame(self, message: Message) -> None:
         """A frame of a run (live, replayed or backfilled): deliver it if the run is followed."""
@@ -241,12 +272,17 @@ class Following:
             repair.repair(remote)
         repair.accept(remote, [])
 
-    async def sync(self, remote: RemoteRun) -> None:
-        """Fetch what the run produced before the subscription took effect."""
+    async def sync(self, remote: RemoteRun, *, complete: bool = False) -> None:
+        """Fetch what the run produced before the subscription took effect.
+
+        ``complete``: streams, the watch read the stream after the run had ended.
+        """
         bridge = self._bridge
         if bridge.transport.durable:
             # watch() already read the stream; a gap seen meanwhile is repaired below.
             remote.synced = True
+            if complete:
+                bridge._repair.settle(remote)  # what the stream lacks is gone
             remote.ready.set()
             self.update_syncing(remote)
             if remote.held:
@@ -260,10 +296,20 @@ class Following:
             remote.synced = True
 
     async def _resync(self, remote: RemoteRun) -> None:
-        if self._bridge.transport.durable:
-            await self.sync(remote)
-        elif await self._bridge._repair.ask_replay(remote):
-            remote.synced = True
+        bridge = self._bridge
+        if not bridge.transport.durable:
+            if await bridge._repair.ask_replay(remote):
+                remote.synced = True
+            return
+        # The watch was not confirmed (Redis was down): the run may have ended meanwhile.
+        record = remote.record
+        if remote.final is None and record is not None and not record.ended:
+            info = await self._lookup_quietly(remote.run_id, 0.0)
+            if info is not None and info.ended and not record.ended:
+                self.ended_elsewhere(remote, info)
+        await self.sync(remote, complete=False)
+        if remote.final is not None:
+            await bridge._repair.backfill_end(remote)  # read after the run ended: complete
 
     def reconnected(self, resumed: bool) -> None:
         """The transport (re)connected: catch up every followed run that may have missed something.
@@ -342,7 +388,7 @@ class Following:
         """See :meth:`Bridge.open_run <kiki_events.bridge.Bridge.open_run>`."""
         bridge = self._bridge
         record = bridge.store.peek(run_id)
-        owner: str | None = None
+        info: RunInfo | None = None
         if record is not None:
             if check_owner and record.principal != principal:
                 raise RunNotFoundError(f"run {run_id!r} not found")
@@ -353,8 +399,7 @@ class Following:
             if info is None or info.node == bridge.node or (check_owner and info.principal != principal):
                 raise RunNotFoundError(f"run {run_id!r} not found")
             record = self.adopt(info)
-            owner = info.node
-        with self.watch_run(run_id, owner=owner):
+        with self.watch_run(run_id, owner=info.node if info else None, info=info):
             remote = self.remote.get(run_id)
             if remote is not None:
                 with contextlib.suppress(TimeoutError):

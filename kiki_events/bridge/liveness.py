@@ -93,11 +93,5 @@ class Liveness:
         logger.warning(
             "node %s stopped while running run %s; its readers here are told and released", remote.owner, remote.run_id
         )
-        bridge = self._bridge
-        bridge._repair.notify_missed(
-            remote, f"the node running this run ({remote.owner}) stopped; it will not continue", None
-        )
-        record.log.close()
-        record.ended_at = time.time()
-        bridge._following.update_syncing(remote)
-        bridge._following.kick(remote)
+        detail = f"the node running this run ({remote.owner}) stopped; it will not continue"
+        self._bridge._repair.end_here(remote, detail)

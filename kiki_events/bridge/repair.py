@@ -10,15 +10,21 @@ a few, the gap is given up and the run's readers get an explicit ``missed``
 notice (``status``, ``seq == 0``), never a silent skip. The held-back events are
 bounded: reaching the bound gives the gap up at once, so what arrives next still
 has room.
+
+A run the registry says has ended is settled instead (:meth:`Repair.settle`): once a
+catch-up asked for after its end is complete, whatever it did not bring is gone, so
+its readers are told at once what is missing, get what is left, and the run ends
+here. Should that catch-up not complete (no answer, Redis failing), it is asked for
+again, and after a few tries the run is settled all the same.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast, get_args
 
 from ..errors import TransportError
-from ..events import StatusEvent, StreamEvent
+from ..events import RunStatus, StatusEvent, StreamEvent
 from ..transports.wire import Message
 from .follow import READY_TIMEOUT, RemoteRun
 
@@ -32,6 +38,7 @@ OP_REPLAY = "replay"
 _REPAIR_ATTEMPTS = 3
 """Repair requests for one gap (each after ``repair_timeout`` without progress) before it is given up."""
 _MAX_HELD = 10_000
+_FINAL_STATUSES: frozenset[str] = frozenset(get_args(RunStatus))
 
 
 def _drain(held: dict[int, StreamEvent], expected: int, out: list[StreamEvent]) -> int:
@@ -125,10 +132,7 @@ class Repair:
         if header.get("g"):
             remote.ready.set()
             remote.repair_since = None
-            record = remote.record
-            if record is not None and not record.ended and not remote.held:
-                self.notify_missed(remote, "the node that ran this run no longer has it", None)
-                record.log.close()
+            self.settle(remote, "the node that ran this run no longer has it")
             following.update_syncing(remote)
             return
         if isinstance(first, int) and not isinstance(first, bool) and first > remote.next_seq:
@@ -142,6 +146,8 @@ class Repair:
         if header.get("e"):
             remote.ready.set()
             remote.repair_since = None
+            if remote.final is not None:
+                self.settle(remote)  # asked for after the run ended: the answer holds all its node keeps
             following.update_syncing(remote)
 
     def repair(self, remote: RemoteRun) -> None:
@@ -168,8 +174,10 @@ class Repair:
             return False
         remote.repair_since = time.monotonic()
         request: dict[str, Any] = {"run_id": remote.run_id, "after": remote.next_seq - 1}
-        if remote.held:
-            request["until"] = min(remote.held) - 1  # what is missing, not what already came
+        if remote.held and remote.final is None:
+            # What is missing, not what already came (the end of a run that ended comes
+            # only from a replay: ask for it too).
+            request["until"] = min(remote.held) - 1
         try:
             await self._bridge.send_control(OP_REPLAY, request, node=owner)
         except TransportError:
@@ -177,16 +185,74 @@ class Repair:
             return False
         return True
 
-    def _skip_gap(self, remote: RemoteRun) -> None:
+    def _skip_gap(self, remote: RemoteRun, why: str = "were lost in transit") -> None:
         """Give up on a gap: tell the readers, then deliver what came after it."""
         if not remote.held:
             return
         first = min(remote.held)
-        self.notify_missed(remote, f"events {remote.next_seq}-{first - 1} of this run were lost in transit", first)
+        self.notify_missed(remote, f"events {remote.next_seq}-{first - 1} of this run {why}", first)
         remote.next_seq = first
         remote.gap_since = None
         remote.attempts = 0
         self.accept(remote, [])
+
+    def settle(self, remote: RemoteRun, reason: str | None = None) -> None:
+        """A catch-up that brought all that is left of the run is done: end what it lacks.
+
+        Called once the run has ended elsewhere (or its node no longer has it, ``reason``):
+        nothing more will come. A gap is skipped with a ``missed`` notice saying which
+        events are gone, what came after it is delivered, and if the run's end is still
+        missing the readers are told so and the run ends here.
+        """
+        record = remote.record
+        if record is None or record.ended:
+            return
+        self._skip_gap(remote, "are no longer available")
+        if record.ended:
+            return
+        final = remote.final
+        start = remote.next_seq
+        if final is not None and final.last_seq >= start:
+            missing = f"events {start}-{final.last_seq} of this run are no longer available"
+        else:
+            missing = f"the events of this run from seq {start} on are no longer available"
+        self.end_here(remote, f"{missing} ({reason})" if reason else missing)
+
+    def _fetch_end(self, remote: RemoteRun) -> None:
+        """Ask again for what is left of a run that ended elsewhere; after a few tries, settle it."""
+        owner = remote.owner or "its node"
+        if remote.final_attempts >= _REPAIR_ATTEMPTS:
+            self.settle(remote, f"no complete answer from {owner} after {remote.final_attempts} requests")
+            return
+        remote.final_attempts += 1
+        remote.final_asked = time.monotonic()
+        bridge = self._bridge
+        if bridge.transport.durable:
+            bridge._spawn(self.backfill_end(remote), f"kiki-bridge-backfill:{remote.run_id}")
+        else:
+            bridge._spawn(self.ask_replay(remote), f"kiki-bridge-repair:{remote.run_id}")
+
+    async def backfill_end(self, remote: RemoteRun) -> None:
+        """Streams: read the rest of a run known to have ended; then what the stream lacks is gone."""
+        if await self._bridge.transport.backfill(remote.run_id, remote.next_seq - 1):
+            self.settle(remote)
+
+    def end_here(self, remote: RemoteRun, detail: str) -> None:
+        """The run will not continue: tell its readers here why (``missed``), then end it here.
+
+        Its status is the one the registry gave when it ended elsewhere, if known.
+        """
+        record = remote.record
+        if record is None or record.ended:
+            return
+        self.notify_missed(remote, detail, None)
+        final = remote.final
+        status = cast(RunStatus, final.status) if final is not None and final.status in _FINAL_STATUSES else None
+        record.log.close(status)
+        record.ended_at = final.ended_at if final is not None and final.ended_at else time.time()
+        following = self._bridge._following
+        following.update_syncing(remote)
+        following.kick(remote)  # the run is over: stop receiving it
 
     def notify_missed(self, remote: RemoteRun, detail: str, first_seq: int | None) -> None:
         """Tell the run's readers here that events were lost (a ``missed`` notice, ``seq == 0``)."""
@@ -212,15 +278,27 @@ class Repair:
         not answer, Redis is down) is given up too: the run's thread readers stop
         waiting for it (it goes on catching up in the background).
         """
-        timeout = self._bridge.repair_timeout
-        following = self._bridge._following
-        give_up = max(timeout, READY_TIMEOUT) * _REPAIR_ATTEMPTS
+        bridge = self._bridge
+        timeout = bridge.repair_timeout
+        following = bridge._following
+        answer_within = max(timeout, READY_TIMEOUT)
+        give_up = answer_within * _REPAIR_ATTEMPTS
+        connected = bridge.transport.state == "connected"
         for remote in list(following.remote.values()):
             if not remote.ready.is_set() and now - remote.since >= give_up:
                 remote.ready.set()
                 following.update_syncing(remote)
-            if remote.record is None:
+            record = remote.record
+            if record is None:
                 continue  # being adopted: its events wait until this node knows whose run it is
+            if (
+                remote.final_asked is not None
+                and now - remote.final_asked >= answer_within
+                and remote.watching
+                and connected  # an outage is no reason to give the rest of a run up
+                and not record.ended
+            ):
+                self._fetch_end(remote)
             if remote.gap_since is not None and now - remote.gap_since >= timeout:
                 if remote.attempts < _REPAIR_ATTEMPTS - 1:
                     # No progress: the request or its answer may be lost, or the owner busy. Ask again.

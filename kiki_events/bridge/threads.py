@@ -74,7 +74,7 @@ class ThreadWatches:
                 # Start catching it up now: a reader of the thread then holds the later
                 # runs back until it has. The reader's own lease (watch_thread) comes a
                 # moment later and keeps it followed.
-                loop.call_later(READY_TIMEOUT, following.watch_run(info.run_id, owner=info.node).release)
+                loop.call_later(READY_TIMEOUT, following.watch_run(info.run_id, owner=info.node, info=info).release)
         return thread
 
     def watch_thread(self, thread_id: str) -> Lease:
@@ -181,4 +181,4 @@ class ThreadWatches:
         record = following.adopt(info)
         if following.is_local(record):
             return
-        watch.runs[info.run_id] = following.watch_run(info.run_id, owner=info.node)
+        watch.runs[info.run_id] = following.watch_run(info.run_id, owner=info.node, info=info)
