@@ -25,9 +25,11 @@ from kiki_events.config import HandoffSettings, Settings
 from kiki_events.errors import HandoffFailedError, HandoffTimeoutError, NoAgentError
 from kiki_events.events import CustomEvent, DoneEvent, StatusEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 from kiki_events.handoff import GROUP, Handoff, dump_payload, load_payload, remote_agent_node
+from kiki_events.handoff.service import client_name
 from kiki_events.redis_client import Keys
 from kiki_events.runtime import KikiRuntime
 from kiki_events.workqueue import WorkQueue
+from tests.redis_server import RedisServer
 from tests.servers import async_wait_for
 
 pytestmark = pytest.mark.redis
@@ -225,6 +227,49 @@ async def test_each_task_runs_exactly_once_across_three_consumers(cluster: Clust
     await settled(redis, cluster.keys.work_stream("count"))
 
 
+@pytest.mark.asyncio
+async def test_waiting_delegates_share_one_connection(cluster: Cluster, redis: Redis) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    a = await cluster.node("a")
+    await cluster.node("b", {"slow": blocking_graph(started, release)}, serve=("slow",), concurrency=64)
+    runtime_b = cluster.runtimes["b"]
+
+    waiting = [asyncio.ensure_future(a.delegate("slow", "wait")) for _ in range(50)]
+    await async_wait_for(lambda: runtime_b.runs.active == 50, 10, "50 remote runs to be running")
+    clients = [c for c in await redis.client_list() if c["name"] == client_name("a")]
+    blocked = [c for c in clients if "b" in c["flags"]]
+    release.set()
+    results = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+
+    # One reader for all 50 reply streams, not one blocked connection each.
+    assert len(blocked) <= 1, f"{len(blocked)} connections of node a blocked: {blocked}"
+    assert {c["cmd"] for c in blocked} <= {"xread"}
+    assert all(r.ok and r.text == "released" for r in results)
+
+
+@pytest.mark.asyncio
+async def test_a_delegate_waits_through_a_redis_restart(redis_server: RedisServer, key_prefix: str) -> None:
+    nodes = Cluster(redis_server.url, key_prefix)
+    try:
+        started, release = asyncio.Event(), asyncio.Event()
+        # Long enough pickup checks that the outage is not taken for a missing agent.
+        a = await nodes.node("a", pickup_timeout=30)
+        await nodes.node("b", {"slow": blocking_graph(started, release)}, serve=("slow",), advertise_ttl=30)
+        waiting = asyncio.ensure_future(a.delegate("slow", "wait", timeout=60))
+        await asyncio.wait_for(started.wait(), 5)
+
+        redis_server.stop()
+        redis_server.start()  # the same data (append-only file), the same port
+        release.set()
+        result = await asyncio.wait_for(waiting, 30)
+
+        assert result.ok and result.text == "released"
+        again = await asyncio.wait_for(a.delegate("slow", "wait", timeout=30), 30)
+        assert again.ok and again.text == "released"
+    finally:
+        await nodes.close()
+
+
 # -- failures ---------------------------------------------------------------------------------
 @pytest.mark.asyncio
 async def test_no_agent_error_before_anything_is_sent(cluster: Cluster, redis: Redis) -> None:
@@ -277,6 +322,12 @@ async def _give_up(a: Handoff, how: str, running: asyncio.Event) -> None:
     if how == "timeout":
         with pytest.raises(HandoffTimeoutError):
             await a.delegate("slow", "wait", timeout=0.5)
+    elif how == "cancelled":
+        waiting = asyncio.ensure_future(a.delegate("slow", "wait", timeout=30))
+        await asyncio.wait_for(running.wait(), 5)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
     else:  # the stream's reader stops reading
         stream = a.stream("slow", "wait", timeout=30)
         async for event in stream:
@@ -286,7 +337,7 @@ async def _give_up(a: Handoff, how: str, running: asyncio.Event) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("how", ["timeout", "stream_closed"])
+@pytest.mark.parametrize("how", ["timeout", "cancelled", "stream_closed"])
 async def test_a_requester_that_gives_up_cancels_the_remote_run_at_once_through_the_bridge(
     cluster: Cluster, redis: Redis, how: str
 ) -> None:
@@ -536,6 +587,26 @@ async def test_a_remote_agent_node_fails_the_parent_run_when_the_agent_fails(clu
     assert error.error_type == "HandoffFailedError" and "hunter2" not in error.message
     sync = [e for e in parent if isinstance(e, CustomEvent)]
     assert sync[-1].data["phase"] == "failed"
+
+
+@pytest.mark.asyncio
+async def test_cancelling_a_run_cancels_the_remote_agent_it_waits_for(cluster: Cluster) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    await cluster.node("a", {"team": parent_graph(None)})
+    await cluster.node("b", {"writer": blocking_graph(started, release)}, serve=("writer",), **SLOW_BEAT)
+    runtime_a, runtime_b = cluster.runtimes["a"], cluster.runtimes["b"]
+
+    handle = runtime_a.runs.start("team", {"messages": [HumanMessage("go")]})
+    await asyncio.wait_for(started.wait(), 5)
+    runtime_a.runs.cancel(handle.run_id)
+    await asyncio.wait_for(asyncio.gather(handle.task, return_exceptions=True), 5)
+
+    await async_wait_for(lambda: runtime_b.runs.active == 0, 3, "the remote writer to be cancelled")
+    parent = events_of(runtime_a, handle.run_id)
+    assert isinstance(parent[-1], DoneEvent) and parent[-1].status == "cancelled"
+    (child_run,) = list(runtime_b.store._runs)
+    child_done = events_of(runtime_b, child_run)[-1]
+    assert isinstance(child_done, DoneEvent) and child_done.status == "cancelled"
 
 
 @pytest.mark.asyncio

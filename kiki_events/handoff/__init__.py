@@ -17,7 +17,12 @@ Redis keys (under the deployment prefix; see :class:`~kiki_events.redis_client.K
 ``reply:{<request>}``      reply stream: ``started`` (child run id, node), then ``result``
 ``handled:{<request>}``    done marker: a lease while a node runs it, ``done`` after
 ``cancel:{<request>}``     set when the requester gave up: a node picking the task up finishes it unrun
+``replywake:<node>``       one-entry stream that wakes the node's reply reader for a new request
 =========================  ===========================================================
+
+Waiting: one reader per node (:class:`~.replies.ReplyReader`) reads the reply
+streams of every request it waits on in one ``XREAD`` on one connection, however
+many ``delegate``/``stream`` calls wait.
 
 Giving up: a requester that stops waiting (timeout, cancellation, error) cancels
 the remote run through its bridge (:meth:`~kiki_events.bridge.Bridge.cancel`), so
@@ -38,7 +43,7 @@ result, not a failure: it is not retried.
 
 Modules: :mod:`~.service` (:class:`Handoff`: lifecycle, one object per runtime),
 :mod:`~.serving` (consumer loops, running tasks, dead-lettering),
-:mod:`~.requesting` (submit, replies, :class:`HandoffStream`),
+:mod:`~.requesting` (submit, wait, :class:`HandoffStream`), :mod:`~.replies` (the reply reader),
 :mod:`~.remote_node` (:func:`remote_agent_node`), :mod:`~.results` and
 :mod:`~.payload` (what crosses the wire); the Redis queue is :mod:`kiki_events.workqueue`.
 """

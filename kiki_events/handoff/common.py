@@ -18,13 +18,26 @@ if TYPE_CHECKING:
     from ..redis_client import Keys
     from ..runtime import KikiRuntime
 
-__all__ = ["GROUP", "WIRE_VERSION", "Shared", "decode_fields", "logger", "reraise_if_cancelled", "text"]
+__all__ = [
+    "GROUP",
+    "MAX_BLOCK",
+    "WIRE_VERSION",
+    "Shared",
+    "decode_fields",
+    "logger",
+    "reraise_if_cancelled",
+    "stop_tasks",
+    "text",
+]
 
 logger = logging.getLogger("kiki_events.handoff")
 
 GROUP = "kiki-agents"
 """Consumer group of every work stream."""
 WIRE_VERSION = "1"
+MAX_BLOCK = 2.0
+"""Longest blocking read (s): well under the Redis client's socket timeout (redis-py's
+default is 5 s), which would cut a longer one as a failure."""
 
 
 @dataclass(eq=False)
@@ -69,7 +82,22 @@ def decode_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
 
 
 def reraise_if_cancelled() -> None:
-    """Re-raise a cancellation that a Redis client turned into another error."""
+    """Re-raise a cancellation that a Redis client turned into another error, or swallowed.
+
+    (redis-py sends each command under ``asyncio.wait_for``, which on Python 3.11 can
+    drop a cancellation that arrives as the send completes.)
+    """
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel ``tasks`` and wait until they ended, cancelling again any that lost the cancellation."""
+    started = [task for task in tasks if task is not None]
+    pending = {task for task in started if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+    await asyncio.gather(*started, return_exceptions=True)

@@ -21,8 +21,9 @@ from ..errors import HandoffError, HandoffTimeoutError, NoAgentError, RunNotFoun
 from ..events import StreamEvent
 from ..redaction import redact_text
 from ..replay import Frame, RunCursor
-from .common import WIRE_VERSION, Shared, decode_fields, logger, text
+from .common import WIRE_VERSION, Shared, decode_fields, logger, stop_tasks, text
 from .payload import dump_payload
+from .replies import Inbox, ReplyReader, wake_key
 from .results import HandoffResult, result_from
 
 if TYPE_CHECKING:
@@ -41,8 +42,8 @@ class _Request:
     deadline: float
     entry_id: str
     reply_key: str
+    inbox: Inbox
     principal: str | None = None
-    last_reply: str = "0-0"
     run_id: str | None = None
     node: str | None = None
 
@@ -101,6 +102,14 @@ class Requester:
         self._state = state
         self.follow = follow
         self._drain_grace = 3.0
+        self.replies = ReplyReader(shared.redis, wake_key(shared.keys.prefix, shared.node), stats=shared.stats)
+        """Routes the replies of every request waited on here (one connection for all)."""
+
+    def start(self) -> None:
+        self.replies.start()
+
+    async def close(self) -> None:
+        await self.replies.close()
 
     @staticmethod
     def new_request_id() -> str:
@@ -124,6 +133,8 @@ class Requester:
         except BaseException:
             await self._abandon(request)
             raise
+        finally:
+            self.replies.remove(request.inbox)
         return result_from(request.request_id, request.agent, fields).raise_for_status()
 
     def stream(
@@ -155,6 +166,8 @@ class Requester:
         request = await self._submit(agent, input, causation_id, thread_id, principal, timeout, request_id)
         out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=1024)
         pump: asyncio.Task[None] | None = None
+        retired: list[asyncio.Task[None]] = []
+        """Pumps of runs no longer followed (the task was run again elsewhere)."""
         pumped: str | None = None
         finished = False
 
@@ -186,7 +199,8 @@ class Requester:
                 else:
                     # The result is in; give the run's last events a moment to arrive.
                     try:
-                        kind, value = await asyncio.wait_for(out.get(), self._drain_grace)
+                        async with asyncio.timeout(self._drain_grace):
+                            kind, value = await out.get()
                     except TimeoutError:
                         break
                 if kind == "event":
@@ -199,6 +213,7 @@ class Requester:
                     if run_id and run_id != pumped:
                         if pump is not None:  # run again elsewhere: follow the new run
                             pump.cancel()
+                            retired.append(pump)
                         pumped = holder.run_id = run_id
                         pump = asyncio.get_running_loop().create_task(follow(run_id), name=f"kiki-follow:{run_id}")
                 elif kind == "reply" and value.get("kind") == "result":
@@ -207,12 +222,12 @@ class Requester:
                     continue  # the run's events ended; its result follows
             finished = True
         finally:
-            for task in (watcher, pump):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in (watcher, pump) if t is not None), return_exceptions=True)
-            if not finished:
-                await self._abandon(request)
+            await stop_tasks(watcher, pump, *retired)
+            try:
+                if not finished:
+                    await self._abandon(request)
+            finally:
+                self.replies.remove(request.inbox)
 
     async def _follow_run(self, run_id: str, deadline: float) -> AsyncIterator[StreamEvent]:
         """Every event of ``run_id`` once, in order; retries while the run is not known here yet."""
@@ -281,9 +296,19 @@ class Requester:
             # The serving node need not watch for this request being given up: it
             # will hear of it through its bridge (see _abandon).
             fields["cancel"] = "bridge"
-        entry_id = await shared.work_queue(agent).put(fields)
+        queue = shared.work_queue(agent)
+        reply_key = shared.keys.reply(request_id)
+        inbox = self.replies.add(reply_key)  # before the task is sent: no reply can be missed
+        try:
+            async with shared.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(queue.stream, fields, maxlen=queue.maxlen, approximate=True)  # type: ignore[arg-type]
+                self.replies.wake(pipe, inbox)
+                replies = await pipe.execute()
+        except BaseException:
+            self.replies.remove(inbox)
+            raise
         shared.stats["delegated"] += 1
-        return _Request(request_id, agent, deadline, entry_id, shared.keys.reply(request_id), principal)
+        return _Request(request_id, agent, deadline, text(replies[0]), reply_key, inbox, principal)
 
     async def _next_reply(self, request: _Request) -> dict[str, str]:
         """The next entry of the request's reply stream; enforces pickup and overall timeouts."""
@@ -294,16 +319,16 @@ class Requester:
             if now >= request.deadline:
                 raise HandoffTimeoutError(f"agent {request.agent!r} gave no result within the timeout")
             wait_until = request.deadline if request.run_id is not None else min(request.deadline, pickup_by)
-            block_ms = max(1, int((wait_until - now) * 1000))
-            reply: Any = await shared.redis.xread({request.reply_key: request.last_reply}, count=1, block=block_ms)
-            for _key, entries in reply or ():
-                for entry_id, raw in entries:
-                    request.last_reply = text(entry_id)
-                    fields = decode_fields(raw)
-                    if fields.get("kind") == "started":
-                        request.run_id = fields.get("run_id") or request.run_id
-                        request.node = fields.get("node") or request.node
-                    return fields
+            try:
+                async with asyncio.timeout(max(0.001, wait_until - now)):
+                    fields = await request.inbox.get()
+            except TimeoutError:
+                fields = None
+            if fields is not None:
+                if fields.get("kind") == "started":
+                    request.run_id = fields.get("run_id") or request.run_id
+                    request.node = fields.get("node") or request.node
+                return fields
             if request.run_id is None and time.time() >= pickup_by:
                 if not await shared.serving_nodes(request.agent):
                     with contextlib.suppress(Exception):
@@ -328,16 +353,18 @@ class Requester:
                 pipe.set(shared.cancel_key(request.request_id), "1", ex=max(1, int(shared.settings.result_ttl)))
                 if request.run_id is None:
                     pipe.xdel(shared.keys.work_stream(request.agent), request.entry_id)
-                    pipe.xrange(request.reply_key, min=f"({request.last_reply}", max="+")
+                    pipe.xrange(request.reply_key, min=f"({request.inbox.last_id}", max="+")
                 replies = await pipe.execute()
         except Exception as exc:
             logger.warning(
                 "could not tell that request %s was given up (%s)", request.request_id, redact_text(str(exc))
             )
             replies = []
-        if request.run_id is None and len(replies) == 3:
-            for _entry_id, raw in replies[2] or ():
-                fields = decode_fields(raw)
+        if request.run_id is None:
+            unread = request.inbox.drain()
+            if len(replies) == 3:
+                unread += [decode_fields(raw) for _entry_id, raw in replies[2] or ()]
+            for fields in unread:
                 if fields.get("kind") == "started" and fields.get("run_id"):
                     request.run_id = fields["run_id"]
         bridge = shared.runtime.bridge

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,10 +21,15 @@ if TYPE_CHECKING:
     from ..config import HandoffSettings
     from ..runtime import KikiRuntime
 
-__all__ = ["Handoff", "kiki_handler"]
+__all__ = ["Handoff", "client_name", "kiki_handler"]
 
 _handoffs: dict[str, weakref.ref[Handoff]] = {}
 """Node name → its running Handoff, for :meth:`Handoff.of`."""
+
+
+def client_name(node: str) -> str:
+    """The name a Handoff's own Redis connections carry (``CLIENT LIST`` shows it)."""
+    return "kiki-handoff:" + re.sub(r"[^A-Za-z0-9_.:-]", "_", node)
 
 
 def kiki_handler(config: Mapping[str, Any] | None) -> KikiCallbackHandler | None:
@@ -69,7 +75,11 @@ class Handoff:
         self.settings = settings or runtime.settings.handoff
         self.keys = keys or Keys(runtime.settings.eventbus.redis.channel_prefix)
         self._owns_redis = redis is None
-        self.redis: Redis = redis if redis is not None else create_redis(runtime.settings.eventbus.redis)
+        self.redis: Redis = (
+            redis
+            if redis is not None
+            else create_redis(runtime.settings.eventbus.redis, client_name=client_name(self.node))
+        )
         self._state: Literal["new", "running", "draining", "closed"] = "new"
         self.stats: dict[str, int] = {
             "delegated": 0,
@@ -111,6 +121,7 @@ class Handoff:
         self._state = "running"
         _handoffs[self.node] = weakref.ref(self)
         self._server.start()
+        self._requester.start()
         for agent in self.settings.serve:
             await self.serve(agent)
 
@@ -130,6 +141,7 @@ class Handoff:
             return
         await self.stop_serving()
         await self._server.close()
+        await self._requester.close()
         if _handoffs.get(self.node) is not None and _handoffs[self.node]() is self:
             del _handoffs[self.node]
         self._state = "closed"

@@ -23,7 +23,7 @@ from ..errors import RunError, RunNotFoundError, UnknownGraphError
 from ..handler import KikiCallbackHandler
 from ..redaction import redact_error, redact_text
 from ..workqueue import WorkItem, WorkQueue
-from .common import WIRE_VERSION, Shared, logger, reraise_if_cancelled
+from .common import MAX_BLOCK, WIRE_VERSION, Shared, logger, reraise_if_cancelled, stop_tasks
 from .payload import encode_output, load_payload
 
 __all__ = ["Server"]
@@ -102,10 +102,7 @@ class Server:
         """Stop taking new tasks and stop advertising; tasks already running go on."""
         self.accepting = False
         served = list(self._served.values())
-        for served_agent in served:
-            if served_agent.task is not None:
-                served_agent.task.cancel()
-        await asyncio.gather(*(s.task for s in served if s.task is not None), return_exceptions=True)
+        await stop_tasks(*(s.task for s in served))
         with contextlib.suppress(Exception):
             await self._unadvertise([s.agent for s in served])
 
@@ -114,9 +111,7 @@ class Server:
         running = [t for s in self._served.values() for t in s.running]
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        await stop_tasks(self._heartbeat)
 
     # -- agents -----------------------------------------------------------------------------
     async def serve(self, agent: str, graph: str) -> None:
@@ -167,6 +162,7 @@ class Server:
             await asyncio.sleep(self.shared.settings.heartbeat)
             try:
                 await self._beat()
+                reraise_if_cancelled()
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -235,8 +231,9 @@ class Server:
                     items = await served.queue.reclaim(settings.claim_idle, count=free)
                     self.shared.stats["reclaimed"] += len(items)
                 if not items:
-                    block = min(settings.heartbeat, max(next_reclaim - time.monotonic(), 0.001))
+                    block = min(settings.heartbeat, MAX_BLOCK, max(next_reclaim - time.monotonic(), 0.001))
                     items = await served.queue.read(free, block=block)
+                reraise_if_cancelled()
                 failures = 0
             except asyncio.CancelledError:
                 raise
