@@ -35,6 +35,7 @@ __all__ = [
     "Settings",
     "load_settings",
     "parse_duration",
+    "resolve_concurrency",
 ]
 
 ENV_PREFIX = "KIKI__"
@@ -117,6 +118,8 @@ class SubscribeSettings(_Section):
     events: tuple[str, ...] = TOPICS[:4] + TOPICS[5:]
     """Lifecycle topics received from other nodes; empty: none (run traffic still flows on demand)."""
     workers: int = Field(default=4, ge=1, le=256)
+    """The number of subscriber workers: how many tasks of one agent served to other
+    nodes this node runs at once (the default of ``handoff.concurrency``)."""
     interest_linger: Duration = 5.0
     """How long a node keeps receiving a remote run after its last local reader left (quick reconnects)."""
     repair_timeout: Duration = 1.0
@@ -209,8 +212,9 @@ class HandoffSettings(_Section):
 
     serve: tuple[str, ...] = ()
     """Agents (graph names) this node runs for other nodes."""
-    concurrency: int = Field(default=4, ge=1, le=1024)
-    """Tasks of one agent this node runs at once."""
+    concurrency: int | None = Field(default=None, ge=1, le=1024)
+    """Tasks of one agent this node runs at once; not set: ``eventbus.subscribe.workers``
+    (see :attr:`Settings.handoff_concurrency`)."""
     timeout: Duration = 300.0
     """Default time a delegating caller waits for the result."""
     pickup_timeout: Duration = 5.0
@@ -280,6 +284,11 @@ class Settings(_Section):
     graphs: dict[str, str] = Field(default_factory=dict)
     """Graph name → reference like ``./agents/research_team.py:graph``."""
 
+    @property
+    def handoff_concurrency(self) -> int:
+        """Tasks of one agent this node runs at once: ``handoff.concurrency``, else ``eventbus.subscribe.workers``."""
+        return resolve_concurrency(self.handoff, self.eventbus)
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> Settings:
         """Validate a mapping; raises :class:`ConfigError` naming the key."""
@@ -287,6 +296,11 @@ class Settings(_Section):
             return cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(_describe(exc, source)) from None
+
+
+def resolve_concurrency(handoff: HandoffSettings, eventbus: EventBusSettings) -> int:
+    """``handoff.concurrency`` if it is set, else ``eventbus.subscribe.workers``."""
+    return handoff.concurrency if handoff.concurrency is not None else eventbus.subscribe.workers
 
 
 def _describe(exc: ValidationError, source: str) -> str:

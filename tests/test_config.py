@@ -66,6 +66,21 @@ def test_the_shipped_config_file_loads() -> None:
     assert loaded.graphs == {"research_team": "./agents/research_team.py:graph"}
 
 
+def test_handoff_concurrency_defaults_to_the_subscriber_workers(tmp_path: Path) -> None:
+    assert Settings().handoff.concurrency is None
+    assert Settings().handoff_concurrency == Settings().eventbus.subscribe.workers == 4
+    assert load_settings(SHIPPED, environ={}).handoff_concurrency == 4
+
+    workers = write(tmp_path, "eventbus: {subscribe: {workers: 7}}\n")
+    assert load_settings(workers, environ={}).handoff_concurrency == 7
+    overridden = {"KIKI__EVENTBUS__SUBSCRIBE__WORKERS": "9"}
+    assert load_settings(workers, environ=overridden).handoff_concurrency == 9
+
+    both = write(tmp_path, "eventbus: {subscribe: {workers: 7}}\nhandoff: {concurrency: 2}\n")
+    assert load_settings(both, environ={}).handoff_concurrency == 2
+    assert "handoff.concurrency" in config_error(write(tmp_path, "handoff: {concurrency: 0}\n"))
+
+
 def test_the_shipped_config_file_shows_the_defaults() -> None:
     loaded = load_settings(SHIPPED, environ={})
 

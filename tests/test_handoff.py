@@ -110,20 +110,27 @@ class Cluster:
         self.handoffs: dict[str, Handoff] = {}
         self._stack = contextlib.AsyncExitStack()
 
-    def settings(self, node: str, handoff: HandoffSettings) -> Settings:
+    def settings(self, node: str, handoff: HandoffSettings, eventbus: dict[str, Any] | None = None) -> Settings:
+        redis = {"url": self.redis_url, "channel_prefix": self.prefix}
         return Settings.model_validate(
             {
                 "node": node,
-                "eventbus": {"provider": "redis", "redis": {"url": self.redis_url, "channel_prefix": self.prefix}},
-                "handoff": handoff.model_dump(),
+                "eventbus": {"provider": "redis", "redis": redis, **(eventbus or {})},
+                "handoff": handoff.model_dump(exclude_none=True),
             }
         )
 
     async def node(
-        self, name: str, graphs: dict[str, Any] | None = None, *, serve: tuple[str, ...] = (), **options: Any
+        self,
+        name: str,
+        graphs: dict[str, Any] | None = None,
+        *,
+        serve: tuple[str, ...] = (),
+        eventbus: dict[str, Any] | None = None,
+        **options: Any,
     ) -> Handoff:
-        """A started runtime named ``name``; returns its Handoff."""
-        settings = self.settings(name, FAST.model_copy(update={"serve": serve, **options}))
+        """A started runtime named ``name`` (``options``: its handoff settings); returns its Handoff."""
+        settings = self.settings(name, FAST.model_copy(update={"serve": serve, **options}), eventbus)
         runtime = KikiRuntime(settings, graphs=graphs or {})
         handoff = runtime.handoff
         assert handoff is not None
@@ -437,6 +444,34 @@ async def test_a_task_of_a_dead_node_is_reclaimed_and_run_elsewhere(cluster: Clu
     assert result.node == "b" and log == [("b", 7)]
     assert b.stats["reclaimed"] == 1
     await settled(redis, cluster.keys.work_stream("count"))
+
+
+@pytest.mark.asyncio
+async def test_without_handoff_concurrency_a_node_runs_as_many_tasks_as_subscriber_workers(
+    cluster: Cluster, redis: Redis
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    a = await cluster.node("a")
+    await _ghost_serves(redis, cluster.keys, "slow")  # so the tasks can be queued before b serves
+    waiting = [asyncio.ensure_future(a.delegate("slow", "wait", timeout=30)) for _ in range(3)]
+    stream = cluster.keys.work_stream("slow")
+    deadline = time.monotonic() + 5
+    while await redis.xlen(stream) < 3:
+        assert time.monotonic() < deadline, "the tasks were not queued"
+        await asyncio.sleep(0.01)
+
+    b = await cluster.node("b", {"slow": blocking_graph(started, release)}, serve=("slow",), eventbus=TWO_WORKERS)
+    runtime_b = cluster.runtimes["b"]
+    await async_wait_for(lambda: runtime_b.runs.active == 2, 5, "two runs on b")
+
+    assert b.settings.concurrency is None and runtime_b.settings.handoff_concurrency == 2
+    assert (await redis.xpending(stream, GROUP))["pending"] == 2  # the third is left in the stream
+    release.set()
+    results = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    assert [r.node for r in results] == ["b", "b", "b"]
+
+
+TWO_WORKERS = {"subscribe": {"workers": 2}}
 
 
 @pytest.mark.asyncio

@@ -50,6 +50,8 @@ class Shared:
     keys: Keys
     redis: Redis
     stats: dict[str, int]
+    concurrency: int
+    """Tasks of one agent this node runs at once (``handoff.concurrency``, else ``eventbus.subscribe.workers``)."""
 
     def cancel_key(self, request_id: str) -> str:
         """Set when the requester gave up on ``request_id``."""

@@ -7,6 +7,7 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..config import resolve_concurrency
 from ..errors import HandoffError, KikiEventsError
 from ..handler import KikiCallbackHandler
 from ..redis_client import Keys, create_redis
@@ -91,7 +92,8 @@ class Handoff:
             "redis_errors": 0,
         }
         """Counters: tasks delegated from here, run here, skipped as already done, …"""
-        shared = Shared(runtime, self.node, self.settings, self.keys, self.redis, self.stats)
+        concurrency = resolve_concurrency(self.settings, runtime.settings.eventbus)
+        shared = Shared(runtime, self.node, self.settings, self.keys, self.redis, self.stats, concurrency)
         self._server = Server(shared)
         self._requester = Requester(shared, lambda: self._state, follow)
 

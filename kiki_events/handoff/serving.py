@@ -221,7 +221,7 @@ class Server:
             try:
                 if not served.ready:
                     await self._prepare(served)
-                free = settings.concurrency - len(served.running)
+                free = self.shared.concurrency - len(served.running)
                 if free <= 0:
                     await asyncio.wait(served.running, return_when=asyncio.FIRST_COMPLETED)
                     continue
