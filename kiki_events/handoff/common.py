@@ -75,7 +75,7 @@ class Shared:
 
 def text(value: Any) -> str:
     """A Redis reply value as text."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def decode_fields(raw: Mapping[Any, Any]) -> dict[str, str]:

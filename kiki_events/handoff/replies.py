@@ -188,7 +188,10 @@ class ReplyReader:
             finally:
                 self._reading = frozenset()
             reraise_if_cancelled()
-            self._route(reply)
+            try:
+                self._route(reply)
+            except Exception:  # a malformed reply must not stop the replies of every other request
+                logger.exception("could not route handoff replies")
 
     def _route(self, reply: Any) -> None:
         for raw_key, entries in reply or ():

@@ -353,7 +353,7 @@ class Requester:
                 pipe.set(shared.cancel_key(request.request_id), "1", ex=max(1, int(shared.settings.result_ttl)))
                 if request.run_id is None:
                     pipe.xdel(shared.keys.work_stream(request.agent), request.entry_id)
-                    pipe.xrange(request.reply_key, min=f"({request.inbox.last_id}", max="+")
+                    pipe.xrange(request.reply_key, min=request.inbox.last_id, max="+")
                 replies = await pipe.execute()
         except Exception as exc:
             logger.warning(
@@ -363,7 +363,8 @@ class Requester:
         if request.run_id is None:
             unread = request.inbox.drain()
             if len(replies) == 3:
-                unread += [decode_fields(raw) for _entry_id, raw in replies[2] or ()]
+                seen = request.inbox.last_id
+                unread += [decode_fields(raw) for entry_id, raw in replies[2] or () if text(entry_id) != seen]
             for fields in unread:
                 if fields.get("kind") == "started" and fields.get("run_id"):
                     request.run_id = fields["run_id"]
