@@ -768,6 +768,52 @@ async def test_outbox_overflow_is_dropped_and_counted_never_raised_into_the_grap
 
 
 @pytest.mark.asyncio
+async def test_flush_is_false_at_its_timeout_while_down_true_once_drained_and_false_when_closed_meanwhile(
+    cluster: Cluster, request: pytest.FixtureRequest
+) -> None:
+    server: Any = None
+    url = None
+    if cluster.kind != "memory":
+        server = request.getfixturevalue("redis_server")  # a private Redis of this test
+        url = server.url
+    a = await cluster.node("node-a", url=url, publish={"timeout": "0.5s"})
+    assert a.bridge is not None
+    transport = a.bridge.transport
+
+    async def outage(down: bool) -> None:
+        if server is None:
+            cluster.hub.set_available(not down)
+        elif down:
+            server.stop()
+        else:
+            await asyncio.to_thread(server.start)
+
+    def token(seq: int) -> TokenEvent:
+        return TokenEvent(run_id="RUNflush0000000000000001", seq=seq, ts=1.0, message_id="m", text="x", node="node-a")
+
+    assert await transport.flush(0)  # nothing waiting
+    await outage(True)
+    assert transport.publish(token(1))
+    assert not await transport.flush(0.3)
+    assert transport.outbox_depth == 1
+    # Flushes wait far longer than the test does: they must return when the outbox
+    # drains (or the transport closes), not when their own timeout comes.
+    waiting = asyncio.ensure_future(transport.flush(3 * TIMEOUT))
+    await outage(False)
+    assert await asyncio.wait_for(waiting, TIMEOUT)
+    assert transport.outbox_depth == 0
+
+    await outage(True)
+    assert transport.publish(token(2))
+    waiting = asyncio.ensure_future(transport.flush(3 * TIMEOUT))
+    await asyncio.sleep(0)  # let it start waiting
+    assert not waiting.done()
+    await transport.close(timeout=0.1)
+    assert await asyncio.wait_for(waiting, 2.0) is False  # at once, not at its timeout
+    assert not await transport.flush(0)
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize("cluster", ["memory"], indirect=True)  # a real Redis outage: tests/test_cluster.py
 async def test_events_wait_in_the_outbox_during_an_outage_and_flush_in_order(cluster: Cluster) -> None:
     a = await cluster.node("node-a")

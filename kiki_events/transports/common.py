@@ -177,6 +177,8 @@ class BaseTransport:
         self._rejected_logged: set[str] = set()
         self._bad_listener_logged = False
         self._state_changed: asyncio.Event | None = None
+        self._flushed: asyncio.Event | None = None
+        """Set (and replaced) when a batch was sent and when closing: wakes :meth:`flush`."""
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -244,6 +246,7 @@ class BaseTransport:
         self._closed = True  # the read loops see it within a fraction of a second
         self._flush_event.set()  # and the flusher wakes up to see it
         self._changed()
+        self._flush_ended()  # waiters of flush() give up
         tasks, self._tasks = self._tasks, []
         await stop_tasks(tasks, grace=_STOP_GRACE)
         unsent = len(self._outbox)
@@ -292,12 +295,28 @@ class BaseTransport:
             self._flush_event.set()
 
     async def flush(self, timeout: float = 5.0) -> bool:
-        deadline = time.monotonic() + timeout
+        """See :meth:`Transport.flush <kiki_events.transports.base.Transport.flush>`; ``False`` once closed.
+
+        Woken by the flusher each time it sent a batch, not by polling.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while not self._outbox.empty or self._sending:
-            if time.monotonic() >= deadline or self._closed or not self._started:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._closed or not self._started:
                 return False
-            await asyncio.sleep(0.002)
+            event = self._flushed
+            if event is None:
+                event = self._flushed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)
         return True
+
+    def _flush_ended(self) -> None:
+        """A batch was sent, or the transport closed: wake the waiters of :meth:`flush`."""
+        event, self._flushed = self._flushed, None
+        if event is not None:
+            event.set()
 
     async def _flush_forever(self) -> None:
         backoff = Backoff()
@@ -326,6 +345,7 @@ class BaseTransport:
                 continue
             self._outbox.sent(batch)
             self._sending = False
+            self._flush_ended()
             backoff.reset()
             self._publish_ok()
             if not self._outbox.empty:
