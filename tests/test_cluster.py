@@ -183,6 +183,17 @@ def start_run(node: Node, **extra: Any) -> str:
     return run_id
 
 
+def hold_outage(node: Node, events: int = 20) -> None:
+    """Keep Redis down until the outage shows on ``node``: its bridge is not connected and
+    ``events`` events it produced meanwhile wait in its outbox (bounded by ``TIMEOUT``)."""
+
+    def exercised() -> bool:
+        bridge = node.bridge()
+        return bridge["state"] != "connected" and bridge["outbox"] >= events
+
+    wait_for(exercised, TIMEOUT, f"{node.name} to hold {events} events back during the outage")
+
+
 def full_run(node: Node, run_id: str) -> list[SSEFrame]:
     """The whole run as its own node serves it, once it ended."""
     wait_for(lambda: httpx.get(f"{node.url}/runs/{run_id}").json()["status"] not in ("pending", "running"), TIMEOUT)
@@ -316,7 +327,7 @@ def test_streams_mode_loses_nothing_when_redis_restarts_mid_run(make_cluster: Ca
 
     cluster.redis.stop()
     seen_before = len(watching.events())
-    time.sleep(1.0)  # an outage of a second, while A keeps producing
+    hold_outage(a)  # while A keeps producing
     cluster.redis.start()
     watching.wait()
     everything = [f.seq for f in full_run(a, run_id)]
@@ -339,7 +350,7 @@ def test_pubsub_mode_is_back_within_3s_of_a_redis_restart_and_tells_the_client(
 
     cluster.redis.stop()
     wait_for(lambda: b.bridge()["state"] != "connected", 10, "B to notice the outage")
-    time.sleep(1.0)
+    hold_outage(a)  # events B cannot get live
     cluster.redis.start()
     back = time.monotonic()
     wait_for(lambda: b.bridge()["state"] == "connected", 10, "B to reconnect")

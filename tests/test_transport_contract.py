@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from types import ModuleType
@@ -134,6 +135,32 @@ async def finished(runtime: KikiRuntime, run_id: str) -> list[StreamEvent]:
     return await collect(runtime, run_id)
 
 
+async def reader_cycled(sender: KikiRuntime, receiver: KikiRuntime) -> None:
+    """Wait until ``receiver``'s reader has had everything ``sender`` published so far.
+
+    Once ``sender``'s outbox drained, a control message to ``receiver`` travels behind
+    all of it the way ``receiver`` reads everything (its one subscription connection,
+    its one XREAD loop, the hub): when it arrives, any earlier frame ``receiver`` would
+    have been given has arrived too. A positive barrier before checking that
+    something did *not* arrive.
+    """
+    assert sender.bridge is not None and receiver.bridge is not None
+    assert await sender.bridge.transport.flush(TIMEOUT)
+    token = uuid.uuid4().hex
+    arrived = asyncio.Event()
+
+    def barrier(message: Any) -> None:
+        if message.sender == sender.node and message.payload.get("token") == token:
+            arrived.set()
+
+    remove = receiver.bridge.add_control_handler("test-barrier", barrier)
+    try:
+        await sender.bridge.send_control("test-barrier", {"token": token}, node=receiver.node)
+        await asyncio.wait_for(arrived.wait(), TIMEOUT)
+    finally:
+        remove()
+
+
 # -- following a run -----------------------------------------------------------------------------------------
 
 
@@ -200,28 +227,29 @@ async def test_a_node_receives_no_run_traffic_without_an_interest(cluster: Clust
     a = await cluster.node("node-a")
     b = await cluster.node("node-b")
     assert a.bridge is not None and b.bridge is not None
+    stats = b.bridge.transport.stats
     first = a.runs.start("team", TASK)
     await asyncio.wait_for(first.task, TIMEOUT)
-    await a.bridge.transport.flush()
-    await asyncio.sleep(0.1)
+    await reader_cycled(a, b)
 
-    assert b.bridge.transport.stats.events_in == 0
+    assert stats.events_in == 0  # (no other run: B's total is this run's count)
     assert first.run_id not in b.store
 
     second = a.runs.start("gated", TASK)
     await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
     subscription = b.bus.subscribe(run_id=second.run_id)
     await async_wait_for(lambda: len(subscription) > 0, TIMEOUT, "B to receive the run it subscribed to")
-    received = b.bridge.transport.stats.events_in
-    assert received > 0
     subscription.close()
     await async_wait_for(lambda: b.bridge is not None and not b.bridge.health()["following"]["runs"], TIMEOUT)
+    # The run is parked at the gate: what B got of it is its catch-up, counted once all of it is in.
+    await reader_cycled(a, b)
+    received = stats.events_in
+    assert received > 0
     cluster.gate.open()
     await asyncio.wait_for(second.task, TIMEOUT)
-    await a.bridge.transport.flush()
-    await asyncio.sleep(0.2)
+    await reader_cycled(a, b)
 
-    assert b.bridge.transport.stats.events_in == received  # nothing more once nobody here wanted it
+    assert stats.events_in == received  # nothing more once nobody here wanted it
 
 
 @pytest.mark.asyncio
@@ -237,7 +265,8 @@ async def test_lifecycle_events_are_broadcast_to_nodes_that_subscribe_to_them(cl
     wanted = set(Settings().eventbus.subscribe.events)
     expected = [(e.run_id, e.seq) for e in local if topic_of(e) in wanted]
     await async_wait_for(lambda: len(topics) >= len(expected), TIMEOUT, "the lifecycle broadcasts")
-    await asyncio.sleep(0.1)
+    await reader_cycled(a, b)
+    await reader_cycled(a, quiet)
 
     got = await topics.get_batch(1000)
     assert [(e.run_id, e.seq) for e in got] == expected
@@ -667,13 +696,14 @@ async def test_malformed_oversized_and_unknown_version_frames_are_dropped_counte
 async def test_two_prefixes_on_one_redis_never_see_each_other(cluster: Cluster) -> None:
     a = await cluster.node("node-a")
     other = await cluster.node("node-b", prefix=cluster.prefix + "other:")
+    neighbour = await cluster.node("node-c", prefix=cluster.prefix + "other:")  # other's deployment
     assert other.bridge is not None and a.bridge is not None
     other.bridge.lookup_wait = 0.3
     topics = other.bus.subscribe(topics="*")
     handle = a.runs.start("team", TASK, thread_id="shared-thread")
     await asyncio.wait_for(handle.task, TIMEOUT)
-    await a.bridge.transport.flush()
-    await asyncio.sleep(0.2)
+    assert await a.bridge.transport.flush(TIMEOUT)
+    await reader_cycled(neighbour, other)  # sent after all of A's traffic: other's reader is past it
 
     with pytest.raises(RunNotFoundError):
         await collect(other, handle.run_id)
@@ -681,7 +711,7 @@ async def test_two_prefixes_on_one_redis_never_see_each_other(cluster: Cluster) 
         await other.bridge.open_thread("shared-thread")
     assert len(topics) == 0
     assert other.bridge.transport.stats.lifecycle_in == 0
-    assert other.bridge.transport.stats.messages_in == 0
+    assert other.bridge.transport.stats.messages_in == 1  # the barrier from its own deployment
 
 
 class Recorder:
