@@ -31,12 +31,8 @@ import json
 import multiprocessing as mp
 import os
 import secrets
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -44,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import median, verdict, write_results
+from benchmarks._common import PrivateRedis, median, verdict, write_results
 from kiki_events.heap import freeze_startup_heap as _freeze
 
 PREFIX = "kiki-bench:"
@@ -55,49 +51,6 @@ NO_FREEZE = "KIKI_BENCH_NO_FREEZE"
 """Set (``--no-freeze``): processes skip :func:`freeze_startup_heap`, to show what it is worth."""
 WARMUP_S = 0.5
 """P3 leaves out the delays of the first half second of sending."""
-
-
-# -- a private Redis ---------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class PrivateRedis:
-    """Our own ``redis-server`` on a free port (never the machine's shared one)."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
-        self.port = _free_port()
-        self.dir = tempfile.mkdtemp(prefix="kiki-bench-redis-")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _settle() -> None:

@@ -1,4 +1,4 @@
-"""The bridge benchmark runs end to end (small numbers; its figures are not judged here)."""
+"""The cross-node benchmarks run end to end (small numbers; their figures are not judged here)."""
 
 from __future__ import annotations
 
@@ -30,15 +30,19 @@ def test_freeze_startup_heap_moves_live_objects_out_of_the_collectors_reach() ->
     assert len(kept) == 1000
 
 
+def _needs_redis_server() -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail("redis-server is not on PATH")
+        pytest.skip("redis-server is not on PATH")
+
+
 @pytest.mark.slow
 @pytest.mark.redis
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("mode", ["pubsub", "streams"])
 def test_bridge_benchmark_delivers_every_event_and_writes_its_figures(tmp_path: Path, mode: str) -> None:
-    if shutil.which("redis-server") is None:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail("redis-server is not on PATH")
-        pytest.skip("redis-server is not on PATH")
+    _needs_redis_server()
     out = tmp_path / "bridge.json"
     command = [sys.executable, "benchmarks/bridge.py", "--rounds", "1", "--events", "3000", "--rate", "1000",
                "--seconds", "1.5", "--mode", mode, "--out", str(out)]  # fmt: skip
@@ -55,3 +59,29 @@ def test_bridge_benchmark_delivers_every_event_and_writes_its_figures(tmp_path: 
     assert p2["ratio"] == pytest.approx(p2["per_round"]["kiki"][0] / p2["per_round"]["anchor"][0], rel=0.01)
     assert 0 < p3["p50_ms"] <= p3["p99_ms"]
     assert "P2 ratio" in result.stdout and "P3 at 1,000 events/s" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+@pytest.mark.timeout(180)
+def test_handoff_benchmark_measures_delegates_against_the_redis_floor(tmp_path: Path) -> None:
+    _needs_redis_server()
+    out = tmp_path / "handoff.json"
+    command = [sys.executable, "benchmarks/handoff.py", "--rounds", "20", "--background", "3", "--concurrent", "5",
+               "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    figures = json.loads(out.read_text())
+    assert figures["rounds"] == 20
+    for part in ("anchor", "sequential", "with_others_waiting"):
+        assert 0 < figures[part]["p50_ms"] <= figures[part]["p99_ms"], part
+    assert figures["with_others_waiting"]["waiting"] == 3
+    assert figures["concurrent"] == {
+        "delegates": 5,
+        "median_batch_ms": pytest.approx(figures["concurrent"]["median_batch_ms"]),
+    }
+    assert figures["concurrent"]["median_batch_ms"] > 0
+    assert figures["ratio_p50"] == pytest.approx(
+        figures["sequential"]["p50_ms"] / figures["anchor"]["p50_ms"], rel=0.02
+    )
