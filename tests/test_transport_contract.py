@@ -30,7 +30,7 @@ from kiki_events.replay import ThreadCursor
 from kiki_events.runtime import KikiRuntime
 from kiki_events.topics import topic_of
 from kiki_events.transports import MemoryHub, create_transport
-from kiki_events.transports.wire import KIND_BATCH, KIND_CONTROL, pack
+from kiki_events.transports.wire import KIND_BATCH, KIND_CONTROL, Message, pack
 from tests.redis_server import free_port
 from tests.servers import Gate, async_wait_for, gated_graph
 
@@ -375,6 +375,40 @@ async def test_readers_of_a_run_whose_node_died_are_told_and_released(
     assert all(e.type != "done" for e in seen)
     record = b.store.peek(handle.run_id)
     assert record is not None and record.ended
+
+
+@pytest.mark.asyncio
+async def test_a_run_whose_last_frame_was_lost_is_completed_from_its_node(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kiki_events.bridge.liveness
+
+    monkeypatch.setattr(kiki_events.bridge.liveness, "_HEARTBEAT_EVERY", 0.2)
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    assert b.bridge is not None
+    bridge = b.bridge
+    lost: list[int] = []
+    deliver = bridge.on_frame
+
+    def lossy(message: Message) -> None:  # the frame carrying the run's end goes missing, once, unnoticed
+        if not lost and message.kind == KIND_BATCH and any(e.type == "done" for e in message.events):
+            lost.extend(e.seq for e in message.events)
+            return
+        deliver(message)
+
+    monkeypatch.setattr(bridge, "on_frame", lossy)
+    handle = a.runs.start("gated", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    follower = asyncio.ensure_future(collect(b, handle.run_id))
+    await async_wait_for(lambda: (r := b.store.peek(handle.run_id)) is not None and r.log.last_seq > 5, TIMEOUT)
+    cluster.gate.open()
+    seen = await follower
+    local = await finished(a, handle.run_id)
+
+    assert lost, "the run's last frame was never dropped"
+    assert seen == local  # every event once, in order, the end included: fetched again from its node
+    assert b.store.peek(handle.run_id) is not None and b.store.peek(handle.run_id).status == "success"  # type: ignore[union-attr]
 
 
 # -- join and resume -----------------------------------------------------------------------------------------

@@ -84,6 +84,8 @@ class RemoteRun:
     """Set once the first catch-up is done (or given up)."""
     since: float = field(default_factory=time.monotonic)
     """When this node began following it."""
+    checked_seq: int = 0
+    """``next_seq`` at the last liveness check (unchanged at the next: the run looks idle)."""
     task: asyncio.Task[None] | None = None
 
 

@@ -3,9 +3,11 @@
 Every node says it is alive (a heartbeat with a short expiry). A node following
 runs of other nodes checks that their owners still say so; after a few missed
 checks in a row, the readers of those runs here are told (``missed``) and
-released. Checks happen only while connected: an outage is not a sign that other
-nodes died. The same periodic task drives the repair timers (:mod:`.repair`) and
-forgets copies of remote runs nobody here follows any more.
+released; a run that delivered nothing since the last check is looked up, and if
+it ended without its end reaching this node, the rest is fetched. Checks happen
+only while connected: an outage is not a sign that other nodes died. The same
+periodic task drives the repair timers (:mod:`.repair`) and forgets copies of
+remote runs nobody here follows any more.
 """
 
 from __future__ import annotations
@@ -78,13 +80,39 @@ class Liveness:
             alive = await transport.alive(sorted({r.owner for r in followed if r.owner}))
         except TransportError:
             return
+        idle: list[RemoteRun] = []
         for remote in followed:
             if remote.owner in alive:
                 remote.misses = 0
+                if remote.final is None and remote.next_seq == remote.checked_seq:
+                    idle.append(remote)
+                remote.checked_seq = remote.next_seq
                 continue
             remote.misses += 1
             if remote.misses >= _GONE_AFTER:
                 self._owner_gone(remote)
+        await self._check_idle(idle)
+
+    async def _check_idle(self, idle: list[RemoteRun]) -> None:
+        """Runs that delivered nothing since the last check: did they end without this node hearing of it?
+
+        A run's last frames can only be lost here by a fault that nothing else
+        noticed (no reconnect, no gap after them); the registry still says it
+        ended, and then what is left is fetched and the run settled like any run
+        found ended (:meth:`.Repair.fetch_end`).
+        """
+        bridge = self._bridge
+        for remote in idle:
+            try:
+                info = await bridge.transport.lookup_run(remote.run_id)
+            except TransportError:
+                return
+            record = remote.record
+            if info is None or not info.ended or record is None or record.ended or remote.final is not None:
+                continue
+            logger.info("run %s ended on %s without its end reaching here; fetching the rest", remote.run_id, info.node)
+            bridge._following.ended_elsewhere(remote, info)
+            bridge._repair.fetch_end(remote)
 
     def _owner_gone(self, remote: RemoteRun) -> None:
         record = remote.record

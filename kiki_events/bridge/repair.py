@@ -218,7 +218,7 @@ class Repair:
             missing = f"the events of this run from seq {start} on are no longer available"
         self.end_here(remote, f"{missing} ({reason})" if reason else missing)
 
-    def _fetch_end(self, remote: RemoteRun) -> None:
+    def fetch_end(self, remote: RemoteRun) -> None:
         """Ask again for what is left of a run that ended elsewhere; after a few tries, settle it."""
         owner = remote.owner or "its node"
         if remote.final_attempts >= _REPAIR_ATTEMPTS:
@@ -298,7 +298,7 @@ class Repair:
                 and connected  # an outage is no reason to give the rest of a run up
                 and not record.ended
             ):
-                self._fetch_end(remote)
+                self.fetch_end(remote)
             if remote.gap_since is not None and now - remote.gap_since >= timeout:
                 if remote.attempts < _REPAIR_ATTEMPTS - 1:
                     # No progress: the request or its answer may be lost, or the owner busy. Ask again.
