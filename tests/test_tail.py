@@ -245,9 +245,7 @@ async def test_the_command_prints_json_lines_of_a_run(
     events = run_events()
     process = _cli("--config", str(config), "--run", events[0].run_id, "--json")
     try:
-        await subscribed(producer, f"{key_prefix}run:{{{events[0].run_id}}}")
-        if mode == "streams":
-            await asyncio.sleep(0.5)  # the tail reads what is stored, then follows
+        await subscribed(producer, f"{key_prefix}run:{{{events[0].run_id}}}")  # streams: what is stored is read
         await publish(producer, events)
         out, err = await asyncio.to_thread(process.communicate, timeout=20)
     finally:

@@ -90,6 +90,16 @@ class Cluster:
             self._redis = Redis.from_url(self.redis_url)
         return self._redis
 
+    async def subscribed(self, channel: str) -> None:
+        """Wait until a node's pub/sub connection listens on ``channel`` (a no-op for other transports)."""
+        if self.kind != "pubsub":
+            return  # the hub subscribes at once; a stream keeps what is sent before it is read
+        redis = await self.redis()
+        deadline = time.monotonic() + TIMEOUT
+        while not (await redis.pubsub_numsub(channel))[0][1]:
+            assert time.monotonic() < deadline, f"nobody subscribed to {channel}"
+            await asyncio.sleep(0.01)
+
     async def inject(self, runtime: KikiRuntime, data: bytes) -> None:
         """Put raw bytes where ``runtime`` reads control messages, as a hostile publisher would."""
         keys = Keys(self.prefix)
@@ -285,6 +295,7 @@ async def test_a_bus_subscription_made_before_the_run_exists_receives_it_when_it
     run_id = "RUNfuture000000000000001"
     subscription = b.bus.subscribe(run_id=run_id)
     await async_wait_for(lambda: b.bridge is not None and b.bridge.health()["following"]["runs"] == 1, TIMEOUT)
+    await cluster.subscribed(Keys(cluster.prefix).run_channel(run_id))
     events: list[StreamEvent] = [StatusEvent(run_id=run_id, seq=1, ts=1.0, status="started", node="node-a")]
     events += [
         TokenEvent(run_id=run_id, seq=i, ts=1.0, message_id="m", text=f"t{i}", node="node-a") for i in range(2, 40)
