@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,17 @@ from .redaction import redact_url
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["Keys", "connection_url", "create_redis"]
+__all__ = ["Keys", "connection_url", "create_redis", "reply_fields", "reply_text"]
+
+
+def reply_text(value: Any) -> str:
+    """A value of a Redis reply as text (bytes decoded as UTF-8, undecodable bytes replaced)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def reply_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
+    """A hash's or a stream entry's fields as text."""
+    return {reply_text(k): reply_text(v) for k, v in raw.items()}
 
 
 def connection_url(settings: RedisSettings) -> str:

@@ -22,14 +22,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .redis_client import reply_fields, reply_text
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 __all__ = ["WorkItem", "WorkQueue"]
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ class WorkQueue:
     async def put(self, fields: Mapping[str, str]) -> str:
         """Append an item; returns its entry id."""
         entry = await self.redis.xadd(self.stream, dict(fields), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-        return _text(entry)
+        return reply_text(entry)
 
     async def remove(self, entry_id: str) -> int:
         """Delete an item that should no longer be handled (e.g. its requester gave up)."""
@@ -98,7 +96,7 @@ class WorkQueue:
         )
         items: list[WorkItem] = []
         for _stream, entries in reply or ():
-            items.extend(WorkItem(_text(i), _fields(f)) for i, f in entries if f is not None)
+            items.extend(WorkItem(reply_text(i), reply_fields(f)) for i, f in entries if f is not None)
         return items
 
     async def touch(self, entry_ids: Sequence[str]) -> list[str]:
@@ -106,7 +104,7 @@ class WorkQueue:
         if not entry_ids:
             return []
         owned = await self.redis.xclaim(self.stream, self.group, self.consumer, 0, list(entry_ids), justid=True)
-        return [_text(i) for i in owned]
+        return [reply_text(i) for i in owned]
 
     async def release(self, entry_ids: Sequence[str], min_idle: float) -> None:
         """Give up ``entry_ids`` now: mark them idle, so the next :meth:`reclaim` anywhere takes them.
@@ -127,7 +125,7 @@ class WorkQueue:
             self.stream, self.group, self.consumer, max(0, int(min_idle * 1000)), "0-0", count=count
         )
         entries = reply[1] if len(reply) > 1 else []
-        claimed = [(_text(i), _fields(f)) for i, f in entries if f is not None]
+        claimed = [(reply_text(i), reply_fields(f)) for i, f in entries if f is not None]
         if not claimed:
             return []
         counts = await self._deliveries([i for i, _ in claimed])
@@ -141,7 +139,7 @@ class WorkQueue:
         counts: dict[str, int] = {}
         for rows in replies:
             for row in rows:
-                counts[_text(row["message_id"])] = int(row["times_delivered"])
+                counts[reply_text(row["message_id"])] = int(row["times_delivered"])
         return counts
 
     async def ack(self, entry_id: str) -> None:
@@ -165,13 +163,9 @@ class WorkQueue:
             pipe.xack(self.stream, self.group, item.id)
             pipe.xdel(self.stream, item.id)
             replies = await pipe.execute()
-        return _text(replies[0])
+        return reply_text(replies[0])
 
     async def pending(self) -> int:
         """Items delivered to some consumer and not acknowledged yet."""
         summary = await self.redis.xpending(self.stream, self.group)
         return int(summary.get("pending", 0) if isinstance(summary, dict) else summary[0])
-
-
-def _fields(raw: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in raw.items()}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..redaction import redact_text
+from ..redis_client import reply_text
 from ..workqueue import WorkQueue
 
 if TYPE_CHECKING:
@@ -22,12 +23,11 @@ __all__ = [
     "GROUP",
     "MAX_BLOCK",
     "WIRE_VERSION",
+    "Retry",
     "Shared",
-    "decode_fields",
     "logger",
     "reraise_if_cancelled",
     "stop_tasks",
-    "text",
 ]
 
 logger = logging.getLogger("kiki_events.handoff")
@@ -70,17 +70,7 @@ class Shared:
     async def serving_nodes(self, agent: str) -> list[str]:
         """Nodes whose advertisement for ``agent`` is live."""
         nodes = await self.redis.zrangebyscore(self.keys.agents(agent), time.time(), "+inf")
-        return sorted(text(n) for n in nodes)
-
-
-def text(value: Any) -> str:
-    """A Redis reply value as text."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def decode_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
-    """A stream entry's fields as text."""
-    return {text(k): text(v) for k, v in raw.items()}
+        return sorted(reply_text(n) for n in nodes)
 
 
 def reraise_if_cancelled() -> None:
@@ -92,6 +82,31 @@ def reraise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+class Retry:
+    """The consecutive Redis failures of one loop: counted, the first logged, then a growing pause."""
+
+    def __init__(self, what: str, stats: dict[str, int], *, first: float = 0.0, cap: float = 0.0) -> None:
+        self.what = what
+        self.stats = stats
+        self.first = first
+        self.cap = cap
+        """Longest pause; 0: none (the loop waits anyway)."""
+        self.failures = 0
+
+    def ok(self) -> None:
+        self.failures = 0
+
+    async def failed(self, exc: Exception) -> None:
+        """Count ``exc`` (``redis_errors``), log it if it is the first in a row, pause before the retry."""
+        reraise_if_cancelled()
+        self.failures += 1
+        self.stats["redis_errors"] = self.stats.get("redis_errors", 0) + 1
+        if self.failures == 1:
+            logger.warning("%s failed (%s); retrying", self.what, redact_text(str(exc)))
+        if self.cap > 0:
+            await asyncio.sleep(min(self.first * 2**self.failures, self.cap))
 
 
 async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:

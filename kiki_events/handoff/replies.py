@@ -27,8 +27,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HandoffError
-from ..redaction import redact_text
-from .common import MAX_BLOCK, decode_fields, logger, reraise_if_cancelled, stop_tasks, text
+from ..redis_client import reply_fields, reply_text
+from .common import MAX_BLOCK, Retry, logger, reraise_if_cancelled, stop_tasks
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -161,7 +161,7 @@ class ReplyReader:
             pipe.expire(self.wake_key, _WAKE_TTL)
 
     async def _run(self) -> None:
-        failures = 0
+        retry = Retry("reading handoff replies", self.stats, first=0.05, cap=1.0)
         while not self._closed:
             readable = [inbox for inbox in self._inboxes.values() if not inbox.finished]
             if not readable:
@@ -174,16 +174,11 @@ class ReplyReader:
             self._reading = frozenset(streams)
             try:
                 reply: Any = await self.redis.xread(streams, count=max(1, count), block=int(MAX_BLOCK * 1000))  # type: ignore[arg-type]
-                failures = 0
+                retry.ok()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                reraise_if_cancelled()
-                failures += 1
-                self.stats["redis_errors"] = self.stats.get("redis_errors", 0) + 1
-                if failures == 1:
-                    logger.warning("reading handoff replies failed (%s); retrying", redact_text(str(exc)))
-                await asyncio.sleep(min(0.05 * 2**failures, 1.0))
+                await retry.failed(exc)
                 continue
             finally:
                 self._reading = frozenset()
@@ -195,10 +190,10 @@ class ReplyReader:
 
     def _route(self, reply: Any) -> None:
         for raw_key, entries in reply or ():
-            key = text(raw_key)
+            key = reply_text(raw_key)
             if key == self.wake_key:
                 if entries:
-                    self._wake_last = text(entries[-1][0])
+                    self._wake_last = reply_text(entries[-1][0])
                 continue
             inbox = self._inboxes.get(key)
             if inbox is None or inbox.finished:
@@ -206,4 +201,4 @@ class ReplyReader:
             for entry_id, raw in entries:
                 if inbox.full():
                     break  # read again from inbox.last_id once there is room
-                inbox.push(text(entry_id), decode_fields(raw))
+                inbox.push(reply_text(entry_id), reply_fields(raw))

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from ..errors import HandoffError, HandoffTimeoutError, NoAgentError, RunNotFoundError
 from ..events import StreamEvent
 from ..redaction import redact_text
+from ..redis_client import reply_fields, reply_text
 from ..replay import Frame, RunCursor
-from .common import WIRE_VERSION, Shared, decode_fields, logger, stop_tasks, text
+from .common import WIRE_VERSION, Shared, logger, stop_tasks
 from .payload import dump_payload
 from .replies import Inbox, ReplyReader, wake_key
 from .results import HandoffResult, result_from
@@ -308,7 +309,7 @@ class Requester:
             self.replies.remove(inbox)
             raise
         shared.stats["delegated"] += 1
-        return _Request(request_id, agent, deadline, text(replies[0]), reply_key, inbox, principal)
+        return _Request(request_id, agent, deadline, reply_text(replies[0]), reply_key, inbox, principal)
 
     async def _next_reply(self, request: _Request) -> dict[str, str]:
         """The next entry of the request's reply stream; enforces pickup and overall timeouts."""
@@ -364,7 +365,7 @@ class Requester:
             unread = request.inbox.drain()
             if len(replies) == 3:
                 seen = request.inbox.last_id
-                unread += [decode_fields(raw) for entry_id, raw in replies[2] or () if text(entry_id) != seen]
+                unread += [reply_fields(raw) for entry_id, raw in replies[2] or () if reply_text(entry_id) != seen]
             for fields in unread:
                 if fields.get("kind") == "started" and fields.get("run_id"):
                     request.run_id = fields["run_id"]

@@ -23,7 +23,7 @@ from ..errors import RunError, RunNotFoundError, UnknownGraphError
 from ..handler import KikiCallbackHandler
 from ..redaction import redact_error, redact_text
 from ..workqueue import WorkItem, WorkQueue
-from .common import MAX_BLOCK, WIRE_VERSION, Shared, logger, reraise_if_cancelled, stop_tasks
+from .common import MAX_BLOCK, WIRE_VERSION, Retry, Shared, logger, reraise_if_cancelled, stop_tasks
 from .payload import encode_output, load_payload
 
 __all__ = ["Server"]
@@ -157,21 +157,17 @@ class Server:
 
     # -- heartbeat --------------------------------------------------------------------------
     async def _heartbeat_forever(self) -> None:
-        failures = 0
+        retry = Retry("handoff heartbeat", self.shared.stats)
         while True:
             await asyncio.sleep(self.shared.settings.heartbeat)
             try:
                 await self._beat()
                 reraise_if_cancelled()
-                failures = 0
+                retry.ok()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                reraise_if_cancelled()
-                failures += 1
-                self.shared.stats["redis_errors"] += 1
-                if failures == 1:
-                    logger.warning("handoff heartbeat failed (%s); retrying", redact_text(str(exc)))
+                await retry.failed(exc)
 
     async def _beat(self) -> None:
         shared = self.shared
@@ -216,7 +212,7 @@ class Server:
         settings = self.shared.settings
         reclaim_every = max(settings.claim_idle / 4, 0.05)
         next_reclaim = 0.0
-        failures = 0
+        retry = Retry(f"reading tasks of agent {served.agent!r}", self.shared.stats, first=0.1, cap=5.0)
         while True:
             try:
                 if not served.ready:
@@ -234,21 +230,15 @@ class Server:
                     block = min(settings.heartbeat, MAX_BLOCK, max(next_reclaim - time.monotonic(), 0.001))
                     items = await served.queue.read(free, block=block)
                 reraise_if_cancelled()
-                failures = 0
+                retry.ok()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 reraise_if_cancelled()
                 if not self.accepting:
                     return
-                failures += 1
                 served.ready = False  # e.g. NOGROUP after Redis lost its data
-                self.shared.stats["redis_errors"] += 1
-                if failures == 1:
-                    logger.warning(
-                        "reading tasks of agent %r failed (%s); retrying", served.agent, redact_text(str(exc))
-                    )
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                await retry.failed(exc)
                 continue
             for item in items:
                 if item.id in served.active:

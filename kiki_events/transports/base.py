@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from ..events import StreamEvent
+from ..redis_client import reply_fields
 
 if TYPE_CHECKING:
     from .wire import Message
@@ -143,7 +144,7 @@ class RunInfo:
     @classmethod
     def from_fields(cls, run_id: str, fields: Mapping[Any, Any]) -> RunInfo | None:
         """Parse a hash written by :meth:`to_fields`; ``None`` if it is not one."""
-        text = {_text(k): _text(v) for k, v in fields.items()}
+        text = reply_fields(fields)
         node = text.get("node")
         if not node:
             return None
@@ -175,10 +176,6 @@ class RunInfo:
             "ended_at": self.ended_at,
             "last_seq": self.last_seq,
         }
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)

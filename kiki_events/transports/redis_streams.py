@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TransportError
 from ..redaction import redact_text
+from ..redis_client import reply_text
 from .base import ControlMessage, WatchKind
 from .common import Backoff, TransportOptions, control_extra, replay_frames, supervise
 from .outbox import OutboxBatch, chunks
@@ -49,10 +50,6 @@ _CONTROL_MAXLEN = 1_000
 _CONTROL_TTL = 86400
 _DUPLICATE = "equal or smaller"
 _BOUNDED_MEMORY = 4096
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisStreamsTransport(RedisTransportBase):
@@ -89,7 +86,7 @@ class RedisStreamsTransport(RedisTransportBase):
             pipe.xrevrange(key, count=1)
         tails = await self._call(pipe.execute())
         for key, tail in zip(shared, tails, strict=True):
-            self._positions.setdefault(key, _text(tail[0][0]) if tail else "0-0")
+            self._positions.setdefault(key, reply_text(tail[0][0]) if tail else "0-0")
         self._tails_known = True
 
     async def _read_forever(self) -> None:
@@ -108,11 +105,11 @@ class RedisStreamsTransport(RedisTransportBase):
                 await asyncio.sleep(backoff.next())
                 continue
             for key, entries in reply.items() if isinstance(reply, dict) else reply or ():
-                name = _text(key)
+                name = reply_text(key)
                 for entry_id, fields in entries:
                     if name not in self._positions:
                         break  # unwatched meanwhile
-                    self._positions[name] = _text(entry_id)
+                    self._positions[name] = reply_text(entry_id)
                     self._entry(fields, live=True)
 
     def _entry(self, fields: Mapping[Any, Any], *, live: bool) -> None:
@@ -129,7 +126,7 @@ class RedisStreamsTransport(RedisTransportBase):
         while True:
             entries: Any = await self._call(self.redis.xrange(key, min=start, max="+", count=_PAGE))
             for entry_id, fields in entries:
-                last = _text(entry_id)
+                last = reply_text(entry_id)
                 self._entry(fields, live=False)
             if len(entries) < _PAGE or last is None:
                 return last
