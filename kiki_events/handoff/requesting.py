@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import secrets
 import time
@@ -30,10 +31,23 @@ from .results import HandoffResult, result_from
 if TYPE_CHECKING:
     from ..runtime import KikiRuntime
 
-__all__ = ["Follow", "HandoffStream", "Requester"]
+__all__ = ["Follow", "HandoffStream", "Requester", "Task"]
 
 Follow: TypeAlias = Callable[..., AsyncIterator[StreamEvent]]
 """``follow(run_id, *, after=0)``: every event of a run from whichever node runs it."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a caller hands to an agent of another node (see :meth:`Handoff.delegate`)."""
+
+    agent: str
+    input: Any
+    causation_id: str | None = None
+    thread_id: str | None = None
+    principal: str | None = None
+    timeout: float | None = None
+    request_id: str | None = None
 
 
 @dataclass(eq=False)
@@ -116,17 +130,8 @@ class Requester:
     def new_request_id() -> str:
         return secrets.token_urlsafe(16)
 
-    async def delegate(
-        self,
-        agent: str,
-        input: Any,
-        causation_id: str | None,
-        thread_id: str | None,
-        principal: str | None,
-        timeout: float | None,
-        request_id: str | None,
-    ) -> HandoffResult:
-        request = await self._submit(agent, input, causation_id, thread_id, principal, timeout, request_id)
+    async def delegate(self, task: Task) -> HandoffResult:
+        request = await self._submit(task)
         try:
             fields = await self._next_reply(request)
             while fields.get("kind") != "result":
@@ -138,33 +143,15 @@ class Requester:
             self.replies.remove(request.inbox)
         return result_from(request.request_id, request.agent, fields).raise_for_status()
 
-    def stream(
-        self,
-        agent: str,
-        input: Any,
-        causation_id: str | None,
-        thread_id: str | None,
-        principal: str | None,
-        timeout: float | None,
-        request_id: str | None,
-    ) -> HandoffStream:
-        rid = request_id or self.new_request_id()
-        holder = HandoffStream(_empty(), rid)
-        holder._events = self._stream(holder, agent, input, causation_id, thread_id, principal, timeout, rid)
+    def stream(self, task: Task) -> HandoffStream:
+        request_id = task.request_id or self.new_request_id()  # known before the task is sent
+        holder = HandoffStream(_empty(), request_id)
+        holder._events = self._stream(holder, dataclasses.replace(task, request_id=request_id))
         return holder
 
-    async def _stream(
-        self,
-        holder: HandoffStream,
-        agent: str,
-        input: Any,
-        causation_id: str | None,
-        thread_id: str | None,
-        principal: str | None,
-        timeout: float | None,
-        request_id: str,
-    ) -> AsyncIterator[StreamEvent]:
-        request = await self._submit(agent, input, causation_id, thread_id, principal, timeout, request_id)
+    async def _stream(self, holder: HandoffStream, task: Task) -> AsyncIterator[StreamEvent]:
+        request = await self._submit(task)
+        request_id = request.request_id
         out: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=1024)
         pump: asyncio.Task[None] | None = None
         retired: list[asyncio.Task[None]] = []
@@ -256,21 +243,13 @@ class Requester:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
-    async def _submit(
-        self,
-        agent: str,
-        input: Any,
-        causation_id: str | None,
-        thread_id: str | None,
-        principal: str | None,
-        timeout: float | None,
-        request_id: str | None,
-    ) -> _Request:
+    async def _submit(self, task: Task) -> _Request:
         shared = self.shared
         settings = shared.settings
         state = self._state()
         if state not in ("running", "draining"):
             raise HandoffError(f"cannot delegate: the Handoff is {state}")
+        agent, input = task.agent, task.input
         if not await shared.serving_nodes(agent):
             raise NoAgentError(f"no node serves agent {agent!r}")
         if isinstance(input, str):
@@ -281,8 +260,8 @@ class Requester:
                 f"input for agent {agent!r} is {len(payload.encode())} bytes, "
                 f"more than handoff.max_input_bytes ({settings.max_input_bytes})"
             )
-        request_id = request_id or self.new_request_id()
-        deadline = time.time() + (settings.timeout if timeout is None else timeout)
+        request_id = task.request_id or self.new_request_id()
+        deadline = time.time() + (settings.timeout if task.timeout is None else task.timeout)
         fields = {
             "v": WIRE_VERSION,
             "request_id": request_id,
@@ -291,7 +270,7 @@ class Requester:
             "deadline": f"{deadline:.3f}",
             "origin": shared.node,
         }
-        extra = {"causation_id": causation_id, "thread_id": thread_id, "principal": principal}
+        extra = {"causation_id": task.causation_id, "thread_id": task.thread_id, "principal": task.principal}
         fields.update({name: value for name, value in extra.items() if value})
         if shared.runtime.bridge is not None:
             # The serving node need not watch for this request being given up: it
@@ -309,7 +288,7 @@ class Requester:
             self.replies.remove(inbox)
             raise
         shared.stats["delegated"] += 1
-        return _Request(request_id, agent, deadline, reply_text(replies[0]), reply_key, inbox, principal)
+        return _Request(request_id, agent, deadline, reply_text(replies[0]), reply_key, inbox, task.principal)
 
     async def _next_reply(self, request: _Request) -> dict[str, str]:
         """The next entry of the request's reply stream; enforces pickup and overall timeouts."""

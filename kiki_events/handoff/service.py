@@ -12,7 +12,7 @@ from ..errors import HandoffError, KikiEventsError
 from ..handler import KikiCallbackHandler
 from ..redis_client import Keys, create_redis
 from .common import Shared
-from .requesting import Follow, HandoffStream, Requester
+from .requesting import Follow, HandoffStream, Requester, Task
 from .results import HandoffResult
 from .serving import Server
 
@@ -228,7 +228,8 @@ class Handoff:
             HandoffFailedError: the run ended in error, was cancelled or interrupted, or
                 the task was dead-lettered (message redacted).
         """
-        return await self._requester.delegate(agent, input, causation_id, thread_id, principal, timeout, request_id)
+        task = Task(agent, input, causation_id, thread_id, principal, timeout, request_id)
+        return await self._requester.delegate(task)
 
     def stream(
         self,
@@ -246,4 +247,4 @@ class Handoff:
         If the task is run again (its first node died), the events of the new run
         follow. ``stream.result`` holds the outcome once iteration ended.
         """
-        return self._requester.stream(agent, input, causation_id, thread_id, principal, timeout, request_id)
+        return self._requester.stream(Task(agent, input, causation_id, thread_id, principal, timeout, request_id))
