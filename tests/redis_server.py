@@ -8,6 +8,7 @@ for outage tests.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -16,6 +17,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +84,17 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def wait_subscribed(redis: Any, channel: str, listeners: int = 1, timeout: float = 10.0) -> None:
+    """Wait until ``listeners`` pub/sub connections listen on ``channel`` (``PUBSUB NUMSUB``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = await redis.pubsub_numsub(channel)
+        if counts and counts[0][1] >= listeners:
+            return
+        assert time.monotonic() < deadline, f"nobody subscribed to {channel} within {timeout}s"
+        await asyncio.sleep(0.01)  # polling Redis for a condition, not timing a test
 
 
 @pytest.fixture(scope="session")

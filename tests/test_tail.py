@@ -36,7 +36,7 @@ from kiki_events.events import (
 )
 from kiki_events.tail import format_event, tail
 from kiki_events.transports import RunInfo, Transport, create_transport
-from tests.redis_server import free_port
+from tests.redis_server import free_port, wait_subscribed
 from tests.servers import async_wait_for
 
 pytestmark = pytest.mark.redis
@@ -113,16 +113,7 @@ async def subscribed(producer: Transport, channel_or_stream: str, listeners: int
     """Wait until ``listeners`` connections listen (pub/sub) — streams keep what is sent anyway."""
     if producer.name != "redis-pubsub":
         return
-    redis = producer.redis  # type: ignore[attr-defined]
-
-    async def listening() -> bool:
-        counts = await redis.pubsub_numsub(channel_or_stream)
-        return bool(counts and counts[0][1] >= listeners)
-
-    deadline = time.monotonic() + 10
-    while not await listening():
-        assert time.monotonic() < deadline, f"the tail never subscribed to {channel_or_stream}"
-        await asyncio.sleep(0.01)
+    await wait_subscribed(producer.redis, channel_or_stream, listeners)  # type: ignore[attr-defined]
 
 
 async def publish(producer: Transport, events: list[StreamEvent]) -> None:

@@ -31,7 +31,7 @@ from kiki_events.runtime import KikiRuntime
 from kiki_events.topics import topic_of
 from kiki_events.transports import MemoryHub, create_transport
 from kiki_events.transports.wire import KIND_BATCH, KIND_CONTROL, Message, pack
-from tests.redis_server import free_port
+from tests.redis_server import free_port, wait_subscribed
 from tests.servers import Gate, async_wait_for, gated_graph
 
 TASK = {"messages": [{"role": "user", "content": "Compare Redis streams and pub/sub"}]}
@@ -94,11 +94,7 @@ class Cluster:
         """Wait until a node's pub/sub connection listens on ``channel`` (a no-op for other transports)."""
         if self.kind != "pubsub":
             return  # the hub subscribes at once; a stream keeps what is sent before it is read
-        redis = await self.redis()
-        deadline = time.monotonic() + TIMEOUT
-        while not (await redis.pubsub_numsub(channel))[0][1]:
-            assert time.monotonic() < deadline, f"nobody subscribed to {channel}"
-            await asyncio.sleep(0.01)
+        await wait_subscribed(await self.redis(), channel, timeout=TIMEOUT)
 
     async def inject(self, runtime: KikiRuntime, data: bytes) -> None:
         """Put raw bytes where ``runtime`` reads control messages, as a hostile publisher would."""
