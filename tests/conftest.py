@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -40,3 +41,48 @@ def research_team() -> ModuleType:
 def scripted() -> ModuleType:
     """The scripted chat model module."""
     return load_demo("scripted_model")
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """Live (non-zombie) processes below ``pid``, as (pid, command line), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid …": comm may hold spaces or parentheses, so split after the last ')'.
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state != "Z":
+            parents.setdefault(int(ppid), []).append(int(entry.name))
+    found: list[tuple[int, str]] = []
+    todo = list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        try:
+            raw = (Path("/proc") / str(child) / "cmdline").read_bytes()
+            cmdline = raw.replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found.append((child, cmdline.strip()))
+        todo.extend(parents.get(child, []))
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every process a test started must have died with it: a leftover fails the run."""
+    if not Path("/proc/self/stat").exists():
+        return
+    import time
+
+    deadline = time.monotonic() + 5
+    left = _descendants(os.getpid())
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)  # a killed child may take a moment to be reaped
+        left = _descendants(os.getpid())
+    if left:
+        listing = "\n".join(f"  pid {pid}: {cmd[:200]}" for pid, cmd in left)
+        session.config.get_terminal_writer().line(f"\nprocesses left behind by the tests:\n{listing}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
