@@ -115,9 +115,10 @@ _STOP_GRACE = 0.5
 async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], *, grace: float = 0.0, timeout: float = 2.0) -> None:
     """Let ``tasks`` end by themselves for ``grace`` seconds, then cancel them; never hangs.
 
-    A task cancelled in the middle of a redis-py read can swallow the cancellation
-    (an ``asyncio.timeout`` race inside the client), so loops also check a flag and
-    this gives up waiting after ``timeout``.
+    A task cancelled just as redis-py sends a command can lose the cancellation
+    (the client sends under ``asyncio.wait_for``, which drops it on Python 3.11).
+    Blocking reads end anyway (:func:`~kiki_events.redis_client.blocking_command`);
+    for the rest, loops also check a flag and this gives up waiting after ``timeout``.
     """
     pending = {t for t in tasks if not t.done()}
     if pending and grace > 0:
@@ -332,7 +333,8 @@ class BaseTransport:
                 continue
             self._sending = True
             try:
-                await asyncio.wait_for(self._send(batch), self.options.timeout)
+                async with asyncio.timeout(self.options.timeout):  # never loses a cancellation, unlike wait_for
+                    await self._send(batch)
             except asyncio.CancelledError:
                 self._outbox.restore(batch)
                 raise

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TransportError
 from ..redaction import redact_text
-from ..redis_client import reply_text
+from ..redis_client import blocking_command, reply_text
 from .base import ControlMessage, WatchKind
 from .common import Backoff, TransportOptions, control_extra, replay_frames, supervise
 from .outbox import OutboxBatch, chunks
@@ -98,8 +98,10 @@ class RedisStreamsTransport(RedisTransportBase):
                 if self._in_ok is not True:
                     backoff.reset()
                     self._reader_up()
-                streams: dict[Any, Any] = dict(self._positions)
-                reply: Any = await self.redis.xread(streams, count=_PAGE, block=_BLOCK_MS)
+                positions = dict(self._positions)
+                reply: Any = await blocking_command(
+                    self.redis, "XREAD", "COUNT", _PAGE, "BLOCK", _BLOCK_MS, "STREAMS", *positions, *positions.values()
+                )
             except self._errors as exc:
                 self._reader_down(exc)
                 await asyncio.sleep(backoff.next())
