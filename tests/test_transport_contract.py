@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections import Counter
@@ -33,6 +34,7 @@ from kiki_events.transports import MemoryHub, create_transport
 from kiki_events.transports.wire import KIND_BATCH, KIND_CONTROL, Message, pack
 from tests.redis_server import free_port, wait_subscribed
 from tests.servers import Gate, async_wait_for, gated_graph
+from tests.tcp_proxy import CuttableProxy
 
 TASK = {"messages": [{"role": "user", "content": "Compare Redis streams and pub/sub"}]}
 REDIS_TRANSPORTS = [pytest.param("pubsub", marks=pytest.mark.redis), pytest.param("streams", marks=pytest.mark.redis)]
@@ -815,6 +817,38 @@ async def test_connected_is_false_while_down_true_once_up_and_a_watch_made_then_
         await transport.close()
     await b.close()
     assert not await b.connected(timeout=0)  # closed: never connected again
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", REDIS_TRANSPORTS, indirect=True)
+async def test_an_outage_is_one_loss_and_one_reconnect_however_many_attempts_it_takes(
+    cluster: Cluster, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kiki_events.bridge")
+    server = request.getfixturevalue("redis_server")  # a private Redis of this test
+    with CuttableProxy(server.port) as proxy:  # counts the reader's connection attempts
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        transport = create_transport(cluster.settings("listener", url=url), node="listener", hub=cluster.hub)
+        assert transport is not None
+        await transport.start(Recorder())
+        try:
+            assert await transport.connected(TIMEOUT)
+            server.stop()
+            proxy.cut()
+            await async_wait_for(lambda: transport.state == "reconnecting", TIMEOUT, "the outage to be noticed")
+            attempts = proxy.accepted
+            await async_wait_for(lambda: proxy.accepted >= attempts + 6, TIMEOUT, "attempts to reconnect")
+            assert transport.stats.reconnects == 0  # no attempt failed so far was a reconnection
+            assert transport.state == "reconnecting"
+
+            await asyncio.to_thread(server.start)
+            assert await transport.connected(TIMEOUT)
+            assert transport.stats.reconnects == 1
+        finally:
+            await transport.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "kiki_events.bridge"]
+    assert sum("lost its" in line for line in lines) == 1, lines
+    assert sum("reconnected" in line for line in lines) == 1, lines
 
 
 @pytest.mark.asyncio

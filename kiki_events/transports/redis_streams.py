@@ -14,7 +14,9 @@ Keys (names from :class:`~kiki_events.redis_client.Keys`, under the prefix):
 
 A node reads every stream it watches with **one** ``XREAD BLOCK`` loop; when it
 starts watching a run it first reads what is stored (``XRANGE``), so a reader
-can resume on any node, even after the producing node is gone. Outbound frames
+can resume on any node, even after the producing node is gone. When Redis cannot
+be reached, the loop tries again with backoff (at most 1 s between attempts) and
+reports the reader up again only once Redis has answered. Outbound frames
 stay in the outbox until Redis has them: with persistence on (AOF) a Redis
 restart loses nothing. Without persistence, a restart loses what Redis held.
 """
@@ -95,9 +97,7 @@ class RedisStreamsTransport(RedisTransportBase):
             try:
                 if not self._tails_known:
                     await self._find_tails()
-                if self._in_ok is not True:
-                    backoff.reset()
-                    self._reader_up()
+                    self._read_ok(backoff)
                 positions = dict(self._positions)
                 reply: Any = await blocking_command(
                     self.redis, "XREAD", "COUNT", _PAGE, "BLOCK", _BLOCK_MS, "STREAMS", *positions, *positions.values()
@@ -106,6 +106,7 @@ class RedisStreamsTransport(RedisTransportBase):
                 self._reader_down(exc)
                 await asyncio.sleep(backoff.next())
                 continue
+            self._read_ok(backoff)
             for key, entries in reply.items() if isinstance(reply, dict) else reply or ():
                 name = reply_text(key)
                 for entry_id, fields in entries:
@@ -113,6 +114,12 @@ class RedisStreamsTransport(RedisTransportBase):
                         break  # unwatched meanwhile
                     self._positions[name] = reply_text(entry_id)
                     self._entry(fields, live=True)
+
+    def _read_ok(self, backoff: Backoff) -> None:
+        """Redis answered the reader: it is up (again), and the next outage backs off from the start."""
+        if self._in_ok is not True:
+            backoff.reset()
+            self._reader_up()
 
     def _entry(self, fields: Mapping[Any, Any], *, live: bool) -> None:
         data = fields.get(b"d", fields.get("d"))
