@@ -404,19 +404,22 @@ class BaseTransport:
         self._in_ok = False
         self._changed()
 
-    def _receive(self, data: bytes | str, *, live: bool = True) -> None:
-        """Validate one frame from outside and hand it to the listener (never raises)."""
+    def _receive(self, data: bytes | str, *, live: bool = True) -> str | None:
+        """Validate one frame from outside and hand it to the listener (never raises).
+
+        Returns why it was dropped (counted and logged), or ``None``.
+        """
         try:
             message = unpack(data, max_bytes=self.options.max_message_bytes)
         except WireError as exc:
             self.stats.drop(exc.reason)
             self._log_once(exc.reason, "dropped a frame from the transport: %s", exc)
-            return
+            return exc.reason
         if message.sender == self.node:
-            return  # our own frame: never re-deliver it here
+            return None  # our own frame: never re-deliver it here
         listener = self._listener
         if listener is None:
-            return
+            return None
         kind = message.kind
         if kind == KIND_CONTROL:
             op = message.header.get("o")
@@ -424,10 +427,10 @@ class BaseTransport:
             if not isinstance(op, str) or not op or not isinstance(payload, dict):
                 self.stats.drop("malformed")
                 self._log_once("malformed", "dropped a frame from the transport: %s", "invalid control message")
-                return
+                return "malformed"
             self.stats.messages_in += 1
             self._safely(listener.on_control, ControlMessage(op, message.sender, payload))
-            return
+            return None
         self.stats.messages_in += 1
         if kind == KIND_LIFECYCLE:
             self.stats.lifecycle_in += len(message.events)
@@ -436,6 +439,7 @@ class BaseTransport:
         if live and kind in (KIND_BATCH, KIND_LIFECYCLE):
             self.stats.lag.observe(time.time() - message.sent_at)
         self._safely(listener.on_frame, message)
+        return None
 
     def _safely(self, method: Callable[..., object], *args: object) -> None:
         try:
