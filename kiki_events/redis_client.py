@@ -55,6 +55,10 @@ class Reading:
         self.connections.append(connection)
         self.check()
 
+    def done_with(self, connection: AbstractConnection) -> None:
+        """The read no longer uses ``connection`` (about to hand it back to its pool): never close it now."""
+        self.connections.remove(connection)
+
     def check(self) -> None:
         """Raise :class:`asyncio.CancelledError` if the caller was cancelled (redis-py may have lost it)."""
         if self.cancelled:
@@ -70,9 +74,10 @@ async def ending_on_cancel(read: Callable[[Reading], Awaitable[T]]) -> T:
     cancelled. So ``read`` runs in a task of its own that the caller waits on
     through a plain future, and names its connection with :meth:`Reading.use`.
     When the caller is cancelled, the read is cancelled and its connection
-    closed, which ends a read that lost the cancellation; the caller raises
-    :class:`asyncio.CancelledError` once the read has ended, so a connection is
-    never handed back to its pool half-read.
+    closed (unless the read has handed it back to its pool already), which ends
+    a read that lost the cancellation; the caller raises
+    :class:`asyncio.CancelledError` once the read has ended, so no read outlives
+    its caller.
     """
     reading = Reading()
     task = asyncio.ensure_future(read(reading))
@@ -81,8 +86,9 @@ async def ending_on_cancel(read: Callable[[Reading], Awaitable[T]]) -> T:
     except asyncio.CancelledError:
         reading.cancelled = True
         task.cancel()
-        for connection in reading.connections:
-            await connection.disconnect(nowait=True)
+        for connection in list(reading.connections):
+            if connection in reading.connections:  # not handed back meanwhile
+                await connection.disconnect(nowait=True)
         while not task.done():
             try:
                 await asyncio.wait((task,))
@@ -112,6 +118,7 @@ async def blocking_command(redis: Redis, *args: Any, **options: Any) -> Any:
             reading.check()
             return await redis.parse_response(connection, args[0], **options)
         finally:
+            reading.done_with(connection)
             await pool.release(connection)
 
     return await ending_on_cancel(read)
