@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import importlib.util
 import json
+import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -38,8 +42,40 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """``preexec_fn`` of a helper process: the kernel kills it when ``parent`` dies, even by SIGKILL.
+
+    Linux only (``PR_SET_PDEATHSIG``); elsewhere the parent's ``finally``/``atexit`` must do.
+    The signal follows the thread that started the child: start helpers from the main thread.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+def start_helper(args: list[str]) -> subprocess.Popen[bytes]:
+    """Start a helper process (output discarded) that dies with this one however it ends."""
+    parent = os.getpid()
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: die_with_parent(parent)
+    )
+    atexit.register(_kill, process)
+    return process
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
 class PrivateRedis:
-    """Our own ``redis-server`` on a free port (never the machine's shared one)."""
+    """Our own ``redis-server`` on a free port (never the machine's shared one); it dies with us."""
 
     def __init__(self) -> None:
         binary = shutil.which("redis-server")
@@ -47,11 +83,9 @@ class PrivateRedis:
             raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="kiki-bench-redis-")
-        self.process = subprocess.Popen(
+        self.process = start_helper(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+             "--dir", self.dir, "--protected-mode", "no"]
         )  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -69,8 +103,7 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        self.process.kill()
-        self.process.wait(10)
+        _kill(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -31,6 +31,7 @@ from langgraph.graph import END, START, StateGraph
 
 from benchmarks._common import PrivateRedis, write_results
 from kiki_events.config import Settings
+from kiki_events.redis_client import blocking_command
 from kiki_events.runtime import KikiRuntime
 
 PREFIX = "kiki-handoff-latency:"
@@ -128,7 +129,8 @@ async def _anchor(url: str, rounds: int) -> dict[str, float]:
     async def serve() -> None:
         last = "0-0"
         while True:
-            reply: Any = await server.xread({requests: last}, count=1, block=2000)
+            # Stopped by a cancellation, which a plain xread can lose (see blocking_command).
+            reply: Any = await blocking_command(server, "XREAD", "COUNT", 1, "BLOCK", 2000, "STREAMS", requests, last)
             for _key, entries in reply or ():
                 for entry_id, fields in entries:
                     last = entry_id

@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import RedisSettings
 from .errors import ConfigError, MissingDependencyError
@@ -16,8 +17,20 @@ from .redaction import redact_url
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.connection import AbstractConnection
 
-__all__ = ["Keys", "connection_url", "create_redis", "reply_fields", "reply_text"]
+__all__ = [
+    "Keys",
+    "Reading",
+    "blocking_command",
+    "connection_url",
+    "create_redis",
+    "ending_on_cancel",
+    "reply_fields",
+    "reply_text",
+]
+
+T = TypeVar("T")
 
 
 def reply_text(value: Any) -> str:
@@ -28,6 +41,87 @@ def reply_text(value: Any) -> str:
 def reply_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
     """A hash's or a stream entry's fields as text."""
     return {reply_text(k): reply_text(v) for k, v in raw.items()}
+
+
+class Reading:
+    """What a read run by :func:`ending_on_cancel` tells its caller: the connection it reads on."""
+
+    def __init__(self) -> None:
+        self.connections: list[AbstractConnection] = []
+        self.cancelled = False
+
+    def use(self, connection: AbstractConnection) -> None:
+        """The read goes on over ``connection`` (closed if the caller is cancelled)."""
+        self.connections.append(connection)
+        self.check()
+
+    def done_with(self, connection: AbstractConnection) -> None:
+        """The read no longer uses ``connection`` (about to hand it back to its pool): never close it now."""
+        self.connections.remove(connection)
+
+    def check(self) -> None:
+        """Raise :class:`asyncio.CancelledError` if the caller was cancelled (redis-py may have lost it)."""
+        if self.cancelled:
+            raise asyncio.CancelledError
+
+
+async def ending_on_cancel(read: Callable[[Reading], Awaitable[T]]) -> T:
+    """Run ``read`` (a blocking Redis read) so that cancelling the caller always ends it at once.
+
+    redis-py sends each command under ``asyncio.wait_for``, which on Python 3.11
+    drops a cancellation that arrives just as the send completes: the task then
+    sits in the blocking read until the server answers, and goes on as if never
+    cancelled. So ``read`` runs in a task of its own that the caller waits on
+    through a plain future, and names its connection with :meth:`Reading.use`.
+    When the caller is cancelled, the read is cancelled and its connection
+    closed (unless the read has handed it back to its pool already), which ends
+    a read that lost the cancellation; the caller raises
+    :class:`asyncio.CancelledError` once the read has ended, so no read outlives
+    its caller.
+    """
+    reading = Reading()
+    task = asyncio.ensure_future(read(reading))
+    try:
+        await asyncio.wait((task,))
+    except asyncio.CancelledError:
+        reading.cancelled = True
+        task.cancel()
+        for connection in list(reading.connections):
+            if connection in reading.connections:  # not handed back meanwhile
+                await connection.disconnect(nowait=True)
+        while not task.done():
+            try:
+                await asyncio.wait((task,))
+            except asyncio.CancelledError:
+                continue  # it ends promptly now; the cancellation is raised below
+        if not task.cancelled():
+            task.exception()  # retrieved: whatever it ended with is moot
+        raise
+    return task.result()
+
+
+async def blocking_command(redis: Redis, *args: Any, **options: Any) -> Any:
+    """Send a blocking command (``XREAD … BLOCK``, ``XREADGROUP … BLOCK``) and return its parsed reply.
+
+    It runs under :func:`ending_on_cancel` on a connection taken from ``redis``'s
+    pool (and given back after), so a cancelled caller stops at once, whatever
+    redis-py does with the cancellation. Nothing is retried underneath: the
+    caller's loop decides when to try again.
+    """
+
+    async def read(reading: Reading) -> Any:
+        pool = redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            reading.use(connection)
+            await connection.send_command(*args)
+            reading.check()
+            return await redis.parse_response(connection, args[0], **options)
+        finally:
+            reading.done_with(connection)
+            await pool.release(connection)
+
+    return await ending_on_cancel(read)
 
 
 def connection_url(settings: RedisSettings) -> str:

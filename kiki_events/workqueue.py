@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .redis_client import reply_fields, reply_text
+from .redis_client import blocking_command, reply_fields, reply_text
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -90,10 +90,15 @@ class WorkQueue:
         return int(await self.redis.xdel(self.stream, entry_id))
 
     async def read(self, count: int, block: float) -> list[WorkItem]:
-        """Up to ``count`` new items for this consumer, waiting up to ``block`` seconds."""
-        reply: Any = await self.redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=count, block=max(1, int(block * 1000))
-        )
+        """Up to ``count`` new items for this consumer, waiting up to ``block`` seconds.
+
+        Cancelling the caller ends the wait at once (see :func:`~kiki_events.redis_client.blocking_command`).
+        """
+        reply: Any = await blocking_command(
+            self.redis,
+            "XREADGROUP", "GROUP", self.group, self.consumer,
+            "COUNT", count, "BLOCK", max(1, int(block * 1000)), "STREAMS", self.stream, ">",
+        )  # fmt: skip
         items: list[WorkItem] = []
         for _stream, entries in reply or ():
             items.extend(WorkItem(reply_text(i), reply_fields(f)) for i, f in entries if f is not None)

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from benchmarks._common import start_helper
+
 REQUIRE_ENV = "KIKI_REQUIRE_REDIS"
 
 
@@ -59,7 +61,7 @@ class RedisServer:
             "--appendfsync", "always",
             "--protected-mode", "no",
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = start_helper(args)  # killed with this process, however it ends
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

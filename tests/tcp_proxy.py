@@ -15,7 +15,8 @@ class CuttableProxy:
     """Forwards ``127.0.0.1:<port>`` to ``target_port``; :meth:`cut` drops every open connection.
 
     ``last_event_ids`` lists the ``Last-Event-ID`` header of every request that
-    carried one, in order (requests are read as they pass, never changed).
+    carried one, in order (requests are read as they pass, never changed);
+    ``accepted`` counts the connections clients opened (also those it could not forward).
     """
 
     def __init__(self, target_port: int) -> None:
@@ -23,6 +24,7 @@ class CuttableProxy:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self.last_event_ids: list[str] = []
+        self.accepted = 0
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -67,6 +69,7 @@ class CuttableProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            self.accepted += 1
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             except OSError:

@@ -14,6 +14,7 @@ import pytest
 
 from kiki_events.heap import freeze_startup_heap
 from tests.redis_server import REQUIRE_ENV
+from tests.servers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,3 +86,39 @@ def test_handoff_benchmark_measures_delegates_against_the_redis_floor(tmp_path: 
     assert figures["ratio_p50"] == pytest.approx(
         figures["sequential"]["p50_ms"] / figures["anchor"]["p50_ms"], rel=0.02
     )
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+_KILLED_PARENT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from benchmarks._common import PrivateRedis
+from tests.redis_server import RedisServer
+print(PrivateRedis().process.pid, RedisServer().start().process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="dying with the parent is Linux's PR_SET_PDEATHSIG")
+def test_private_redis_servers_die_with_their_parent_even_when_it_is_killed() -> None:
+    _needs_redis_server()
+    parent = subprocess.Popen([sys.executable, "-c", _KILLED_PARENT, str(ROOT)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        servers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(servers) == 2 and all(_running(pid) for pid in servers)
+    finally:
+        parent.kill()  # SIGKILL: no finally, no atexit runs in it
+        parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+    wait_for(lambda: not any(_running(pid) for pid in servers), what="the redis-servers to die with their parent")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections import Counter
@@ -33,9 +34,11 @@ from kiki_events.transports import MemoryHub, create_transport
 from kiki_events.transports.wire import KIND_BATCH, KIND_CONTROL, Message, pack
 from tests.redis_server import free_port, wait_subscribed
 from tests.servers import Gate, async_wait_for, gated_graph
+from tests.tcp_proxy import CuttableProxy
 
 TASK = {"messages": [{"role": "user", "content": "Compare Redis streams and pub/sub"}]}
-REDIS_TRANSPORTS = [pytest.param("pubsub", marks=pytest.mark.redis), pytest.param("streams", marks=pytest.mark.redis)]
+STREAMS = pytest.param("streams", marks=pytest.mark.redis)
+REDIS_TRANSPORTS = [pytest.param("pubsub", marks=pytest.mark.redis), STREAMS]
 TRANSPORTS = ["memory", *REDIS_TRANSPORTS]
 TIMEOUT = 20.0
 
@@ -71,6 +74,7 @@ class Cluster:
         graphs = {
             "team": self.research_team.build_graph(token_delay=0.0),
             "gated": gated_graph(self.research_team, self.gate, tokens=30),
+            "long": gated_graph(self.research_team, self.gate, tokens=1500),
         }
         runtime = KikiRuntime(self.settings(name, **overrides), graphs=graphs, hub=self.hub)
         self.nodes.append(runtime)
@@ -189,6 +193,111 @@ async def test_a_run_on_a_is_followed_on_b_every_event_in_order_once(cluster: Cl
     assert all(e.node == "node-a" for e in seen)
     assert b.store.peek(handle.run_id) is not None
     assert b.store.peek(handle.run_id).node == "node-a"  # type: ignore[union-attr]
+
+
+async def frames_only(cluster: Cluster, run_id: str) -> list[bytes]:
+    """The frames of a run's stream, after checking that it holds nothing else."""
+    entries = await (await cluster.redis()).xrange(Keys(cluster.prefix).run_stream(run_id))
+    assert all(set(fields) == {b"d"} and fields[b"d"].startswith(b"{") for _id, fields in entries), entries
+    return [fields[b"d"] for _id, fields in entries]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", [STREAMS], indirect=True)
+async def test_a_foreign_entry_in_a_run_stream_stops_neither_the_run_nor_its_follower(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    handle = a.runs.start("long", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    follower = asyncio.ensure_future(collect(b, handle.run_id))
+    await async_wait_for(lambda: (r := b.store.peek(handle.run_id)) is not None and r.log.last_seq > 0, TIMEOUT)
+    # Some other client adds to the run's stream: its auto id is far above the run's <seq>-<n> ids.
+    await (await cluster.redis()).xadd(Keys(cluster.prefix).run_stream(handle.run_id), {"d": b"garbage"})
+    cluster.gate.open()
+    seen = await follower
+    local = await finished(a, handle.run_id)
+
+    assert run_seqs(seen) == list(range(1, len(local) + 1))
+    assert seen == local and seen[-1].type == "done"
+    assert not missed(seen)
+    assert a.bridge is not None and b.bridge is not None
+    removed = a.bridge.transport.stats.dropped.get("foreign", 0)  # by the owner, before writing on
+    dropped = b.bridge.transport.stats.dropped.get("malformed", 0)  # by the follower, had it read it first
+    assert removed + dropped >= 1
+    assert "refused" not in a.bridge.transport.stats.dropped
+    await frames_only(cluster, handle.run_id)
+    c = await cluster.node("node-c")
+    assert await collect(c, handle.run_id) == local  # resumed later, from the stream
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", [STREAMS], indirect=True)
+async def test_the_owner_removes_a_foreign_entry_that_blocks_its_run_counts_it_and_logs_it_once(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await cluster.node("node-a")
+    handle = a.runs.start("long", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    assert a.bridge is not None and await a.bridge.transport.flush(TIMEOUT)
+    redis = await cluster.redis()
+    stream = Keys(cluster.prefix).run_stream(handle.run_id)
+    await redis.xadd(stream, {"d": b"garbage"})
+    await redis.xadd(stream, {"x": b"not even a frame field"})
+    cluster.gate.open()
+    assert await asyncio.wait_for(handle.task, TIMEOUT) == "success"
+    assert await a.bridge.transport.flush(TIMEOUT)
+    local = await finished(a, handle.run_id)
+
+    stats = a.bridge.transport.stats
+    assert stats.dropped == {"foreign": 2}
+    assert stats.events_out == len(local)
+    lines = [r.getMessage() for r in caplog.records if "not frames of the run" in r.getMessage()]
+    assert len(lines) == 1
+    frames = await frames_only(cluster, handle.run_id)
+    assert sum(len(frame.split(b"\n")) - 1 for frame in frames) == len(local)
+    b = await cluster.node("node-b")
+    assert await collect(b, handle.run_id) == local
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", [STREAMS], indirect=True)
+async def test_run_entries_redis_keeps_refusing_are_counted_as_lost_and_logged_once(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await cluster.node("node-a")
+    handle = a.runs.start("long", TASK)
+    await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+    assert a.bridge is not None and await a.bridge.transport.flush(TIMEOUT)
+    # Looks like node A's own frame (so it is not removed) but sits far above the run's ids.
+    forged = pack(KIND_BATCH, "node-a", [], sent_at=time.time(), run_id=handle.run_id)
+    await (await cluster.redis()).xadd(Keys(cluster.prefix).run_stream(handle.run_id), {"d": forged})
+    cluster.gate.open()
+    assert await asyncio.wait_for(handle.task, TIMEOUT) == "success"
+    assert await a.bridge.transport.flush(TIMEOUT)  # given up on, not retried forever
+    local = await finished(a, handle.run_id)
+
+    stats = a.bridge.transport.stats
+    assert stats.dropped["refused"] > 0
+    assert stats.events_out + stats.dropped["refused"] == len(local)
+    assert a.bridge.health()["dropped"] == stats.dropped
+    assert sum("Redis refused" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", [STREAMS], indirect=True)
+async def test_a_reader_drops_counts_and_removes_a_foreign_entry_after_a_finished_run(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    handle = a.runs.start("team", TASK)
+    assert await asyncio.wait_for(handle.task, TIMEOUT) == "success"
+    assert a.bridge is not None and await a.bridge.transport.flush(TIMEOUT)
+    local = await finished(a, handle.run_id)
+    await (await cluster.redis()).xadd(Keys(cluster.prefix).run_stream(handle.run_id), {"d": b"garbage"})
+    b = await cluster.node("node-b")
+
+    assert await collect(b, handle.run_id) == local
+    assert b.bridge is not None
+    assert b.bridge.transport.stats.dropped == {"malformed": 1}
+    await frames_only(cluster, handle.run_id)
 
 
 @pytest.mark.asyncio
@@ -815,6 +924,38 @@ async def test_connected_is_false_while_down_true_once_up_and_a_watch_made_then_
         await transport.close()
     await b.close()
     assert not await b.connected(timeout=0)  # closed: never connected again
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", REDIS_TRANSPORTS, indirect=True)
+async def test_an_outage_is_one_loss_and_one_reconnect_however_many_attempts_it_takes(
+    cluster: Cluster, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="kiki_events.bridge")
+    server = request.getfixturevalue("redis_server")  # a private Redis of this test
+    with CuttableProxy(server.port) as proxy:  # counts the reader's connection attempts
+        url = f"redis://127.0.0.1:{proxy.port}/0"
+        transport = create_transport(cluster.settings("listener", url=url), node="listener", hub=cluster.hub)
+        assert transport is not None
+        await transport.start(Recorder())
+        try:
+            assert await transport.connected(TIMEOUT)
+            server.stop()
+            proxy.cut()
+            await async_wait_for(lambda: transport.state == "reconnecting", TIMEOUT, "the outage to be noticed")
+            attempts = proxy.accepted
+            await async_wait_for(lambda: proxy.accepted >= attempts + 6, TIMEOUT, "attempts to reconnect")
+            assert transport.stats.reconnects == 0  # no attempt failed so far was a reconnection
+            assert transport.state == "reconnecting"
+
+            await asyncio.to_thread(server.start)
+            assert await transport.connected(TIMEOUT)
+            assert transport.stats.reconnects == 1
+        finally:
+            await transport.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "kiki_events.bridge"]
+    assert sum("lost its" in line for line in lines) == 1, lines
+    assert sum("reconnected" in line for line in lines) == 1, lines
 
 
 @pytest.mark.asyncio

@@ -27,7 +27,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HandoffError
-from ..redis_client import reply_fields, reply_text
+from ..redis_client import blocking_command, reply_fields, reply_text
 from .common import MAX_BLOCK, Retry, logger, reraise_if_cancelled, stop_tasks
 
 if TYPE_CHECKING:
@@ -173,7 +173,11 @@ class ReplyReader:
             count = min((inbox.free for inbox in readable if not inbox.full()), default=1)
             self._reading = frozenset(streams)
             try:
-                reply: Any = await self.redis.xread(streams, count=max(1, count), block=int(MAX_BLOCK * 1000))  # type: ignore[arg-type]
+                reply: Any = await blocking_command(
+                    self.redis,
+                    "XREAD", "COUNT", max(1, count), "BLOCK", int(MAX_BLOCK * 1000),
+                    "STREAMS", *streams, *streams.values(),
+                )  # fmt: skip
                 retry.ok()
             except asyncio.CancelledError:
                 raise

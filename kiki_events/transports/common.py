@@ -115,9 +115,10 @@ _STOP_GRACE = 0.5
 async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], *, grace: float = 0.0, timeout: float = 2.0) -> None:
     """Let ``tasks`` end by themselves for ``grace`` seconds, then cancel them; never hangs.
 
-    A task cancelled in the middle of a redis-py read can swallow the cancellation
-    (an ``asyncio.timeout`` race inside the client), so loops also check a flag and
-    this gives up waiting after ``timeout``.
+    A task cancelled just as redis-py sends a command can lose the cancellation
+    (the client sends under ``asyncio.wait_for``, which drops it on Python 3.11).
+    Blocking reads end anyway (:func:`~kiki_events.redis_client.blocking_command`);
+    for the rest, loops also check a flag and this gives up waiting after ``timeout``.
     """
     pending = {t for t in tasks if not t.done()}
     if pending and grace > 0:
@@ -332,7 +333,8 @@ class BaseTransport:
                 continue
             self._sending = True
             try:
-                await asyncio.wait_for(self._send(batch), self.options.timeout)
+                async with asyncio.timeout(self.options.timeout):  # never loses a cancellation, unlike wait_for
+                    await self._send(batch)
             except asyncio.CancelledError:
                 self._outbox.restore(batch)
                 raise
@@ -402,19 +404,22 @@ class BaseTransport:
         self._in_ok = False
         self._changed()
 
-    def _receive(self, data: bytes | str, *, live: bool = True) -> None:
-        """Validate one frame from outside and hand it to the listener (never raises)."""
+    def _receive(self, data: bytes | str, *, live: bool = True) -> str | None:
+        """Validate one frame from outside and hand it to the listener (never raises).
+
+        Returns why it was dropped (counted and logged), or ``None``.
+        """
         try:
             message = unpack(data, max_bytes=self.options.max_message_bytes)
         except WireError as exc:
             self.stats.drop(exc.reason)
             self._log_once(exc.reason, "dropped a frame from the transport: %s", exc)
-            return
+            return exc.reason
         if message.sender == self.node:
-            return  # our own frame: never re-deliver it here
+            return None  # our own frame: never re-deliver it here
         listener = self._listener
         if listener is None:
-            return
+            return None
         kind = message.kind
         if kind == KIND_CONTROL:
             op = message.header.get("o")
@@ -422,10 +427,10 @@ class BaseTransport:
             if not isinstance(op, str) or not op or not isinstance(payload, dict):
                 self.stats.drop("malformed")
                 self._log_once("malformed", "dropped a frame from the transport: %s", "invalid control message")
-                return
+                return "malformed"
             self.stats.messages_in += 1
             self._safely(listener.on_control, ControlMessage(op, message.sender, payload))
-            return
+            return None
         self.stats.messages_in += 1
         if kind == KIND_LIFECYCLE:
             self.stats.lifecycle_in += len(message.events)
@@ -434,6 +439,7 @@ class BaseTransport:
         if live and kind in (KIND_BATCH, KIND_LIFECYCLE):
             self.stats.lag.observe(time.time() - message.sent_at)
         self._safely(listener.on_frame, message)
+        return None
 
     def _safely(self, method: Callable[..., object], *args: object) -> None:
         try:

@@ -91,7 +91,8 @@ class RedisTransportBase(BaseTransport):
     async def _call(self, awaitable: Awaitable[T]) -> T:
         """Await a Redis call; connection problems become :class:`TransportError`."""
         try:
-            return await asyncio.wait_for(awaitable, self.options.timeout)
+            async with asyncio.timeout(self.options.timeout):  # never loses a cancellation, unlike wait_for
+                return await awaitable
         except self._errors as exc:
             raise TransportError(f"Redis is unreachable: {redact_text(str(exc)) or type(exc).__name__}") from None
 

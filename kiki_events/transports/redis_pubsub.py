@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TransportError
+from ..redis_client import Reading, ending_on_cancel
 from .base import ControlMessage, WatchKind
 from .common import Backoff, TransportOptions, control_extra, replay_frames, supervise
 from .outbox import OutboxBatch, chunks
@@ -41,6 +42,18 @@ __all__ = ["RedisPubSubTransport"]
 _READ_TIMEOUT = 0.25
 """Longest wait for a message; the loop notices a close within this time."""
 _CONFIRM_TIMEOUT = 2.0
+
+
+async def _next_message(pubsub: PubSub, timeout: float) -> dict[str, Any] | None:
+    """The next message, waiting up to ``timeout``; cancelling the caller ends the wait at once."""
+
+    async def read(reading: Reading) -> dict[str, Any] | None:
+        if pubsub.connection is not None:
+            reading.use(pubsub.connection)
+        message: dict[str, Any] | None = await pubsub.get_message(timeout=timeout)
+        return message
+
+    return await ending_on_cancel(read)
 
 
 class RedisPubSubTransport(RedisTransportBase):
@@ -88,7 +101,7 @@ class RedisPubSubTransport(RedisTransportBase):
                 await pubsub.subscribe(*sorted(channels))
                 deadline = time.monotonic() + _CONFIRM_TIMEOUT
                 while waiting:
-                    message = await pubsub.get_message(timeout=max(deadline - time.monotonic(), 0.01))
+                    message = await _next_message(pubsub, max(deadline - time.monotonic(), 0.01))
                     if message is None:
                         raise TransportError("Redis did not confirm the subscriptions")
                     self._handle(message, waiting)
@@ -97,7 +110,7 @@ class RedisPubSubTransport(RedisTransportBase):
                 backoff.reset()
                 self._reader_up()
                 while not self._closed:
-                    message = await pubsub.get_message(timeout=_READ_TIMEOUT)
+                    message = await _next_message(pubsub, _READ_TIMEOUT)
                     if message is not None:
                         self._handle(message)
                 self._pubsub = None

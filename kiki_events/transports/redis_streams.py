@@ -14,7 +14,9 @@ Keys (names from :class:`~kiki_events.redis_client.Keys`, under the prefix):
 
 A node reads every stream it watches with **one** ``XREAD BLOCK`` loop; when it
 starts watching a run it first reads what is stored (``XRANGE``), so a reader
-can resume on any node, even after the producing node is gone. Outbound frames
+can resume on any node, even after the producing node is gone. When Redis cannot
+be reached, the loop tries again with backoff (at most 1 s between attempts) and
+reports the reader up again only once Redis has answered. Outbound frames
 stay in the outbox until Redis has them: with persistence on (AOF) a Redis
 restart loses nothing. Without persistence, a restart loses what Redis held.
 """
@@ -22,23 +24,26 @@ restart loses nothing. Without persistence, a restart loses what Redis held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TransportError
 from ..redaction import redact_text
-from ..redis_client import reply_text
+from ..redis_client import blocking_command, reply_text
 from .base import ControlMessage, WatchKind
 from .common import Backoff, TransportOptions, control_extra, replay_frames, supervise
 from .outbox import OutboxBatch, chunks
 from .redis_common import RUNNING_TTL, RedisTransportBase
-from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack
+from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack, run_frame_of
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
 
 __all__ = ["RedisStreamsTransport"]
 
@@ -50,6 +55,26 @@ _CONTROL_MAXLEN = 1_000
 _CONTROL_TTL = 86400
 _DUPLICATE = "equal or smaller"
 _BOUNDED_MEMORY = 4096
+
+
+_SETTLE_ROUNDS = 3
+"""Tries of a refused run entry after the one that failed (each removes what blocks it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One frame for a run stream, at its ``<seq>-<n>`` id."""
+
+    run_id: str
+    stream: str
+    entry_id: str
+    frame: bytes
+    events: int
+
+
+def _id_order(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 class RedisStreamsTransport(RedisTransportBase):
@@ -67,6 +92,8 @@ class RedisStreamsTransport(RedisTransportBase):
         self._bounded: OrderedDict[str, None] = OrderedDict()
         """Runs whose stream already has its safety expiry (in case their node dies before the end)."""
         self._tails_known = False
+        self._run_streams = self.keys.run_stream("")[:-1]
+        """What the key of every run stream starts with (``<prefix>stream:{``)."""
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "streams": len(self._positions)}
@@ -95,42 +122,73 @@ class RedisStreamsTransport(RedisTransportBase):
             try:
                 if not self._tails_known:
                     await self._find_tails()
-                if self._in_ok is not True:
-                    backoff.reset()
-                    self._reader_up()
-                streams: dict[Any, Any] = dict(self._positions)
-                reply: Any = await self.redis.xread(streams, count=_PAGE, block=_BLOCK_MS)
+                    self._read_ok(backoff)
+                positions = dict(self._positions)
+                reply: Any = await blocking_command(
+                    self.redis, "XREAD", "COUNT", _PAGE, "BLOCK", _BLOCK_MS, "STREAMS", *positions, *positions.values()
+                )
             except self._errors as exc:
                 self._reader_down(exc)
                 await asyncio.sleep(backoff.next())
                 continue
+            self._read_ok(backoff)
             for key, entries in reply.items() if isinstance(reply, dict) else reply or ():
                 name = reply_text(key)
+                foreign: list[str] = []
                 for entry_id, fields in entries:
                     if name not in self._positions:
                         break  # unwatched meanwhile
-                    self._positions[name] = reply_text(entry_id)
-                    self._entry(fields, live=True)
+                    if self._entry(name, fields, live=True):
+                        self._positions[name] = reply_text(entry_id)
+                    else:
+                        foreign.append(reply_text(entry_id))
+                if foreign:
+                    await self._remove_foreign(name, foreign)
 
-    def _entry(self, fields: Mapping[Any, Any], *, live: bool) -> None:
+    def _read_ok(self, backoff: Backoff) -> None:
+        """Redis answered the reader: it is up (again), and the next outage backs off from the start."""
+        if self._in_ok is not True:
+            backoff.reset()
+            self._reader_up()
+
+    def _entry(self, stream: str, fields: Mapping[Any, Any], *, live: bool) -> bool:
+        """Deliver one entry of ``stream``; ``False`` if it is foreign to a run stream (dropped and counted).
+
+        Entries of a run stream carry ids ``<seq>-<n>``: reading on past one that some
+        other client added (an auto id, far higher) would skip the run's next entries,
+        so the position stays before it and the entry is removed.
+        """
         data = fields.get(b"d", fields.get("d"))
-        if data is None:
+        if data is None or len(fields) != 1:
             self.stats.drop("malformed")
             self._log_once("malformed", "dropped a frame from the transport: %s", "stream entry without a frame")
-            return
-        self._receive(data, live=live)
+            return not stream.startswith(self._run_streams)
+        dropped = self._receive(data, live=live)
+        if dropped is None or not stream.startswith(self._run_streams):
+            return True
+        return run_frame_of(data, stream[len(self._run_streams) : -1]) is not None
+
+    async def _remove_foreign(self, stream: str, entry_ids: Sequence[str]) -> None:
+        """Delete entries that are not frames of the run from its stream (read again if this fails)."""
+        with contextlib.suppress(TransportError):
+            await self._call(self.redis.xdel(stream, *entry_ids))
 
     async def _range(self, key: str, start: str) -> str | None:
-        """Deliver the entries of ``key`` from id ``start`` on; returns the last id read."""
+        """Deliver the entries of ``key`` from id ``start`` on; returns the id of the last one delivered."""
         last: str | None = None
         while True:
             entries: Any = await self._call(self.redis.xrange(key, min=start, max="+", count=_PAGE))
+            foreign: list[str] = []
             for entry_id, fields in entries:
-                last = reply_text(entry_id)
-                self._entry(fields, live=False)
-            if len(entries) < _PAGE or last is None:
+                if self._entry(key, fields, live=False):
+                    last = reply_text(entry_id)
+                else:
+                    foreign.append(reply_text(entry_id))
+            if foreign:
+                await self._remove_foreign(key, foreign)
+            if len(entries) < _PAGE:
                 return last
-            start = f"({last}"
+            start = f"({reply_text(entries[-1][0])}"
 
     # -- watching ------------------------------------------------------------------------------
     def _key(self, kind: WatchKind, key: str) -> str:
@@ -186,6 +244,8 @@ class RedisStreamsTransport(RedisTransportBase):
                 pipe.xadd(stream, {"d": marker}, maxlen=_CONTROL_MAXLEN, approximate=True)
                 pipe.expire(stream, RUNNING_TTL)
         ids: dict[str, tuple[int, int]] = {}
+        writes: dict[int, _Write] = {}
+        """The run entries queued, by their place in the pipeline."""
         frames = 0
         for run_id, pending in batch.runs.items():
             events, seqs = pending.events, pending.seqs
@@ -195,8 +255,9 @@ class RedisStreamsTransport(RedisTransportBase):
             stream = keys.run_stream(run_id)
             for start, stop in chunks(events, opts.batch_size, opts.frame_bytes):
                 frame = pack(KIND_BATCH, node, events[start:stop], sent_at=now, run_id=run_id)
-                entry_id = self._entry_id(ids, run_id, seqs[stop - 1])
-                pipe.xadd(stream, {"d": frame}, id=entry_id, maxlen=opts.stream_maxlen, approximate=True)
+                write = _Write(run_id, stream, self._entry_id(ids, run_id, seqs[stop - 1]), frame, stop - start)
+                writes[len(pipe)] = write
+                self._queue_write(pipe, write)
                 frames += 1
             if run_id not in self._bounded:
                 pipe.expire(stream, RUNNING_TTL, nx=True)
@@ -209,7 +270,11 @@ class RedisStreamsTransport(RedisTransportBase):
             self._queue_registry(pipe, info)
             pipe.expire(keys.run_stream(info.run_id), int(opts.run_ttl))
         results = await pipe.execute(raise_on_error=False)
-        self._check(results)
+        refused = self._check(results, writes)
+        if refused:
+            lost = await self._settle(refused)
+            frames -= len(lost)
+            stats.events_out -= sum(write.events for write in lost)
         self._last_ids.update(ids)
         for run_id in batch.runs:
             self._bounded[run_id] = None
@@ -221,16 +286,94 @@ class RedisStreamsTransport(RedisTransportBase):
         stats.messages_out += frames
         stats.events_out += batch.count
 
-    def _check(self, results: Sequence[Any]) -> None:
-        for result in results:
-            if not isinstance(result, Exception):
+    def _queue_write(self, pipe: Pipeline, write: _Write) -> None:
+        pipe.xadd(
+            write.stream, {"d": write.frame}, id=write.entry_id, maxlen=self.options.stream_maxlen, approximate=True
+        )
+
+    def _check(
+        self, results: Sequence[Any], writes: Mapping[int, _Write], *, expected: Container[int] = ()
+    ) -> list[_Write]:
+        """Raise a connection error, count other errors (not at ``expected``); return run entries refused as old."""
+        refused: list[_Write] = []
+        for index, result in enumerate(results):
+            if not isinstance(result, Exception) or index in expected:
                 continue
             if isinstance(result, self._errors):
                 raise result
-            if _DUPLICATE in str(result):
-                continue  # sent before, by a flush that failed after Redis took it
+            write = writes.get(index)
+            if write is not None and _DUPLICATE in str(result):
+                refused.append(write)
+                continue
             self.stats.drop("redis_error")
             self._log_once("redis_error", "Redis refused a bridge command: %s", redact_text(str(result)))
+        return refused
+
+    async def _settle(self, refused: list[_Write]) -> list[_Write]:
+        """Run entries Redis refused because their stream's last id is as high as theirs, or higher.
+
+        What is stored from the first refused id on says why: our own entry at the
+        same id is the frame sent before (a flush that failed after Redis took it:
+        nothing to do). Anything else there is foreign: some client added it, most
+        likely with an auto id, far above ``<seq>-<n>``, so it would block every
+        later entry of the run; it is removed (counted as ``foreign``, logged once).
+        The stream's last id (which Redis keeps past deleted entries, such as one a
+        reader removed) is then set back to its top entry and the entries are sent
+        again. Returns those still refused after that (counted as ``refused``,
+        logged once): lost.
+        """
+        for _ in range(_SETTLE_ROUNDS):
+            by_stream: dict[str, list[_Write]] = {}
+            for write in refused:
+                by_stream.setdefault(write.stream, []).append(write)
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, waiting in by_stream.items():
+                pipe.xrange(stream, min=waiting[0].entry_id, max="+", count=len(waiting) + _PAGE)
+                pipe.xrevrange(stream, max=f"({waiting[0].entry_id}", min="-", count=1)
+            stored = iter(await self._call(pipe.execute()))
+            pipe = self.redis.pipeline(transaction=False)
+            again: dict[int, _Write] = {}
+            resets: set[int] = set()
+            """Where ``XSETID`` is: it fails if something was added meanwhile (and the entries with it)."""
+            removed = 0
+            for stream, waiting in by_stream.items():
+                entries, below = next(stored), next(stored)
+                ours: list[str] = []
+                foreign: list[str] = []
+                for entry_id, fields in entries:
+                    data = fields.get(b"d", fields.get("d"))
+                    own = len(fields) == 1 and run_frame_of(data, waiting[0].run_id) == self.node
+                    (ours if own else foreign).append(reply_text(entry_id))
+                if foreign:
+                    pipe.xdel(stream, *foreign)
+                    removed += len(foreign)
+                retry = [write for write in waiting if write.entry_id not in ours]
+                if not retry:
+                    continue
+                top = max(ours, key=_id_order) if ours else reply_text(below[0][0]) if below else "0-0"
+                resets.add(len(pipe))
+                pipe.execute_command("XSETID", stream, top)
+                for write in retry:
+                    again[len(pipe)] = write
+                    self._queue_write(pipe, write)
+            if removed:
+                self.stats.drop("foreign", removed)
+                self._log_once("foreign", "removed %d entries that are not frames of the run from run streams", removed)
+            if not len(pipe):
+                return []
+            refused = self._check(await self._call(pipe.execute(raise_on_error=False)), again, expected=resets)
+            if not refused:
+                return []
+        self.stats.drop("refused", sum(write.events for write in refused))
+        first = refused[0]
+        self._log_once(
+            "refused",
+            "Redis refused %d frame(s) of run streams (first: %s at %s): their events are lost",
+            len(refused),
+            first.stream,
+            first.entry_id,
+        )
+        return refused
 
     async def _send_frames(self, stream: str, frames: Sequence[bytes]) -> None:
         pipe = self.redis.pipeline(transaction=False)

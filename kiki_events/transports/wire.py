@@ -53,6 +53,7 @@ __all__ = [
     "Message",
     "WireError",
     "pack",
+    "run_frame_of",
     "unpack",
 ]
 
@@ -116,6 +117,25 @@ def pack(
 def frame_size(events: Sequence[bytes]) -> int:
     """Bytes ``events`` take in a frame, separators included (without the header)."""
     return sum(len(e) for e in events) + len(events)
+
+
+def run_frame_of(data: object, run_id: str) -> str | None:
+    """The sender of ``data`` if it is a run frame (``batch``) of ``run_id``, by its header alone; else ``None``.
+
+    Tells an entry written by a node into a run's stream from anything else put
+    there, without judging its events (which a node of another version may write).
+    """
+    if not isinstance(data, bytes | str):
+        return None
+    head = (data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data).partition(b"\n")[0]
+    try:
+        header = json.loads(head)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(header, dict) or header.get("k") != KIND_BATCH or header.get("r") != run_id:
+        return None
+    sender = header.get("n")
+    return sender if isinstance(sender, str) and sender else None
 
 
 def unpack(data: bytes | str, *, max_bytes: int) -> Message:
