@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,9 +61,21 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kiki-events`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except BrokenPipeError:
+        # The reader went away (``kiki-events schema | head``): stop quietly. Python
+        # would flush stdout again at exit and complain, so point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "schema":
         json.dump(event_json_schema(), sys.stdout, indent=2)
         sys.stdout.write("\n")
+        sys.stdout.flush()
         return 0
     if args.command == "tail":
         return _tail(args)

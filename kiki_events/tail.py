@@ -69,7 +69,9 @@ def _payload(event: StreamEvent) -> str:
     if kind == "interrupt":
         return f"{len(event.interrupts)} interrupt(s)"  # type: ignore[union-attr]
     if kind == "error":
-        return f"{event.error_type}: {_short(event.message)}"  # type: ignore[union-attr]
+        # The type once: ``message`` leaves it out (a node of an older version put it in front).
+        message = event.message.removeprefix(f"{event.error_type}: ")  # type: ignore[union-attr]
+        return f"{event.error_type}: {_short(message)}" if message else event.error_type  # type: ignore[union-attr]
     if kind == "done":
         usage = event.usage  # type: ignore[union-attr]
         return f"{event.status} {event.duration_s:.3f}s tokens in={usage.input_tokens} out={usage.output_tokens}"  # type: ignore[union-attr]

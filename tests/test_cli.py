@@ -234,3 +234,25 @@ def test_a_bad_redis_setting_is_one_line_naming_the_key_and_exit_2(
     assert lines[0].startswith(f"kiki-events: error: bad.yaml: {expected}"), lines[0]
     assert "Traceback" not in result.stderr
     assert PASSWORD not in result.stderr + result.stdout
+
+
+def test_schema_into_a_pipe_nobody_reads_exits_quietly() -> None:
+    # Like ``kiki-events schema | head -1`` once head has gone: the write fails with EPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "kiki_events.cli", "schema"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+    assert result.stderr == ""
+    assert result.returncode == 1
