@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .codec import event_json_schema
-from .errors import ConfigError, GraphLoadError, MissingDependencyError, TransportError
+from .errors import ConfigError, GraphLoadError, MissingDependencyError, RunNotFoundError, TransportError
 from .heap import freeze_startup_heap
 
 __all__ = ["DEFAULT_CONFIG", "DEMO_GRAPHS", "main"]
@@ -51,16 +51,28 @@ def _parser() -> argparse.ArgumentParser:
     tail = commands.add_parser("tail", help="print live events from Redis, one line each")
     tail.add_argument("--config", type=Path, help=f"YAML settings with provider: redis (default: {DEFAULT_CONFIG})")
     which = tail.add_mutually_exclusive_group()
-    which.add_argument("--run", metavar="ID", help="every event of one run (ends after its done)")
+    which.add_argument("--run", metavar="ID", help="every event of one run, from its start; ends after its done")
     which.add_argument("--thread", metavar="ID", help="every run that starts on a thread")
     which.add_argument("--topic", metavar="T", help="lifecycle events of one topic, e.g. agent:* (default: all)")
+    tail.add_argument(
+        "--after", type=_seq, default=0, metavar="SEQ", help="with --run: only the events after this seq (default: 0)"
+    )
     tail.add_argument("--json", action="store_true", help="print each event as one line of JSON")
     return parser
 
 
+def _seq(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a seq (0 or more), got {value!r}")
+    return int(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kiki-events`` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "tail" and args.after and args.run is None:
+        parser.error("argument --after: only with --run")
     try:
         return _command(args)
     except BrokenPipeError:
@@ -159,11 +171,22 @@ def _tail(args: argparse.Namespace) -> int:
         settings = load_settings(config)
         if args.topic is not None and not args.topic.strip():
             raise ConfigError("--topic: give a topic such as agent:started or agent:*")
-        run = tail(settings, run=args.run, thread=args.thread, topic=args.topic, as_json=args.json, out=sys.stdout)
+        run = tail(
+            settings,
+            run=args.run,
+            after=args.after,
+            thread=args.thread,
+            topic=args.topic,
+            as_json=args.json,
+            out=sys.stdout,
+        )
         return asyncio.run(run)
     except (ConfigError, MissingDependencyError, TransportError) as exc:
         source = f"{config}: " if config is not None and not str(exc).startswith(str(config)) else ""
         print(f"{_PROG}: error: {source}{exc}", file=sys.stderr)
+        return 2
+    except RunNotFoundError as exc:
+        print(f"{_PROG}: error: {exc} (no node of this deployment knows it)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
