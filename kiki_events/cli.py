@@ -67,10 +67,27 @@ def _seq(value: str) -> int:
     return int(value)
 
 
+def _ids_as_values(argv: Sequence[str]) -> list[str]:
+    """``--run -x…`` → ``--run=-x…``: run and thread ids are URL-safe base64 and may begin with
+    ``-``, which argparse would take for an option."""
+    options = {"-h", "--help", "--config", "--run", "--thread", "--topic", "--after", "--json"}
+    args: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        args.append(arg)
+        if arg in ("--run", "--thread"):
+            value = next(rest, None)
+            if value is not None and value.startswith("-") and value not in options:
+                args[-1] = f"{arg}={value}"
+            elif value is not None:
+                args.append(value)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kiki-events`` console script; returns the exit code."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_ids_as_values(sys.argv[1:] if argv is None else argv))
     if args.command == "tail" and args.after and args.run is None:
         parser.error("argument --after: only with --run")
     try:

@@ -132,6 +132,8 @@ def test_a_line_shows_time_run_seq_agent_type_and_a_short_payload() -> None:
     assert lines[7].endswith("- done success 1.250s tokens in=0 out=0")
     long = TokenEvent(run_id="r", seq=1, ts=0, message_id="m", text="x" * 500)
     assert len(format_event(long)) < 120
+    notice = StatusEvent(run_id="r", seq=0, ts=events[0].ts, status="missed", detail="events 4-6 were lost")
+    assert format_event(notice) == f"{clock}.250 r -- missed: events 4-6 were lost"
 
 
 @pytest.mark.asyncio
@@ -380,18 +382,62 @@ async def test_tail_after_a_seq_prints_the_rest_as_text_lines(node_a: NodeA) -> 
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("run_id", ["no-such-run", "-K9xq0VbS9qg3yN2s1wq2A"])  # ids may begin with "-"
 def test_tail_of_an_unknown_run_exits_2_with_one_line(
-    redis_url: str, key_prefix: str, tmp_path: Path, mode: str
+    redis_url: str, key_prefix: str, tmp_path: Path, mode: str, run_id: str
 ) -> None:
     config = tmp_path / "tail.yaml"
     config.write_text(_yaml(redis_url, key_prefix, mode))
 
-    tail = TailProcess("--config", str(config), "--run", "no-such-run")
+    tail = TailProcess("--config", str(config), "--run", run_id)
     code, lines, err = tail.finish()
 
     assert code == 2
     assert lines == []
-    assert err.splitlines() == ["kiki-events: error: run 'no-such-run' not found (no node of this deployment knows it)"]
+    assert err.splitlines() == [f"kiki-events: error: run {run_id!r} not found (no node of this deployment knows it)"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_run_with_events_relayed_from_an_agent_on_another_node_is_printed_with_nothing_skipped_silently(
+    redis_url: str, key_prefix: str, research_team: ModuleType, tmp_path: Path, mode: str
+) -> None:
+    """Node A's research team hands its writer to node B, whose events are relayed into A's run."""
+    from kiki_events.handoff import remote_agent_node
+
+    def settings(node: str, **extra: Any) -> Settings:
+        return Settings.model_validate({**yaml.safe_load(_yaml(redis_url, key_prefix, mode, node=node)), **extra})
+
+    team = research_team.build_graph(writer=remote_agent_node("writer"))
+    node_a = KikiRuntime(settings("node-a"), graphs={"team": team})
+    node_b = KikiRuntime(
+        settings("node-b", handoff={"serve": ["writer"]}), graphs={"writer": research_team.build_writer_graph()}
+    )
+    config = tmp_path / "tail.yaml"
+    config.write_text(_yaml(redis_url, key_prefix, mode))
+    async with node_a, node_b:
+        assert await node_a.connected(10) and await node_b.connected(10)
+        handle = node_a.runs.start("team", TASK)
+        await asyncio.wait_for(handle.task, 60)
+        events = events_of(node_a, handle.run_id)
+        assert any(e.agent == "writer/writer" for e in events)  # relayed from node B
+
+        tail = TailProcess("--config", str(config), f"--run={handle.run_id}", "--json")
+        code, lines, err = await asyncio.to_thread(tail.finish, 60)
+
+    assert code == 0, err
+    printed = [decode(line) for line in lines]
+    assert printed[-1].type == "done"
+    by_seq = {e.seq: e for e in events}
+    last = 0
+    for event in printed:
+        if event.seq == 0:  # a notice: what it announces as missing is not printed
+            assert isinstance(event, StatusEvent) and event.status in ("missed", "gap")
+            last = -1
+            continue
+        assert event == by_seq[event.seq]
+        assert event.seq == last + 1 or (last == -1 and event.seq > 0), f"seq {event.seq} after {last}, no notice"
+        last = event.seq
 
 
 def test_after_without_run_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
