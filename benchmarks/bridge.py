@@ -19,7 +19,7 @@ no bus) is reported beside it. Every process settles its heap once started
 anchor's too. Every process is separate and the Redis is a private
 ``redis-server`` on a free port, never a shared one. Figures are medians over rounds.
 
-    python benchmarks/bridge.py [--rounds 3] [--events 100000] [--rate 2000] [--seconds 5]
+    python3 scripts/dev.py run python benchmarks/bridge.py [--rounds 3] [--events 100000] [--rate 2000] [--seconds 5]
                                 [--mode pubsub|streams] [--no-freeze] [--out FILE]
 """
 

@@ -10,7 +10,7 @@ The graph is the demo's benchmark graph: two LLM nodes, each streaming
 ``--tokens`` chunks from the scripted model with zero delay. Every round runs
 all three variants (in rotating order); figures are medians over rounds.
 
-    python benchmarks/capture.py [--rounds 7] [--tokens 2000] [--out FILE]
+    python3 scripts/dev.py run python benchmarks/capture.py [--rounds 7] [--tokens 2000] [--out FILE]
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ same way (two clients in the same process, no work in between). The Redis is a
 private ``redis-server`` on a free port, never a shared one. Printed and written as
 JSON (``benchmarks/results/handoff.json``).
 
-    python benchmarks/handoff.py [--rounds 300] [--background 20] [--concurrent 50] [--out FILE]
+    python3 scripts/dev.py run python benchmarks/handoff.py [--rounds 300] [--background 20]
+                                                            [--concurrent 50] [--out FILE]
 """
 
 from __future__ import annotations

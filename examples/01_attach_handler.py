@@ -1,6 +1,6 @@
 """Attach KikiCallbackHandler to your own graph and print its events.
 
-    python examples/01_attach_handler.py
+    python3 scripts/dev.py run python examples/01_attach_handler.py
 
 The graph here is the demo research team, run with a plain ``ainvoke()``: the
 handler alone makes the chat models stream their tokens.

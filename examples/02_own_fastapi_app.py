@@ -1,6 +1,6 @@
 """Stream a graph from your own FastAPI app, two ways.
 
-    python examples/02_own_fastapi_app.py
+    python3 scripts/dev.py run python examples/02_own_fastapi_app.py
 
 * ``POST /chat`` — one endpoint with ``stream_agent_sse``: the run belongs to the
   response and is cancelled if the client goes away.

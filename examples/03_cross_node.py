@@ -1,7 +1,9 @@
 """Two nodes: a run executes on node A, node B follows it and cancels another one.
 
-    python examples/03_cross_node.py                                   # in one process, no Redis
-    REDIS_URL=redis://127.0.0.1:6379/0 python examples/03_cross_node.py  # through Redis pub/sub
+    python3 scripts/dev.py run python examples/03_cross_node.py       # in one process, no Redis
+    REDIS_URL=redis://127.0.0.1:6379/0 python3 scripts/dev.py run python examples/03_cross_node.py
+
+(the second through Redis pub/sub).
 
 Each node is a ``KikiRuntime``; in production each is its own ``kiki-events serve``
 process with ``eventbus.provider: redis``. Here they share a ``MemoryHub`` (or a

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .codec import event_json_schema
-from .errors import ConfigError, GraphLoadError, MissingDependencyError, TransportError
+from .errors import ConfigError, GraphLoadError, MissingDependencyError, RunNotFoundError, TransportError
 from .heap import freeze_startup_heap
 
 __all__ = ["DEFAULT_CONFIG", "DEMO_GRAPHS", "main"]
@@ -50,19 +51,60 @@ def _parser() -> argparse.ArgumentParser:
     tail = commands.add_parser("tail", help="print live events from Redis, one line each")
     tail.add_argument("--config", type=Path, help=f"YAML settings with provider: redis (default: {DEFAULT_CONFIG})")
     which = tail.add_mutually_exclusive_group()
-    which.add_argument("--run", metavar="ID", help="every event of one run (ends after its done)")
+    which.add_argument("--run", metavar="ID", help="every event of one run, from its start; ends after its done")
     which.add_argument("--thread", metavar="ID", help="every run that starts on a thread")
     which.add_argument("--topic", metavar="T", help="lifecycle events of one topic, e.g. agent:* (default: all)")
+    tail.add_argument(
+        "--after", type=_seq, default=0, metavar="SEQ", help="with --run: only the events after this seq (default: 0)"
+    )
     tail.add_argument("--json", action="store_true", help="print each event as one line of JSON")
     return parser
 
 
+def _seq(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a seq (0 or more), got {value!r}")
+    return int(value)
+
+
+def _ids_as_values(argv: Sequence[str]) -> list[str]:
+    """``--run -x…`` → ``--run=-x…``: run and thread ids are URL-safe base64 and may begin with
+    ``-``, which argparse would take for an option."""
+    options = {"-h", "--help", "--config", "--run", "--thread", "--topic", "--after", "--json"}
+    args: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        args.append(arg)
+        if arg in ("--run", "--thread"):
+            value = next(rest, None)
+            if value is not None and value.startswith("-") and value not in options:
+                args[-1] = f"{arg}={value}"
+            elif value is not None:
+                args.append(value)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kiki-events`` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(_ids_as_values(sys.argv[1:] if argv is None else argv))
+    if args.command == "tail" and args.after and args.run is None:
+        parser.error("argument --after: only with --run")
+    try:
+        return _command(args)
+    except BrokenPipeError:
+        # The reader went away (``kiki-events schema | head``): stop quietly. Python
+        # would flush stdout again at exit and complain, so point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "schema":
         json.dump(event_json_schema(), sys.stdout, indent=2)
         sys.stdout.write("\n")
+        sys.stdout.flush()
         return 0
     if args.command == "tail":
         return _tail(args)
@@ -146,11 +188,22 @@ def _tail(args: argparse.Namespace) -> int:
         settings = load_settings(config)
         if args.topic is not None and not args.topic.strip():
             raise ConfigError("--topic: give a topic such as agent:started or agent:*")
-        run = tail(settings, run=args.run, thread=args.thread, topic=args.topic, as_json=args.json, out=sys.stdout)
+        run = tail(
+            settings,
+            run=args.run,
+            after=args.after,
+            thread=args.thread,
+            topic=args.topic,
+            as_json=args.json,
+            out=sys.stdout,
+        )
         return asyncio.run(run)
     except (ConfigError, MissingDependencyError, TransportError) as exc:
         source = f"{config}: " if config is not None and not str(exc).startswith(str(config)) else ""
         print(f"{_PROG}: error: {source}{exc}", file=sys.stderr)
+        return 2
+    except RunNotFoundError as exc:
+        print(f"{_PROG}: error: {exc} (no node of this deployment knows it)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -9,6 +9,7 @@ raised before anything starts.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .topics import TOPICS
@@ -33,6 +34,7 @@ __all__ = [
     "RunSettings",
     "SSESettings",
     "Settings",
+    "check_redis_url",
     "load_settings",
     "parse_duration",
     "resolve_concurrency",
@@ -42,8 +44,10 @@ ENV_PREFIX = "KIKI__"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-_SECRET_KEYS = frozenset({"password", "secret_key"})
-"""Keys whose invalid values are never quoted back in an error message."""
+_SECRET_KEYS = frozenset({"password", "secret_key", "url"})
+"""Keys whose invalid values are never quoted back in an error message (they may hold credentials)."""
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
 _MAX_VALUES = 10_000
 """Values a settings document may hold once YAML aliases are followed."""
 _MAX_DEPTH = 32
@@ -69,6 +73,83 @@ def parse_duration(value: object) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+class _KeyProblem(ValueError):
+    """A problem of the whole settings that belongs to one key (``key``), for the error message."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _database(value: object) -> object:
+    """A Redis database number: an integer (or its digits, from an environment variable), never a bool or float."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"expected a database number (an integer, 0 or more), got {value!r}")
+
+
+def _port(text: str, what: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{what} {text!r} is not an integer")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{what} {port} is out of range (1-65535)")
+    return port
+
+
+def _check_host(host: str) -> None:
+    if host.startswith("["):
+        try:
+            if not host.endswith("]"):
+                raise ValueError(host)
+            ipaddress.IPv6Address(host[1:-1].split("%", 1)[0])
+        except ValueError:
+            raise ValueError(f"host {host!r} is not a valid IPv6 address in brackets") from None
+    elif not _HOST_NAME.match(host):
+        raise ValueError(f"host {host!r} is not a valid host name or address")
+
+
+def check_redis_url(url: str) -> None:
+    """Check a Redis URL the way it will be used: scheme, host, port and database.
+
+    Raises:
+        ValueError: what is wrong; the message never contains the password.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _REDIS_SCHEMES:
+        raise ValueError("expected a URL such as redis://[user:password@]host:6379/0 (or rediss://, unix://)")
+    location, _, query = rest.partition("?")
+    netloc, slash, path = location.partition("/")
+    if scheme.lower() == "unix":
+        path = netloc + slash + path
+        if not path:
+            raise ValueError("a unix:// URL needs the socket's path, e.g. unix:///run/redis.sock")
+        path = ""  # a socket path is not a database
+    else:
+        hostport = netloc.rpartition("@")[2]  # what follows the credentials, if any
+        if hostport.startswith("["):
+            host, bracket, port = hostport.partition("]")
+            host += bracket
+            if not bracket or (port and not port.startswith(":")):
+                raise ValueError("the host is not well-formed (an IPv6 address is written [address]:port)")
+            port = port[1:]
+        else:
+            host, _, port = hostport.partition(":")
+        if not host:
+            raise ValueError("no host (expected redis://[user:password@]host:6379/0)")
+        _check_host(host)
+        if port:
+            _port(port, "port")
+    database = path.strip("/")
+    for key, value in (pair.partition("=")[::2] for pair in query.split("&") if pair):
+        if key == "db":
+            database = value
+    if database and not database.isdigit():
+        raise ValueError(f"database {database!r} is not an integer")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -82,7 +163,7 @@ class RedisSettings(_Section):
     username: str | None = None
     """ACL user."""
     password: str | None = Field(default=None, repr=False)
-    db: int = Field(default=0, ge=0)
+    db: Annotated[int, BeforeValidator(_database)] = 0
     tls: bool = False
     channel_prefix: str = "kiki:"
     mode: Literal["pubsub", "streams"] = "pubsub"
@@ -91,6 +172,23 @@ class RedisSettings(_Section):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_redis_url(value)
+        return value
+
+    @field_validator("addr")
+    @classmethod
+    def _valid_addr(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"expected host:port, got {value!r}")
+        _check_host(host)
+        _port(port, "port")
+        return value
 
 
 class PublishSettings(_Section):
@@ -284,6 +382,18 @@ class Settings(_Section):
     graphs: dict[str, str] = Field(default_factory=dict)
     """Graph name → reference like ``./agents/research_team.py:graph``."""
 
+    @model_validator(mode="after")
+    def _serving_needs_redis(self) -> Settings:
+        bus = self.eventbus
+        if self.handoff.serve and (bus.provider != "redis" or not bus.enabled):
+            raise _KeyProblem(
+                "handoff.serve",
+                f"serving agents to other nodes needs eventbus.provider: redis (it is {bus.provider!r}"
+                + ("" if bus.enabled else ", and eventbus.enabled is false")
+                + ")",
+            )
+        return self
+
     @property
     def handoff_concurrency(self) -> int:
         """Tasks of one agent this node runs at once: ``handoff.concurrency``, else ``eventbus.subscribe.workers``."""
@@ -307,6 +417,9 @@ def _describe(exc: ValidationError, source: str) -> str:
     problems = []
     for err in exc.errors(include_url=False):
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, _KeyProblem):
+            key = ".".join(filter(None, (key if err["loc"] else "", cause.key)))
         if err["type"] == "extra_forbidden":
             message = "unknown key"
         else:
@@ -359,6 +472,45 @@ def _env_value(raw: str) -> Any:
     return raw
 
 
+def _load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load``, refusing a key written twice in one mapping (YAML keeps the last silently)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicates(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_duplicates(root: yaml.Node, source: str) -> None:
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    seen: set[int] = set()  # a node reached again through an alias was checked already
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    stack.append((value, path))
+                    continue
+                where = f"{path}.{key.value}" if path else key.value
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first:
+                    raise ConfigError(
+                        f"{source}: {where}: duplicate key at line {line} (first at line {first[key.tag, key.value]})"
+                    )
+                first[key.tag, key.value] = line
+                stack.append((value, where))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{path}[{i}]") for i, item in enumerate(node.value))
+
+
 def _check_shape(data: Any, source: str) -> None:
     """Refuse documents that would take forever to expand (YAML alias bombs) or recurse."""
     stack: list[tuple[Any, int]] = [(data, 0)]
@@ -409,7 +561,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, environ: Mappin
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{source}: cannot read the file: {exc}") from None
         try:
-            data = yaml.safe_load(text)
+            data = _load_yaml(text, source)
+        except ConfigError:
+            raise
         except RecursionError:
             raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
         except yaml.YAMLError as exc:

@@ -189,8 +189,9 @@ class ErrorEvent(_Event):
 
     type: Literal["error"] = "error"
     message: str
+    """What went wrong, without the exception's name (that is ``error_type``); may be empty."""
     error_type: str
-    """Exception class name, e.g. ``RuntimeError``."""
+    """Exception class name, e.g. ``RuntimeError``: show ``f"{error_type}: {message}"``."""
 
 
 class Usage(BaseModel):

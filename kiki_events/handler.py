@@ -42,7 +42,7 @@ from .events import (
     Usage,
     trusted_token,
 )
-from .redaction import redact_error
+from .redaction import redact_error, redact_message
 
 __all__ = ["EventSink", "KikiCallbackHandler", "new_run_id", "short_run_id"]
 
@@ -687,7 +687,7 @@ class KikiCallbackHandler(GraphCallbackHandler):
         if error is not None and not run.error_sent:
             run.error_sent = True
             self._send(
-                run, ErrorEvent, agent=run.failed_agent, message=redact_error(error), error_type=type(error).__name__
+                run, ErrorEvent, agent=run.failed_agent, message=redact_message(error), error_type=type(error).__name__
             )
         usage = Usage(input_tokens=run.input_tokens, output_tokens=run.output_tokens, total_tokens=run.total_tokens)
         duration = round(time.monotonic() - run.started, 6)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["MASK", "redact_error", "redact_text", "redact_url"]
+__all__ = ["MASK", "redact_error", "redact_message", "redact_text", "redact_url"]
 
 MASK = "***"
 
@@ -46,15 +46,24 @@ def redact_url(url: str) -> str:
     return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", url)
 
 
-def redact_error(error: BaseException, *, max_chars: int = _MAX_MESSAGE) -> str:
-    """A client-safe one-line description of ``error``: type and masked message, no trace."""
+def redact_message(error: BaseException, *, max_chars: int = _MAX_MESSAGE) -> str:
+    """``error``'s message alone, client-safe: one line, masked, at most ``max_chars`` (may be empty).
+
+    For a field beside the type's name (``ErrorEvent.message`` next to ``error_type``),
+    so that a reader joining them sees the type once.
+    """
     try:
         text = str(error)
     except Exception:  # a broken __str__ must not break error reporting
         text = ""
-    message = " ".join(text.split())
-    message = redact_text(message)
+    message = redact_text(" ".join(text.split()))
     if len(message) > max_chars:
         message = message[: max(max_chars - 1, 0)] + "…"
+    return message
+
+
+def redact_error(error: BaseException, *, max_chars: int = _MAX_MESSAGE) -> str:
+    """A client-safe one-line description of ``error``: type and masked message, no trace."""
+    message = redact_message(error, max_chars=max_chars)
     name = type(error).__name__
     return f"{name}: {message}" if message else name

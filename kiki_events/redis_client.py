@@ -11,9 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .config import RedisSettings
+from .config import RedisSettings, check_redis_url
 from .errors import ConfigError, MissingDependencyError
-from .redaction import redact_url
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -126,11 +125,12 @@ async def blocking_command(redis: Redis, *args: Any, **options: Any) -> Any:
 
 def connection_url(settings: RedisSettings) -> str:
     """The ``redis://`` / ``rediss://`` URL that ``settings`` describe (password included)."""
+    # Settings are checked when they are validated; these are settings copied with changes.
     if settings.url:
-        if not settings.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(
-                f"eventbus.redis.url: expected redis://, rediss:// or unix://, got {redact_url(settings.url)!r}"
-            )
+        try:
+            check_redis_url(settings.url)
+        except ValueError as exc:
+            raise ConfigError(f"eventbus.redis.url: {exc}") from None
         return settings.url
     host, sep, port = settings.addr.rpartition(":")
     if not sep or not host or not port.isdigit():

@@ -1,15 +1,20 @@
 """``kiki-events tail``: live events from Redis, one line each (or JSON lines).
 
-It joins the deployment like a node that only listens: the bridge's transport
-(pub/sub or streams, as configured) delivers the frames, and each event in them is
-printed. What it follows:
+It joins the deployment like a node that only listens. What it follows:
 
-* ``--run ID`` – every event of one run (in streams mode, what is stored first);
-  ends after the run's ``done``;
+* ``--run ID`` – every event of one run, from its start (or after ``--after SEQ``),
+  then live, wherever the run executes: a runtime of its own follows the run
+  (:meth:`KikiRuntime.follow <kiki_events.runtime.KikiRuntime.follow>`), caught up
+  from the run's node or stream, gaps repaired; what cannot be recovered is a
+  notice line (``missed``, ``gap``, ``lagging``). Ends after the run's ``done``
+  (at once for a finished run, once it is printed);
 * ``--thread ID`` – every run that starts on the thread from now on;
 * ``--topic T`` – lifecycle events of every run whose topic matches ``T``
   (``agent:started``, ``agent:*``, ``multiagent:sync`` …);
 * nothing – lifecycle events of every run.
+
+The last three listen to the bridge's transport (pub/sub or streams, as configured)
+and print each event of the frames it delivers.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from .codec import encode
-from .config import Settings
+from .config import HandoffSettings, Settings
 from .errors import ConfigError, TransportError
-from .events import StreamEvent
+from .events import StatusEvent, StreamEvent
 from .redaction import redact_text
 from .topics import topic_matches, topic_of
 
 if TYPE_CHECKING:
+    from .runtime import KikiRuntime
     from .transports import Transport
     from .transports.base import ControlMessage
     from .transports.wire import Message
@@ -69,7 +75,9 @@ def _payload(event: StreamEvent) -> str:
     if kind == "interrupt":
         return f"{len(event.interrupts)} interrupt(s)"  # type: ignore[union-attr]
     if kind == "error":
-        return f"{event.error_type}: {_short(event.message)}"  # type: ignore[union-attr]
+        # The type once: ``message`` leaves it out (a node of an older version put it in front).
+        message = event.message.removeprefix(f"{event.error_type}: ")  # type: ignore[union-attr]
+        return f"{event.error_type}: {_short(message)}" if message else event.error_type  # type: ignore[union-attr]
     if kind == "done":
         usage = event.usage  # type: ignore[union-attr]
         return f"{event.status} {event.duration_s:.3f}s tokens in={usage.input_tokens} out={usage.output_tokens}"  # type: ignore[union-attr]
@@ -77,9 +85,19 @@ def _payload(event: StreamEvent) -> str:
 
 
 def format_event(event: StreamEvent) -> str:
-    """One readable line: time, ``run:seq``, agent, type, a short payload."""
+    """One readable line: time, ``run:seq``, agent, type, a short payload.
+
+    A connection notice (a ``status`` with ``seq`` 0: ``missed``, ``gap``, ``lagging``)
+    reads ``<time> <run> -- <status>: <detail>``.
+    """
     clock = time.strftime("%H:%M:%S", time.localtime(event.ts)) + f".{int(event.ts * 1000) % 1000:03d}"
+    if event.seq == 0 and isinstance(event, StatusEvent):
+        return f"{clock} {event.run_id} -- {event.status}: {event.detail or 'see the events around it'}"
     return f"{clock} {event.run_id}:{event.seq} {event.agent or '-'} {event.type} {_payload(event)}".rstrip()
+
+
+def _line(event: StreamEvent, as_json: bool) -> str:
+    return encode(event).decode() if as_json else format_event(event)
 
 
 class _Printer:
@@ -90,17 +108,13 @@ class _Printer:
         out: IO[str],
         *,
         as_json: bool,
-        run: str | None,
         topic: str | None,
         on_announce: Callable[[str], None],
     ) -> None:
         self.out = out
         self.as_json = as_json
-        self.run = run
         self.topic = topic
         self.on_announce = on_announce
-        self.finished = asyncio.Event()
-        """Set once the followed run (``--run``) ended."""
         self.printed = 0
         self._last: OrderedDict[str, int] = OrderedDict()
 
@@ -115,8 +129,6 @@ class _Printer:
         if self.topic is not None:
             topic = self.topic
             events = [e for e in events if (t := topic_of(e)) is not None and topic_matches(topic, t)]
-        elif self.run is not None:
-            events = [e for e in events if e.run_id == self.run]
         return events
 
     def on_frame(self, message: Message) -> None:
@@ -128,11 +140,8 @@ class _Printer:
             self._last.move_to_end(event.run_id)
             if len(self._last) > _SEEN:
                 self._last.popitem(last=False)
-            line = encode(event).decode() if self.as_json else format_event(event)
-            self.out.write(line + "\n")
+            self.out.write(_line(event, self.as_json) + "\n")
             self.printed += 1
-            if event.type == "done" and event.run_id == self.run:
-                self.finished.set()
         self.out.flush()
 
     def on_control(self, message: ControlMessage) -> None:
@@ -159,6 +168,7 @@ async def tail(
     settings: Settings,
     *,
     run: str | None = None,
+    after: int = 0,
     thread: str | None = None,
     topic: str | None = None,
     as_json: bool = False,
@@ -168,13 +178,16 @@ async def tail(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
 ) -> int:
-    """Print live events until cancelled (or, with ``run``, until that run's ``done``).
+    """Print events until cancelled or ``stop`` is set; with ``run``, until that run ended.
 
-    ``ready`` is set once the subscription is in place; setting ``stop`` ends the tail.
+    ``after`` (with ``run``): print the events with a greater ``seq`` only. ``ready`` is
+    set once this tail is connected and listening. Returns ``0``, or ``1`` when the
+    followed run ended without its ``done`` reaching this tail (after a ``missed`` notice).
 
     Raises:
         ConfigError: the provider is not ``redis``, or the Redis settings are invalid.
         TransportError: Redis cannot be reached.
+        RunNotFoundError: no node knows ``run``.
     """
     bus = settings.eventbus
     if bus.provider != "redis" or not bus.enabled:
@@ -183,24 +196,131 @@ async def tail(
             + ("" if bus.enabled else " (and eventbus.enabled is false)")
             + "; use a configuration with provider: redis"
         )
+    await _ping(settings, connect_timeout)
+    if run is not None:
+        return await _tail_run(
+            settings,
+            run,
+            after=after,
+            as_json=as_json,
+            out=out,
+            node=node,
+            timeout=connect_timeout,
+            ready=ready,
+            stop=stop,
+        )
+    return await _listen(
+        settings,
+        thread=thread,
+        topic=topic,
+        as_json=as_json,
+        out=out,
+        node=node,
+        timeout=connect_timeout,
+        ready=ready,
+        stop=stop,
+    )
+
+
+def _where(settings: Settings) -> str:
     from .redaction import redact_url
+
+    redis = settings.eventbus.redis
+    return redact_url(redis.url) if redis.url else redis.addr
+
+
+async def _ping(settings: Settings, timeout: float) -> None:
+    """Fail fast, with one clear error, when Redis cannot be reached."""
     from .redis_client import create_redis
+
+    redis = create_redis(settings.eventbus.redis, socket_connect_timeout=timeout)
+    try:
+        await asyncio.wait_for(redis.ping(), timeout)
+    except Exception as exc:
+        raise TransportError(
+            f"cannot reach Redis at {_where(settings)}: {redact_text(str(exc)) or type(exc).__name__}"
+        ) from None
+    finally:
+        await redis.aclose()
+
+
+async def _until_stopped(work: asyncio.Future[int], stop: asyncio.Event | None) -> int:
+    """``work``'s result, or ``0`` once ``stop`` is set (``work`` is then cancelled)."""
+    stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
+    try:
+        await asyncio.wait([w for w in (work, stopping) if w is not None], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in (work, stopping):
+            if waiting is not None and not waiting.done():
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+    return work.result() if not work.cancelled() else 0
+
+
+async def _tail_run(
+    settings: Settings,
+    run_id: str,
+    *,
+    after: int,
+    as_json: bool,
+    out: IO[str],
+    node: str | None,
+    timeout: float,
+    ready: asyncio.Event | None,
+    stop: asyncio.Event | None,
+) -> int:
+    from .runtime import KikiRuntime, default_node_name
+
+    bus = settings.eventbus
+    # A node that runs nothing, serves no agent and wants no lifecycle broadcasts:
+    # it only follows the run. A reader that falls behind skips ahead with a notice.
+    listener = settings.model_copy(
+        update={
+            "node": node or f"tail-{default_node_name()}",
+            "graphs": {},
+            "handoff": HandoffSettings(),
+            "sse": settings.sse.model_copy(update={"slow_client": "skip"}),
+            "eventbus": bus.model_copy(update={"subscribe": bus.subscribe.model_copy(update={"events": ()})}),
+        }
+    )
+    async with KikiRuntime(listener) as runtime:
+        if not await runtime.connected(timeout):
+            raise TransportError(f"cannot reach Redis at {_where(settings)}")
+        if ready is not None:
+            ready.set()
+        return await _until_stopped(asyncio.ensure_future(_print_run(runtime, run_id, after, as_json, out)), stop)
+
+
+async def _print_run(runtime: KikiRuntime, run_id: str, after: int, as_json: bool, out: IO[str]) -> int:
+    done = False
+    async for event in runtime.follow(run_id, after=after):
+        out.write(_line(event, as_json) + "\n")
+        out.flush()
+        done = done or event.type == "done"
+    return 0 if done else 1
+
+
+async def _listen(
+    settings: Settings,
+    *,
+    thread: str | None,
+    topic: str | None,
+    as_json: bool,
+    out: IO[str],
+    node: str | None,
+    timeout: float,
+    ready: asyncio.Event | None,
+    stop: asyncio.Event | None,
+) -> int:
     from .runtime import default_node_name
     from .transports import create_transport
 
-    redis = create_redis(bus.redis, socket_connect_timeout=connect_timeout)
-    where = redact_url(bus.redis.url) if bus.redis.url else bus.redis.addr
-    try:
-        await asyncio.wait_for(redis.ping(), connect_timeout)
-    except Exception as exc:
-        raise TransportError(f"cannot reach Redis at {where}: {redact_text(str(exc)) or type(exc).__name__}") from None
-    finally:
-        await redis.aclose()
-    # Lifecycle broadcasts only when they are wanted; a run or a thread is watched instead.
-    wanted = (topic,) if topic is not None else (() if run or thread else ("*",))
+    bus = settings.eventbus
+    # Lifecycle broadcasts only when they are wanted; a thread is watched instead.
+    wanted = (topic,) if topic is not None else (() if thread else ("*",))
     subscribe = bus.subscribe.model_copy(update={"events": wanted})
     settings = settings.model_copy(update={"eventbus": bus.model_copy(update={"subscribe": subscribe})})
-    transport: Transport | None = create_transport(settings, node=node or f"tail-{default_node_name()}", redis=redis)
+    transport: Transport | None = create_transport(settings, node=node or f"tail-{default_node_name()}")
     if transport is None:  # pragma: no cover - redis always has a transport
         raise ConfigError("no transport for these settings")
     watching: set[str] = set()
@@ -213,26 +333,17 @@ async def tail(
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-    printer = _Printer(out, as_json=as_json, run=run, topic=topic, on_announce=announce)
+    printer = _Printer(out, as_json=as_json, topic=topic, on_announce=announce)
     await transport.start(printer)
     try:
-        if run is not None:
-            await _watch(transport, "run", run, connect_timeout)
-        elif thread is not None:
-            await _watch(transport, "thread", thread, connect_timeout)
+        if thread is not None:
+            await _watch(transport, "thread", thread, timeout)
         if ready is not None:
             ready.set()
-        waits = [asyncio.ensure_future(printer.finished.wait())]
-        if stop is not None:
-            waits.append(asyncio.ensure_future(stop.wait()))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
+        forever = asyncio.get_running_loop().create_future()  # until cancelled or stopped
+        return await _until_stopped(forever, stop)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await transport.close(timeout=1.0)
-    return 0

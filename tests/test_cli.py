@@ -185,3 +185,74 @@ def test_sigterm_gives_live_clients_a_final_done_cancelled_and_exits_cleanly(tmp
     assert "kiki runtime stopped" in err
     assert "Traceback" not in err
     assert f"serving http://127.0.0.1:{port}/" in out
+
+
+PASSWORD = "s3cret-pw"
+_REDIS = "eventbus:\n  provider: redis\n  redis:\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (_REDIS + f"    url: 'redis://u:{PASSWORD}@127.0.0.1:notaport/0'\n", "eventbus.redis.url: port 'notaport'"),
+        (_REDIS + f"    url: 'redis://:{PASSWORD}@[::1/0'\n", "eventbus.redis.url: the host is not well-formed"),
+        (
+            _REDIS + f"    url: 'redis://:{PASSWORD}@127.0.0.1:70000/0'\n",
+            "eventbus.redis.url: port 70000 is out of range",
+        ),
+        (_REDIS + f"    url: 'redis://:{PASSWORD}@bad host:6379/0'\n", "eventbus.redis.url: host 'bad host'"),
+        (_REDIS + f"    url: 'redis://:{PASSWORD}@127.0.0.1:6379/zero'\n", "eventbus.redis.url: database 'zero'"),
+        (
+            _REDIS + f"    url: 'http://:{PASSWORD}@127.0.0.1:6379/0'\n",
+            "eventbus.redis.url: expected a URL such as redis://",
+        ),
+        (_REDIS + "    db: one\n", "eventbus.redis.db: expected a database number"),
+        (_REDIS + "    db: 1.5\n", "eventbus.redis.db: expected a database number"),
+        (
+            _REDIS + f"    password: {PASSWORD}\n    mode: pubsub\n    mode: streams\n",
+            "eventbus.redis.mode: duplicate key at line 6 (first at line 5)",
+        ),
+        (
+            "handoff:\n  serve: [writer]\n",
+            "handoff.serve: serving agents to other nodes needs eventbus.provider: redis",
+        ),
+    ],
+    ids=["port", "ipv6", "port-range", "host", "url-db", "scheme", "db", "db-float", "duplicate", "serve-memory"],
+)
+@pytest.mark.parametrize("command", ["serve", "tail"])
+def test_a_bad_redis_setting_is_one_line_naming_the_key_and_exit_2(
+    tmp_path: Path, command: str, config: str, expected: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(config)
+
+    result = _cli(command, "--config", path.name, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"kiki-events: error: bad.yaml: {expected}"), lines[0]
+    assert "Traceback" not in result.stderr
+    assert PASSWORD not in result.stderr + result.stdout
+
+
+def test_schema_into_a_pipe_nobody_reads_exits_quietly() -> None:
+    # Like ``kiki-events schema | head -1`` once head has gone: the write fails with EPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "kiki_events.cli", "schema"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+    assert result.stderr == ""
+    assert result.returncode == 1

@@ -436,3 +436,127 @@ def test_arbitrary_yamlish_text_loads_or_raises_config_error(fuzz_file: Path, te
         assert message.startswith((f"{fuzz_file}: ", "environment KIKI__SERVER__HOST: "))
     else:
         assert loaded.server.host == "0.0.0.0"
+
+
+# -- Redis settings checked before anything starts ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "redis://localhost",
+        "rediss://tenant-a:pw@cache.example.com:6380/3?ssl_cert_reqs=none",
+        "redis://:pw@[::1]:6379/1",
+        "redis://redis_1:6379?db=2",
+        "unix:///run/redis.sock?db=1",
+    ],
+)
+def test_well_formed_redis_urls_are_accepted(tmp_path: Path, url: str) -> None:
+    loaded = load_settings(write(tmp_path, f"eventbus:\n  redis:\n    url: '{url}'\n"), environ={})
+
+    assert loaded.eventbus.redis.url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://u:hunter2@127.0.0.1:notaport/0", "port 'notaport' is not an integer"),
+        ("redis://:hunter2@[::1/0", "the host is not well-formed"),
+        ("redis://:hunter2@[::zz]:6379/0", "host '[::zz]' is not a valid IPv6 address"),
+        ("redis://:hunter2@127.0.0.1:0/0", "port 0 is out of range"),
+        ("redis://:hunter2@:6379/0", "no host"),
+        ("redis://:hunter2@h:6379/-1", "database '-1' is not an integer"),
+        ("redis://:hunter2@h:6379?db=one", "database 'one' is not an integer"),
+        ("unix://", "a unix:// URL needs the socket's path"),
+        ("hunter2", "expected a URL such as redis://"),
+    ],
+)
+def test_a_malformed_redis_url_names_the_key_and_the_problem_but_not_the_password(
+    tmp_path: Path, url: str, problem: str
+) -> None:
+    path = write(tmp_path, f"eventbus:\n  redis:\n    url: '{url}'\n")
+
+    message = config_error(path)
+
+    assert message.startswith(f"{path}: eventbus.redis.url: {problem}")
+    assert "hunter2" not in message
+
+
+def test_a_malformed_redis_url_from_the_environment_is_refused_too() -> None:
+    shipped = ROOT / "config" / "redis.yaml"
+
+    message = config_error(shipped, {"REDIS_URL": "redis://:hunter2@127.0.0.1:notaport/0"})
+
+    assert "eventbus.redis.url: port 'notaport'" in message and "hunter2" not in message
+    assert load_settings(shipped, environ={"REDIS_URL": "redis://:pw@127.0.0.1:6379/0"}).eventbus.redis.db == 0
+
+
+@pytest.mark.parametrize("value", ["true", "1.5", "2.0", "one", "-1", "[0]"])
+def test_the_redis_db_must_be_an_integer(tmp_path: Path, value: str) -> None:
+    assert "eventbus.redis.db: expected a database number" in config_error(
+        write(tmp_path, f"eventbus:\n  redis:\n    db: {value}\n")
+    )
+
+
+def test_the_redis_db_may_come_from_the_environment() -> None:
+    assert load_settings(None, environ={"KIKI__EVENTBUS__REDIS__DB": "3"}).eventbus.redis.db == 3
+    assert "eventbus.redis.db" in config_error(None, {"KIKI__EVENTBUS__REDIS__DB": "three"})
+
+
+@pytest.mark.parametrize(
+    ("addr", "problem"),
+    [
+        ("cache", "expected host:port"),
+        ("cache:x", "port 'x'"),
+        (":6379", "expected host:port"),
+        ("a b:1", "host 'a b'"),
+    ],
+)
+def test_a_malformed_redis_addr_names_the_key(tmp_path: Path, addr: str, problem: str) -> None:
+    path = write(tmp_path, f"eventbus:\n  redis:\n    addr: '{addr}'\n")
+
+    assert f"eventbus.redis.addr: {problem}" in config_error(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "first"),
+    [
+        ("node: a\nnode: b\n", "node", 2, 1),
+        (
+            "eventbus:\n  redis:\n    url: redis://h:1/0\n    db: 0\n    url: redis://h:2/0\n",
+            "eventbus.redis.url",
+            5,
+            3,
+        ),
+        ("graphs:\n  team: ./a.py:graph\n  team: ./b.py:graph\n", "graphs.team", 3, 2),
+        ("sse:\n  cors_origins:\n    - {a: 1, a: 2}\n", "sse.cors_origins[0].a", 3, 3),
+        ("eventbus: {provider: redis}\neventbus: {provider: memory}\n", "eventbus", 2, 1),
+    ],
+)
+def test_a_key_written_twice_is_refused_naming_its_path_and_lines(
+    tmp_path: Path, text: str, key: str, line: int, first: int
+) -> None:
+    path = write(tmp_path, text)
+
+    assert config_error(path) == f"{path}: {key}: duplicate key at line {line} (first at line {first})"
+
+
+def test_keys_merged_from_an_anchor_are_not_duplicates(tmp_path: Path) -> None:
+    text = "server:\n  <<: {port: 9000, host: 0.0.0.0}\n  port: 9001\n"
+
+    loaded = load_settings(write(tmp_path, text), environ={})
+
+    assert (loaded.server.host, loaded.server.port) == ("0.0.0.0", 9001)
+
+
+def test_serving_agents_needs_redis(tmp_path: Path) -> None:
+    path = write(tmp_path, "handoff:\n  serve: [writer]\n")
+
+    assert config_error(path) == (
+        f"{path}: handoff.serve: serving agents to other nodes needs eventbus.provider: redis (it is 'memory')"
+    )
+    disabled = write(tmp_path, "eventbus: {provider: redis, enabled: false}\nhandoff: {serve: [writer]}\n")
+    assert "handoff.serve" in config_error(disabled) and "eventbus.enabled is false" in config_error(disabled)
+    served = write(tmp_path, "eventbus: {provider: redis}\nhandoff: {serve: [writer]}\n")
+    assert load_settings(served, environ={}).handoff.serve == ("writer",)

@@ -510,7 +510,7 @@ def test_errors_custom_events_and_interrupts_are_shown_as_text(page: Any, server
     assert state["agents"]["writer"]["state"] == "failed"
     assert [e["error_type"] for e in state["errors"]] == ["RuntimeError"]
     writer_errors = page.locator('.lane[data-agent="writer"] .item.error').all_text_contents()
-    assert len(writer_errors) == 1 and writer_errors[0].startswith("RuntimeError: ")
+    assert len(writer_errors) == 1 and writer_errors[0].startswith("RuntimeError: writer could not publish")
     assert is_red(page.locator('.lane[data-agent="writer"] .item.error').evaluate("(n) => getComputedStyle(n).color"))
     assert page.locator('.lane[data-agent="writer"] .indicator').text_content() == "✗"
     assert "hunter2" not in page.text_content("body")

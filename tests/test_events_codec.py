@@ -54,7 +54,7 @@ EXAMPLES: list[StreamEvent] = [
     ToolResultEvent(**ENVELOPE, seq=10, tool_call_id="call_2", name="fetch_page", error="TimeoutError: slow"),
     CustomEvent(**ENVELOPE, seq=11, name="multiagent:sync", data={"progress": 0.5, "steps": [1, 2], "ok": True}),
     InterruptEvent(**ENVELOPE, seq=12, interrupts=(InterruptInfo(id="int-1", value={"question": "Approve?"}),)),
-    ErrorEvent(**ENVELOPE, seq=13, message="ValueError: bad input", error_type="ValueError"),
+    ErrorEvent(**ENVELOPE, seq=13, message="bad input", error_type="ValueError"),
     DoneEvent(
         **ENVELOPE,
         seq=14,

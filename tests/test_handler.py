@@ -22,6 +22,7 @@ from typing_extensions import TypedDict
 from kiki_events import EventBus, KikiCallbackHandler
 from kiki_events.astream_events import events_from_astream_events
 from kiki_events.events import StreamEvent
+from kiki_events.tail import format_event
 from kiki_events.testing import CapturedEvents, capture_run
 
 pytestmark = pytest.mark.asyncio
@@ -81,6 +82,10 @@ async def test_node_failure_gives_failed_lifecycle_error_and_done(research_team:
     assert "hunter2" not in error[0].message  # type: ignore[union-attr]
     assert "hunter2" not in (failed[0].error or "")  # type: ignore[union-attr]
     assert events[-2] is error[0]
+    # The type is said once: beside the message, not again inside it.
+    assert error[0].message.startswith("writer could not publish the report")  # type: ignore[union-attr]
+    assert f"{error[0].error_type}: {error[0].message}" == failed[0].error  # type: ignore[union-attr]
+    assert " writer error RuntimeError: writer could not publish the report: " in format_event(error[0])
     assert events.done.status == "error"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kiki_events.redaction import MASK, redact_error, redact_text, redact_url
+from kiki_events.redaction import MASK, redact_error, redact_message, redact_text, redact_url
 
 SECRET = "hunter2-Zx9"
 
@@ -148,6 +148,14 @@ def test_redact_error_masks_key_value_credentials() -> None:
 
     assert text.startswith("PermissionError: ")
     assert SECRET not in text
+
+
+def test_redact_message_is_the_masked_message_without_the_type() -> None:
+    error = _raised(RuntimeError(f"writer could not publish: redis://app:{SECRET}@cache:6379\n  retrying"))
+
+    assert redact_message(error) == f"writer could not publish: redis://app:{MASK}@cache:6379 retrying"
+    assert redact_error(error) == f"RuntimeError: {redact_message(error)}"
+    assert redact_message(RuntimeError("   ")) == ""
 
 
 def test_redact_error_without_a_message_is_the_type_name() -> None:

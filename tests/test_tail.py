@@ -1,7 +1,10 @@
-"""``kiki-events tail``: events published through the bridge's transport, printed live.
+"""``kiki-events tail``: events of a deployment, printed live.
 
-A producer transport (what a node's bridge uses) publishes the events of a run to
-a private Redis; the tail prints them, in both Redis modes.
+``--run``: a node (a runtime in this process) runs a run through a private Redis; the
+command, in a process of its own, prints the run from its start wherever it began
+following, and exits after ``done`` — in both Redis modes. ``--thread`` and
+``--topic``: a producer transport (what a node's bridge uses) publishes frames; the
+tail prints them.
 """
 
 from __future__ import annotations
@@ -13,14 +16,18 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import pytest_asyncio
+import yaml
 
 from kiki_events.cli import main
 from kiki_events.codec import decode, encode
@@ -34,10 +41,11 @@ from kiki_events.events import (
     ToolCallEvent,
     ToolResultEvent,
 )
+from kiki_events.runtime import KikiRuntime
 from kiki_events.tail import format_event, tail
 from kiki_events.transports import RunInfo, Transport, create_transport
 from tests.redis_server import free_port, wait_subscribed
-from tests.servers import async_wait_for
+from tests.servers import Gate, async_wait_for, gated_graph
 
 pytestmark = pytest.mark.redis
 
@@ -85,18 +93,6 @@ class _Quiet:
     def on_connected(self, resumed: bool) -> None: ...
 
 
-@pytest_asyncio.fixture(params=MODES)
-async def producer_any_mode(
-    request: pytest.FixtureRequest, redis_url: str, key_prefix: str
-) -> AsyncIterator[Transport]:
-    """A producer in each Redis mode (for the command, which runs in its own process)."""
-    transport = create_transport(settings_for(redis_url, key_prefix, request.param), node="producer")
-    assert transport is not None
-    await transport.start(_Quiet())
-    yield transport
-    await transport.close()
-
-
 # In-process tails run in pub/sub mode: closing a streams transport while its reader
 # waits in XREAD leaves a socket for the garbage collector (reported to the bridge's
 # owner); the command test below covers streams mode in a process of its own.
@@ -136,29 +132,8 @@ def test_a_line_shows_time_run_seq_agent_type_and_a_short_payload() -> None:
     assert lines[7].endswith("- done success 1.250s tokens in=0 out=0")
     long = TokenEvent(run_id="r", seq=1, ts=0, message_id="m", text="x" * 500)
     assert len(format_event(long)) < 120
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("as_json", [False, True])
-async def test_tail_of_a_run_prints_its_events_and_ends_after_done(
-    producer: Transport, redis_url: str, key_prefix: str, as_json: bool
-) -> None:
-    out = io.StringIO()
-    events = run_events()
-    mode = "streams" if producer.name == "redis-streams" else "pubsub"
-    ready = asyncio.Event()
-    task = asyncio.ensure_future(
-        tail(settings_for(redis_url, key_prefix, mode), run=events[0].run_id, as_json=as_json, out=out, ready=ready)
-    )
-    await asyncio.wait_for(ready.wait(), 10)
-    await publish(producer, events)
-
-    assert await asyncio.wait_for(task, 10) == 0
-    lines = out.getvalue().splitlines()
-    if as_json:
-        assert [decode(line) for line in lines] == events
-    else:
-        assert lines == [format_event(e) for e in events]
+    notice = StatusEvent(run_id="r", seq=0, ts=events[0].ts, status="missed", detail="events 4-6 were lost")
+    assert format_event(notice) == f"{clock}.250 r -- missed: events 4-6 were lost"
 
 
 @pytest.mark.asyncio
@@ -222,33 +197,6 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]
     )
 
 
-@pytest.mark.asyncio
-async def test_the_command_prints_json_lines_of_a_run(
-    producer_any_mode: Transport, redis_url: str, key_prefix: str, tmp_path: Path
-) -> None:
-    producer = producer_any_mode
-    mode = "streams" if producer.name == "redis-streams" else "pubsub"
-    config = tmp_path / "kiki.yaml"
-    config.write_text(
-        f"eventbus:\n  provider: redis\n  redis:\n    url: {redis_url}\n"
-        f"    channel_prefix: '{key_prefix}'\n    mode: {mode}\n"
-    )
-    events = run_events()
-    process = _cli("--config", str(config), "--run", events[0].run_id, "--json")
-    try:
-        await subscribed(producer, f"{key_prefix}run:{{{events[0].run_id}}}")  # streams: what is stored is read
-        await publish(producer, events)
-        out, err = await asyncio.to_thread(process.communicate, timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-
-    assert process.returncode == 0, err
-    assert [decode(line) for line in out.splitlines()] == events
-    assert "Traceback" not in err
-
-
 def test_a_config_without_redis_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "kiki.yaml"
     config.write_text("eventbus:\n  provider: memory\n")
@@ -290,3 +238,211 @@ def test_bad_arguments_are_refused_by_the_parser(capsys: pytest.CaptureFixture[s
 def test_json_lines_are_the_compact_codec(redis_url: str) -> None:
     event = run_events()[2]
     assert json.loads(encode(event)) == json.loads(event.model_dump_json(exclude_none=True))
+
+
+# -- --run: a real node runs the run; the command follows it ------------------------------------
+
+
+@dataclass
+class NodeA:
+    runtime: KikiRuntime
+    gate: Gate
+    config: Path
+    mode: str
+
+
+def _gate_first(gate: Gate, research_team: ModuleType) -> Any:
+    """``hold`` (waits at ``gate``) → the research team: the run is parked before its work."""
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    async def hold(state: MessagesState) -> dict[str, Any]:
+        await gate.wait()
+        return {}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("hold", hold)
+    builder.add_node("team", research_team.build_graph(token_delay=0.0))
+    builder.add_edge(START, "hold")
+    builder.add_edge("hold", "team")
+    builder.add_edge("team", END)
+    return builder.compile(name="gate_first")
+
+
+def _yaml(redis_url: str, prefix: str, mode: str, node: str | None = None) -> str:
+    return (
+        (f"node: {node}\n" if node else "")
+        + f"eventbus:\n  provider: redis\n  redis:\n    url: {redis_url}\n"
+        + f"    channel_prefix: '{prefix}'\n    mode: {mode}\n"
+    )
+
+
+@pytest_asyncio.fixture(params=MODES)
+async def node_a(
+    request: pytest.FixtureRequest, redis_url: str, key_prefix: str, research_team: ModuleType, tmp_path: Path
+) -> AsyncIterator[NodeA]:
+    mode = request.param
+    gate = Gate()
+    settings = Settings.model_validate(yaml.safe_load(_yaml(redis_url, key_prefix, mode, node="node-a")))
+    graphs = {"gated": gated_graph(research_team, gate), "gate_first": _gate_first(gate, research_team)}
+    config = tmp_path / "tail.yaml"
+    config.write_text(_yaml(redis_url, key_prefix, mode))
+    runtime = KikiRuntime(settings, graphs=graphs)
+    async with runtime:
+        assert await runtime.connected(10)
+        try:
+            yield NodeA(runtime, gate, config, mode)
+        finally:
+            gate.open()
+
+
+def events_of(runtime: KikiRuntime, run_id: str) -> list[StreamEvent]:
+    record = runtime.store.peek(run_id)
+    assert record is not None
+    frames, _ = record.log.read(0, 100_000)
+    return [frame.event for frame in frames]
+
+
+class TailProcess:
+    """``kiki-events tail`` in a process of its own; its stdout lines are collected as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = _cli(*args)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def printed_seq(self, seq: int) -> bool:
+        if self.process.poll() is not None and not self._reader.is_alive():
+            raise AssertionError(f"the tail exited with {self.process.returncode}: {self.process.stderr!r}")
+        return any(json.loads(line).get("seq") == seq for line in list(self.lines))
+
+    def finish(self, timeout: float = 30) -> tuple[int, list[str], str]:
+        try:
+            self.process.wait(timeout)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+        self._reader.join(10)
+        assert self.process.stdout is not None and self.process.stderr is not None
+        with self.process.stdout, self.process.stderr:
+            return self.process.returncode, self.lines, self.process.stderr.read()
+
+
+TASK = {"messages": [("user", "Compare Redis streams and pub/sub")]}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("when", ["before its work", "mid-run", "after its end"])
+async def test_tail_of_a_run_prints_it_whole_from_its_start_and_exits_after_done(node_a: NodeA, when: str) -> None:
+    runtime, gate = node_a.runtime, node_a.gate
+    handle = runtime.runs.start("gate_first" if when == "before its work" else "gated", TASK)
+    if when == "after its end":
+        gate.open()
+        await asyncio.wait_for(handle.task, 30)
+    else:
+        await async_wait_for(gate.reached.is_set, 30, "the run to park at its gate")
+
+    tail = TailProcess("--config", str(node_a.config), "--run", handle.run_id, "--json")
+    try:
+        if when != "after its end":
+            so_far = events_of(runtime, handle.run_id)[-1].seq
+            await async_wait_for(lambda: tail.printed_seq(so_far), 30, f"the tail to print seq {so_far}")
+            gate.open()
+        code, lines, err = await asyncio.to_thread(tail.finish)
+    finally:
+        gate.open()
+        if tail.process.poll() is None:
+            tail.process.kill()
+
+    assert code == 0, err
+    assert "Traceback" not in err
+    printed = [decode(line) for line in lines]
+    assert printed == events_of(runtime, handle.run_id)
+    assert [e.seq for e in printed] == list(range(1, len(printed) + 1))
+    assert printed[-1].type == "done"
+
+
+@pytest.mark.asyncio
+async def test_tail_after_a_seq_prints_the_rest_as_text_lines(node_a: NodeA) -> None:
+    node_a.gate.open()
+    handle = node_a.runtime.runs.start("gated", TASK)
+    await asyncio.wait_for(handle.task, 30)
+    events = events_of(node_a.runtime, handle.run_id)
+
+    tail = TailProcess("--config", str(node_a.config), "--run", handle.run_id, "--after", "5")
+    code, lines, err = await asyncio.to_thread(tail.finish)
+
+    assert code == 0, err
+    assert lines == [format_event(e) for e in events[5:]]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("run_id", ["no-such-run", "-K9xq0VbS9qg3yN2s1wq2A"])  # ids may begin with "-"
+def test_tail_of_an_unknown_run_exits_2_with_one_line(
+    redis_url: str, key_prefix: str, tmp_path: Path, mode: str, run_id: str
+) -> None:
+    config = tmp_path / "tail.yaml"
+    config.write_text(_yaml(redis_url, key_prefix, mode))
+
+    tail = TailProcess("--config", str(config), "--run", run_id)
+    code, lines, err = tail.finish()
+
+    assert code == 2
+    assert lines == []
+    assert err.splitlines() == [f"kiki-events: error: run {run_id!r} not found (no node of this deployment knows it)"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_run_with_events_relayed_from_an_agent_on_another_node_is_printed_with_nothing_skipped_silently(
+    redis_url: str, key_prefix: str, research_team: ModuleType, tmp_path: Path, mode: str
+) -> None:
+    """Node A's research team hands its writer to node B, whose events are relayed into A's run."""
+    from kiki_events.handoff import remote_agent_node
+
+    def settings(node: str, **extra: Any) -> Settings:
+        return Settings.model_validate({**yaml.safe_load(_yaml(redis_url, key_prefix, mode, node=node)), **extra})
+
+    team = research_team.build_graph(writer=remote_agent_node("writer"))
+    node_a = KikiRuntime(settings("node-a"), graphs={"team": team})
+    node_b = KikiRuntime(
+        settings("node-b", handoff={"serve": ["writer"]}), graphs={"writer": research_team.build_writer_graph()}
+    )
+    config = tmp_path / "tail.yaml"
+    config.write_text(_yaml(redis_url, key_prefix, mode))
+    async with node_a, node_b:
+        assert await node_a.connected(10) and await node_b.connected(10)
+        handle = node_a.runs.start("team", TASK)
+        await asyncio.wait_for(handle.task, 60)
+        events = events_of(node_a, handle.run_id)
+        assert any(e.agent == "writer/writer" for e in events)  # relayed from node B
+
+        tail = TailProcess("--config", str(config), f"--run={handle.run_id}", "--json")
+        code, lines, err = await asyncio.to_thread(tail.finish, 60)
+
+    assert code == 0, err
+    printed = [decode(line) for line in lines]
+    assert printed[-1].type == "done"
+    by_seq = {e.seq: e for e in events}
+    last = 0
+    for event in printed:
+        if event.seq == 0:  # a notice: what it announces as missing is not printed
+            assert isinstance(event, StatusEvent) and event.status in ("missed", "gap")
+            last = -1
+            continue
+        assert event == by_seq[event.seq]
+        assert event.seq == last + 1 or (last == -1 and event.seq > 0), f"seq {event.seq} after {last}, no notice"
+        last = event.seq
+
+
+def test_after_without_run_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["tail", "--after", "3"])
+
+    assert exited.value.code == 2
+    assert "--after: only with --run" in capsys.readouterr().err

@@ -294,11 +294,15 @@
 
     error(d) {
       state.errors.push({ message: d.message, error_type: d.error_type, agent: d.agent || null });
+      // The type once: `message` leaves it out (a node of an older version put it in front).
+      const type = d.error_type || "Error";
+      const message = (d.message || "").startsWith(`${type}: `) ? d.message.slice(type.length + 2) : d.message;
+      const text = message ? `${type}: ${message}` : type;
       const failure = d.agent && lane(d.agent).failure;
-      if (failure && state.agents[d.agent].error === d.message) {
-        failure.firstChild.textContent = `${d.error_type || "Error"}: ${d.message}`;  // same failure, shown once
+      if (failure && state.agents[d.agent].error === text) {
+        failure.firstChild.textContent = text;  // the agent's failure and the run's error, shown once
       } else {
-        feedItem(d.agent, "error", `${d.error_type || "Error"}: ${d.message}`);
+        feedItem(d.agent, "error", text);
       }
     },
 
