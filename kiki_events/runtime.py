@@ -28,8 +28,8 @@ from .config import Settings
 from .errors import KikiEventsError, RunNotFoundError
 from .events import StreamEvent
 from .graphs import GraphRegistry, load_graphs
-from .replay import Frame, RunCursor
 from .handler import KikiCallbackHandler
+from .replay import Frame, RunCursor
 from .runs import RunHandle, RunManager, RunRecord, RunStore, new_thread_id
 from .transports import MemoryHub, Transport, create_transport
 

@@ -101,7 +101,8 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
             # Never start on a thread whose owner could not be decided: it might be someone else's.
             raise HTTPException(
                 503,
-                f"cannot check who owns thread {body.thread_id!r}: other nodes cannot be reached right now; retry later",
+                f"cannot check who owns thread {body.thread_id!r}: "
+                "other nodes cannot be reached right now; retry later",
                 headers={"Retry-After": "1"},
             ) from None
         except KikiEventsError as exc:

@@ -268,7 +268,8 @@ class MemoryTransport(BaseTransport):
         hub = self.hub
         hub._check()
         mine = ThreadOwner(principal)
-        previous = hub._set_owner_if_absent(self.keys.thread_owner(thread_id), mine, self.options.owner_ttl(0), extend=False)
+        key = self.keys.thread_owner(thread_id)
+        previous = hub._set_owner_if_absent(key, mine, self.options.owner_ttl(0), extend=False)
         return mine if previous is None else ThreadOwner.decode(previous)
 
     async def thread_owner(self, thread_id: str) -> ThreadOwner | None:

@@ -147,9 +147,7 @@ class RedisTransportBase(BaseTransport):
         mine = ThreadOwner(principal)
         key = self.keys.thread_owner(thread_id)
         # One atomic command: set if absent, else tell who has it.
-        previous = await self._call(
-            self.redis.set(key, mine.encode(), nx=True, get=True, ex=self.options.owner_ttl(0))
-        )
+        previous = await self._call(self.redis.set(key, mine.encode(), nx=True, get=True, ex=self.options.owner_ttl(0)))
         return mine if previous is None else ThreadOwner.decode(previous)
 
     async def thread_owner(self, thread_id: str) -> ThreadOwner | None:
