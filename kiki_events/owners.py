@@ -15,6 +15,7 @@ records what the cluster said, and wins over what this node believed.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -111,7 +112,7 @@ class ThreadOwners:
         if excess <= 0:
             return
         # The least recently active first; threads with runs here stay.
-        victims = [t for t in self._owners if t not in active][:excess]
+        victims = list(itertools.islice((t for t in self._owners if t not in active), excess))
         for thread_id in victims:
             del self._owners[thread_id]
         self.evicted += len(victims)

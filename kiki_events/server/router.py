@@ -295,7 +295,13 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
                 "handler_errors": bus.stats.handler_errors,
                 "subscriptions": bus.subscriptions,
             },
-            "runs": {"active": runs.active, "kept": len(store), "started": runs.started},
+            "runs": {
+                "active": runs.active,
+                "kept": len(store),
+                "started": runs.started,
+                "thread_owners": len(store.owners),
+                "thread_owners_evicted": store.owners.evicted,
+            },
             "sse": {"clients": store.clients, "readers": store.readers, "lagging": store.lagging},
             "bridge": bridge.health() if bridge is not None else None,
         }
