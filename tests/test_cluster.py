@@ -453,6 +453,11 @@ def test_redis_down_at_start_each_node_serves_its_own_runs_and_events_flow_once_
         run_id = response.headers["x-kiki-run-id"]
     assert local[-1].event == "done" and local[-1].json["status"] == "success"
     assert a.bridge()["outbox"] > 0
+    # A thread id of the client's own cannot be checked against the other nodes: refused, not risked.
+    refused = httpx.post(f"{a.url}/runs", json={**TASK, "thread_id": "thread-new"}, timeout=TIMEOUT)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["detail"].startswith("cannot check who owns thread 'thread-new'")
+    assert refused.headers["retry-after"] == "1"
 
     cluster.redis.start()
     for node in (a, b):
