@@ -102,7 +102,12 @@ class ThreadOwners:
     def expire(self, active: Container[str], now: float | None = None) -> int:
         """Forget owners past their time whose threads have no runs here; returns how many."""
         now = time.time() if now is None else now
-        expired = [t for t, owner in self._owners.items() if owner.until <= now and t not in active]
+        expired = []
+        for thread_id, owner in self._owners.items():
+            if owner.until > now:
+                break  # kept in order of activity, so every later one is due later
+            if thread_id not in active:
+                expired.append(thread_id)
         for thread_id in expired:
             del self._owners[thread_id]
         return len(expired)
