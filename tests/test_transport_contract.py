@@ -32,8 +32,7 @@ from kiki_events.replay import ThreadCursor
 from kiki_events.runtime import KikiRuntime
 from kiki_events.server import bearer_tokens, create_app
 from kiki_events.topics import topic_of
-from kiki_events.transports import MemoryHub, create_transport
-from kiki_events.transports.base import ThreadOwner
+from kiki_events.transports import MemoryHub, ThreadOwner, create_transport
 from kiki_events.transports.wire import KIND_BATCH, KIND_CONTROL, Message, pack
 from tests.redis_server import free_port, wait_subscribed
 from tests.servers import Gate, aiter_frames, async_wait_for, gated_graph, live_server
