@@ -153,9 +153,11 @@ def _serve(args: argparse.Namespace) -> int:
     runtime = KikiRuntime(settings, base_dir=Path.cwd())
     configure_logging(settings.logging)  # only once everything that can be wrong was checked
     app = create_app(runtime=runtime)
+    principals = len(server.auth.bearer_tokens)  # never the tokens themselves
+    access = f"bearer tokens of {principals} principal(s)" if principals else "anonymous"
     print(
         f"{_PROG}: serving http://{server.host}:{server.port}/ "
-        f"(graphs: {', '.join(runtime.graphs.names())}; config: {config or 'built-in defaults'})",
+        f"(graphs: {', '.join(runtime.graphs.names())}; config: {config or 'built-in defaults'}; auth: {access})",
         flush=True,
     )
     # What was imported and built so far lives as long as the process: keep it out of

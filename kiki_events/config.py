@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .topics import TOPICS
 
 __all__ = [
+    "AuthSettings",
     "EventBusSettings",
     "HandlerSettings",
     "HandoffSettings",
@@ -44,7 +45,7 @@ ENV_PREFIX = "KIKI__"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-_SECRET_KEYS = frozenset({"password", "secret_key", "url"})
+_SECRET_KEYS = frozenset({"password", "secret_key", "url", "bearer_tokens"})
 """Keys whose invalid values are never quoted back in an error message (they may hold credentials)."""
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _HOST_NAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
@@ -298,6 +299,12 @@ class RunSettings(_Section):
     max_active: int = Field(default=256, ge=1)
     """Runs executing at once; more get 429."""
     shutdown_grace: Duration = 10.0
+    thread_ttl: Duration = 7 * 86400.0
+    """How long a thread stays its owner's after its last run started or ended (another
+    principal gets 404 for it meanwhile); keep it at least as long as your checkpointer
+    keeps a thread. With a bridge it is also the least lifetime of the thread's owner in Redis."""
+    max_threads: int = Field(default=100_000, ge=1)
+    """Thread owners a node remembers; beyond it the threads idle longest are forgotten first."""
 
 
 class HandlerSettings(_Section):
@@ -359,10 +366,45 @@ class LoggingSettings(_Section):
     """Log prompt/output text (off by default)."""
 
 
+_MIN_TOKEN_CHARS = 16
+
+
+class AuthSettings(_Section):
+    """Authentication of the ready-made server (``kiki-events serve``)."""
+
+    bearer_tokens: dict[str, str] = Field(default_factory=dict, repr=False)
+    """Principal → API token (``Authorization: Bearer <token>``), e.g.
+    ``{alice: "${ALICE_TOKEN}"}``. Empty: every request is anonymous."""
+
+    @field_validator("bearer_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, value: object) -> object:
+        # Checked here, whole, so that no error message ever quotes a token.
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"expected a mapping of principal to token, got a {type(value).__name__}")
+        seen: set[str] = set()
+        for principal, token in value.items():
+            if not isinstance(principal, str) or not principal.strip() or len(principal) > 200:
+                raise ValueError(f"invalid principal {principal!r} (a non-empty name of at most 200 characters)")
+            if not isinstance(token, str):
+                raise ValueError(f"the token of {principal!r} must be a string, not a {type(token).__name__}")
+            if len(token) < _MIN_TOKEN_CHARS or token != token.strip() or any(c.isspace() for c in token):
+                raise ValueError(
+                    f"the token of {principal!r} must be at least {_MIN_TOKEN_CHARS} characters without spaces"
+                )
+            if token in seen:
+                raise ValueError(f"the token of {principal!r} is also another principal's token")
+            seen.add(token)
+        return dict(value)
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     dashboard: bool = True
+    auth: AuthSettings = AuthSettings()
 
 
 class Settings(_Section):

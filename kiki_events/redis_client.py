@@ -204,6 +204,10 @@ class Keys:
     def thread_runs(self, thread_id: str) -> str:
         return f"{self.prefix}threadruns:{{{thread_id}}}"
 
+    def thread_owner(self, thread_id: str) -> str:
+        """The principal a thread belongs to (set once, if absent)."""
+        return f"{self.prefix}threadowner:{{{thread_id}}}"
+
     def work_stream(self, agent: str) -> str:
         return f"{self.prefix}work:{agent}"
 

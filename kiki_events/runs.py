@@ -10,7 +10,9 @@
   whatever happened to its task.
 
 Ownership: a run or thread started by principal ``P`` is invisible (``RunNotFoundError``)
-to any other principal, so another user's run looks like it does not exist.
+to any other principal, so another user's run looks like it does not exist. A thread
+stays ``P``'s after its runs are forgotten, for ``runs.thread_ttl`` (see
+:mod:`~kiki_events.owners`); with a bridge the cluster decides (``Bridge.claim_thread``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .errors import RunError, RunLimitError, RunNotFoundError
 from .events import RunStatus, StatusEvent, StreamEvent
 from .graphs import GraphRegistry
 from .handler import KikiCallbackHandler, new_run_id
+from .owners import ThreadOwners
 from .redaction import redact_text
 from .replay import Notifier, RunLog
 
@@ -44,6 +47,7 @@ __all__ = [
     "ThreadRecord",
     "ensure_done",
     "execute_run",
+    "new_thread_id",
 ]
 
 logger = logging.getLogger("kiki_events.runs")
@@ -107,6 +111,11 @@ class ThreadRecord:
     changed: Notifier = field(default_factory=Notifier)
 
 
+def new_thread_id() -> str:
+    """A fresh, unguessable thread id (nobody else can have claimed it)."""
+    return secrets.token_urlsafe(16)
+
+
 def _visible(owner: str | None, principal: str | None) -> bool:
     return owner == principal
 
@@ -118,9 +127,19 @@ class RunStore:
         replay_events: events kept per run for join and resume.
         replay_ttl: seconds a finished run stays joinable.
         max_runs: runs kept in all; the oldest finished ones are forgotten first.
+        thread_ttl: seconds a thread stays its owner's after its last run started or ended.
+        max_threads: thread owners kept in all.
     """
 
-    def __init__(self, *, replay_events: int = 20000, replay_ttl: float = 600.0, max_runs: int = 10000) -> None:
+    def __init__(
+        self,
+        *,
+        replay_events: int = 20000,
+        replay_ttl: float = 600.0,
+        max_runs: int = 10000,
+        thread_ttl: float = 7 * 86400.0,
+        max_threads: int = 100_000,
+    ) -> None:
         self.replay_events = replay_events
         self.replay_ttl = replay_ttl
         self.max_runs = max_runs
@@ -134,6 +153,8 @@ class RunStore:
         """Streaming clients connected since start (maintained by the server)."""
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
         self._threads: dict[str, ThreadRecord] = {}
+        self.owners = ThreadOwners(ttl=thread_ttl, max_threads=max_threads)
+        """Who each thread belongs to (outlives the thread's runs here)."""
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
         self.on_created: list[Callable[[RunRecord], object]] = []
@@ -142,7 +163,13 @@ class RunStore:
     @classmethod
     def from_settings(cls, settings: RunSettings) -> RunStore:
         """A store sized by the ``runs`` settings section."""
-        return cls(replay_events=settings.replay_events, replay_ttl=settings.replay_ttl, max_runs=settings.max_runs)
+        return cls(
+            replay_events=settings.replay_events,
+            replay_ttl=settings.replay_ttl,
+            max_runs=settings.max_runs,
+            thread_ttl=settings.thread_ttl,
+            max_threads=settings.max_threads,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -196,6 +223,8 @@ class RunStore:
                 record.graph = event.graph  # type: ignore[union-attr]
         elif kind == "done":
             record.ended_at = time.time()
+            if record.thread_id is not None:
+                self.owners.touch(record.thread_id)
         if record.thread_id is not None:
             thread = self._threads.get(record.thread_id)
             if thread is not None:
@@ -219,10 +248,8 @@ class RunStore:
         """
         if run_id in self._runs:
             raise RunError(f"run {run_id!r} already exists")
-        if thread_id is not None:
-            thread = self._threads.get(thread_id)
-            if thread is not None and not _visible(thread.principal, principal):
-                raise RunNotFoundError(f"thread {thread_id!r} not found")
+        if thread_id is not None and not self.claim_thread(thread_id, principal):
+            raise RunNotFoundError(f"thread {thread_id!r} not found")
         record = self._admit(run_id, thread_id=thread_id, graph=graph, principal=principal, node=node)
         for listener in self.on_created:
             try:
@@ -270,7 +297,9 @@ class RunStore:
             return
         thread = self._threads.get(record.thread_id)
         if thread is None:
-            thread = self._threads[record.thread_id] = ThreadRecord(record.thread_id, record.principal)
+            owner = self.owners.get(record.thread_id)
+            principal = owner.principal if owner is not None else record.principal
+            thread = self._threads[record.thread_id] = ThreadRecord(record.thread_id, principal)
         runs = self._runs
         position = len(thread.runs)
         while position > 0:
@@ -301,6 +330,35 @@ class RunStore:
         if thread is None:
             thread = self._threads[thread_id] = ThreadRecord(thread_id, principal)
         return thread
+
+    # -- thread owners ---------------------------------------------------------------------
+    def claim_thread(self, thread_id: str, principal: str | None, *, confirmed: bool = False) -> bool:
+        """Make ``principal`` the thread's owner on this node unless someone else owns it;
+        whether it is theirs. ``confirmed``: see :attr:`~kiki_events.owners.Owner.confirmed`."""
+        thread = self._threads.get(thread_id)
+        first = principal
+        if thread is not None and self.owners.get(thread_id) is None:
+            first = thread.principal  # known here before an owner was recorded for it
+        owner = self.owners.claim(thread_id, first, confirmed=confirmed and first == principal, active=self._threads)
+        return owner.principal == principal
+
+    def decide_owner(self, thread_id: str, principal: str | None) -> None:
+        """Record the owner the cluster decided on; it overrides what this node believed."""
+        self.owners.decide(thread_id, principal, active=self._threads)
+        thread = self._threads.get(thread_id)
+        if thread is not None and thread.principal != principal:
+            thread.principal = principal
+            thread.changed.notify()
+
+    def owns(self, thread_id: str | None, principal: str | None) -> bool:
+        """Whether nothing here says ``thread_id`` belongs to someone other than ``principal``."""
+        if thread_id is None:
+            return True
+        owner = self.owners.get(thread_id)
+        if owner is not None:
+            return owner.principal == principal
+        thread = self._threads.get(thread_id)
+        return thread is None or thread.principal == principal
 
     def peek(self, run_id: str) -> RunRecord | None:
         """The record of ``run_id`` whoever owns it, or ``None`` (for trusted callers)."""
@@ -337,9 +395,13 @@ class RunStore:
             RunNotFoundError: unknown, forgotten, or owned by someone else.
         """
         record = self._runs.get(run_id)
-        if record is None or not _visible(record.principal, principal):
+        if record is None or not self.visible(record, principal):
             raise RunNotFoundError(f"run {run_id!r} not found")
         return record
+
+    def visible(self, record: RunRecord, principal: str | None) -> bool:
+        """Whether ``principal`` may see ``record``: the run and its thread are theirs."""
+        return _visible(record.principal, principal) and self.owns(record.thread_id, principal)
 
     def thread(self, thread_id: str, principal: str | None = None) -> ThreadRecord:
         """The thread ``thread_id`` as seen by ``principal``.
@@ -348,14 +410,22 @@ class RunStore:
             RunNotFoundError: unknown, forgotten, or owned by someone else.
         """
         thread = self._threads.get(thread_id)
-        if thread is None or not _visible(thread.principal, principal):
+        if thread is None or not _visible(thread.principal, principal) or not self.owns(thread_id, principal):
             raise RunNotFoundError(f"thread {thread_id!r} not found")
         return thread
 
     def thread_logs(self, thread: ThreadRecord) -> list[RunLog]:
-        """Replay buffers of ``thread``'s runs that are still kept, oldest first."""
+        """Replay buffers of ``thread``'s runs that are still kept, oldest first.
+
+        Runs of anyone but the thread's owner are left out: never mixed into their stream.
+        """
         runs = self._runs
-        return [runs[run_id].log for run_id in thread.runs if run_id in runs]
+        owner = thread.principal
+        return [
+            record.log
+            for run_id in thread.runs
+            if (record := runs.get(run_id)) is not None and record.principal == owner
+        ]
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -387,10 +457,12 @@ class RunStore:
     # -- eviction --------------------------------------------------------------------------
     def evict_expired(self, now: float | None = None) -> int:
         """Forget finished runs older than ``replay_ttl``; returns how many."""
-        deadline = (time.time() if now is None else now) - self.replay_ttl
+        now = time.time() if now is None else now
+        deadline = now - self.replay_ttl
         expired = [r for r in self._runs.values() if r.ended_at is not None and r.ended_at <= deadline]
         for record in expired:
             self._forget(record)
+        self.owners.expire(self._threads, now)
         return len(expired)
 
     def _evict_oldest_finished(self, count: int) -> None:
@@ -533,7 +605,7 @@ class RunManager:
         graph = self.graphs.get(graph_name)
         if len(self._tasks) >= self.settings.max_active:
             raise RunLimitError(f"{self.settings.max_active} runs are executing already (runs.max_active); retry later")
-        thread_id = thread_id or secrets.token_urlsafe(16)
+        thread_id = thread_id or new_thread_id()
         run_uuid, run_id = new_run_id()
         record = self.store.create(run_id, thread_id=thread_id, graph=graph_name, principal=principal, node=self.node)
         handler = handler_factory(

@@ -20,7 +20,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .bridge import Bridge
 from .bus import EventBus
@@ -28,8 +28,9 @@ from .config import Settings
 from .errors import KikiEventsError, RunNotFoundError
 from .events import StreamEvent
 from .graphs import GraphRegistry, load_graphs
+from .handler import KikiCallbackHandler
 from .replay import Frame, RunCursor
-from .runs import RunManager, RunRecord, RunStore
+from .runs import RunHandle, RunManager, RunRecord, RunStore, new_thread_id
 from .transports import MemoryHub, Transport, create_transport
 
 if TYPE_CHECKING:
@@ -191,6 +192,47 @@ class KikiRuntime:
             await self.bus.close()
             self._state = "closed"
             logger.info("kiki runtime stopped")
+
+    async def start_run(
+        self,
+        graph_name: str,
+        input: Any,
+        *,
+        thread_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        principal: str | None = None,
+        handler_factory: Callable[..., KikiCallbackHandler] = KikiCallbackHandler,
+    ) -> RunHandle:
+        """:meth:`RunManager.start <kiki_events.runs.RunManager.start>`, with the thread's owner
+        decided for the whole cluster first (the HTTP API starts runs this way).
+
+        ``runs.start`` checks the owner on this node only. With a bridge, a given
+        ``thread_id`` is claimed in the registry (:meth:`.Bridge.claim_thread`), so no
+        other node gives the thread to another principal. A thread id made here
+        (``thread_id=None``) is unguessable and needs no claim up front: its owner is
+        recorded with the run's registry entry, even after a Redis outage.
+
+        Raises:
+            UnknownGraphError: no such graph (nothing is claimed).
+            RunNotFoundError: the thread belongs to another principal, here or on any node.
+            TransportError: ``thread_id`` is not known here to be ``principal``'s and the
+                registry cannot be reached to claim it: retry later.
+            RunLimitError, RunError: as ``runs.start``.
+        """
+        self.graphs.get(graph_name)
+        if thread_id is None:
+            thread_id = new_thread_id()
+            self.store.claim_thread(thread_id, principal, confirmed=True)
+        elif self.bridge is not None:
+            await self.bridge.claim_thread(thread_id, principal)
+        return self.runs.start(
+            graph_name,
+            input,
+            thread_id=thread_id,
+            metadata=metadata,
+            principal=principal,
+            handler_factory=handler_factory,
+        )
 
     async def connected(self, timeout: float | None = None) -> bool:
         """Wait until this node is connected to the other nodes (:meth:`.Bridge.connected`).

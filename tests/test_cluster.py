@@ -35,7 +35,16 @@ TIMEOUT = 60.0
 class Node:
     """One ``kiki-events serve`` process."""
 
-    def __init__(self, tmp: Path, name: str, redis_url: str, prefix: str, mode: str, token_delay: float) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        name: str,
+        redis_url: str,
+        prefix: str,
+        mode: str,
+        token_delay: float,
+        tokens: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -51,6 +60,12 @@ class Node:
             f"graphs:\n  team: {ROOT / 'agents' / 'research_team.py'}:graph\n"
         )
         env = {**os.environ, "PYTHONPATH": str(ROOT), "KIKI_DEMO_TOKEN_DELAY": str(token_delay)}
+        if tokens:
+            # Principal → token, each token read from the environment (never written to the file).
+            entries = ", ".join(f'{who}: "${{{who.upper()}_TOKEN}}"' for who in tokens)
+            with config.open("a") as file:
+                file.write(f"server: {{auth: {{bearer_tokens: {{{entries}}}}}}}\n")
+            env.update({f"{who.upper()}_TOKEN": token for who, token in tokens.items()})
         self.log = tmp / f"{name}.log"
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
@@ -95,16 +110,27 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, tmp: Path, redis: RedisServer, mode: str, *, token_delay: float = 0.01) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        redis: RedisServer,
+        mode: str,
+        *,
+        token_delay: float = 0.01,
+        tokens: dict[str, str] | None = None,
+    ) -> None:
         self.tmp = tmp
         self.redis = redis
         self.mode = mode
         self.token_delay = token_delay
+        self.tokens = tokens
         self.prefix = f"kiki-cluster-{os.getpid()}-{time.monotonic_ns()}:"
         self.nodes: list[Node] = []
 
     def start(self, *names: str, connected: bool = True) -> list[Node]:
-        nodes = [Node(self.tmp, n, self.redis.url, self.prefix, self.mode, self.token_delay) for n in names]
+        nodes = [
+            Node(self.tmp, n, self.redis.url, self.prefix, self.mode, self.token_delay, self.tokens) for n in names
+        ]
         self.nodes.extend(nodes)
         for node in nodes:
             node.wait_up(connected=connected)
@@ -315,6 +341,54 @@ def test_another_users_run_is_not_found_on_any_node(make_cluster: Callable[..., 
     assert httpx.get(f"{b.url}/runs/{run_id}", timeout=10).status_code == 200
 
 
+TOKENS = {"alice": "alice-secret-token-0123456789", "bob": "bob-secret-token-9876543210"}
+
+
+def bearer(who: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[who]}"}
+
+
+def thread_stream_status(node: Node, thread_id: str, who: str) -> int:
+    """The status a thread stream opens with (it is endless: closed at once)."""
+    with httpx.stream("GET", f"{node.url}/threads/{thread_id}/stream", headers=bearer(who), timeout=10) as response:
+        return response.status_code
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_another_user_cannot_take_a_thread_over_through_a_second_node(
+    make_cluster: Callable[..., Cluster], mode: str
+) -> None:
+    cluster = make_cluster(mode, token_delay=0.02, tokens=TOKENS)
+    a, b = cluster.start("node-a", "node-b")
+    assert httpx.post(f"{a.url}/runs", json=TASK, timeout=10).status_code == 401  # auth is on
+    started = httpx.post(f"{a.url}/runs", json={**TASK, "thread_id": "thread-t"}, headers=bearer("alice"), timeout=10)
+    assert started.status_code == 202, started.text
+    run_id = started.json()["run_id"]
+    watching = Reader(f"{a.url}/runs/{run_id}/stream", bearer("alice"))
+    wait_for(lambda: len(watching.events()) >= 5, TIMEOUT, "alice's run to be live on A")
+
+    taken = httpx.post(f"{b.url}/runs", json={**TASK, "thread_id": "thread-t"}, headers=bearer("bob"), timeout=10)
+
+    assert taken.status_code == 404, taken.text
+    assert taken.json()["detail"] == "thread 'thread-t' not found"
+    for node in (a, b):
+        assert thread_stream_status(node, "thread-t", "alice") == 200, node.name
+        assert thread_stream_status(node, "thread-t", "bob") == 404, node.name
+        assert httpx.get(f"{node.url}/runs/{run_id}", headers=bearer("bob"), timeout=10).status_code == 404
+        assert httpx.get(f"{node.url}/runs/{run_id}", headers=bearer("alice"), timeout=10).status_code == 200
+    watching.wait()
+    again = httpx.post(f"{b.url}/runs", json={**TASK, "thread_id": "thread-t"}, headers=bearer("alice"), timeout=10)
+    assert again.status_code == 202, again.text
+    # Alice's thread on A carries both runs, the one started on B too; bob still gets nothing.
+    thread = Reader(f"{a.url}/threads/thread-t/stream", bearer("alice"))
+    wait_for(lambda: [f.event for f in thread.events()].count("done") == 2, TIMEOUT, "both of alice's runs on A")
+    assert {f.id.rpartition(":")[0] for f in thread.events() if f.id} == {run_id, again.json()["run_id"]}
+    retry = httpx.post(f"{a.url}/runs", json={**TASK, "thread_id": "thread-t"}, headers=bearer("bob"), timeout=10)
+    assert retry.status_code == 404
+    logs = cluster.logs()
+    assert all(token not in logs for token in TOKENS.values())
+
+
 # -- Redis faults (R1, R2) ---------------------------------------------------------------------------------------
 
 
@@ -379,6 +453,11 @@ def test_redis_down_at_start_each_node_serves_its_own_runs_and_events_flow_once_
         run_id = response.headers["x-kiki-run-id"]
     assert local[-1].event == "done" and local[-1].json["status"] == "success"
     assert a.bridge()["outbox"] > 0
+    # A thread id of the client's own cannot be checked against the other nodes: refused, not risked.
+    refused = httpx.post(f"{a.url}/runs", json={**TASK, "thread_id": "thread-new"}, timeout=TIMEOUT)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["detail"].startswith("cannot check who owns thread 'thread-new'")
+    assert refused.headers["retry-after"] == "1"
 
     cluster.redis.start()
     for node in (a, b):

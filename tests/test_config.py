@@ -290,6 +290,38 @@ def test_a_bad_password_type_names_the_key_but_never_the_value(tmp_path: Path) -
     assert "langfuse.secret_key" in langfuse and "abcdef123456" not in langfuse
 
 
+def test_bearer_tokens_come_from_the_environment_and_never_show(tmp_path: Path) -> None:
+    path = write(tmp_path, 'server:\n  auth:\n    bearer_tokens: {alice: "${ALICE_TOKEN}", bob: "${BOB_TOKEN}"}\n')
+    alice, bob = "alice-token-5f4dcc3b5aa7", "bob-token-e99a18c428cb3"
+    loaded = load_settings(path, environ={"ALICE_TOKEN": alice, "BOB_TOKEN": bob})
+
+    assert loaded.server.auth.bearer_tokens == {"alice": alice, "bob": bob}
+    assert alice not in repr(loaded) and alice not in str(loaded.server)
+    assert Settings().server.auth.bearer_tokens == {}  # default: anonymous
+    override = {"KIKI__SERVER__AUTH__BEARER_TOKENS": f"{{carol: {alice}}}"}
+    assert load_settings(None, environ=override).server.auth.bearer_tokens == {"carol": alice}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "expected"),
+    [
+        ('{alice: "short-secret"}', "the token of 'alice' must be at least 16 characters"),
+        ('{alice: "has a space in the secret"}', "without spaces"),
+        ('{alice: "same-secret-0123456789", bob: "same-secret-0123456789"}', "also another principal's token"),
+        ('{"": "empty-principal-secret-01"}', "invalid principal ''"),
+        ("[some-secret-0123456789]", "expected a mapping of principal to token"),
+        ("{alice: 918273645918273645}", "the token of 'alice' must be a string"),
+    ],
+)
+def test_bad_bearer_tokens_name_the_problem_but_never_the_token(tmp_path: Path, tokens: str, expected: str) -> None:
+    message = config_error(write(tmp_path, f"server:\n  auth:\n    bearer_tokens: {tokens}\n"))
+
+    assert message.startswith(f"{tmp_path / 'kiki.yaml'}: server.auth.bearer_tokens: ")
+    assert expected in message
+    assert "secret" not in message.partition("bearer_tokens: ")[2]
+    assert "918273645918273645" not in message
+
+
 # -- durations and secrets ------------------------------------------------------------------
 
 

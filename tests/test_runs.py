@@ -335,6 +335,58 @@ class TestRunStore:
         with pytest.raises(RunNotFoundError, match="thread 't' not found"):
             store.create("r2", thread_id="t", principal="bob")
 
+    def test_a_thread_stays_its_owners_after_its_runs_are_forgotten_until_thread_ttl(self) -> None:
+        store = RunStore(replay_ttl=60, thread_ttl=3600)
+        store.create("r", thread_id="t", principal="alice")
+        store.sink(_status("r", "t"))
+        store.sink(_done("r", 2, "t"))
+        ended = store.peek("r").ended_at  # type: ignore[union-attr]
+        assert ended is not None
+
+        assert store.evict_expired(now=ended + 61) == 1
+        assert "r" not in store and store.peek_thread("t") is None  # the runs are gone ...
+        with pytest.raises(RunNotFoundError, match="thread 't' not found"):
+            store.create("taken", thread_id="t", principal="bob")  # ... the owner is not
+        store.create("again", thread_id="t", principal="alice")
+        store.forget("again")
+        store.evict_expired(now=ended + 3600 - 1)
+        assert store.owners.get("t") is not None
+        store.evict_expired(now=time.time() + 3601)
+        assert store.owners.get("t") is None
+        store.create("new-owner", thread_id="t", principal="bob")
+        assert store.thread("t", "bob").principal == "bob"
+
+    def test_an_owner_is_kept_while_its_thread_has_runs_and_the_oldest_idle_go_first_beyond_max_threads(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        store = RunStore(thread_ttl=0, max_threads=2)
+        store.create("busy", thread_id="t-busy", principal="alice")
+        store.evict_expired(now=time.time() + 10)
+        assert store.owners.get("t-busy") is not None  # its run is still kept
+        store.create("x", thread_id="t-1", principal="alice")
+        store.forget("x")
+        store.create("y", thread_id="t-2", principal="alice")
+        store.forget("y")
+
+        assert store.owners.get("t-busy") is not None  # never evicted while it has runs
+        assert store.owners.get("t-1") is None and store.owners.get("t-2") is not None
+        assert store.owners.evicted == 1
+        assert sum("runs.max_threads" in r.getMessage() for r in caplog.records) == 1
+
+    def test_runs_of_someone_else_are_never_mixed_into_a_thread(self) -> None:
+        store = RunStore()
+        store.create("mine", thread_id="t", principal="alice")
+        store.adopt("theirs", thread_id="t", node="b", principal="bob")
+        thread = store.thread("t", "alice")
+
+        assert [log.run_id for log in store.thread_logs(thread)] == ["mine"]
+        with pytest.raises(RunNotFoundError):
+            store.get("theirs", "bob")  # a run on alice's thread is nobody else's to read
+        store.decide_owner("t", "bob")  # the cluster said otherwise
+        with pytest.raises(RunNotFoundError):
+            store.thread("t", "alice")
+        assert [log.run_id for log in store.thread_logs(store.thread("t", "bob"))] == ["theirs"]
+
     def test_expired_runs_are_forgotten_and_their_readers_stop(self) -> None:
         store = RunStore(replay_ttl=60)
         store.create("old", thread_id="t")

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
@@ -24,16 +25,17 @@ from hypothesis import strategies as st
 
 from kiki_events.codec import encode
 from kiki_events.config import Settings
-from kiki_events.errors import RunNotFoundError
+from kiki_events.errors import RunNotFoundError, TransportError
 from kiki_events.events import StatusEvent, StreamEvent, TokenEvent
 from kiki_events.redis_client import Keys
 from kiki_events.replay import ThreadCursor
 from kiki_events.runtime import KikiRuntime
+from kiki_events.server import bearer_tokens, create_app
 from kiki_events.topics import topic_of
-from kiki_events.transports import MemoryHub, create_transport
+from kiki_events.transports import MemoryHub, ThreadOwner, create_transport
 from kiki_events.transports.wire import KIND_BATCH, KIND_CONTROL, Message, pack
 from tests.redis_server import free_port, wait_subscribed
-from tests.servers import Gate, async_wait_for, gated_graph
+from tests.servers import Gate, aiter_frames, async_wait_for, gated_graph, live_server
 from tests.tcp_proxy import CuttableProxy
 
 TASK = {"messages": [{"role": "user", "content": "Compare Redis streams and pub/sub"}]}
@@ -780,6 +782,149 @@ async def test_a_thread_stream_on_b_holds_a_later_run_back_until_the_earlier_one
     assert held == []  # the second run waits for the first
     events = [i.event for i in items if hasattr(i, "event")]
     assert events == await finished(a, first.run_id) + await finished(a, second.run_id)
+
+
+# -- thread ownership ------------------------------------------------------------------------------------------
+
+ALICE = {"Authorization": "Bearer alice-token-0123456789"}
+BOB = {"Authorization": "Bearer bob-token-0123456789ab"}
+TOKENS = {"alice-token-0123456789": "alice", "bob-token-0123456789ab": "bob"}
+
+
+async def thread_stream_status(http: httpx.AsyncClient, url: str, headers: dict[str, str]) -> int:
+    """The status a thread stream opens with (the stream itself is endless: closed at once)."""
+    async with http.stream("GET", url, headers=headers) as response:
+        return response.status_code
+
+
+@pytest.mark.asyncio
+async def test_another_principal_never_takes_a_thread_over_through_another_node(cluster: Cluster) -> None:
+    a = await cluster.node("node-a", start=False)
+    b = await cluster.node("node-b", start=False)
+    auth = bearer_tokens(TOKENS)
+    with live_server(create_app(runtime=a, auth=auth)) as on_a, live_server(create_app(runtime=b, auth=auth)) as on_b:
+        for server, node in ((on_a, a), (on_b, b)):
+            assert server.call(lambda node=node: node.connected(TIMEOUT), TIMEOUT + 1), f"{node.node} not connected"
+        async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+            body = {"graph": "gated", "message": "hello", "thread_id": "thread-t"}
+            first = await http.post(f"{on_a.url}/runs", json=body, headers=ALICE)
+            assert first.status_code == 202, first.text
+            run_id = first.json()["run_id"]
+            await asyncio.wait_for(asyncio.to_thread(cluster.gate.reached.wait), TIMEOUT)
+
+            taken = await http.post(f"{on_b.url}/runs", json={**body, "graph": "team"}, headers=BOB)
+            assert taken.status_code == 404, taken.text
+            assert taken.json()["detail"] == "thread 'thread-t' not found"
+            cluster.gate.open()
+
+            for server in (on_a, on_b):
+                thread_url = f"{server.url}/threads/thread-t/stream"
+                assert await thread_stream_status(http, thread_url, BOB) == 404
+                assert await thread_stream_status(http, thread_url, ALICE) == 200
+                assert (await http.get(f"{server.url}/runs/{run_id}", headers=BOB)).status_code == 404
+                assert (await http.post(f"{server.url}/runs/{run_id}/cancel", headers=BOB)).status_code == 404
+            again = await http.post(f"{on_b.url}/runs", json={**body, "graph": "team"}, headers=ALICE)
+            assert again.status_code == 202, again.text
+
+            # Alice's thread on A carries both of her runs, the one started on B too.
+            done: list[str] = []
+            async with http.stream("GET", f"{on_a.url}/threads/thread-t/stream", headers=ALICE) as stream:
+                assert stream.status_code == 200
+                async for frame in aiter_frames(stream):
+                    if frame.event == "done":
+                        done.append((frame.id or "").rpartition(":")[0])
+                    if len(done) == 2:
+                        break
+            assert done == [run_id, again.json()["run_id"]]
+
+
+@pytest.mark.asyncio
+async def test_a_thread_is_claimed_once_whoever_asks_first_on_whichever_node(cluster: Cluster) -> None:
+    a = await cluster.node("node-a")
+    b = await cluster.node("node-b")
+    assert a.bridge is not None and b.bridge is not None
+    ta, tb = a.bridge.transport, b.bridge.transport
+
+    assert await tb.thread_owner("thread-c") is None
+    owners = await asyncio.gather(*(t.claim_thread("thread-c", who) for t, who in ((ta, "alice"), (tb, "bob")) * 5))
+    assert len(set(owners)) == 1  # one winner, and everyone is told who it is
+    assert owners[0].principal in ("alice", "bob")
+    assert await ta.thread_owner("thread-c") == await tb.thread_owner("thread-c") == owners[0]
+
+    anonymous = await ta.claim_thread("thread-anon", None)
+    assert anonymous == ThreadOwner(None)
+    assert await tb.claim_thread("thread-anon", "bob") == ThreadOwner(None)
+    assert await tb.thread_owner("thread-anon") == ThreadOwner(None)
+
+    # Through the runtimes: the registry's decision is checked before every start.
+    handle = await a.start_run("team", TASK, thread_id="thread-r", principal="alice")
+    with pytest.raises(RunNotFoundError):
+        await b.start_run("team", TASK, thread_id="thread-r", principal="bob")
+    with pytest.raises(RunNotFoundError):
+        await b.bridge.open_thread("thread-r", "bob")
+    with pytest.raises(RunNotFoundError):
+        await b.bridge.run_info(handle.run_id, "bob")
+    await asyncio.wait_for(handle.task, TIMEOUT)
+    assert (await b.bridge.open_thread("thread-r", "alice")).principal == "alice"
+    second = await b.start_run("team", TASK, thread_id="thread-r", principal="alice")
+    await asyncio.wait_for(second.task, TIMEOUT)
+    # A run of someone else on the thread (a node that did not claim it) is never shown.
+    rogue = b.runs.start("team", TASK, thread_id="thread-rogue", principal="bob")
+    await asyncio.wait_for(rogue.task, TIMEOUT)
+    await b.bridge.transport.flush()
+    assert (await a.bridge.transport.thread_owner("thread-rogue")) == ThreadOwner("bob")  # its registry entry set it
+    with pytest.raises(RunNotFoundError):
+        await a.start_run("team", TASK, thread_id="thread-rogue", principal="alice")
+
+
+@pytest.mark.asyncio
+async def test_a_new_thread_is_refused_while_the_registry_is_unreachable_a_generated_one_is_not(
+    cluster: Cluster,
+) -> None:
+    if cluster.kind == "memory":
+        node = await cluster.node("node-a")
+        known = await node.start_run("team", TASK, thread_id="thread-known", principal="alice")
+        await asyncio.wait_for(known.task, TIMEOUT)
+        cluster.hub.set_available(False)
+    else:
+        node = await cluster.node("node-a", start=False, url=f"redis://127.0.0.1:{free_port()}/0")
+        await node.start()
+        known = None
+
+    with pytest.raises(TransportError):
+        await node.start_run("team", TASK, thread_id="thread-new", principal="alice")
+    assert node.store.owners.get("thread-new") is None  # nothing decided blindly
+    generated = await node.start_run("team", TASK, principal="alice")
+    await asyncio.wait_for(generated.task, TIMEOUT)
+    again = await node.start_run("team", TASK, thread_id=generated.thread_id, principal="alice")
+    await asyncio.wait_for(again.task, TIMEOUT)
+    with pytest.raises(RunNotFoundError):
+        await node.start_run("team", TASK, thread_id=generated.thread_id, principal="bob")
+    if known is not None:  # confirmed by the registry before the outage
+        later = await node.start_run("team", TASK, thread_id="thread-known", principal="alice")
+        await asyncio.wait_for(later.task, TIMEOUT)
+        cluster.hub.set_available(True)
+        await node.bridge.transport.flush()  # type: ignore[union-attr]
+        # Its owner went to the registry with its runs once the hub was back.
+        assert await node.bridge.transport.thread_owner(generated.thread_id) == ThreadOwner("alice")  # type: ignore[union-attr]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("cluster", REDIS_TRANSPORTS, indirect=True)
+async def test_a_threads_owner_lives_at_least_as_long_as_its_runs_in_redis(cluster: Cluster) -> None:
+    a = await cluster.node("node-a", persistence={"run_ttl": "3h"})
+    assert a.bridge is not None
+    redis = await cluster.redis()
+    keys = Keys(cluster.prefix)
+    handle = await a.start_run("team", TASK, thread_id="thread-ttl", principal="alice")
+    await asyncio.wait_for(handle.task, TIMEOUT)
+    await a.bridge.transport.flush()
+
+    assert await redis.get(keys.thread_owner("thread-ttl")) == b"alice"
+    owner_ttl = await redis.ttl(keys.thread_owner("thread-ttl"))
+    assert owner_ttl >= await redis.ttl(keys.run_info(handle.run_id)) > 0
+    assert owner_ttl >= await redis.ttl(keys.thread_runs("thread-ttl"))
+    assert owner_ttl > 6 * 86400  # extended while the run was running, never shortened
 
 
 @pytest.mark.asyncio

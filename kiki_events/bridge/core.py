@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..errors import RunNotFoundError, TransportError
 from ..events import StreamEvent
 from ..transports.base import ControlMessage, RunInfo, Transport
 from ..transports.common import stop_tasks
@@ -241,6 +242,47 @@ class Bridge:
             TransportError: the registry cannot be reached.
         """
         return await self._following.run_info(run_id, principal, check_owner=check_owner, wait=wait)
+
+    async def claim_thread(self, thread_id: str, principal: str | None = None) -> None:
+        """Make ``thread_id`` ``principal``'s on every node, unless it belongs to someone else.
+
+        Decided once for the cluster: set-if-absent in the registry
+        (``threadowner:{<thread>}``), so two principals starting runs on one thread on
+        two nodes at once never both get it. What this node already knows is checked
+        first; what the registry says is remembered here.
+
+        Raises:
+            RunNotFoundError: the thread belongs to someone else.
+            TransportError: the registry cannot be reached, and this node does not know
+                for sure that the thread is ``principal``'s (it never claims blindly).
+        """
+        store = self.store
+        known = store.owners.get(thread_id)
+        if known is not None and known.principal != principal:
+            raise RunNotFoundError(f"thread {thread_id!r} not found")
+        try:
+            owner = await self.transport.claim_thread(thread_id, principal)
+        except TransportError:
+            if known is not None and known.confirmed:
+                return  # settled before: the registry keeps it at least as long as this node
+            raise
+        store.decide_owner(thread_id, owner.principal)
+        if owner.principal != principal:
+            raise RunNotFoundError(f"thread {thread_id!r} not found")
+
+    async def owns(self, thread_id: str | None, principal: str | None) -> bool:
+        """Whether nothing, here or in the registry, says ``thread_id`` is someone else's.
+
+        Raises:
+            TransportError: the registry cannot be reached.
+        """
+        if thread_id is None:
+            return True
+        owner = await self.transport.thread_owner(thread_id)
+        if owner is None:
+            return self.store.owns(thread_id, principal)
+        self.store.decide_owner(thread_id, owner.principal)
+        return owner.principal == principal
 
     async def open_thread(self, thread_id: str, principal: str | None = None) -> ThreadRecord:
         """The record of ``thread_id``, with the runs other nodes started on it adopted.

@@ -392,13 +392,13 @@ class Following:
         record = bridge.store.peek(run_id)
         info: RunInfo | None = None
         if record is not None:
-            if check_owner and record.principal != principal:
+            if check_owner and not bridge.store.visible(record, principal):
                 raise RunNotFoundError(f"run {run_id!r} not found")
             if self.is_local(record) or record.ended:
                 return record
         else:
             info = await self.lookup(run_id, wait=bridge.lookup_wait if wait is None else wait)
-            if info is None or info.node == bridge.node or (check_owner and info.principal != principal):
+            if info is None or info.node == bridge.node or (check_owner and not await self._visible(info, principal)):
                 raise RunNotFoundError(f"run {run_id!r} not found")
             record = self.adopt(info)
         with self.watch_run(run_id, owner=info.node if info else None, info=info):
@@ -411,6 +411,10 @@ class Following:
     async def run_info(self, run_id: str, principal: str | None, *, check_owner: bool, wait: float) -> RunInfo:
         """See :meth:`Bridge.run_info <kiki_events.bridge.Bridge.run_info>`."""
         info = await self.lookup(run_id, wait=wait)
-        if info is None or (check_owner and info.principal != principal):
+        if info is None or (check_owner and not await self._visible(info, principal)):
             raise RunNotFoundError(f"run {run_id!r} not found")
         return info
+
+    async def _visible(self, info: RunInfo, principal: str | None) -> bool:
+        """Whether ``principal`` may see the run: it is theirs, and so is its thread."""
+        return info.principal == principal and await self._bridge.owns(info.thread_id, principal)

@@ -50,19 +50,31 @@ class ThreadWatches:
         """See :meth:`Bridge.open_thread <kiki_events.bridge.Bridge.open_thread>`."""
         bridge = self._bridge
         store = bridge.store
+        transport = bridge.transport
+        missing = RunNotFoundError(f"thread {thread_id!r} not found")
+        known = store.owners.get(thread_id)
+        if known is not None and known.principal != principal:
+            raise missing
         thread = store.peek_thread(thread_id)
-        if thread is not None and thread.principal != principal:
-            raise RunNotFoundError(f"thread {thread_id!r} not found")
         try:
-            infos = await bridge.transport.thread_runs(thread_id)
+            owner = await transport.thread_owner(thread_id)
+            infos = await transport.thread_runs(thread_id)
         except TransportError:
             if thread is None:
                 raise
-            infos = []
+            if not store.owns(thread_id, principal):
+                raise missing from None
+            owner, infos = None, []
+        if owner is not None:
+            # The cluster decided whose thread it is: anyone else's runs are never mixed in.
+            store.decide_owner(thread_id, owner.principal)
+            if owner.principal != principal:
+                raise missing
+            infos = [info for info in infos if info.principal == principal]
+        elif any(info.principal != principal for info in infos) or not store.owns(thread_id, principal):
+            raise missing  # unclaimed (runs of older nodes): whoever ran on it owns it
         if thread is None and not infos:
-            raise RunNotFoundError(f"thread {thread_id!r} not found")
-        if any(info.principal != principal for info in infos):
-            raise RunNotFoundError(f"thread {thread_id!r} not found")
+            raise missing
         thread = store.adopt_thread(thread_id, principal)
         following = bridge._following
         loop = asyncio.get_running_loop()
@@ -102,11 +114,12 @@ class ThreadWatches:
         if watch is None or watch.principal is not None or bridge.store.peek_thread(thread_id) is not None:
             return
         try:
+            owner = await bridge.transport.thread_owner(thread_id)
             infos = await bridge.transport.thread_runs(thread_id)
         except TransportError:
             return
         if infos:
-            watch.principal = infos[0].principal
+            watch.principal = owner.principal if owner is not None else infos[0].principal
             bridge.store.adopt_thread(thread_id, watch.principal)
             for info in infos:
                 self._thread_run(watch, info)

@@ -20,7 +20,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..config import Settings
 from ..runtime import KikiRuntime
-from .auth import AuthDependency
+from .auth import AuthDependency, bearer_tokens
 from .router import create_router
 
 __all__ = ["STATIC_DIR", "create_app"]
@@ -53,7 +53,8 @@ def create_app(
         runtime: an existing runtime; if it is not started yet the app starts and
             stops it, otherwise its owner does.
         auth: FastAPI dependency returning the caller's principal or ``None`` (see
-            :mod:`kiki_events.server.auth`); without it every request is anonymous.
+            :mod:`kiki_events.server.auth`); default: the ``server.auth.bearer_tokens``
+            of the settings, and without those every request is anonymous.
         graphs: graph name → compiled graph, in addition to ``settings.graphs``.
         base_dir: directory that relative graph paths in ``settings.graphs`` resolve against.
 
@@ -70,6 +71,9 @@ def create_app(
             runtime.graphs.register(name, graph)
     owned = runtime.state == "new"
     cfg = runtime.settings
+    tokens = cfg.server.auth.bearer_tokens
+    if auth is None and tokens:
+        auth = bearer_tokens({token: principal for principal, token in tokens.items()})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

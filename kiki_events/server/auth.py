@@ -6,7 +6,9 @@ With a hook configured, a request without a principal gets 401, and runs and
 threads are visible only to the principal that started them: anyone else gets
 404, as if they did not exist. Without a hook, everything is anonymous.
 
-:func:`bearer_tokens` is a ready-made hook for static API tokens.
+:func:`bearer_tokens` is a ready-made hook for static API tokens; ``create_app`` (and so
+``kiki-events serve``) builds it from ``server.auth.bearer_tokens`` (principal → token)
+when no hook is given.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI reads these

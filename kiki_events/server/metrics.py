@@ -56,6 +56,12 @@ class RuntimeCollector(Collector):
         yield CounterMetricFamily(
             "kiki_runs_evicted", "Runs forgotten after their TTL or over max_runs.", value=store.evicted
         )
+        yield GaugeMetricFamily("kiki_thread_owners", "Thread owners remembered on this node.", value=len(store.owners))
+        yield CounterMetricFamily(
+            "kiki_thread_owners_evicted",
+            "Thread owners forgotten before runs.thread_ttl because of runs.max_threads.",
+            value=store.owners.evicted,
+        )
 
         yield GaugeMetricFamily("kiki_sse_clients_connected", "Streaming clients connected now.", value=store.clients)
         yield CounterMetricFamily("kiki_sse_connections", "Streaming connections accepted.", value=store.connections)

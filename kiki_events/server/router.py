@@ -14,7 +14,12 @@
 Errors: 400 malformed ``Last-Event-ID``, 401 no principal (with an auth hook),
 404 unknown graph / run / thread (also someone else's), 413 body too large,
 422 invalid body, 429 too many active runs, 503 shutting down (or, with the
-cross-node bridge, Redis unreachable for a run this node does not know).
+cross-node bridge, Redis unreachable for a run this node does not know, or for a
+run on a thread this node cannot tell is the caller's).
+
+Ownership: a thread belongs to the principal that used it first, decided once for
+the whole cluster (:meth:`~kiki_events.runtime.KikiRuntime.start_run`); its runs and
+its stream are a 404 for anyone else, on every node.
 
 With a bridge (``eventbus.provider: redis``) every run endpoint works for runs
 executing on other nodes: the run is found in the registry, followed through the
@@ -85,13 +90,21 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
     Caller = Annotated[Principal, Depends(principal_dependency(auth))]
     LastEventId = Annotated[str | None, Query(alias="last_event_id", max_length=256)]
 
-    def start(body: RunRequest, principal: Principal) -> RunHandle:
+    async def start(body: RunRequest, principal: Principal) -> RunHandle:
         if runtime.state != "running":
             raise HTTPException(503, f"the server is not accepting runs (it is {runtime.state})")
         try:
-            return runs.start(
+            return await runtime.start_run(
                 body.graph, body.graph_input(), thread_id=body.thread_id, metadata=body.metadata, principal=principal
             )
+        except TransportError:
+            # Never start on a thread whose owner could not be decided: it might be someone else's.
+            raise HTTPException(
+                503,
+                f"cannot check who owns thread {body.thread_id!r}: "
+                "other nodes cannot be reached right now; retry later",
+                headers={"Retry-After": "1"},
+            ) from None
         except KikiEventsError as exc:
             _raise_http(exc)
 
@@ -150,7 +163,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
     async def start_run_stream(request: Request, principal: Caller) -> Response:
         """Start a run and stream its events; the last frame is ``done``."""
         body = await parse_run_request(request, settings.sse.max_body_bytes)
-        handle = start(body, principal)
+        handle = await start(body, principal)
         policy = body.on_disconnect or settings.runs.on_disconnect
         on_abandon = (lambda: runs.cancel(handle.run_id, principal)) if policy == "cancel" else None
         cursor = run_cursor(handle.record.log, 0, handle.thread_id)
@@ -160,7 +173,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
     async def start_run(request: Request, principal: Caller) -> JSONResponse:
         """Start a run without streaming; open ``stream_url`` to watch it."""
         body = await parse_run_request(request, settings.sse.max_body_bytes)
-        handle = start(body, principal)
+        handle = await start(body, principal)
         status_url = request.url_for("run_status", run_id=handle.run_id).path
         content = {
             "run_id": handle.run_id,
@@ -282,7 +295,13 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
                 "handler_errors": bus.stats.handler_errors,
                 "subscriptions": bus.subscriptions,
             },
-            "runs": {"active": runs.active, "kept": len(store), "started": runs.started},
+            "runs": {
+                "active": runs.active,
+                "kept": len(store),
+                "started": runs.started,
+                "thread_owners": len(store.owners),
+                "thread_owners_evicted": store.owners.evicted,
+            },
             "sse": {"clients": store.clients, "readers": store.readers, "lagging": store.lagging},
             "bridge": bridge.health() if bridge is not None else None,
         }

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import ControlMessage, RunInfo, Transport, TransportListener, TransportState, TransportStats
+from .base import (
+    ControlMessage,
+    RunInfo,
+    ThreadOwner,
+    Transport,
+    TransportListener,
+    TransportState,
+    TransportStats,
+)
 from .common import TransportOptions
 from .memory import MemoryHub, MemoryTransport
 
@@ -29,6 +37,7 @@ __all__ = [
     "MemoryHub",
     "MemoryTransport",
     "RunInfo",
+    "ThreadOwner",
     "Transport",
     "TransportListener",
     "TransportOptions",

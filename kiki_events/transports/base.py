@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from ..events import StreamEvent
-from ..redis_client import reply_fields
+from ..redis_client import reply_fields, reply_text
 
 if TYPE_CHECKING:
     from .wire import Message
@@ -34,6 +34,7 @@ __all__ = [
     "ControlMessage",
     "LagHistogram",
     "RunInfo",
+    "ThreadOwner",
     "Transport",
     "TransportListener",
     "TransportState",
@@ -179,6 +180,25 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
+class ThreadOwner:
+    """The principal a thread belongs to, cluster-wide (``None``: anonymous).
+
+    Stored as the value of ``<prefix>threadowner:{<thread_id>}``: the principal, or
+    an empty string for anonymous (a principal is never empty).
+    """
+
+    principal: str | None
+
+    def encode(self) -> str:
+        return self.principal or ""
+
+    @classmethod
+    def decode(cls, value: Any) -> ThreadOwner:
+        text = reply_text(value)
+        return cls(text or None)
+
+
+@dataclass(frozen=True)
 class ControlMessage:
     """A request from one node to another (or to all): ``cancel``, ``replay``, or your own op."""
 
@@ -316,6 +336,24 @@ class Transport(Protocol):
 
     async def thread_runs(self, thread_id: str) -> list[RunInfo]:
         """The registry's runs of ``thread_id``, oldest first.
+
+        Raises:
+            TransportError: the registry cannot be reached now.
+        """
+
+    async def claim_thread(self, thread_id: str, principal: str | None) -> ThreadOwner:
+        """Make ``principal`` the owner of ``thread_id`` unless it has one (set-if-absent, atomic
+        across the cluster); returns the owner it has now.
+
+        The owner is kept at least ``thread_ttl``, and each registry update of a run of the
+        thread keeps it at least as long as that run's entry.
+
+        Raises:
+            TransportError: the registry cannot be reached now.
+        """
+
+    async def thread_owner(self, thread_id: str) -> ThreadOwner | None:
+        """The owner of ``thread_id``, or ``None`` if nobody claimed it (or its claim expired).
 
         Raises:
             TransportError: the registry cannot be reached now.

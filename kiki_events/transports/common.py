@@ -59,6 +59,8 @@ class TransportOptions:
     """How long a finished run's stream and registry entry are kept."""
     stream_maxlen: int = 10_000
     """Approximate bound of each run stream, in entries (frames)."""
+    thread_ttl: float = 7 * 86400.0
+    """Least lifetime of a thread's owner after its last registry update (``runs.thread_ttl``)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TransportOptions:
@@ -83,7 +85,12 @@ class TransportOptions:
             publish=bus.publish.enabled,
             run_ttl=max(run_ttl, 1.0),
             stream_maxlen=persistence.stream_maxlen,
+            thread_ttl=settings.runs.thread_ttl,
         )
+
+    def owner_ttl(self, entry_ttl: float) -> int:
+        """Seconds a thread's owner is kept from an update whose run entry lives ``entry_ttl``."""
+        return max(int(self.thread_ttl), int(entry_ttl), 1)
 
     @property
     def frame_bytes(self) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import TransportError
 from ..redis_client import Keys
-from .base import ControlMessage, RunInfo, WatchKind
+from .base import ControlMessage, RunInfo, ThreadOwner, WatchKind
 from .common import BaseTransport, TransportOptions, control_extra, replay_frames
 from .outbox import OutboxBatch, chunks
 from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack
@@ -33,6 +33,8 @@ from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack
 __all__ = ["MemoryHub", "MemoryTransport"]
 
 _MAX_RUNS = 100_000
+_RUNNING_TTL = 7 * 86400.0
+"""A running run's registry entry lives this long (as with Redis)."""
 
 
 class MemoryHub:
@@ -48,6 +50,8 @@ class MemoryHub:
         self._transports: set[MemoryTransport] = set()
         self._runs: OrderedDict[str, RunInfo] = OrderedDict()
         self._threads: dict[str, dict[str, None]] = {}
+        self._owners: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        """Thread owner key → (encoded owner, monotonic deadline), like ``SET NX EX``."""
         self._heartbeats: dict[str, float] = {}
 
     def set_available(self, available: bool) -> None:
@@ -95,6 +99,28 @@ class MemoryHub:
             self._threads.setdefault(thread_key, {})[info.run_id] = None
         while len(self._runs) > self._max_runs:
             self._runs.popitem(last=False)
+
+    def _owner(self, key: str) -> str | None:
+        entry = self._owners.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            del self._owners[key]
+            return None
+        return entry[0]
+
+    def _set_owner_if_absent(self, key: str, owner: ThreadOwner, ttl: float, *, extend: bool) -> str | None:
+        """``SET key owner NX EX ttl`` (then ``EXPIRE key ttl GT`` if ``extend``); returns the owner it had."""
+        previous = self._owner(key)
+        deadline = time.monotonic() + ttl
+        if previous is None:
+            self._owners[key] = (owner.encode(), deadline)
+            while len(self._owners) > self._max_runs:
+                self._owners.popitem(last=False)
+        elif extend:
+            self._owners[key] = (previous, max(self._owners[key][1], deadline))
+        self._owners.move_to_end(key)
+        return previous
 
     def _check(self) -> None:
         if not self.available:
@@ -167,6 +193,10 @@ class MemoryTransport(BaseTransport):
         for info, announce in batch.registry.values():
             thread_key = keys.thread_runs(info.thread_id) if info.thread_id else None
             hub._put_run(keys.run_info(info.run_id), info, thread_key)
+            if info.thread_id:
+                entry_ttl = opts.run_ttl if info.ended else _RUNNING_TTL
+                owner_key = keys.thread_owner(info.thread_id)
+                hub._set_owner_if_absent(owner_key, ThreadOwner(info.principal), opts.owner_ttl(entry_ttl), extend=True)
             if announce and info.thread_id:
                 marker = pack(KIND_THREAD, node, sent_at=now, run_id=info.run_id, i=info.to_fields())
                 hub.publish(keys.thread_channel(info.thread_id), marker)
@@ -233,3 +263,17 @@ class MemoryTransport(BaseTransport):
         ids = hub._threads.get(keys.thread_runs(thread_id), {})
         infos = [info for run_id in ids if (info := hub._runs.get(keys.run_info(run_id))) is not None]
         return sorted(infos, key=lambda info: info.created_at)
+
+    async def claim_thread(self, thread_id: str, principal: str | None) -> ThreadOwner:
+        hub = self.hub
+        hub._check()
+        mine = ThreadOwner(principal)
+        key = self.keys.thread_owner(thread_id)
+        previous = hub._set_owner_if_absent(key, mine, self.options.owner_ttl(0), extend=False)
+        return mine if previous is None else ThreadOwner.decode(previous)
+
+    async def thread_owner(self, thread_id: str) -> ThreadOwner | None:
+        hub = self.hub
+        hub._check()
+        value = hub._owner(self.keys.thread_owner(thread_id))
+        return None if value is None else ThreadOwner.decode(value)

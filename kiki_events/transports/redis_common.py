@@ -7,6 +7,10 @@ Registry layout (names from :class:`~kiki_events.redis_client.Keys`):
   ``run_ttl`` after the run ends (and a week after it starts, should its node die).
 * ``<prefix>threadruns:{<thread_id>}`` – a sorted set of the thread's run ids,
   scored by start time; expires with the newest of its runs.
+* ``<prefix>threadowner:{<thread_id>}`` – the principal the thread belongs to, set once
+  (``SET NX``: by the first claim, or by the first registry update of a run of the
+  thread). Each update of a run's entry extends it (``EXPIRE GT``) to at least that
+  entry's lifetime and ``runs.thread_ttl``: it never expires before the thread's runs.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..errors import TransportError
 from ..redaction import redact_text
 from ..redis_client import Keys
-from .base import RunInfo
+from .base import RunInfo, ThreadOwner
 from .common import BaseTransport, TransportOptions
 
 if TYPE_CHECKING:
@@ -107,6 +111,10 @@ class RedisTransportBase(BaseTransport):
             thread_key = keys.thread_runs(info.thread_id)
             pipe.zadd(thread_key, {info.run_id: info.created_at})
             pipe.expire(thread_key, ttl)
+            owner_key = keys.thread_owner(info.thread_id)
+            owner_ttl = self.options.owner_ttl(ttl)
+            pipe.set(owner_key, ThreadOwner(info.principal).encode(), nx=True, ex=owner_ttl)
+            pipe.expire(owner_key, owner_ttl, gt=True)
 
     async def heartbeat(self, ttl: float) -> None:
         await self._call(self.redis.set(self.keys.node(self.node), b"1", px=max(int(ttl * 1000), 1)))
@@ -134,3 +142,14 @@ class RedisTransportBase(BaseTransport):
         rows = await self._call(pipe.execute())
         infos = [RunInfo.from_fields(run_id, row) for run_id, row in zip(names, rows, strict=True) if row]
         return sorted((info for info in infos if info is not None), key=lambda info: info.created_at)
+
+    async def claim_thread(self, thread_id: str, principal: str | None) -> ThreadOwner:
+        mine = ThreadOwner(principal)
+        key = self.keys.thread_owner(thread_id)
+        # One atomic command: set if absent, else tell who has it.
+        previous = await self._call(self.redis.set(key, mine.encode(), nx=True, get=True, ex=self.options.owner_ttl(0)))
+        return mine if previous is None else ThreadOwner.decode(previous)
+
+    async def thread_owner(self, thread_id: str) -> ThreadOwner | None:
+        value = await self._call(self.redis.get(self.keys.thread_owner(thread_id)))
+        return None if value is None else ThreadOwner.decode(value)
