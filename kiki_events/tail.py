@@ -6,7 +6,8 @@ printed. What it follows:
 
 * ``--run ID`` – every event of one run (in streams mode, what is stored first);
   ends after the run's ``done``;
-* ``--thread ID`` – every run that starts on the thread from now on;
+* ``--thread ID`` – every run that starts on the thread from now on (a delegate
+  run relayed into another shows there only);
 * ``--topic T`` – lifecycle events of every run whose topic matches ``T``
   (``agent:started``, ``agent:*``, ``multiagent:sync`` …);
 * nothing – lifecycle events of every run.
@@ -109,7 +110,9 @@ class _Printer:
         from .transports.wire import KIND_THREAD
 
         if message.kind == KIND_THREAD and message.run_id is not None:
-            self.on_announce(message.run_id)
+            fields = message.header.get("i")
+            if not (isinstance(fields, dict) and fields.get("relayed_into")):
+                self.on_announce(message.run_id)  # a relayed delegate shows in the run relaying it
             return []
         events = message.events
         if self.topic is not None:
