@@ -33,20 +33,19 @@ class Outbound:
         self.transport = transport
         self.node = transport.node
         self.store = store
+        self._peek = store.peek  # bound once: the sink runs for every event
         self._announced: set[str] = set()
         """Runs of this node whose registry entry was written (until their ``done``)."""
 
     def sink(self, event: StreamEvent) -> None:
         """Send an event of a run of this node to the other nodes."""
-        if event.seq == 0:
-            return
-        record = self.store.peek(event.run_id)
+        run_id = event.run_id
+        record = self._peek(run_id)
         # The store's sink runs first, so a run not started by a RunManager has a
         # record too (owned by the node that stamped its first event).
-        if (record.node if record is not None else event.node) != self.node:
+        if (record.node if record is not None else event.node) != self.node or event.seq == 0:
             return
         self.transport.publish(event)
-        run_id = event.run_id
         kind = type(event)
         if kind is DoneEvent:
             self._announced.discard(run_id)
