@@ -135,6 +135,8 @@ class _Run:
     error_sent: bool = False
     relayed_ids: dict[str, str] = field(default_factory=dict)
     """Message ids of relayed runs → message ids in this run (see ``relay``)."""
+    relayed_usage: set[str] = field(default_factory=set)
+    """Relayed runs whose usage was added to this run's (once each)."""
 
 
 def _guard(method: Callable[..., None]) -> Callable[..., None]:
@@ -745,7 +747,8 @@ class KikiCallbackHandler(GraphCallbackHandler):
     # Used by kiki_events.handoff: a node that hands work to an agent on another node
     # re-emits that agent's events inside its own run, so whoever watches this run
     # sees them. Relayed events get this run's id, next seq and thread; their
-    # ``causation_id`` is the id of the original event.
+    # ``causation_id`` is the id of the original event, their ``node`` the node that
+    # made it. The relayed run's usage counts in this run's.
 
     def run_id_of(self, lc_run_id: UUID | None) -> str | None:
         """Our run id of the live root run that LangChain run ``lc_run_id`` belongs to."""
@@ -780,11 +783,23 @@ class KikiCallbackHandler(GraphCallbackHandler):
         ``writer`` + ``draft`` → ``writer/draft``). Message and tool call ids are
         renamed so they cannot collide with this run's own. A run's framing events
         (``status``, ``error``, ``done``, ``interrupt``) and notices are not relayed:
-        the relaying node reports the outcome itself. Returns the relayed event, or
-        ``None`` when nothing was emitted (not relayable, or ``run_id`` is not live).
+        the relaying node reports the outcome itself. The copy keeps the ``node``
+        that produced the original: it is an event of ``run_id``'s run all the same,
+        and travels with it (the bridge sends a run's events by the run's owner).
+        The relayed run's ``done`` is not relayed, but its ``usage`` is added to this
+        run's totals, once per relayed run (its own delegates are in it already).
+        Returns the relayed event, or ``None`` when nothing was emitted (not
+        relayable, or ``run_id`` is not live).
         """
         run = self._runs.get(run_id)
-        if run is None or event.seq == 0 or event.type in _NOT_RELAYED or event.run_id == run_id:
+        if run is None or event.seq == 0 or event.run_id == run_id:
+            return None
+        if event.type in _NOT_RELAYED:
+            if type(event) is DoneEvent and event.run_id not in run.relayed_usage:
+                run.relayed_usage.add(event.run_id)
+                run.input_tokens += event.usage.input_tokens
+                run.output_tokens += event.usage.output_tokens
+                run.total_tokens += event.usage.total_tokens
             return None
         agent = event.agent
         if agent_prefix:

@@ -72,6 +72,9 @@ class RunRecord:
     ended_at: float | None = None
     started: bool = False
     """Its ``started`` status event was seen."""
+    relayed_into: str | None = None
+    """The run that relays this one's events (this run is its delegate): the thread
+    shows this run's work there, not as a run of its own."""
 
     @property
     def status(self) -> RunState:
@@ -98,6 +101,7 @@ class RunRecord:
             "created_at": self.created_at,
             "ended_at": self.ended_at,
             "last_seq": self.log.last_seq,
+            "relayed_into": self.relayed_into,
         }
 
 
@@ -239,8 +243,12 @@ class RunStore:
         graph: str | None = None,
         principal: str | None = None,
         node: str | None = None,
+        relayed_into: str | None = None,
     ) -> RunRecord:
         """Register a run before its first event, so it can be joined at once.
+
+        A run ``relayed_into`` another keeps its ``thread_id`` but is not listed on
+        the thread: its events are shown inside the run that relays them.
 
         Raises:
             RunNotFoundError: ``thread_id`` belongs to another principal.
@@ -250,7 +258,9 @@ class RunStore:
             raise RunError(f"run {run_id!r} already exists")
         if thread_id is not None and not self.claim_thread(thread_id, principal):
             raise RunNotFoundError(f"thread {thread_id!r} not found")
-        record = self._admit(run_id, thread_id=thread_id, graph=graph, principal=principal, node=node)
+        record = self._admit(
+            run_id, thread_id=thread_id, graph=graph, principal=principal, node=node, relayed_into=relayed_into
+        )
         for listener in self.on_created:
             try:
                 listener(record)
@@ -267,17 +277,25 @@ class RunStore:
         principal: str | None = None,
         node: str | None = None,
         created_at: float | None = None,
+        relayed_into: str | None = None,
     ) -> RunRecord:
         """The record of a run executing elsewhere, made from what its node published.
 
         Returns the existing record if the run is known. A new one joins its thread
-        in start order (``created_at``), so thread streams replay runs oldest first.
+        in start order (``created_at``), so thread streams replay runs oldest first
+        (unless it is ``relayed_into`` another run, see :meth:`create`).
         """
         record = self._runs.get(run_id)
         if record is not None:
             return record
         record = RunRecord(
-            run_id, RunLog(run_id, self.replay_events), thread_id=thread_id, graph=graph, principal=principal, node=node
+            run_id,
+            RunLog(run_id, self.replay_events),
+            thread_id=thread_id,
+            graph=graph,
+            principal=principal,
+            node=node,
+            relayed_into=relayed_into,
         )
         if created_at is not None:
             record.created_at = created_at
@@ -291,9 +309,10 @@ class RunStore:
         """Put a new run in its thread's list at its place in start order (``created_at``).
 
         Runs of other nodes are adopted in whatever order this node hears of them;
-        thread streams read the list in this order.
+        thread streams read the list in this order. A delegate whose events another
+        run relays is not listed: the thread shows each agent's work once.
         """
-        if record.thread_id is None:
+        if record.thread_id is None or record.relayed_into is not None:
             return
         thread = self._threads.get(record.thread_id)
         if thread is None:
@@ -377,10 +396,23 @@ class RunStore:
         return True
 
     def _admit(
-        self, run_id: str, *, thread_id: str | None, graph: str | None, principal: str | None, node: str | None
+        self,
+        run_id: str,
+        *,
+        thread_id: str | None,
+        graph: str | None,
+        principal: str | None,
+        node: str | None,
+        relayed_into: str | None = None,
     ) -> RunRecord:
         record = RunRecord(
-            run_id, RunLog(run_id, self.replay_events), thread_id=thread_id, graph=graph, principal=principal, node=node
+            run_id,
+            RunLog(run_id, self.replay_events),
+            thread_id=thread_id,
+            graph=graph,
+            principal=principal,
+            node=node,
+            relayed_into=relayed_into,
         )
         self._runs[run_id] = record
         self._join_thread(record)
@@ -591,8 +623,12 @@ class RunManager:
         metadata: Mapping[str, Any] | None = None,
         principal: str | None = None,
         handler_factory: Callable[..., KikiCallbackHandler] = KikiCallbackHandler,
+        relayed_into: str | None = None,
     ) -> RunHandle:
         """Start a run of the graph registered as ``graph_name``; returns at once.
+
+        ``relayed_into``: the run whose stream carries this run's events (it
+        delegated the work and relays it); the thread then lists only that run.
 
         Raises:
             UnknownGraphError: no such graph.
@@ -607,7 +643,14 @@ class RunManager:
             raise RunLimitError(f"{self.settings.max_active} runs are executing already (runs.max_active); retry later")
         thread_id = thread_id or new_thread_id()
         run_uuid, run_id = new_run_id()
-        record = self.store.create(run_id, thread_id=thread_id, graph=graph_name, principal=principal, node=self.node)
+        record = self.store.create(
+            run_id,
+            thread_id=thread_id,
+            graph=graph_name,
+            principal=principal,
+            node=self.node,
+            relayed_into=relayed_into,
+        )
         handler = handler_factory(
             self.bus,
             node=self.node,

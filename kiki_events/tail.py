@@ -8,7 +8,8 @@ It joins the deployment like a node that only listens. What it follows:
   from the run's node or stream, gaps repaired; what cannot be recovered is a
   notice line (``missed``, ``gap``, ``lagging``). Ends after the run's ``done``
   (at once for a finished run, once it is printed);
-* ``--thread ID`` – every run that starts on the thread from now on;
+* ``--thread ID`` – every run that starts on the thread from now on (a delegate
+  run relayed into another shows there only);
 * ``--topic T`` – lifecycle events of every run whose topic matches ``T``
   (``agent:started``, ``agent:*``, ``multiagent:sync`` …);
 * nothing – lifecycle events of every run.
@@ -123,7 +124,9 @@ class _Printer:
         from .transports.wire import KIND_THREAD
 
         if message.kind == KIND_THREAD and message.run_id is not None:
-            self.on_announce(message.run_id)
+            fields = message.header.get("i")
+            if not (isinstance(fields, dict) and fields.get("relayed_into")):
+                self.on_announce(message.run_id)  # a relayed delegate shows in the run relaying it
             return []
         events = message.events
         if self.topic is not None:

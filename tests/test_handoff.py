@@ -23,7 +23,15 @@ from redis.asyncio import Redis
 from kiki_events import KikiCallbackHandler, StreamEvent
 from kiki_events.config import HandoffSettings, Settings
 from kiki_events.errors import HandoffFailedError, HandoffTimeoutError, NoAgentError
-from kiki_events.events import CustomEvent, DoneEvent, StatusEvent, TokenEvent, ToolCallEvent, ToolResultEvent
+from kiki_events.events import (
+    CustomEvent,
+    DoneEvent,
+    StatusEvent,
+    TokenEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    Usage,
+)
 from kiki_events.handoff import GROUP, Handoff, dump_payload, load_payload, remote_agent_node
 from kiki_events.handoff.service import client_name
 from kiki_events.redis_client import Keys
@@ -605,6 +613,44 @@ async def test_a_remote_agent_node_relays_the_remote_run_into_the_parent_run(
     assert child_record is not None and child_record.principal == "alice"  # the owner travels along
     assert a.stats["delegated"] == 1
     assert not any(isinstance(e, StatusEvent) and e.run_id != handle.run_id for e in parent)
+    # The parent's usage includes what its delegate used (the parent calls no model itself).
+    child_done = child[-1]
+    assert isinstance(child_done, DoneEvent) and child_done.usage.total_tokens > 0
+    assert parent[-1].usage == child_done.usage
+
+
+@pytest.mark.asyncio
+async def test_a_relayed_remote_run_is_shown_on_its_thread_only_inside_the_parent_run(
+    cluster: Cluster, scripted: ModuleType
+) -> None:
+    await cluster.node("a", {"team": parent_graph(None), "solo": parent_graph(None, relay=False)})
+    await cluster.node("b", {"writer": writer_graph(scripted)}, serve=("writer",))
+    runtime_a, runtime_b = cluster.runtimes["a"], cluster.runtimes["b"]
+    bridge = runtime_a.bridge
+    assert bridge is not None
+
+    handle = runtime_a.runs.start("team", {"messages": [HumanMessage("go")]}, thread_id="t-1")
+    await asyncio.wait_for(handle.task, 10)
+    (child_run,) = list(runtime_b.store._runs)
+
+    child_record = runtime_b.store.peek(child_run)
+    assert child_record is not None and child_record.relayed_into == handle.run_id
+    assert child_record.thread_id == "t-1" and runtime_b.store.peek_thread("t-1") is None
+    info = await bridge.lookup(child_run)
+    assert info is not None and info.relayed_into == handle.run_id  # every node can tell
+    adopted = runtime_a.store.peek(child_run)  # A followed it to relay it
+    assert adopted is not None and adopted.relayed_into == handle.run_id
+    thread = runtime_a.store.peek_thread("t-1")
+    assert thread is not None and list(thread.runs) == [handle.run_id]
+
+    # Not relayed: the remote run is the only place its work shows, so the thread lists it.
+    solo = runtime_a.runs.start("solo", {"messages": [HumanMessage("go")]}, thread_id="t-2")
+    await asyncio.wait_for(solo.task, 10)
+    (solo_child,) = [r for r in runtime_b.store._runs if r != child_run]
+    solo_record = runtime_b.store.peek(solo_child)
+    assert solo_record is not None and solo_record.relayed_into is None
+    solo_thread = runtime_b.store.peek_thread("t-2")
+    assert solo_thread is not None and list(solo_thread.runs) == [solo_child]
 
 
 @pytest.mark.asyncio
@@ -701,6 +747,28 @@ def test_relay_restamps_renames_ids_and_skips_run_framing() -> None:
     assert out[1:] == kept
     handler.on_chain_end({}, run_id=root)
     assert handler.relay(run_id, given[1]) is None  # the parent run ended
+
+
+def test_a_relayed_runs_usage_counts_once_in_the_relaying_run() -> None:
+    import uuid
+
+    out: list[StreamEvent] = []
+    handler = KikiCallbackHandler(out.append, node="a")
+    root = uuid.uuid4()
+    handler.on_chain_start({"name": "team"}, {}, run_id=root)
+    run_id = handler.run_id_of(root) or ""
+    used = Usage(input_tokens=400, output_tokens=80, total_tokens=480)
+    done = DoneEvent(run_id="CHILDRUN12345", seq=9, ts=1.0, node="b", status="success", usage=used)
+    token = TokenEvent(run_id="CHILDRUN12345", seq=8, ts=1.0, node="b", message_id="m1", text="hi")
+
+    assert handler.relay(run_id, token) is not None
+    assert handler.relay(run_id, done) is None  # the relaying run reports its own end
+    assert handler.relay(run_id, done) is None  # the same end seen again counts once
+    handler.relay(run_id, done.model_copy(update={"run_id": "OTHERRUN1234"}))
+    handler.on_chain_end({}, run_id=root)
+
+    assert isinstance(out[-1], DoneEvent) and out[-1].run_id == run_id
+    assert out[-1].usage == Usage(input_tokens=800, output_tokens=160, total_tokens=960)
 
 
 def test_emit_custom_adds_an_event_to_a_live_run_only() -> None:

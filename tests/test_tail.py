@@ -185,6 +185,37 @@ async def test_tail_of_a_thread_follows_the_runs_that_start_on_it(
     assert out.getvalue().splitlines() == [format_event(e) for e in events]
 
 
+@pytest.mark.asyncio
+async def test_tail_of_a_thread_shows_a_relayed_delegate_only_inside_the_run_relaying_it(
+    producer: Transport, redis_url: str, key_prefix: str
+) -> None:
+    out = io.StringIO()
+    parent = run_events(thread_id="t-9")
+    delegate = run_events("RUNtail0000000000000002", thread_id="t-9")
+    mode = "streams" if producer.name == "redis-streams" else "pubsub"
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.ensure_future(
+        tail(settings_for(redis_url, key_prefix, mode), thread="t-9", out=out, ready=ready, stop=stop)
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), 10)
+        # The delegate is announced (and publishes) first; the tail would follow it before the parent.
+        marked = RunInfo(delegate[0].run_id, node="producer", thread_id="t-9", relayed_into=parent[0].run_id)
+        producer.register(marked, announce=True)
+        assert await producer.flush()
+        producer.register(RunInfo(parent[0].run_id, node="producer", thread_id="t-9", graph="team"), announce=True)
+        assert await producer.flush()
+        await subscribed(producer, f"{key_prefix}run:{{{parent[0].run_id}}}")
+        await publish(producer, delegate)
+        await publish(producer, parent)
+        await async_wait_for(lambda: len(out.getvalue().splitlines()) >= len(parent), 5, "the run's lines")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    assert out.getvalue().splitlines() == [format_event(e) for e in parent]
+
+
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen(

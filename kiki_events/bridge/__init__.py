@@ -4,8 +4,8 @@ The :class:`Bridge` is created and owned by :class:`~kiki_events.runtime.KikiRun
 when a transport is configured (``eventbus.provider: redis``, or a
 :class:`~kiki_events.transports.memory.MemoryHub`). What it does, and where:
 
-* **Out** (:mod:`.outbound`). It is a sink on the local bus: every event produced
-  here (``event.node == node``) goes to the transport's bounded outbox, without
+* **Out** (:mod:`.outbound`). It is a sink on the local bus: every event of a run
+  executing here (relayed events included) goes to the transport's bounded outbox, without
   blocking and without ever raising into the graph. It also keeps the run
   registry up to date (which node runs what, and how it ended).
 * **In, on demand** (:mod:`.follow`, :mod:`.threads`, :mod:`.inbound`). A remote

@@ -162,7 +162,7 @@ class Bridge:
 
     # -- out ---------------------------------------------------------------------------------------
     def sink(self, event: StreamEvent) -> None:
-        """Send an event produced on this node to the other nodes (never blocks, never raises)."""
+        """Send an event of a run of this node to the other nodes (never blocks, never raises)."""
         self._outbound.sink(event)
 
     # -- the transport's listener --------------------------------------------------------------------

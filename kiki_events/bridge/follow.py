@@ -345,6 +345,7 @@ class Following:
             principal=info.principal,
             node=info.node,
             created_at=info.created_at,
+            relayed_into=info.relayed_into,
         )
 
     def sweep_unfollowed(self) -> None:

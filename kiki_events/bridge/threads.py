@@ -3,7 +3,8 @@
 While a thread is watched (an SSE thread stream, a bus subscription to the
 thread), this node listens for the thread's run announcements and follows each
 run of the thread's owner started elsewhere, including the ones the registry
-already lists. Runs of someone else are never mixed in.
+already lists. Runs of someone else are never mixed in, and neither are delegate
+runs another run relays (``relayed_into``): the thread shows them inside that run.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class ThreadWatches:
         following = bridge._following
         loop = asyncio.get_running_loop()
         for info in infos:
-            if info.node == bridge.node:
+            if info.node == bridge.node or info.relayed_into is not None:
                 continue
             record = following.adopt(info)
             if not record.ended and not following.is_local(record):
@@ -188,6 +189,8 @@ class ThreadWatches:
         bridge = self._bridge
         if info.run_id in watch.runs or info.node == bridge.node or info.thread_id != watch.thread_id:
             return
+        if info.relayed_into is not None:
+            return  # shown inside the run that relays it
         if info.principal != watch.principal:
             return  # not this thread's owner: never mix someone else's run in
         following = bridge._following

@@ -40,9 +40,11 @@ def remote_agent_node(
 
     While the remote run goes on, its events (tokens, tool calls, agents) are relayed
     into this run, under this node's agent path (or ``agent_prefix``; ``""`` keeps the
-    remote names), so a client watching this run sees them. Two ``multiagent:sync``
-    custom events frame the hand-off (``requested``, then ``completed`` or ``failed``);
-    the remote run's ``causation_id`` is the id of the ``requested`` event.
+    remote names), so a client watching this run on any node sees them live; its
+    usage is added to this run's. Two ``multiagent:sync`` custom events frame the
+    hand-off (``requested``, then ``completed`` or ``failed``); the remote run's
+    ``causation_id`` is the id of the ``requested`` event. A relayed remote run is
+    marked ``relayed_into`` this run: a thread stream shows its work only here.
 
     Args:
         agent: the agent (graph name) to delegate to.
@@ -85,6 +87,7 @@ def remote_agent_node(
             principal=principal,
             timeout=timeout,
             request_id=request_id,
+            relayed_into=run_id if relay and handler is not None else None,
         )
         try:
             async for event in stream:

@@ -48,6 +48,8 @@ class Task:
     principal: str | None = None
     timeout: float | None = None
     request_id: str | None = None
+    relayed_into: str | None = None
+    """The caller's run that relays the remote run's events (see :meth:`Handoff.stream`)."""
 
 
 @dataclass(eq=False)
@@ -270,7 +272,12 @@ class Requester:
             "deadline": f"{deadline:.3f}",
             "origin": shared.node,
         }
-        extra = {"causation_id": task.causation_id, "thread_id": task.thread_id, "principal": task.principal}
+        extra = {
+            "causation_id": task.causation_id,
+            "thread_id": task.thread_id,
+            "principal": task.principal,
+            "relayed_into": task.relayed_into,
+        }
         fields.update({name: value for name, value in extra.items() if value})
         if shared.runtime.bridge is not None:
             # The serving node need not watch for this request being given up: it

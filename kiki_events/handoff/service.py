@@ -241,10 +241,16 @@ class Handoff:
         principal: str | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
+        relayed_into: str | None = None,
     ) -> HandoffStream:
         """Like :meth:`delegate`, but yields the run's events as they happen (``done`` included).
 
         If the task is run again (its first node died), the events of the new run
-        follow. ``stream.result`` holds the outcome once iteration ended.
+        follow. ``stream.result`` holds the outcome once iteration ended. Pass
+        ``relayed_into`` (a run id) when those events are relayed into that run
+        (as :func:`~kiki_events.handoff.remote_agent_node` does): the remote run is
+        then marked as its delegate and not listed on the thread, which shows its
+        work once, inside ``relayed_into``.
         """
-        return self._requester.stream(Task(agent, input, causation_id, thread_id, principal, timeout, request_id))
+        task = Task(agent, input, causation_id, thread_id, principal, timeout, request_id, relayed_into)
+        return self._requester.stream(task)

@@ -318,6 +318,7 @@ class Server:
                 metadata={"kiki_request_id": request_id, "kiki_agent": served.agent},
                 principal=fields.get("principal") or None,
                 handler_factory=make_handler,
+                relayed_into=fields.get("relayed_into") or None,
             )
         except (UnknownGraphError, RunNotFoundError) as exc:
             await self._finish(served, active, {"status": "error", "error": str(exc)})

@@ -122,6 +122,8 @@ class RunInfo:
     ended_at: float | None = None
     last_seq: int = 0
     """Seq of the run's last event, once it ended."""
+    relayed_into: str | None = None
+    """The run that relays this one's events (its delegate's caller); not listed on its thread."""
 
     @property
     def ended(self) -> bool:
@@ -140,6 +142,8 @@ class RunInfo:
             fields["ended_at"] = repr(self.ended_at)
         if self.last_seq:
             fields["last_seq"] = str(self.last_seq)
+        if self.relayed_into is not None:
+            fields["relayed_into"] = self.relayed_into
         return fields
 
     @classmethod
@@ -161,6 +165,7 @@ class RunInfo:
                 created_at=float(text.get("created_at") or 0.0),
                 ended_at=float(ended) if ended else None,
                 last_seq=int(text.get("last_seq") or 0),
+                relayed_into=text.get("relayed_into") or None,
             )
         except ValueError:
             return None
@@ -176,6 +181,7 @@ class RunInfo:
             "created_at": self.created_at,
             "ended_at": self.ended_at,
             "last_seq": self.last_seq,
+            "relayed_into": self.relayed_into,
         }
 
 
