@@ -64,6 +64,9 @@ class RemoteRun:
     """Events received ahead of ``next_seq`` (bounded), waiting for the gap to be filled."""
     gap_since: float | None = None
     """When the current gap was seen (or last made progress)."""
+    gap_counted: bool = False
+    """The current gap is one (``stats.gaps``): it opened after the first catch-up, so it
+    is not live events merely arriving before the history a new reader asked for."""
     repair_since: float | None = None
     """When the replay or backfill in flight was asked for."""
     watching: bool = False

@@ -107,7 +107,10 @@ class Repair:
         if held:
             now = time.monotonic()
             if remote.gap_since is None:
-                stats.gaps += 1
+                # Live events ahead of the first catch-up's answer are no gap: the answer fills them in.
+                if remote.ready.is_set():
+                    stats.gaps += 1
+                    remote.gap_counted = True
                 self.repair(remote)
                 remote.gap_since = now
             elif expected > start:
@@ -116,7 +119,9 @@ class Repair:
         elif remote.gap_since is not None:
             remote.gap_since = None
             remote.attempts = 0
-            stats.repaired += 1
+            if remote.gap_counted:
+                remote.gap_counted = False
+                stats.repaired += 1
         following = bridge._following
         following.update_syncing(remote)
         if out:
@@ -193,6 +198,7 @@ class Repair:
         self.notify_missed(remote, f"events {remote.next_seq}-{first - 1} of this run {why}", first)
         remote.next_seq = first
         remote.gap_since = None
+        remote.gap_counted = False
         remote.attempts = 0
         self.accept(remote, [])
 
