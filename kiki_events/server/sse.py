@@ -134,6 +134,22 @@ class _EventStream(EventSourceResponse):
             await asyncio.sleep(0)
 
 
+class _ExitHook:
+    """Stands in for sse-starlette's shutdown event: ``set()`` calls the hook at once.
+
+    Cheaper than an event and a task per connection waiting for it.
+    """
+
+    __slots__ = ("_hook",)
+
+    def __init__(self, hook: Callable[[], object] | None) -> None:
+        self._hook = hook
+
+    def set(self) -> None:
+        if self._hook is not None:
+            self._hook()
+
+
 _stalled_logged = False
 
 
@@ -163,14 +179,6 @@ def sse_response(
     ``on_stalled`` is called when the client is dropped for accepting nothing
     for ``send_timeout``.
     """
-    shutdown = anyio.Event()
-
-    async def watch_exit() -> None:
-        # Runs in the response's task group: cancelled with it, never orphaned.
-        await shutdown.wait()
-        if on_server_exit is not None:
-            on_server_exit()
-
     return _EventStream(
         body,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})},
@@ -178,9 +186,9 @@ def sse_response(
         sep=_SEP,
         ping_message_factory=_ping,
         send_timeout=settings.send_timeout,
-        shutdown_event=shutdown,
+        # sse-starlette only ever calls ``set()`` on it, when it sees the server exit.
+        shutdown_event=_ExitHook(on_server_exit),
         shutdown_grace_period=exit_grace,
-        data_sender_callable=watch_exit,
         on_stalled=on_stalled,
     )
 
