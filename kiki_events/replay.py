@@ -10,7 +10,8 @@ behind while reading), never silently skipped ahead. A cursor given a
 ``max_backlog`` also counts as lagging once more than that many events arrived
 since it joined and were not yet delivered (a slow or stalled client): it skips
 ahead to half that far behind the newest event, with a ``lagging`` notice, or
-finishes (the ``disconnect`` policy). Its initial replay never counts.
+finishes (the ``disconnect`` policy). Its initial replay never counts, nor does
+history another node's run fetches for its log (:attr:`RunLog.syncing`).
 
 Notices that concern everyone reading a run (``missed``: the cross-node bridge lost
 events upstream) are kept in the log at the position where they happened, so each
@@ -113,6 +114,9 @@ class RunLog:
         """Its history is still being fetched from the node that runs it (set by the
         cross-node bridge, see :meth:`set_syncing`): a :class:`ThreadCursor` holds the
         thread's later runs back meanwhile."""
+        self.synced_seq = 0
+        """:attr:`last_seq` when :attr:`syncing` last ended: what came before is history
+        fetched for the readers, which no reader counts as its backlog."""
         self.changed = Notifier()
         self.reordered = 0
         """Events that arrived after a later one (inserted in place)."""
@@ -185,6 +189,8 @@ class RunLog:
         if syncing == self.syncing:
             return False
         self.syncing = syncing
+        if not syncing:
+            self.synced_seq = self.last_seq
         self.changed.notify()
         return True
 
@@ -294,7 +300,7 @@ class RunCursor:
         log = self.log
         frames, first = log.read(self.after, limit)
         backlog = self._max_backlog
-        if first is None and backlog is not None and log.last_seq - max(self.after, self._joined) > backlog:
+        if first is None and backlog is not None and not log.syncing and self._behind() > backlog:
             frames, _ = log.read(log.last_seq - backlog // 2, limit)
             first = frames[0].seq if frames else None
             self._started = True
@@ -321,6 +327,11 @@ class RunCursor:
         if self.caught_up:
             self.finished = True
         return items
+
+    def _behind(self) -> int:
+        """Events that arrived live since this cursor was made and are not delivered yet."""
+        log = self.log
+        return log.last_seq - max(self.after, self._joined, log.synced_seq)
 
     def _merge_notices(
         self, items: list[Item], frames: list[Frame], notices: Iterable[tuple[int, int, StatusEvent]]
