@@ -87,7 +87,15 @@ def _read_to_end(sock: socket.socket) -> bytes:
 # -- a client that reads nothing ----------------------------------------------------------------------------
 
 
-def test_a_client_that_reads_nothing_is_reset_after_the_send_timeout() -> None:
+@pytest.mark.parametrize(
+    ("tokens", "size", "done"),
+    [
+        (3000, 4000, False),  # ~12 MB: far more than the kernel buffers of both ends hold
+        (400, 10_000, True),  # ~4 MB and the run's end in one send: the body's closing send is what stalls
+    ],
+    ids=["mid-run", "at-the-end"],
+)
+def test_a_client_that_reads_nothing_is_reset_after_the_send_timeout(tokens: int, size: int, done: bool) -> None:
     send_timeout = 0.5
     with live_server(_app(sse={"send_timeout": send_timeout})) as srv:
         runtime = _runtime(srv)
@@ -95,8 +103,7 @@ def test_a_client_that_reads_nothing_is_reset_after_the_send_timeout() -> None:
         sock = _raw_get(srv, f"/runs/{run_id}/stream", rcvbuf=4096)
         try:
             wait_for(lambda: runtime.store.clients == 1, what="the stream to open")
-            # ~12 MB: far more than the kernel buffers of both ends hold.
-            _feed(srv, run_id, 2, 3000, text="x" * 4000)
+            _feed(srv, run_id, 2, tokens, text="x" * size, done=done)
             wait_for(
                 lambda: _tcp_state(sock) != _TCP_ESTABLISHED,
                 timeout=send_timeout + 1.0,

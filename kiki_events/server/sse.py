@@ -30,7 +30,7 @@ from typing import Any
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..bus import EventBus
 from ..config import SSESettings
@@ -121,8 +121,22 @@ class _EventStream(EventSourceResponse):
         self._on_stalled = on_stalled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        timeout = self.send_timeout
+
+        async def send_bounded(message: Message) -> None:
+            # sse-starlette bounds data and keep-alive sends, not the one that ends
+            # the body: a client stalled when its run ended would hold it forever.
+            final = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if timeout is None or not final:
+                await send(message)
+                return
+            with anyio.move_on_after(timeout) as waited:
+                await send(message)
+            if waited.cancelled_caught:
+                raise SendTimeoutError
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_bounded)
         except SendTimeoutError:
             _count_stalled(self._on_stalled)
             transport = scope.get(TRANSPORT_KEY)
