@@ -182,7 +182,7 @@ class SSESettings(_Section):
     retry: Duration = 2.0
     """Reconnect delay sent to browsers (``retry:``)."""
     send_timeout: Duration = 30.0
-    """A client that accepts nothing for this long is disconnected."""
+    """A client that accepts nothing for this long is dropped and its connection reset."""
     slow_client: Literal["skip", "disconnect"] = "skip"
     """A client that falls behind (out of the replay window, or more than ``max_backlog``
     events): skip ahead with a ``lagging`` notice, or disconnect."""
