@@ -281,9 +281,13 @@ class SSESettings(_Section):
     retry: Duration = 2.0
     """Reconnect delay sent to browsers (``retry:``)."""
     send_timeout: Duration = 30.0
-    """A client that accepts nothing for this long is disconnected."""
+    """A client that accepts nothing for this long is dropped and its connection reset."""
     slow_client: Literal["skip", "disconnect"] = "skip"
-    """A client that falls out of the replay window: skip ahead with a ``lagging`` notice, or disconnect."""
+    """A client that falls behind (out of the replay window, or more than ``max_backlog``
+    events): skip ahead with a ``lagging`` notice, or disconnect."""
+    max_backlog: int | None = Field(default=10000, ge=16)
+    """Events of a live run a client may have waiting undelivered before ``slow_client``
+    applies (its initial replay does not count); empty: only the replay window counts."""
     max_body_bytes: int = Field(default=262144, ge=1024)
     cors_origins: tuple[str, ...] = ()
 
@@ -405,6 +409,15 @@ class ServerSettings(_Section):
     port: int = Field(default=8000, ge=0, le=65535)
     dashboard: bool = True
     auth: AuthSettings = AuthSettings()
+    body_timeout: Duration = 5.0
+    """Longest time a request body may take to arrive; slower ones get 408."""
+
+    @field_validator("body_timeout")
+    @classmethod
+    def _positive_body_timeout(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("body_timeout must be more than 0s")
+        return value
 
 
 class Settings(_Section):

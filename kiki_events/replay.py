@@ -6,7 +6,12 @@ Readers do not get a queue each: a :class:`RunCursor` remembers the last ``seq``
 it delivered, asks the log for what came after, and otherwise waits on the log's
 :class:`Notifier`, which every append wakes. A cursor that points before the
 oldest kept event is told so (a ``gap`` notice on join, ``lagging`` when it fell
-behind while reading), never silently skipped ahead.
+behind while reading), never silently skipped ahead. A cursor given a
+``max_backlog`` also counts as lagging once more than that many events arrived
+since it joined and were not yet delivered (a slow or stalled client): it skips
+ahead to half that far behind the newest event, with a ``lagging`` notice, or
+finishes (the ``disconnect`` policy). Its initial replay never counts, nor does
+history another node's run fetches for its log (:attr:`RunLog.syncing`).
 
 Notices that concern everyone reading a run (``missed``: the cross-node bridge lost
 events upstream) are kept in the log at the position where they happened, so each
@@ -109,6 +114,9 @@ class RunLog:
         """Its history is still being fetched from the node that runs it (set by the
         cross-node bridge, see :meth:`set_syncing`): a :class:`ThreadCursor` holds the
         thread's later runs back meanwhile."""
+        self.synced_seq = 0
+        """:attr:`last_seq` when :attr:`syncing` last ended: what came before is history
+        fetched for the readers, which no reader counts as its backlog."""
         self.changed = Notifier()
         self.reordered = 0
         """Events that arrived after a later one (inserted in place)."""
@@ -181,6 +189,8 @@ class RunLog:
         if syncing == self.syncing:
             return False
         self.syncing = syncing
+        if not syncing:
+            self.synced_seq = self.last_seq
         self.changed.notify()
         return True
 
@@ -212,10 +222,23 @@ class RunLog:
         return frames[start : start + limit], None
 
 
-def notice(log: RunLog, status: Literal["gap", "lagging"], first_seq: int, *, thread_id: str | None) -> StatusEvent:
-    """A connection-level notice about ``log``'s run (``seq == 0``, no ``id`` line)."""
+def notice(
+    log: RunLog,
+    status: Literal["gap", "lagging"],
+    first_seq: int,
+    *,
+    thread_id: str | None,
+    backlog: int | None = None,
+) -> StatusEvent:
+    """A connection-level notice about ``log``'s run (``seq == 0``, no ``id`` line).
+
+    ``backlog``: the client fell more than this many events behind (``lagging``
+    from a backlog rather than from the replay window).
+    """
     if status == "gap":
         detail = f"the requested position is older than the {log.capacity} events kept; continuing from seq {first_seq}"
+    elif backlog is not None:
+        detail = f"this client fell more than {backlog} events behind the run; skipped ahead to seq {first_seq}"
     else:
         detail = f"this client fell behind the {log.capacity} events kept; skipped ahead to seq {first_seq}"
     return StatusEvent(
@@ -234,6 +257,8 @@ class RunCursor:
 
     ``on_lag`` is called once per ``lagging`` notice (for counting). With the
     ``disconnect`` policy the cursor is finished after that notice.
+    ``max_backlog``: events that may arrive after the cursor was made and stay
+    undelivered before it counts as lagging (``None``: only the replay window counts).
     """
 
     def __init__(
@@ -244,7 +269,10 @@ class RunCursor:
         thread_id: str | None = None,
         slow_client: SlowClientPolicy = "skip",
         on_lag: Callable[[], None] | None = None,
+        max_backlog: int | None = None,
     ) -> None:
+        if max_backlog is not None and max_backlog < 2:
+            raise ValueError(f"max_backlog must be at least 2; got {max_backlog}")
         self.log = log
         self.after = after
         """Last seq delivered."""
@@ -253,6 +281,9 @@ class RunCursor:
         self._thread_id = thread_id
         self._slow_client = slow_client
         self._on_lag = on_lag
+        self._max_backlog = max_backlog
+        # Events already there when the cursor was made are its replay, not a backlog.
+        self._joined = log.last_seq
         self._started = False
         self._notice_serial = 0
 
@@ -266,11 +297,19 @@ class RunCursor:
         """What is available now, without waiting (may be empty)."""
         if self.finished:
             return []
-        frames, first = self.log.read(self.after, limit)
+        log = self.log
+        frames, first = log.read(self.after, limit)
+        backlog = self._max_backlog
+        if first is None and backlog is not None and not log.syncing and self._behind() > backlog:
+            frames, _ = log.read(log.last_seq - backlog // 2, limit)
+            first = frames[0].seq if frames else None
+            self._started = True
+        else:
+            backlog = None
         items: list[Item] = []
         if first is not None:
             status: Literal["gap", "lagging"] = "lagging" if self._started else "gap"
-            items.append(notice(self.log, status, first, thread_id=self._thread_id))
+            items.append(notice(log, status, first, thread_id=self._thread_id, backlog=backlog))
             if status == "lagging":
                 if self._on_lag is not None:
                     self._on_lag()
@@ -288,6 +327,11 @@ class RunCursor:
         if self.caught_up:
             self.finished = True
         return items
+
+    def _behind(self) -> int:
+        """Events that arrived live since this cursor was made and are not delivered yet."""
+        log = self.log
+        return log.last_seq - max(self.after, self._joined, log.synced_seq)
 
     def _merge_notices(
         self, items: list[Item], frames: list[Frame], notices: Iterable[tuple[int, int, StatusEvent]]
@@ -351,8 +395,10 @@ class ThreadCursor:
         slow_client: SlowClientPolicy = "skip",
         on_lag: Callable[[], None] | None = None,
         until: Callable[[], bool] | None = None,
+        max_backlog: int | None = None,
     ) -> None:
         self.thread_id = thread_id
+        self._max_backlog = max_backlog
         self._until = until
         self._runs = runs
         self._changed = changed
@@ -390,7 +436,14 @@ class ThreadCursor:
             self._done.add(log.run_id)
 
     def _cursor(self, log: RunLog, after: int = 0) -> RunCursor:
-        return RunCursor(log, after, thread_id=self.thread_id, slow_client=self._slow_client, on_lag=self._on_lag)
+        return RunCursor(
+            log,
+            after,
+            thread_id=self.thread_id,
+            slow_client=self._slow_client,
+            on_lag=self._on_lag,
+            max_backlog=self._max_backlog,
+        )
 
     def poll(self, limit: int = 512) -> list[Item]:
         """What is available now across the thread's runs, without waiting."""

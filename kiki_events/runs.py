@@ -150,7 +150,9 @@ class RunStore:
         self.evicted = 0
         """Runs forgotten (expired or pushed out by ``max_runs``)."""
         self.lagging = 0
-        """Clients that fell out of a replay window (see ``sse.slow_client``)."""
+        """Clients that fell behind (see ``sse.slow_client``, ``sse.max_backlog``)."""
+        self.stalled = 0
+        """Clients dropped for accepting nothing for ``sse.send_timeout``."""
         self.clients = 0
         """Streaming clients connected now (maintained by the server)."""
         self.connections = 0
@@ -477,8 +479,12 @@ class RunStore:
             thread.changed.notify()
 
     def count_lagging(self) -> None:
-        """Count a client that fell out of a replay window."""
+        """Count a client that fell behind (the ``sse.slow_client`` policy was applied)."""
         self.lagging += 1
+
+    def count_stalled(self) -> None:
+        """Count a client dropped for accepting nothing for ``sse.send_timeout``."""
+        self.stalled += 1
 
     @property
     def readers(self) -> int:

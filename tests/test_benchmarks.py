@@ -122,3 +122,23 @@ def test_private_redis_servers_die_with_their_parent_even_when_it_is_killed() ->
         if parent.stdout is not None:
             parent.stdout.close()
     wait_for(lambda: not any(_running(pid) for pid in servers), what="the redis-servers to die with their parent")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_fanout_benchmark_delivers_every_event_to_every_client_and_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "fanout.json"
+    command = [sys.executable, "benchmarks/fanout.py", "--rounds", "1", "--tokens", "600", "--clients", "5",
+               "--idle", "20", "--batch", "50", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    figures = json.loads(out.read_text())
+    p4, p6 = figures["P4"], figures["P6"]
+    assert p4["lost"] == {"ours": 0, "anchor": 0}
+    assert p4["errors"] == {"ours": [], "anchor": []}
+    assert p4["lagging"] == 0
+    assert p4["frames_per_s"] > 0 and p4["anchor_frames_per_s"] > 0
+    assert p4["ratio"] == pytest.approx(p4["ratio_per_round"][0], rel=0.01)
+    assert p6["clients"] == 20 and p6["rss_after_kb"] > 0 and p6["anchor"]["clients"] == 20
+    assert "P4 ours / anchor" in result.stdout and "P6 20 idle clients" in result.stdout

@@ -194,6 +194,49 @@ class TestRunCursor:
         assert not cursor.caught_up
 
     @pytest.mark.asyncio
+    @pytest.mark.parametrize("policy", ["skip", "disconnect"])
+    async def test_a_reader_with_a_backlog_over_max_backlog_gets_the_slow_client_policy(self, policy: str) -> None:
+        log = await self._filled(5, capacity=1000)
+        lagged: list[int] = []
+        cursor = RunCursor(log, slow_client=policy, on_lag=lambda: lagged.append(1), max_backlog=16)  # type: ignore[arg-type]
+        assert _seqs(cursor.poll()) == [1, 2, 3, 4, 5]
+        for seq in range(6, 6 + 16):
+            log.append(_token("r", seq))
+        assert _seqs(cursor.poll(1000)) == list(range(6, 22))  # 16 behind: still within the bound
+        for seq in range(22, 22 + 17):
+            log.append(_token("r", seq))
+
+        items = cursor.poll(1000)
+
+        assert isinstance(items[0], StatusEvent)
+        assert items[0].status == "lagging"
+        assert items[0].first_seq == 38 - 8 + 1
+        assert "more than 16 events behind" in (items[0].detail or "")
+        assert lagged == [1]
+        if policy == "skip":
+            assert _seqs(items) == list(range(31, 39))
+            assert not cursor.finished
+        else:
+            assert items[1:] == []
+            assert cursor.finished and not cursor.caught_up
+
+    @pytest.mark.asyncio
+    async def test_a_late_joiners_replay_and_fetched_history_are_no_backlog(self) -> None:
+        log = await self._filled(500, capacity=1000)
+        joiner = RunCursor(log, max_backlog=16)
+        assert _seqs(joiner.poll(1000)) == list(range(1, 501))  # 500 to catch up with: its replay
+
+        remote = RunLog("remote", 1000)
+        follower = RunCursor(remote, max_backlog=16)
+        remote.set_syncing(True)  # another node's run: its history arrives after the reader joined
+        for seq in range(1, 300):
+            remote.append(_token("remote", seq))
+        remote.set_syncing(False)
+        items = follower.poll(1000)
+        assert _seqs(items) == list(range(1, 300))
+        assert not [i for i in items if isinstance(i, StatusEvent)]
+
+    @pytest.mark.asyncio
     async def test_a_cancelled_reader_leaves_no_waiter_behind(self) -> None:
         log = await self._filled(2)
         cursors = [RunCursor(log, 2) for _ in range(50)]

@@ -17,11 +17,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from ..config import Settings
 from ..runtime import KikiRuntime
 from .auth import AuthDependency, bearer_tokens
 from .router import create_router
+from .sse import keep_transport
 
 __all__ = ["STATIC_DIR", "create_app"]
 
@@ -36,6 +38,15 @@ _PLACEHOLDER = """<!doctype html>
 <p>The dashboard files are not installed. The API is live: try <code>GET /graphs</code>,
 <code>POST /runs/stream</code> and <code>GET /healthz</code>.</p></body></html>
 """
+
+
+class _App(FastAPI):
+    """FastAPI, noting each connection's transport so stalled streams can be reset."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            keep_transport(scope, send)
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -95,7 +106,7 @@ def create_app(
             if owned:
                 await runtime.close()
 
-    app = FastAPI(title="kiki-events", lifespan=lifespan)
+    app = _App(title="kiki-events", lifespan=lifespan)
     app.state.kiki_runtime = runtime
     if cfg.sse.cors_origins:
         app.add_middleware(

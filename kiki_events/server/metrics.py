@@ -66,7 +66,12 @@ class RuntimeCollector(Collector):
         yield GaugeMetricFamily("kiki_sse_clients_connected", "Streaming clients connected now.", value=store.clients)
         yield CounterMetricFamily("kiki_sse_connections", "Streaming connections accepted.", value=store.connections)
         yield CounterMetricFamily(
-            "kiki_sse_slow_clients", "Clients that fell out of a replay window (sse.slow_client).", value=store.lagging
+            "kiki_sse_slow_clients", "Clients that fell behind (sse.slow_client applied).", value=store.lagging
+        )
+        yield CounterMetricFamily(
+            "kiki_sse_stalled_clients",
+            "Clients reset after accepting nothing for sse.send_timeout.",
+            value=store.stalled,
         )
         if bridge is not None:
             yield from _bridge_metrics(runtime)

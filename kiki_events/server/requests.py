@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
@@ -49,12 +50,26 @@ class RunRequest(BaseModel):
         return {"messages": [{"role": "user", "content": self.message}]}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
     """The request body, refused with 413 as soon as it exceeds ``limit`` bytes.
 
     Checked from ``Content-Length`` first and again while reading, because a
-    chunked body has no length.
+    chunked body has no length. A body that takes longer than ``timeout`` seconds
+    to arrive (e.g. shorter than its ``Content-Length``) gets 408, and the
+    connection is closed.
     """
+    if timeout is None:
+        return await _read_body(request, limit)
+    with anyio.move_on_after(timeout):
+        return await _read_body(request, limit)
+    raise HTTPException(
+        408,
+        f"the request body did not arrive within {timeout:g}s (server.body_timeout)",
+        headers={"Connection": "close"},
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     too_large = HTTPException(413, f"request body is larger than the limit of {limit} bytes (sse.max_body_bytes)")
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -72,9 +87,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_run_request(request: Request, limit: int) -> RunRequest:
-    """Read and validate a run body; 413, 422 (naming the field) on problems."""
-    body = await read_body(request, limit)
+async def parse_run_request(request: Request, limit: int, timeout: float | None = None) -> RunRequest:
+    """Read and validate a run body; 408, 413, 422 (naming the field) on problems."""
+    body = await read_body(request, limit, timeout)
     try:
         return RunRequest.model_validate_json(body)
     except ValidationError as exc:

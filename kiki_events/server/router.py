@@ -129,11 +129,17 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
             on_server_exit=runtime.request_shutdown,
             # Enough for runs to finish or be cancelled and for their ``done`` to go out.
             exit_grace=settings.runs.shutdown_grace + 5.0,
+            on_stalled=store.count_stalled,
         )
 
     def run_cursor(log: RunLog, after: int, thread_id: str | None) -> RunCursor:
         return RunCursor(
-            log, after, thread_id=thread_id, slow_client=settings.sse.slow_client, on_lag=store.count_lagging
+            log,
+            after,
+            thread_id=thread_id,
+            slow_client=settings.sse.slow_client,
+            on_lag=store.count_lagging,
+            max_backlog=settings.sse.max_backlog,
         )
 
     def run_url(request: Request, run_id: str) -> str:
@@ -162,7 +168,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
     @router.post("/runs/stream", openapi_extra=_RUN_BODY_DOC, response_class=Response)
     async def start_run_stream(request: Request, principal: Caller) -> Response:
         """Start a run and stream its events; the last frame is ``done``."""
-        body = await parse_run_request(request, settings.sse.max_body_bytes)
+        body = await parse_run_request(request, settings.sse.max_body_bytes, settings.server.body_timeout)
         handle = await start(body, principal)
         policy = body.on_disconnect or settings.runs.on_disconnect
         on_abandon = (lambda: runs.cancel(handle.run_id, principal)) if policy == "cancel" else None
@@ -172,7 +178,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
     @router.post("/runs", openapi_extra=_RUN_BODY_DOC, status_code=202)
     async def start_run(request: Request, principal: Caller) -> JSONResponse:
         """Start a run without streaming; open ``stream_url`` to watch it."""
-        body = await parse_run_request(request, settings.sse.max_body_bytes)
+        body = await parse_run_request(request, settings.sse.max_body_bytes, settings.server.body_timeout)
         handle = await start(body, principal)
         status_url = request.url_for("run_status", run_id=handle.run_id).path
         content = {
@@ -269,6 +275,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
             slow_client=settings.sse.slow_client,
             on_lag=store.count_lagging,
             until=lambda: not store.following,
+            max_backlog=settings.sse.max_backlog,
         )
         location = request.url_for("thread_stream", thread_id=thread_id).path
         lease = None
@@ -302,7 +309,12 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
                 "thread_owners": len(store.owners),
                 "thread_owners_evicted": store.owners.evicted,
             },
-            "sse": {"clients": store.clients, "readers": store.readers, "lagging": store.lagging},
+            "sse": {
+                "clients": store.clients,
+                "readers": store.readers,
+                "lagging": store.lagging,
+                "stalled": store.stalled,
+            },
             "bridge": bridge.health() if bridge is not None else None,
         }
 

@@ -6,6 +6,13 @@ so a client's backlog costs one send and no event is encoded per client.
 sse-starlette races that body against client disconnect, keep-alive comment
 lines and server shutdown in one task group, so nothing polls for disconnects.
 
+A client that accepts nothing for ``sse.send_timeout`` is dropped, and its
+connection is aborted (reset) rather than closed: a graceful close would wait
+for the unsent backlog to drain, which a stalled peer never lets happen, so the
+socket and its buffers would stay until the peer went away. Aborting needs the
+connection's transport, which the ready-made app notes in the request scope
+(:func:`keep_transport`); elsewhere the server closes the connection its own way.
+
 :func:`stream_agent_sse` is for applications with their own FastAPI app: it runs
 a graph for one request and streams its events, ``done`` last.
 """
@@ -15,11 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+import struct
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Message, Receive, Scope, Send
 
 from ..bus import EventBus
 from ..config import SSESettings
@@ -30,13 +41,38 @@ from ..replay import Frame, RunCursor, RunLog, ThreadCursor
 from ..runs import RunStore, ensure_done, execute_run
 from .frames import notice_frame, retry_frame
 
-__all__ = ["cursor_body", "sse_response", "stream_agent_sse"]
+__all__ = ["TRANSPORT_KEY", "cursor_body", "keep_transport", "sse_response", "stream_agent_sse"]
 
 logger = logging.getLogger("kiki_events.server")
 
 _SEP = "\n"
 _BATCH = 512
 _CLEANUP_TIMEOUT = 5.0
+_RESET = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, zero seconds: closing resets the connection and frees its buffers at once."""
+
+TRANSPORT_KEY = "kiki.transport"
+"""Request scope key holding the connection's transport (see :func:`keep_transport`)."""
+
+
+def keep_transport(scope: Scope, send: Send) -> None:
+    """Note the connection's transport in ``scope``, if the server's ``send`` shows it.
+
+    Call it with the server's own ``send`` (before any middleware wraps it): uvicorn's
+    is a method of the request cycle, which holds the transport.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is not None and hasattr(transport, "abort"):
+        scope[TRANSPORT_KEY] = transport
+
+
+def _reset(transport: asyncio.BaseTransport) -> None:
+    """Drop a connection now: no graceful close, unsent bytes discarded (TCP reset)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+    transport.abort()  # type: ignore[attr-defined]
 
 
 def _ping() -> ServerSentEvent:
@@ -77,6 +113,69 @@ async def cursor_body(
                 logger.exception("on-disconnect action failed")
 
 
+class _EventStream(EventSourceResponse):
+    """An ``EventSourceResponse`` that resets the connection of a stalled client."""
+
+    def __init__(self, *args: Any, on_stalled: Callable[[], object] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_stalled = on_stalled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        timeout = self.send_timeout
+
+        async def send_bounded(message: Message) -> None:
+            # sse-starlette bounds data and keep-alive sends, not the one that ends
+            # the body: a client stalled when its run ended would hold it forever.
+            final = message["type"] == "http.response.body" and not message.get("more_body", False)
+            if timeout is None or not final:
+                await send(message)
+                return
+            with anyio.move_on_after(timeout) as waited:
+                await send(message)
+            if waited.cancelled_caught:
+                raise SendTimeoutError
+
+        try:
+            await super().__call__(scope, receive, send_bounded)
+        except SendTimeoutError:
+            _count_stalled(self._on_stalled)
+            transport = scope.get(TRANSPORT_KEY)
+            if transport is None:
+                raise  # the server closes the connection its own way
+            _reset(transport)
+            # Let the server see the connection lost before this response returns
+            # unfinished, so it does not report an incomplete response.
+            await asyncio.sleep(0)
+
+
+class _ExitHook:
+    """Stands in for sse-starlette's shutdown event: ``set()`` calls the hook at once.
+
+    Cheaper than an event and a task per connection waiting for it.
+    """
+
+    __slots__ = ("_hook",)
+
+    def __init__(self, hook: Callable[[], object] | None) -> None:
+        self._hook = hook
+
+    def set(self) -> None:
+        if self._hook is not None:
+            self._hook()
+
+
+_stalled_logged = False
+
+
+def _count_stalled(on_stalled: Callable[[], object] | None) -> None:
+    global _stalled_logged
+    if on_stalled is not None:
+        on_stalled()
+    if not _stalled_logged:
+        _stalled_logged = True
+        logger.warning("an SSE client accepted nothing for sse.send_timeout: connection reset (counted from now on)")
+
+
 def sse_response(
     body: AsyncIterator[bytes],
     settings: SSESettings,
@@ -84,31 +183,27 @@ def sse_response(
     headers: Mapping[str, str] | None = None,
     on_server_exit: Callable[[], object] | None = None,
     exit_grace: float = 0.0,
+    on_stalled: Callable[[], object] | None = None,
 ) -> EventSourceResponse:
     """An ``EventSourceResponse`` with our framing, headers and keep-alive.
 
     ``on_server_exit`` is called when the server starts shutting down while this
     stream is open; the stream then has ``exit_grace`` seconds to end by itself
     (runs finish or are cancelled, so the client gets its final ``done``).
+    ``on_stalled`` is called when the client is dropped for accepting nothing
+    for ``send_timeout``.
     """
-    shutdown = anyio.Event()
-
-    async def watch_exit() -> None:
-        # Runs in the response's task group: cancelled with it, never orphaned.
-        await shutdown.wait()
-        if on_server_exit is not None:
-            on_server_exit()
-
-    return EventSourceResponse(
+    return _EventStream(
         body,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})},
         ping=settings.keepalive,
         sep=_SEP,
         ping_message_factory=_ping,
         send_timeout=settings.send_timeout,
-        shutdown_event=shutdown,
+        # sse-starlette only ever calls ``set()`` on it, when it sees the server exit.
+        shutdown_event=_ExitHook(on_server_exit),
         shutdown_grace_period=exit_grace,
-        data_sender_callable=watch_exit,
+        on_stalled=on_stalled,
     )
 
 
@@ -173,7 +268,7 @@ def stream_agent_sse(
         )
         task.add_done_callback(lambda t: _finish(t, handler, run_id, log))
         running.append(task)
-        cursor = RunCursor(log, 0, thread_id=thread_id, slow_client=sse.slow_client)
+        cursor = RunCursor(log, 0, thread_id=thread_id, slow_client=sse.slow_client, max_backlog=sse.max_backlog)
         try:
             async with contextlib.aclosing(cursor_body(cursor, retry=sse.retry)) as chunks:
                 async for chunk in chunks:
