@@ -17,7 +17,7 @@ The clients run in this process (raw sockets: no client library in the way, each
 parses the frames it gets and checks their seq); the servers are separate
 processes. Figures are medians over rounds.
 
-    python benchmarks/fanout.py [--rounds 5] [--tokens 20000] [--clients 100] [--idle 1000]
+    python3 scripts/dev.py run python benchmarks/fanout.py [--rounds 5] [--tokens 20000] [--clients 100] [--idle 1000]
                                 [--batch 100] [--out FILE]
 """
 
