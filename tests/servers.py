@@ -20,7 +20,9 @@ import uvicorn
 
 T = TypeVar("T")
 
-DEFAULT_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 30.0
+"""How long a test waits for a condition: generous, since it returns as soon as the condition holds
+(a busy 2-core machine may be slow, never wrong)."""
 
 
 class LiveServer:

@@ -217,7 +217,7 @@ async def test_cancellation_ends_with_cancelled_done_and_drops_state(scripted: M
     builder.add_edge(START, "talker")
     builder.add_edge("talker", END)
     task = asyncio.create_task(builder.compile().ainvoke(_user("hi"), {"callbacks": [handler]}))
-    await asyncio.wait_for(first_token.wait(), 5)
+    await asyncio.wait_for(first_token.wait(), 30)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -250,11 +250,11 @@ async def test_waiting_delegates_share_one_connection(cluster: Cluster, redis: R
     runtime_b = cluster.runtimes["b"]
 
     waiting = [asyncio.ensure_future(a.delegate("slow", "wait")) for _ in range(50)]
-    await async_wait_for(lambda: runtime_b.runs.active == 50, 10, "50 remote runs to be running")
+    await async_wait_for(lambda: runtime_b.runs.active == 50, 30, "50 remote runs to be running")
     clients = [c for c in await redis.client_list() if c["name"] == client_name("a")]
     blocked = [c for c in clients if "b" in c["flags"]]
     release.set()
-    results = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    results = await asyncio.wait_for(asyncio.gather(*waiting), 30)
 
     # One reader for all 50 reply streams, not one blocked connection each.
     assert len(blocked) <= 1, f"{len(blocked)} connections of node a blocked: {blocked}"
@@ -271,7 +271,7 @@ async def test_a_delegate_waits_through_a_redis_restart(redis_server: RedisServe
         a = await nodes.node("a", pickup_timeout=30)
         await nodes.node("b", {"slow": blocking_graph(started, release)}, serve=("slow",), advertise_ttl=30)
         waiting = asyncio.ensure_future(a.delegate("slow", "wait", timeout=60))
-        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.wait_for(started.wait(), 30)
 
         redis_server.stop()
         redis_server.start()  # the same data (append-only file), the same port
@@ -323,7 +323,7 @@ async def test_timeout_raises_and_cancels_the_remote_run(cluster: Cluster) -> No
 
     assert started.is_set()
     store = cluster.runtimes["b"].store
-    await async_wait_for(lambda: b.runtime.runs.active == 0, 5, "the abandoned run to be cancelled")
+    await async_wait_for(lambda: b.runtime.runs.active == 0, 30, "the abandoned run to be cancelled")
     (record,) = [store.get(run_id) for run_id in list(store._runs)]
     assert record.status == "cancelled"
 
@@ -339,7 +339,7 @@ async def _give_up(a: Handoff, how: str, running: asyncio.Event) -> None:
             await a.delegate("slow", "wait", timeout=0.5)
     elif how == "cancelled":
         waiting = asyncio.ensure_future(a.delegate("slow", "wait", timeout=30))
-        await asyncio.wait_for(running.wait(), 5)
+        await asyncio.wait_for(running.wait(), 30)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
@@ -394,8 +394,8 @@ async def test_a_run_whose_requester_vanished_is_cancelled_when_its_deadline_pas
     # A requester that sent a task and died: nobody will cancel it.
     await queue.put({**task, "deadline": f"{time.time() + 0.2:.3f}"})
 
-    await asyncio.wait_for(started.wait(), 5)
-    await async_wait_for(lambda: runtime_b.runs.active == 0, 5, "the run to be cancelled at its deadline")
+    await asyncio.wait_for(started.wait(), 30)
+    await async_wait_for(lambda: runtime_b.runs.active == 0, 30, "the run to be cancelled at its deadline")
 
     (run_id,) = list(runtime_b.store._runs)
     assert runtime_b.store.get(run_id).status == "cancelled"
@@ -447,7 +447,7 @@ async def test_a_task_of_a_dead_node_is_reclaimed_and_run_elsewhere(cluster: Clu
     await _take_as(redis, cluster.keys, "count", "ghost")  # ... and the ghost dies
 
     b = await cluster.node("b", {"count": counting_graph("b", log)}, serve=("count",))
-    result = await asyncio.wait_for(waiting, 10)
+    result = await asyncio.wait_for(waiting, 30)
 
     assert result.node == "b" and log == [("b", 7)]
     assert b.stats["reclaimed"] == 1
@@ -470,12 +470,12 @@ async def test_without_handoff_concurrency_a_node_runs_as_many_tasks_as_subscrib
 
     b = await cluster.node("b", {"slow": blocking_graph(started, release)}, serve=("slow",), eventbus=TWO_WORKERS)
     runtime_b = cluster.runtimes["b"]
-    await async_wait_for(lambda: runtime_b.runs.active == 2, 5, "two runs on b")
+    await async_wait_for(lambda: runtime_b.runs.active == 2, 30, "two runs on b")
 
     assert b.settings.concurrency is None and runtime_b.settings.handoff_concurrency == 2
     assert (await redis.xpending(stream, GROUP))["pending"] == 2  # the third is left in the stream
     release.set()
-    results = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+    results = await asyncio.wait_for(asyncio.gather(*waiting), 30)
     assert [r.node for r in results] == ["b", "b", "b"]
 
 
@@ -493,7 +493,7 @@ async def test_a_task_delivered_too_often_goes_to_the_dead_letter_stream(cluster
 
     b = await cluster.node("b", {"count": counting_graph("b", log)}, serve=("count",), max_attempts=2)
     with pytest.raises(HandoffFailedError, match="gave up after 2 deliveries") as caught:
-        await asyncio.wait_for(waiting, 10)
+        await asyncio.wait_for(waiting, 30)
 
     assert caught.value.status == "dead_letter"
     assert log == []
@@ -518,7 +518,7 @@ async def test_a_redelivered_task_that_already_completed_is_not_run_again(cluste
     # task is delivered again.
     queue = WorkQueue(redis, cluster.keys.work_stream("count"), group=GROUP, consumer="x", dead_letter="-")
     await queue.put({"v": "1", "request_id": request_id, "agent": "count", "input": '{"n":3}'})
-    await async_wait_for(lambda: b.stats["duplicates"] == 1, 5, "the duplicate to be skipped")
+    await async_wait_for(lambda: b.stats["duplicates"] == 1, 30, "the duplicate to be skipped")
 
     assert first.ok and log == [("b", 3)]
     await settled(redis, cluster.keys.work_stream("count"))
@@ -532,7 +532,7 @@ async def test_a_closing_node_hands_its_unfinished_task_to_another_node(cluster:
     a = await cluster.node("a")
     b1 = await cluster.node("b1", {"slow": blocking_graph(started, release)}, serve=("slow",))
     waiting = asyncio.ensure_future(a.delegate("slow", "wait"))
-    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(started.wait(), 30)
     other_started = asyncio.Event()
     await cluster.node("b2", {"slow": blocking_graph(other_started, asyncio.Event())}, serve=("slow",))
     release_b2 = asyncio.Event()
@@ -545,7 +545,7 @@ async def test_a_closing_node_hands_its_unfinished_task_to_another_node(cluster:
     await cluster.runtimes["b1"].runs.shutdown(0.0)  # cancels the run: not the requester's doing
     await asyncio.wait_for(other_started.wait(), 5)  # well before claim_idle would pass twice
     release_b2.set()
-    result = await asyncio.wait_for(waiting, 10)
+    result = await asyncio.wait_for(waiting, 30)
 
     assert result.node == "b2" and result.text == "released"
     assert b1.stats["released"] == 1
@@ -590,7 +590,7 @@ async def test_a_remote_agent_node_relays_the_remote_run_into_the_parent_run(
     runtime_a, runtime_b = cluster.runtimes["a"], cluster.runtimes["b"]
 
     handle = runtime_a.runs.start("team", {"messages": [HumanMessage("go")]}, thread_id="t-1", principal="alice")
-    await asyncio.wait_for(handle.task, 10)
+    await asyncio.wait_for(handle.task, 30)
 
     parent = events_of(runtime_a, handle.run_id)
     assert [e.seq for e in parent] == list(range(1, len(parent) + 1))
@@ -630,7 +630,7 @@ async def test_a_relayed_remote_run_is_shown_on_its_thread_only_inside_the_paren
     assert bridge is not None
 
     handle = runtime_a.runs.start("team", {"messages": [HumanMessage("go")]}, thread_id="t-1")
-    await asyncio.wait_for(handle.task, 10)
+    await asyncio.wait_for(handle.task, 30)
     (child_run,) = list(runtime_b.store._runs)
 
     child_record = runtime_b.store.peek(child_run)
@@ -645,7 +645,7 @@ async def test_a_relayed_remote_run_is_shown_on_its_thread_only_inside_the_paren
 
     # Not relayed: the remote run is the only place its work shows, so the thread lists it.
     solo = runtime_a.runs.start("solo", {"messages": [HumanMessage("go")]}, thread_id="t-2")
-    await asyncio.wait_for(solo.task, 10)
+    await asyncio.wait_for(solo.task, 30)
     (solo_child,) = [r for r in runtime_b.store._runs if r != child_run]
     solo_record = runtime_b.store.peek(solo_child)
     assert solo_record is not None and solo_record.relayed_into is None
@@ -660,7 +660,7 @@ async def test_a_remote_agent_node_fails_the_parent_run_when_the_agent_fails(clu
     runtime_a = cluster.runtimes["a"]
 
     handle = runtime_a.runs.start("team", {"messages": [HumanMessage("go")]})
-    await asyncio.wait_for(handle.task, 10)
+    await asyncio.wait_for(handle.task, 30)
 
     parent = events_of(runtime_a, handle.run_id)
     assert isinstance(parent[-1], DoneEvent) and parent[-1].status == "error"
@@ -678,11 +678,11 @@ async def test_cancelling_a_run_cancels_the_remote_agent_it_waits_for(cluster: C
     runtime_a, runtime_b = cluster.runtimes["a"], cluster.runtimes["b"]
 
     handle = runtime_a.runs.start("team", {"messages": [HumanMessage("go")]})
-    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.wait_for(started.wait(), 30)
     runtime_a.runs.cancel(handle.run_id)
-    await asyncio.wait_for(asyncio.gather(handle.task, return_exceptions=True), 5)
+    await asyncio.wait_for(asyncio.gather(handle.task, return_exceptions=True), 30)
 
-    await async_wait_for(lambda: runtime_b.runs.active == 0, 3, "the remote writer to be cancelled")
+    await async_wait_for(lambda: runtime_b.runs.active == 0, 30, "the remote writer to be cancelled")
     parent = events_of(runtime_a, handle.run_id)
     assert isinstance(parent[-1], DoneEvent) and parent[-1].status == "cancelled"
     (child_run,) = list(runtime_b.store._runs)
@@ -696,7 +696,7 @@ async def test_without_a_serving_node_the_remote_agent_node_fails_clearly(cluste
     runtime_a = cluster.runtimes["a"]
 
     handle = runtime_a.runs.start("team", {"messages": [HumanMessage("go")]})
-    await asyncio.wait_for(handle.task, 10)
+    await asyncio.wait_for(handle.task, 30)
 
     parent = events_of(runtime_a, handle.run_id)
     error = next(e for e in parent if e.type == "error")

@@ -146,13 +146,13 @@ async def test_tail_of_a_topic_prints_only_matching_lifecycle_events(
         tail(settings_for(redis_url, key_prefix), topic="agent:*", out=out, ready=ready, stop=stop)
     )
     try:
-        await asyncio.wait_for(ready.wait(), 10)
+        await asyncio.wait_for(ready.wait(), 30)
         await subscribed(producer, f"{key_prefix}lifecycle", listeners=2)  # the producer's own, and the tail's
         await publish(producer, run_events())
-        await async_wait_for(lambda: len(out.getvalue().splitlines()) >= 3, 5, "three lifecycle lines")
+        await async_wait_for(lambda: len(out.getvalue().splitlines()) >= 3, 30, "three lifecycle lines")
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, 30)
 
     lines = out.getvalue().splitlines()
     # agent:started, agent:tool_result, agent:completed; tokens and a tool call's start have no topic.
@@ -172,15 +172,15 @@ async def test_tail_of_a_thread_follows_the_runs_that_start_on_it(
         tail(settings_for(redis_url, key_prefix, mode), thread="t-9", out=out, ready=ready, stop=stop)
     )
     try:
-        await asyncio.wait_for(ready.wait(), 10)
+        await asyncio.wait_for(ready.wait(), 30)
         producer.register(RunInfo(events[0].run_id, node="producer", thread_id="t-9", graph="team"), announce=True)
         assert await producer.flush()
         await subscribed(producer, f"{key_prefix}run:{{{events[0].run_id}}}")
         await publish(producer, events)
-        await async_wait_for(lambda: len(out.getvalue().splitlines()) >= len(events), 5, "the run's lines")
+        await async_wait_for(lambda: len(out.getvalue().splitlines()) >= len(events), 30, "the run's lines")
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, 30)
 
     assert out.getvalue().splitlines() == [format_event(e) for e in events]
 
@@ -198,7 +198,7 @@ async def test_tail_of_a_thread_shows_a_relayed_delegate_only_inside_the_run_rel
         tail(settings_for(redis_url, key_prefix, mode), thread="t-9", out=out, ready=ready, stop=stop)
     )
     try:
-        await asyncio.wait_for(ready.wait(), 10)
+        await asyncio.wait_for(ready.wait(), 30)
         # The delegate is announced (and publishes) first; the tail would follow it before the parent.
         marked = RunInfo(delegate[0].run_id, node="producer", thread_id="t-9", relayed_into=parent[0].run_id)
         producer.register(marked, announce=True)
@@ -208,10 +208,10 @@ async def test_tail_of_a_thread_shows_a_relayed_delegate_only_inside_the_run_rel
         await subscribed(producer, f"{key_prefix}run:{{{parent[0].run_id}}}")
         await publish(producer, delegate)
         await publish(producer, parent)
-        await async_wait_for(lambda: len(out.getvalue().splitlines()) >= len(parent), 5, "the run's lines")
+        await async_wait_for(lambda: len(out.getvalue().splitlines()) >= len(parent), 30, "the run's lines")
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(task, 30)
 
     assert out.getvalue().splitlines() == [format_event(e) for e in parent]
 
