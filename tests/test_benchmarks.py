@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kiki_events.heap import freeze_startup_heap
+from tests.processes import dying_with_us
 from tests.redis_server import REQUIRE_ENV
 from tests.servers import wait_for
 
@@ -47,7 +48,7 @@ def test_bridge_benchmark_delivers_every_event_and_writes_its_figures(tmp_path: 
     out = tmp_path / "bridge.json"
     command = [sys.executable, "benchmarks/bridge.py", "--rounds", "1", "--events", "3000", "--rate", "1000",
                "--seconds", "1.5", "--mode", mode, "--out", str(out)]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=220, check=False)
+    result = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=220, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
     figures = json.loads(out.read_text())
@@ -70,7 +71,7 @@ def test_handoff_benchmark_measures_delegates_against_the_redis_floor(tmp_path: 
     out = tmp_path / "handoff.json"
     command = [sys.executable, "benchmarks/handoff.py", "--rounds", "20", "--background", "3", "--concurrent", "5",
                "--out", str(out)]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
+    result = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
     figures = json.loads(out.read_text())
@@ -130,7 +131,7 @@ def test_fanout_benchmark_delivers_every_event_to_every_client_and_writes_its_fi
     out = tmp_path / "fanout.json"
     command = [sys.executable, "benchmarks/fanout.py", "--rounds", "1", "--tokens", "600", "--clients", "5",
                "--idle", "20", "--batch", "50", "--out", str(out)]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
+    result = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
     figures = json.loads(out.read_text())

@@ -17,6 +17,7 @@ import pytest
 
 from kiki_events.cli import main
 from kiki_events.events import EVENT_TYPES
+from tests.processes import dying_with_us
 from tests.servers import iter_frames, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +140,7 @@ def test_sigterm_gives_live_clients_a_final_done_cancelled_and_exits_cleanly(tmp
     port = _free_port()
     environ = {**os.environ, "PYTHONPATH": str(ROOT), "KIKI_DEMO_TOKEN_DELAY": "0.05"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "kiki_events.cli", "serve", "--config", str(config), "--port", str(port)],
+        dying_with_us([sys.executable, "-m", "kiki_events.cli", "serve", "--config", str(config), "--port", str(port)]),
         cwd=tmp_path,
         env=environ,
         stdout=subprocess.PIPE,

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.processes import dying_with_us
 from tests.redis_server import RedisServer, free_port
 from tests.servers import SSEFrame, iter_frames, wait_for
 
@@ -69,7 +70,9 @@ class Node:
         self.log = tmp / f"{name}.log"
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kiki_events.cli", "serve", "--config", str(config), "--port", str(self.port)],
+            dying_with_us(
+                [sys.executable, "-m", "kiki_events.cli", "serve", "--config", str(config), "--port", str(self.port)]
+            ),
             cwd=tmp,
             env=env,
             stdout=self._log_file,

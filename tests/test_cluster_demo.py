@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from kiki_events import SSEDecoder, TokenEvent
+from tests.processes import dying_with_us
 from tests.redis_server import RedisServer, free_port
 from tests.servers import iter_frames, wait_for
 
@@ -40,7 +41,9 @@ class Node:
         env.pop("KIKI_NODE", None)
         self._out = log.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kiki_events.cli", "serve", "--config", config, "--port", str(self.port)],
+            dying_with_us(
+                [sys.executable, "-m", "kiki_events.cli", "serve", "--config", config, "--port", str(self.port)]
+            ),
             cwd=ROOT,
             env=env,
             stdout=self._out,

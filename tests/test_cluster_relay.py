@@ -29,6 +29,7 @@ from kiki_events import CustomEvent, SSEDecoder, StreamEvent, TokenEvent
 from kiki_events.testing import capture_run
 from kiki_events.transports.wire import KIND_BATCH, unpack
 from tests.conftest import load_demo
+from tests.processes import dying_with_us
 from tests.redis_server import RedisServer, free_port
 from tests.servers import SSEFrame, iter_frames, wait_for
 
@@ -73,7 +74,9 @@ class Node:
         self.log = tmp / f"{name}.log"
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kiki_events.cli", "serve", "--config", str(config), "--port", str(self.port)],
+            dying_with_us(
+                [sys.executable, "-m", "kiki_events.cli", "serve", "--config", str(config), "--port", str(self.port)]
+            ),
             cwd=tmp,
             env=env,
             stdout=self._log_file,

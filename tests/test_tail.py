@@ -44,6 +44,7 @@ from kiki_events.events import (
 from kiki_events.runtime import KikiRuntime
 from kiki_events.tail import format_event, tail
 from kiki_events.transports import RunInfo, Transport, create_transport
+from tests.processes import dying_with_us
 from tests.redis_server import free_port, wait_subscribed
 from tests.servers import Gate, async_wait_for, gated_graph
 
@@ -219,7 +220,7 @@ async def test_tail_of_a_thread_shows_a_relayed_delegate_only_inside_the_run_rel
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     environ = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "kiki_events.cli", "tail", *args],
+        dying_with_us([sys.executable, "-m", "kiki_events.cli", "tail", *args]),
         cwd=ROOT,
         env=environ,
         stdout=subprocess.PIPE,
