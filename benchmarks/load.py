@@ -263,13 +263,14 @@ def _cpu_self() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _alone(port: int, runs: int) -> list[float]:
+async def _alone(server: ServerProcess, runs: int) -> tuple[list[float], float]:
+    """Times of ``runs`` runs one after the other, and the server's CPU seconds per run."""
     figures = Figures()
-    for _ in range(runs + 1):  # the first warms the server up (imports, caches) and is not counted
-        await _one(port, figures)
-    if figures.errors:
-        raise SystemExit(f"runs alone failed: {figures.errors}")
-    return figures.times[1:]
+    await _one(server.port, figures)  # warms the server up (imports, caches); not counted
+    cpu = server.cpu_seconds()
+    for _ in range(runs):
+        await _one(server.port, figures)
+    return figures.times[1:], (server.cpu_seconds() - cpu) / runs
 
 
 async def _one(port: int, figures: Figures) -> None:
@@ -314,6 +315,7 @@ async def _load(server: ServerProcess, clients: int, seconds: float) -> dict[str
         "cpu": {
             "server_s": round(cpu_server, 2),
             "server_share": round(cpu_server / elapsed, 3),
+            "server_ms_per_run": round(cpu_server / len(times) * 1000, 1),
             "clients_s": round(cpu_clients, 2),
             "clients_share": round(cpu_clients / elapsed, 3),
         },
@@ -321,20 +323,25 @@ async def _load(server: ServerProcess, clients: int, seconds: float) -> dict[str
 
 
 async def _measure(server: ServerProcess, clients: int, seconds: float, alone_runs: int) -> dict[str, Any]:
-    alone = await _alone(server.port, alone_runs)
+    alone, alone_cpu = await _alone(server, alone_runs)
     alone_s = statistics.median(alone)
-    print(f"  one run alone: {alone_s:.2f} s (median of {len(alone)})", flush=True)
+    print(
+        f"  one run alone: {alone_s:.2f} s (median of {len(alone)}), server CPU {alone_cpu * 1000:.0f} ms per run",
+        flush=True,
+    )
     load = await _load(server, clients, seconds)
     print(
         f"  {clients} clients for {seconds:g} s: run time p50 {load['p50_s']:.2f} s, p90 {load['p90_s']:.2f} s, "
         f"p99 {load['p99_s']:.2f} s (streaming alone p50 {load['streaming_p50_s']:.2f} s)\n"
         f"  {load['runs']} runs completed, {load['runs_per_s']:.2f} runs/s, {load['events_per_s']:,} events/s, "
         f"{load['limited_429']} answers 429, {load['unstarted']} runs not started in time, {load['errors']} errors\n"
-        f"  CPU: server {load['cpu']['server_s']:.1f} s ({load['cpu']['server_share']:.0%} of a core), "
+        f"  CPU: server {load['cpu']['server_s']:.1f} s ({load['cpu']['server_share']:.0%} of a core, "
+        f"{load['cpu']['server_ms_per_run']:.0f} ms per run), "
         f"clients {load['cpu']['clients_s']:.1f} s ({load['cpu']['clients_share']:.0%} of a core)",
         flush=True,
     )
-    return {"alone_s": round(alone_s, 3), "alone_runs": [round(t, 3) for t in alone], "load": load,
+    return {"alone_s": round(alone_s, 3), "alone_runs": [round(t, 3) for t in alone],
+            "alone_server_ms_per_run": round(alone_cpu * 1000, 1), "load": load,
             "ratio_p50": round(load["p50_s"] / alone_s, 2)}  # fmt: skip
 
 

@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kiki_events.heap import freeze_startup_heap
+from kiki_events.heap import SERVING_THRESHOLDS, freeze_startup_heap, tune_collector
 from tests.redis_server import REQUIRE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,25 @@ def test_freeze_startup_heap_moves_live_objects_out_of_the_collectors_reach() ->
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
     assert len(kept) == 1000
+
+
+def test_tune_collector_sets_the_serving_thresholds_and_returns_the_previous_ones() -> None:
+    before = gc.get_threshold()
+    try:
+        assert tune_collector() == before
+        assert gc.get_threshold() == SERVING_THRESHOLDS
+        assert tune_collector((1000, 5, 5)) == SERVING_THRESHOLDS
+        assert gc.get_threshold() == (1000, 5, 5)
+    finally:
+        gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize("thresholds", [(0, 10, 10), (700, -1, 10), (700, 10)])
+def test_tune_collector_refuses_thresholds_that_are_not_three_positive_numbers(thresholds: Any) -> None:
+    before = gc.get_threshold()
+    with pytest.raises(ValueError, match="three positive numbers"):
+        tune_collector(thresholds)
+    assert gc.get_threshold() == before
 
 
 def _needs_redis_server() -> None:
