@@ -105,3 +105,27 @@ def test_handoff_benchmark_measures_delegates_against_the_redis_floor(tmp_path: 
     assert figures["ratio_p50"] == pytest.approx(
         figures["sequential"]["p50_ms"] / figures["anchor"]["p50_ms"], rel=0.02
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_load_benchmark_completes_runs_without_errors_and_retries_after_429(tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    # One run at a time for three clients: two of the first three requests get 429 and retry.
+    command = [sys.executable, "benchmarks/load.py", "--clients", "3", "--seconds", "2", "--alone", "1",
+               "--token-delay", "0.01", "--max-active", "1", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    figures = json.loads(out.read_text())
+    load = figures["load"]
+    assert figures["clients"] == 3 and figures["max_active"] == 1
+    assert load["errors"] == 0, load["error_kinds"]
+    assert load["runs"] >= 1
+    assert load["limited_429"] >= 2
+    assert load["events"] >= load["runs"] * 10
+    assert 0 < load["p50_s"] <= load["p90_s"] <= load["p99_s"] <= load["max_s"]
+    assert figures["alone_s"] > 0
+    assert figures["ratio_p50"] == pytest.approx(load["p50_s"] / figures["alone_s"], rel=0.02)
+    assert load["cpu"]["server_s"] > 0 and load["cpu"]["clients_s"] > 0
+    assert "p50 under load / alone" in result.stdout
