@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +47,12 @@ _DONE = b"\nevent: done\n"
 _EVENT = b"\nevent: "
 
 
+def _die_with_parent() -> None:
+    """In the server's process before it starts: end it if the benchmark dies (Linux ``PR_SET_PDEATHSIG``)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 class ServerProcess:
     """``kiki-events serve`` with the demo graph in a process of its own; its output goes to a file."""
 
@@ -57,7 +65,9 @@ class ServerProcess:
         self.log = tempfile.NamedTemporaryFile(prefix="kiki-load-server-", suffix=".log", delete=False)  # noqa: SIM115
         command = [sys.executable, "-m", "kiki_events.cli", "serve", "--config", "config/eventbus.yaml",
                    "--host", HOST, "--port", str(self.port)]  # fmt: skip
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -19,9 +19,9 @@ server allocates tracked objects fast (messages and chunks per token, the events
 kept for replay), and with CPython's defaults (700, 10, 10) that means hundreds of
 young passes a second, objects that live as long as a run promoted into the old
 generation, and a full pass every second or so. With 200 clients streaming the demo
-(``benchmarks/load.py``, Python 3.11) the collector took about a quarter of the
+(``benchmarks/load.py``, Python 3.11) the collector took about a third of the
 server's CPU, nearly all of it full passes; with :data:`SERVING_THRESHOLDS` about a
-twentieth. A young pass then waits for 50,000 new objects (a few milliseconds each),
+tenth. A young pass then waits for 50,000 new objects (a few milliseconds each),
 so most short-lived objects are freed by reference counting before any pass sees
 them, and few reach the old generation. Cyclic garbage waits a little longer; peak
 memory was the same. ``kiki-events serve`` calls it; embedders may call it too.
