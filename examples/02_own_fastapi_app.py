@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from kiki_events import Settings
-from kiki_events.heap import freeze_startup_heap
+from kiki_events.heap import freeze_startup_heap, tune_collector
 from kiki_events.runtime import KikiRuntime
 from kiki_events.server import create_router, stream_agent_sse
 
@@ -38,6 +38,7 @@ runtime = KikiRuntime(Settings(), graphs={"team": graph})
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with runtime:
         freeze_startup_heap()  # what start-up built stays out of the collector's full passes
+        tune_collector()  # fewer, larger young passes: full passes become rare under load
         yield
 
 

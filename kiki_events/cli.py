@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .codec import event_json_schema
 from .errors import ConfigError, GraphLoadError, MissingDependencyError, RunNotFoundError, TransportError
-from .heap import freeze_startup_heap
+from .heap import freeze_startup_heap, tune_collector
 
 __all__ = ["DEFAULT_CONFIG", "DEMO_GRAPHS", "main"]
 
@@ -163,6 +163,9 @@ def _serve(args: argparse.Namespace) -> int:
     # What was imported and built so far lives as long as the process: keep it out of
     # the collector's full passes, which otherwise stall the event loop.
     freeze_startup_heap()
+    # Fewer, larger young passes: under load most objects then die before a pass sees
+    # them, and full passes become rare (see kiki_events.heap).
+    tune_collector()
     # On SIGTERM/SIGINT uvicorn stops accepting connections; open streams see the
     # shutdown and ask the runtime to end its runs (``runs.shutdown_grace``), so
     # every client receives its final ``done`` before the connection closes.

@@ -9,10 +9,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kiki_events.heap import freeze_startup_heap
+from kiki_events.heap import SERVING_THRESHOLDS, freeze_startup_heap, tune_collector
 from tests.processes import dying_with_us
 from tests.redis_server import REQUIRE_ENV
 from tests.servers import wait_for
@@ -30,6 +31,25 @@ def test_freeze_startup_heap_moves_live_objects_out_of_the_collectors_reach() ->
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
     assert len(kept) == 1000
+
+
+def test_tune_collector_sets_the_serving_thresholds_and_returns_the_previous_ones() -> None:
+    before = gc.get_threshold()
+    try:
+        assert tune_collector() == before
+        assert gc.get_threshold() == SERVING_THRESHOLDS
+        assert tune_collector((1000, 5, 5)) == SERVING_THRESHOLDS
+        assert gc.get_threshold() == (1000, 5, 5)
+    finally:
+        gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize("thresholds", [(0, 10, 10), (700, -1, 10), (700, 10)])
+def test_tune_collector_refuses_thresholds_that_are_not_three_positive_numbers(thresholds: Any) -> None:
+    before = gc.get_threshold()
+    with pytest.raises(ValueError, match="three positive numbers"):
+        tune_collector(thresholds)
+    assert gc.get_threshold() == before
 
 
 def _needs_redis_server() -> None:
@@ -143,3 +163,27 @@ def test_fanout_benchmark_delivers_every_event_to_every_client_and_writes_its_fi
     assert p4["ratio"] == pytest.approx(p4["ratio_per_round"][0], rel=0.01)
     assert p6["clients"] == 20 and p6["rss_after_kb"] > 0 and p6["anchor"]["clients"] == 20
     assert "P4 ours / anchor" in result.stdout and "P6 20 idle clients" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_load_benchmark_completes_runs_without_errors_and_retries_after_429(tmp_path: Path) -> None:
+    out = tmp_path / "load.json"
+    # One run at a time for three clients: the requests sent beside the first get 429 and retry.
+    command = [sys.executable, "benchmarks/load.py", "--clients", "3", "--seconds", "2", "--alone", "1",
+               "--token-delay", "0.01", "--max-active", "1", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    figures = json.loads(out.read_text())
+    load = figures["load"]
+    assert figures["clients"] == 3 and figures["max_active"] == 1
+    assert load["errors"] == 0, load["error_kinds"]
+    assert load["runs"] >= 1
+    assert load["limited_429"] >= 1
+    assert load["events"] >= load["runs"] * 10
+    assert 0 < load["p50_s"] <= load["p90_s"] <= load["p99_s"] <= load["max_s"]
+    assert figures["alone_s"] > 0
+    assert figures["ratio_p50"] == pytest.approx(load["p50_s"] / figures["alone_s"], rel=0.02)
+    assert load["cpu"]["server_s"] > 0 and load["cpu"]["clients_s"] > 0
+    assert "p50 under load / alone" in result.stdout

@@ -128,6 +128,31 @@ def test_serve_without_graphs_serves_the_demo_graph_of_the_current_directory(
     assert "not found" in err
 
 
+def test_serve_settles_the_heap_and_tunes_the_collector_before_it_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+
+    import uvicorn
+
+    from kiki_events.heap import SERVING_THRESHOLDS
+
+    seen: dict[str, Any] = {}
+
+    def run(app: Any, **options: Any) -> None:  # the server itself is not started here
+        seen.update(threshold=gc.get_threshold(), frozen=gc.get_freeze_count(), port=options["port"])
+
+    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.chdir(ROOT)
+    before = gc.get_threshold()
+    try:
+        assert main(["serve", "--config", "config/eventbus.yaml", "--port", "0"]) == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen["port"] == 0
+    assert seen["threshold"] == SERVING_THRESHOLDS
+    assert seen["frozen"] > 0
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
