@@ -1,0 +1,120 @@
+"""Bad client input on a real uvicorn server: a 4xx naming the problem, never a 500 or a dropped connection."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from kiki_events.server import create_app
+from tests.servers import LiveServer, live_server, read_stream
+
+UNICODE_DIGITS = ["①", "²", "❺", "٣", "¹²"]
+
+
+@pytest.fixture(scope="module")
+def server(research_team: ModuleType) -> Iterator[LiveServer]:
+    app = create_app(graphs={"team": research_team.build_graph(token_delay=0.0)})
+    with live_server(app) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def finished(server: LiveServer) -> dict[str, Any]:
+    """A run that ended, with its thread: ``run_id``, ``thread_id``, ``last`` (its last event id)."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        frames = read_stream(client, "POST", "/runs/stream", json={"graph": "team", "message": "Compare queues"})
+        last = frames[-1].id
+        assert last is not None and frames[-1].event == "done"
+        run_id = last.rpartition(":")[0]
+        thread_id = client.get(f"/runs/{run_id}").json()["thread_id"]
+    return {"run_id": run_id, "thread_id": thread_id, "last": last}
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection written byte by byte (httpx refuses non-ASCII header values)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def request(self, target: bytes, headers: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+        self.sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: test\r\n" + headers + b"\r\n")
+        while b"\r\n\r\n" not in self.buffer:
+            self._read()
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        fields = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        size = int(fields.get("content-length", "0"))
+        while len(self.buffer) < size:
+            self._read()
+        body, self.buffer = self.buffer[:size], self.buffer[size:]
+        return int(status_line.split()[1]), fields, body
+
+    def _read(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"the server closed the connection; unread: {self.buffer!r}")
+        self.buffer += chunk
+
+
+def _paths(finished: dict[str, Any]) -> list[str]:
+    return [f"/runs/{finished['run_id']}/stream", f"/threads/{finished['thread_id']}/stream"]
+
+
+@pytest.mark.parametrize("digits", UNICODE_DIGITS)
+@pytest.mark.parametrize("endpoint", ["run", "thread"])
+def test_unicode_digits_in_last_event_id_query_are_400_naming_the_seq(
+    server: LiveServer, finished: dict[str, Any], endpoint: str, digits: str
+) -> None:
+    path = _paths(finished)[endpoint == "thread"]
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        bad = client.get(path, params={"last_event_id": f"{finished['run_id']}:{digits}"})
+        assert bad.status_code == 400, bad.text
+        detail = bad.json()["detail"]
+        assert "last_event_id" in detail and "ASCII digits" in detail, detail
+        # The same connection keeps serving.
+        assert client.get("/healthz").status_code == 200
+        assert client.get(path, params={"last_event_id": f"{finished['run_id']}:"}).status_code == 400
+
+
+@pytest.mark.parametrize("raw", [b"\xb2", b"\xb9\xb2", b"\xb3", b"1\xb3"])
+@pytest.mark.parametrize("endpoint", ["run", "thread"])
+def test_non_ascii_bytes_in_the_last_event_id_header_are_400_on_the_same_connection(
+    server: LiveServer, finished: dict[str, Any], endpoint: str, raw: bytes
+) -> None:
+    path = _paths(finished)[endpoint == "thread"].encode()
+    connection = RawConnection(server.port)
+    try:
+        header = b"Last-Event-ID: " + finished["run_id"].encode() + b":" + raw + b"\r\n"
+        status, fields, body = connection.request(path, header)
+        assert status == 400, body
+        assert fields["content-type"] == "application/json"
+        detail = json.loads(body)["detail"]
+        assert "Last-Event-ID" in detail and "ASCII digits" in detail, detail
+        status, _, body = connection.request(b"/healthz")
+        assert status == 200, body
+    finally:
+        connection.close()
+
+
+def test_a_bare_unicode_seq_in_the_header_is_400_and_a_valid_cursor_still_resumes(
+    server: LiveServer, finished: dict[str, Any]
+) -> None:
+    run_path = _paths(finished)[0].encode()
+    connection = RawConnection(server.port)
+    try:
+        status, _, body = connection.request(run_path, b"Last-Event-ID: \xb2\r\n")
+        assert status == 400 and b"ASCII digits" in body, body
+        status, _, body = connection.request(run_path, b"Last-Event-ID: " + finished["last"].encode() + b"\r\n")
+        assert status == 204, body
+    finally:
+        connection.close()
