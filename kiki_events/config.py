@@ -43,7 +43,8 @@ __all__ = [
 
 ENV_PREFIX = "KIKI__"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# ``[0-9]``, not ``\d``: a duration is written in ASCII digits (``\d`` also matches ``٣``).
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 _SECRET_KEYS = frozenset({"password", "secret_key", "url", "bearer_tokens"})
 """Keys whose invalid values are never quoted back in an error message (they may hold credentials)."""

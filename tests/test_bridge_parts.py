@@ -9,6 +9,8 @@ from types import ModuleType
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kiki_events.bus import EventBus
 from kiki_events.codec import encode
@@ -149,6 +151,40 @@ def test_run_info_survives_a_redis_hash() -> None:
     assert "alice" not in json.dumps(info.public())
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"last_seq": "١٢"},  # Arabic-Indic digits: int() reads them as 12
+        {"last_seq": "1_000"},
+        {"last_seq": " 5"},
+        {"last_seq": "-3"},
+        {"last_seq": "9" * 5000},
+        {"created_at": "nan"},
+        {"created_at": "inf"},
+        {"created_at": "٣.٥"},
+        {"ended_at": "1e999"},
+    ],
+)
+def test_run_info_numbers_from_redis_are_ascii_and_finite(fields: dict[str, str]) -> None:
+    # A hash another node (or anyone with access to Redis) wrote is foreign input: odd numbers make it unreadable.
+    raw = {"node": "a", "status": "success", "created_at": "1.5", **fields}
+    assert RunInfo.from_fields("r1", {k.encode(): v.encode() for k, v in raw.items()}) is None
+
+
+@given(
+    created_at=st.floats(allow_nan=False, allow_infinity=False),
+    ended_at=st.none() | st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+    last_seq=st.integers(min_value=0, max_value=2**59),
+)
+@settings(max_examples=100, deadline=None)
+def test_run_info_numbers_round_trip_through_a_redis_hash(
+    created_at: float, ended_at: float | None, last_seq: int
+) -> None:
+    info = RunInfo("r1", "node-a", "success", created_at=created_at, ended_at=ended_at, last_seq=last_seq)
+    fields = {k.encode(): v.encode() for k, v in info.to_fields().items()}
+    assert RunInfo.from_fields("r1", fields) == info
+
+
 # -- notices reach every reader of a run, in place ------------------------------------------------------
 
 
@@ -253,6 +289,14 @@ async def test_broadcasts_reach_topic_and_catch_all_subscriptions_but_no_sink() 
 def test_bad_bridge_settings_are_refused_before_anything_starts(eventbus: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_mapping({"eventbus": eventbus})
+
+
+@pytest.mark.parametrize("addr", ["redis:²", "redis:６３７９", "redis:65536", "redis:123456", "redis:", ":6379"])
+def test_a_redis_addr_needs_an_ascii_port_in_range(addr: str) -> None:
+    from kiki_events.redis_client import connection_url
+
+    with pytest.raises(ConfigError, match=r"eventbus\.redis\.addr"):
+        connection_url(Settings.from_mapping({"eventbus": {"redis": {"addr": addr}}}).eventbus.redis)
 
 
 def test_the_redis_reference_configs_load() -> None:

@@ -346,7 +346,8 @@ def test_parse_duration(value: object, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["fast", "5 minutes", "5x", "", "-1s", -1, True, None, [5], "1e3s", float("nan"), float("inf")]
+    "value",
+    ["fast", "5 minutes", "5x", "", "-1s", -1, True, None, [5], "1e3s", float("nan"), float("inf"), "٣s", "５", "1.٥s"],
 )
 def test_parse_duration_rejects_what_is_not_a_duration(value: object) -> None:
     with pytest.raises(ValueError, match="duration"):
