@@ -6,10 +6,11 @@ import json
 import socket
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import pytest
+from fastapi import Header
 
 from kiki_events.server import create_app
 from tests.servers import LiveServer, live_server, read_stream
@@ -162,3 +163,30 @@ async def test_content_length_is_ascii_digits_and_bounded(
     await app(scope, receive, send)
     assert sent[0]["status"] == status
     assert fragment in json.loads(sent[1]["body"])["detail"]
+
+
+@pytest.mark.parametrize("where", ["header", "query"])
+def test_a_thread_cursor_with_a_run_id_longer_than_any_run_id_is_400(
+    server: LiveServer, finished: dict[str, Any], where: str
+) -> None:
+    # Found by the schema fuzzer: the thread stream built a notice for the unknown run id, which failed validation.
+    cursor = "r" * 200 + ":5"
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        kwargs: dict[str, Any] = {"headers": {"Last-Event-ID": cursor}} if where == "header" else {}
+        if where == "query":
+            kwargs["params"] = {"last_event_id": cursor}
+        bad = client.get(_paths(finished)[1], **kwargs)
+        assert bad.status_code == 400, bad.text
+        assert "longer than 128 characters" in bad.json()["detail"]
+
+
+def test_an_auth_hook_with_a_required_header_gets_a_422_naming_it(research_team: ModuleType) -> None:
+    def api_key(x_api_key: Annotated[str, Header()]) -> str:
+        return f"key-{x_api_key}"
+
+    app = create_app(graphs={"team": research_team.build_graph(token_delay=0.0)}, auth=api_key)
+    with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=10) as client:
+        missing = client.get("/graphs")
+        assert missing.status_code == 422
+        assert missing.json() == {"detail": "header.x-api-key: Field required"}
+        assert client.get("/graphs", headers={"X-Api-Key": "k"}).json() == {"graphs": ["team"]}

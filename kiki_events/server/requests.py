@@ -14,12 +14,15 @@ import anyio
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-__all__ = ["RunRequest", "parse_cursor", "parse_run_request", "read_body", "split_cursor"]
+__all__ = ["MAX_CURSOR", "MAX_RUN_ID", "RunRequest", "parse_cursor", "parse_run_request", "read_body", "split_cursor"]
 
 ThreadId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._~:-]{1,128}$")]
 MetadataValue = str | int | float | bool | None
 
-_MAX_CURSOR = 256
+MAX_CURSOR = 256
+"""Longest ``Last-Event-ID`` accepted."""
+MAX_RUN_ID = 128
+"""Longest run id in a cursor: no event can carry a longer one."""
 # ``[0-9]``, never ``\d`` or ``str.isdigit()``: those also accept ``²``, ``①`` or ``٣``, which ``int()`` refuses.
 _SEQ = re.compile(r"[0-9]{1,18}")
 _LENGTH = re.compile(r"[0-9]+")
@@ -28,7 +31,17 @@ _LENGTH = re.compile(r"[0-9]+")
 class RunRequest(BaseModel):
     """Body of ``POST /runs`` and ``POST /runs/stream``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Exactly one of ``input`` and ``message`` (a ``null`` one counts as absent), in the schema too.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["message"], "properties": {"message": {"type": "string"}, "input": {"type": "null"}}},
+                {"required": ["input"], "properties": {"input": {"type": "object"}, "message": {"type": "null"}}},
+            ]
+        },
+    )
 
     graph: Annotated[str, Field(min_length=1, max_length=200)]
     """Name of a registered graph."""
@@ -145,12 +158,14 @@ def split_cursor(value: str | None, *, name: str = "Last-Event-ID") -> tuple[str
     """
     if not value:
         return None
-    if len(value) > _MAX_CURSOR:
-        raise ValueError(f"{name} is {len(value)} characters long, more than the limit of {_MAX_CURSOR}")
+    if len(value) > MAX_CURSOR:
+        raise ValueError(f"{name} is {len(value)} characters long, more than the limit of {MAX_CURSOR}")
     run_id, sep, seq = value.rpartition(":")
     shown = json.dumps(value[:80])
     if sep and not run_id:
         raise ValueError(f"malformed {name} {shown}: the run id before ':' is empty (expected '<run_id>:<seq>')")
+    if len(run_id) > MAX_RUN_ID:
+        raise ValueError(f"malformed {name} {shown}: the run id is longer than {MAX_RUN_ID} characters")
     if not _SEQ.fullmatch(seq):
         raise ValueError(
             f"malformed {name} {shown}: the seq after the last ':' must be 1 to 18 ASCII digits 0-9"
