@@ -10,9 +10,12 @@ from typing import Annotated, Any
 
 import httpx
 import pytest
-from fastapi import Header
+from fastapi import Header, HTTPException
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kiki_events.server import create_app
+from kiki_events.server.requests import parse_cursor, split_cursor
 from tests.servers import LiveServer, live_server, read_stream
 
 UNICODE_DIGITS = ["①", "²", "❺", "٣", "¹²"]
@@ -190,3 +193,52 @@ def test_an_auth_hook_with_a_required_header_gets_a_422_naming_it(research_team:
         assert missing.status_code == 422
         assert missing.json() == {"detail": "header.x-api-key: Field required"}
         assert client.get("/graphs", headers={"X-Api-Key": "k"}).json() == {"graphs": ["team"]}
+
+
+# -- Last-Event-ID parsing, as properties ------------------------------------------------------------
+
+
+def _cursor_or_error(value: str) -> tuple[str, int] | ValueError | None:
+    """``split_cursor(value)``; any exception other than ValueError fails the test."""
+    try:
+        return split_cursor(value)
+    except ValueError as exc:
+        return exc
+
+
+_cursor_text = st.one_of(
+    st.text(max_size=300),
+    st.builds("{}:{}".format, st.text(max_size=140), st.text(max_size=25)),
+    # Anything Unicode calls a digit or a number: "²", "①", "❺", "٣", "𝟘" …
+    st.builds("{}:{}".format, st.text(max_size=20), st.text(st.characters(categories=["Nd", "No"]), max_size=20)),
+    st.builds("{}:{}".format, st.text(max_size=20), st.integers(min_value=-5, max_value=10**25)),
+)
+
+
+@given(st.one_of(_cursor_text, st.binary(max_size=300).map(lambda raw: raw.decode("latin-1"))))
+@settings(max_examples=500, deadline=None)
+def test_any_last_event_id_is_a_cursor_or_a_value_error_naming_it(value: str) -> None:
+    # Header bytes reach the app decoded as latin-1, so the binary case is what a raw header can hold.
+    result = _cursor_or_error(value)
+    if isinstance(result, ValueError):
+        assert "Last-Event-ID" in str(result)
+        with pytest.raises(HTTPException) as refused:
+            parse_cursor(value)
+        assert refused.value.status_code == 400 and refused.value.detail == str(result)
+        return
+    if result is None:
+        assert value == ""
+        return
+    run_id, seq = result
+    before, _, digits = value.rpartition(":")
+    assert run_id == before and len(run_id) <= 128
+    assert digits.isascii() and digits.isdigit() and int(digits) == seq < 10**18
+
+
+@given(
+    st.text(min_size=1, max_size=128) | st.just(""),
+    st.integers(min_value=0, max_value=10**18 - 1),
+)
+@settings(max_examples=300, deadline=None)
+def test_valid_cursors_round_trip(run_id: str, seq: int) -> None:
+    assert split_cursor(f"{run_id}:{seq}" if run_id else str(seq)) == (run_id, seq)
