@@ -57,6 +57,18 @@ _RUN_CURSOR = rf"^(?:(?:[\s\S]{{1,{MAX_RUN_ID}}}:)?[0-9]{{1,18}})?$"
 _THREAD_CURSOR = rf"^(?:[\s\S]{{1,{MAX_RUN_ID}}}:[0-9]{{1,18}})?$"
 
 
+# What a client can do next with the run ``POST /runs`` started (OpenAPI links, by operation id).
+_RUN_LINKS = {
+    name: {"operationId": operation, "parameters": {key: f"$response.body#/{key}"}}
+    for name, operation, key in (
+        ("status", "run_status", "run_id"),
+        ("join", "join_run_stream", "run_id"),
+        ("cancel", "cancel_run", "run_id"),
+        ("thread", "thread_stream", "thread_id"),
+    )
+}
+
+
 def _run_body_doc(graphs: list[str]) -> dict[str, Any]:
     """The run body's schema, with an example naming a graph served when the router was built."""
     body: dict[str, Any] = {"schema": _RUN_SCHEMA}
@@ -194,6 +206,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
 
     @router.post(
         "/runs/stream",
+        operation_id="start_run_stream",
         openapi_extra=run_body_doc,
         response_class=Response,
         responses={**SSE_OK, **errors(400, 401, 404, 413, 422, 429, 503)},
@@ -209,11 +222,15 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
 
     @router.post(
         "/runs",
+        operation_id="start_run",
         openapi_extra=run_body_doc,
         status_code=202,
         response_model=RunAccepted,
         responses={
-            202: {"headers": {"Location": {"description": "the status URL", "schema": {"type": "string"}}}},
+            202: {
+                "headers": {"Location": {"description": "the status URL", "schema": {"type": "string"}}},
+                "links": _RUN_LINKS,
+            },
             **errors(400, 401, 404, 413, 422, 429, 503),
         },
     )
@@ -233,6 +250,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
 
     @router.get(
         "/runs/{run_id}/stream",
+        operation_id="join_run_stream",
         name="join_run_stream",
         response_class=Response,
         responses={
@@ -266,6 +284,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
 
     @router.get(
         "/runs/{run_id}",
+        operation_id="run_status",
         name="run_status",
         # Documented, not enforced: a status read from the registry is passed on as it is.
         responses={200: {"model": RunStatus}, **errors(401, 404, 422, 503)},
@@ -293,6 +312,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
 
     @router.post(
         "/runs/{run_id}/cancel",
+        operation_id="cancel_run",
         response_model=CancelResult,
         responses={202: {"model": CancelResult, "description": "cancellation requested"}, **errors(401, 404, 422, 503)},
     )
@@ -318,6 +338,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
 
     @router.get(
         "/threads/{thread_id}/stream",
+        operation_id="thread_stream",
         name="thread_stream",
         response_class=Response,
         responses={**SSE_OK, **errors(400, 401, 404, 422, 503)},
@@ -347,12 +368,12 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
             lease = lambda: bridge.watch_thread(thread_id)  # noqa: E731 - taken when the body starts
         return stream(request, cursor, location, lease=lease)
 
-    @router.get("/graphs", responses=errors(401))
+    @router.get("/graphs", operation_id="list_graphs", responses=errors(401))
     async def list_graphs(principal: Caller) -> dict[str, list[str]]:
         """Names of the graphs runs can be started with."""
         return {"graphs": runtime.graphs.names()}
 
-    @router.get("/healthz")
+    @router.get("/healthz", operation_id="healthz")
     async def healthz() -> dict[str, Any]:
         """Liveness and counters (no secrets, no principals, no run ids)."""
         bus = runtime.bus
