@@ -239,7 +239,7 @@ class SubscribeSettings(_Section):
 class PersistenceSettings(_Section):
     enabled: bool = False
     storage: Literal["redis"] = "redis"
-    retention_days: float = Field(default=7, gt=0)
+    retention_days: float = Field(default=7, gt=0, allow_inf_nan=False)
     """Streams mode: how long a finished run's stream (and registry entry) is kept."""
     run_ttl: Duration | None = None
     """Overrides ``retention_days`` per run, e.g. ``2h``."""

@@ -213,6 +213,7 @@ def test_an_unknown_override_names_the_key() -> None:
         ("eventbus:\n  subscribe:\n    events: [agent:begun]\n", "unknown topic 'agent:begun'"),
         ("sse:\n  keepalive: ٣s\n", "sse.keepalive: expected a duration such as 5s or 250ms, got '٣s'"),
         ("sse:\n  keepalive: 1" + "0" * 400 + "\n", "sse.keepalive: a duration must be a finite number"),
+        ("eventbus:\n  persistence:\n    retention_days: .inf\n", "retention_days: Input should be a finite number"),
         ("no: 1\n", "(top level): the key False is not a string (quote it)"),
         ("graphs:\n  1: ./team.py:graph\n", "graphs: the key 1 is not a string (quote it)"),
         ('"": 1\n', "'': unknown key"),
