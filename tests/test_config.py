@@ -217,6 +217,7 @@ def test_an_unknown_override_names_the_key() -> None:
         ("no: 1\n", "(top level): the key False is not a string (quote it)"),
         ("graphs:\n  1: ./team.py:graph\n", "graphs: the key 1 is not a string (quote it)"),
         ('"": 1\n', "'': unknown key"),
+        ('eventbus:\n  "[key]": 1\n', "eventbus.'[key]': unknown key"),
         ("sse:\n  keep alive: 5s\n", "sse.'keep alive': unknown key"),
     ],
 )
@@ -665,6 +666,6 @@ def test_any_settings_mapping_loads_or_raises_config_error_naming_a_key(fuzz_fil
             # The key path starts with a key of the document (quoted unless plain, like ``''``).
             keys = [str(k) if not isinstance(k, str) or re.fullmatch(r"[A-Za-z0-9_-]+", k) else repr(k) for k in data]
             at_top = [f"(top level): the key {k!r} is not a string" for k in data if not isinstance(k, str)]
-            assert any(named.startswith((f"{k}: ", f"{k}.", *at_top)) for k in keys), message
+            assert any(named.startswith((f"{k}: ", f"{k}.", f"{k}[", *at_top)) for k in keys), (message, data)
         else:
             assert isinstance(loaded, Settings)
