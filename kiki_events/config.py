@@ -43,6 +43,8 @@ __all__ = [
 
 ENV_PREFIX = "KIKI__"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DATABASE = re.compile(r"[0-9]{1,9}")
+"""A Redis database number: ASCII digits (``str.isdigit`` also takes ``²``, which ``int`` refuses)."""
 # ``[0-9]``, not ``\d``: a duration is written in ASCII digits (``\d`` also matches ``٣``).
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -87,7 +89,7 @@ class _KeyProblem(ValueError):
 
 def _database(value: object) -> object:
     """A Redis database number: an integer (or its digits, from an environment variable), never a bool or float."""
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and _DATABASE.fullmatch(value):
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
@@ -95,12 +97,12 @@ def _database(value: object) -> object:
 
 
 def _port(text: str, what: str) -> int:
-    if not text.isdigit():
+    # ASCII digits only: ``str.isdigit`` also takes ``²`` or ``٣``, which ``int`` refuses.
+    if not (text.isascii() and text.isdigit()):
         raise ValueError(f"{what} {text!r} is not an integer")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{what} {port} is out of range (1-65535)")
-    return port
+    if len(text) > 5 or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{what} {text[:20]} is out of range (1-65535)")
+    return int(text)
 
 
 def _check_host(host: str) -> None:
@@ -150,7 +152,7 @@ def check_redis_url(url: str) -> None:
     for key, value in (pair.partition("=")[::2] for pair in query.split("&") if pair):
         if key == "db":
             database = value
-    if database and not database.isdigit():
+    if database and not _DATABASE.fullmatch(database):
         raise ValueError(f"database {database!r} is not an integer")
 
 

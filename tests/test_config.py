@@ -513,6 +513,8 @@ def test_well_formed_redis_urls_are_accepted(tmp_path: Path, url: str) -> None:
         ("redis://:hunter2@:6379/0", "no host"),
         ("redis://:hunter2@h:6379/-1", "database '-1' is not an integer"),
         ("redis://:hunter2@h:6379?db=one", "database 'one' is not an integer"),
+        ("redis://:hunter2@h:6379/²", "database '²' is not an integer"),
+        ("redis://:hunter2@h:٦٣٧٩/0", "port '٦٣٧٩' is not an integer"),
         ("unix://", "a unix:// URL needs the socket's path"),
         ("hunter2", "expected a URL such as redis://"),
     ],
@@ -537,7 +539,7 @@ def test_a_malformed_redis_url_from_the_environment_is_refused_too() -> None:
     assert load_settings(shipped, environ={"REDIS_URL": "redis://:pw@127.0.0.1:6379/0"}).eventbus.redis.db == 0
 
 
-@pytest.mark.parametrize("value", ["true", "1.5", "2.0", "one", "-1", "[0]"])
+@pytest.mark.parametrize("value", ["true", "1.5", "2.0", "one", "-1", "[0]", "'²'", "'٣'"])
 def test_the_redis_db_must_be_an_integer(tmp_path: Path, value: str) -> None:
     assert "eventbus.redis.db: expected a database number" in config_error(
         write(tmp_path, f"eventbus:\n  redis:\n    db: {value}\n")
@@ -556,6 +558,9 @@ def test_the_redis_db_may_come_from_the_environment() -> None:
         ("cache:x", "port 'x'"),
         (":6379", "expected host:port"),
         ("a b:1", "host 'a b'"),
+        ("cache:²", "port '²' is not an integer"),
+        ("cache:٦٣٧٩", "port '٦٣٧٩' is not an integer"),
+        ("cache:1234567", "port 1234567 is out of range"),
     ],
 )
 def test_a_malformed_redis_addr_names_the_key(tmp_path: Path, addr: str, problem: str) -> None:
