@@ -1,11 +1,12 @@
 """Every endpoint fuzzed from its OpenAPI schema (schemathesis) on a real uvicorn server.
 
 The demo app is built like ``kiki-events serve`` builds it (the research team from
-``agents/`` under its name, without token delay so a streamed run ends quickly), once anonymous and
-once behind ``bearer_tokens`` (called with the token, a wrong one and none). Every
-response must match the schema (status code, content type, headers, body), no request
-may get a 5xx, and every 4xx says what was wrong in ``detail``. Examples are few and
-derandomized: CI runs the same cases every time.
+``agents/`` under its name, without token delay so a streamed run ends quickly), once
+anonymous and once behind ``bearer_tokens`` (called with the token, a wrong one and
+none). Every response must match the schema (status code, content type, headers,
+body), no request may get a 5xx, and every 4xx says what was wrong in ``detail``.
+Besides single requests, workflows follow the schema's links from a started run.
+Examples are few and derandomized, so CI generates the same cases every time.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ fuzzing = settings(
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-# Loading the schema does not start the apps (or load the demo graph's module-level delay).
+# Building an app for its schema starts nothing: a runtime starts with its app's lifespan.
 open_schema = schemathesis.openapi.from_dict(demo_app(with_auth=False).openapi())
 auth_schema = schemathesis.openapi.from_dict(demo_app(with_auth=True).openapi())
 
@@ -126,7 +127,7 @@ def test_workflows_along_the_schema_links(servers: dict[str, LiveServer], with_a
     url = servers["auth" if with_auth else "open"].url
     headers = {"Authorization": f"Bearer {TOKEN}"} if with_auth else {}
 
-    class Workflow((auth_schema if with_auth else open_schema).as_state_machine()):  # type: ignore[misc]
+    class Workflow((auth_schema if with_auth else open_schema).as_state_machine()):
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
             return {"base_url": url, "headers": headers, "timeout": timeout(case)}
 
