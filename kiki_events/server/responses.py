@@ -67,6 +67,7 @@ ERRORS: dict[int, dict[str, Any]] = {
         "headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
     },
     404: {"description": "unknown graph, run or thread (also someone else's)"},
+    408: {"description": "the body did not arrive within `server.body_timeout` (the connection is closed)"},
     413: {"description": "the body is larger than `sse.max_body_bytes`"},
     422: {"description": "the body is not a valid run request (the message names the field)"},
     429: {"description": "too many runs executing at once (`runs.max_active`)", "headers": _RETRY_AFTER},

@@ -11,9 +11,10 @@
 ``GET  /healthz``                      liveness and counters, never secrets
 =====================================  ==============================================
 
-Errors: 400 malformed ``Last-Event-ID``, 401 no principal (with an auth hook),
-404 unknown graph / run / thread (also someone else's), 413 body too large,
-422 invalid body, 429 too many active runs, 503 shutting down (or, with the
+Errors, each ``{"detail": "<what was wrong>"}`` and declared in the OpenAPI schema
+(:mod:`.responses`): 400 malformed ``Last-Event-ID`` or ``Content-Length``, 401 no
+principal (with an auth hook), 404 unknown graph / run / thread (also someone else's),
+408 body too slow, 413 body too large, 422 invalid body, 429 too many active runs, 503 shutting down (or, with the
 cross-node bridge, Redis unreachable for a run this node does not know, or for a
 run on a thread this node cannot tell is the caller's).
 
@@ -209,7 +210,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
         operation_id="start_run_stream",
         openapi_extra=run_body_doc,
         response_class=Response,
-        responses={**SSE_OK, **errors(400, 401, 404, 413, 422, 429, 503)},
+        responses={**SSE_OK, **errors(400, 401, 404, 408, 413, 422, 429, 503)},
     )
     async def start_run_stream(request: Request, principal: Caller) -> Response:
         """Start a run and stream its events; the last frame is ``done``."""
@@ -231,7 +232,7 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
                 "headers": {"Location": {"description": "the status URL", "schema": {"type": "string"}}},
                 "links": _RUN_LINKS,
             },
-            **errors(400, 401, 404, 413, 422, 429, 503),
+            **errors(400, 401, 404, 408, 413, 422, 429, 503),
         },
     )
     async def start_run(request: Request, principal: Caller) -> JSONResponse:
