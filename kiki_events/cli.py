@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _seq(value: str) -> int:
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a seq (0 or more), got {value!r}")
+    # ASCII digits only: ``str.isdigit`` also takes ``²`` or ``٣``, which ``int`` refuses.
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise argparse.ArgumentTypeError(f"expected a seq (0 or more, in digits 0-9), got {value!r}")
     return int(value)
 
 

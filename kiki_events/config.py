@@ -43,8 +43,12 @@ __all__ = [
 
 ENV_PREFIX = "KIKI__"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DATABASE = re.compile(r"[0-9]{1,9}")
+"""A Redis database number: ASCII digits (``str.isdigit`` also takes ``²``, which ``int`` refuses)."""
+# ``[0-9]``, not ``\d``: a duration is written in ASCII digits (``\d`` also matches ``٣``).
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SECRET_KEYS = frozenset({"password", "secret_key", "url", "bearer_tokens"})
 """Keys whose invalid values are never quoted back in an error message (they may hold credentials)."""
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -59,7 +63,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 5s or 250ms, got a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        # An int beyond any float (YAML reads them) is as infinite as ``.inf``.
+        seconds = float(value) if isinstance(value, float) or abs(value) < 2**1023 else math.inf
     elif isinstance(value, str) and (match := _DURATION.match(value)):
         seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
     else:
@@ -84,7 +89,7 @@ class _KeyProblem(ValueError):
 
 def _database(value: object) -> object:
     """A Redis database number: an integer (or its digits, from an environment variable), never a bool or float."""
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and _DATABASE.fullmatch(value):
         return int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
@@ -92,12 +97,12 @@ def _database(value: object) -> object:
 
 
 def _port(text: str, what: str) -> int:
-    if not text.isdigit():
+    # ASCII digits only: ``str.isdigit`` also takes ``²`` or ``٣``, which ``int`` refuses.
+    if not (text.isascii() and text.isdigit()):
         raise ValueError(f"{what} {text!r} is not an integer")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{what} {port} is out of range (1-65535)")
-    return port
+    if len(text) > 5 or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{what} {text[:20]} is out of range (1-65535)")
+    return int(text)
 
 
 def _check_host(host: str) -> None:
@@ -147,7 +152,7 @@ def check_redis_url(url: str) -> None:
     for key, value in (pair.partition("=")[::2] for pair in query.split("&") if pair):
         if key == "db":
             database = value
-    if database and not database.isdigit():
+    if database and not _DATABASE.fullmatch(database):
         raise ValueError(f"database {database!r} is not an integer")
 
 
@@ -236,7 +241,7 @@ class SubscribeSettings(_Section):
 class PersistenceSettings(_Section):
     enabled: bool = False
     storage: Literal["redis"] = "redis"
-    retention_days: float = Field(default=7, gt=0)
+    retention_days: float = Field(default=7, gt=0, allow_inf_nan=False)
     """Streams mode: how long a finished run's stream (and registry entry) is kept."""
     run_ttl: Duration | None = None
     """Overrides ``retention_days`` per run, e.g. ``2h``."""
@@ -468,14 +473,30 @@ def resolve_concurrency(handoff: HandoffSettings, eventbus: EventBusSettings) ->
     return handoff.concurrency if handoff.concurrency is not None else eventbus.subscribe.workers
 
 
+def _key_part(part: object) -> str:
+    # An empty key or one with spaces, dots or colons is quoted, so the message still says which.
+    if isinstance(part, str) and not _PLAIN_KEY.fullmatch(part):
+        return repr(part)
+    return str(part)
+
+
 def _describe(exc: ValidationError, source: str) -> str:
     problems = []
     for err in exc.errors(include_url=False):
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = err["loc"]
+        # pydantic names a bad key by appending it and "[key]" (or with ``invalid_key``); a key
+        # spelled "[key]" in the file is not one.
+        marked = len(loc) >= 2 and loc[-1] == "[key]" and loc[-2] == err.get("input")
+        key_error = err["type"] == "invalid_key" or marked
+        if key_error:  # a key that YAML read as a number or a boolean (``no:``, ``1:``)
+            loc = loc[:-2] if marked else loc[:-1]
+        key = ".".join(_key_part(p) for p in loc) or "(top level)"
         cause = err.get("ctx", {}).get("error")
         if isinstance(cause, _KeyProblem):
-            key = ".".join(filter(None, (key if err["loc"] else "", cause.key)))
-        if err["type"] == "extra_forbidden":
+            key = ".".join(filter(None, (key if loc else "", cause.key)))
+        if key_error:
+            message = f"the key {err['input']!r} is not a string (quote it)"
+        elif err["type"] == "extra_forbidden":
             message = "unknown key"
         else:
             message = err["msg"].removeprefix("Value error, ")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from types import ModuleType
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kiki_events.bus import EventBus
 from kiki_events.codec import encode
@@ -20,7 +23,7 @@ from kiki_events.runs import RunStore
 from kiki_events.transports import RunInfo
 from kiki_events.transports.base import LagHistogram
 from kiki_events.transports.outbox import Outbox, chunks
-from kiki_events.transports.wire import KIND_BATCH, KIND_LIFECYCLE, WireError, pack, unpack
+from kiki_events.transports.wire import KIND_BATCH, KIND_LIFECYCLE, Message, WireError, pack, unpack
 from tests.redis_server import free_port
 from tests.servers import live_server, read_stream, wait_for
 
@@ -73,6 +76,84 @@ def test_bad_frames_are_refused_with_a_reason(data: bytes, reason: str) -> None:
         unpack(data, max_bytes=1000)
 
     assert refused.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"v": 1, "k": ["b"], "n": "x", "t": 1.0, "r": "r1"},  # an unhashable kind was a TypeError
+        {"v": 1, "k": {"b": 1}, "n": "x", "t": 1.0, "r": "r1"},
+        {"v": 1, "k": "b", "n": "x", "t": 10**400, "r": "r1"},  # isfinite() of a huge int was an OverflowError
+        {"v": 1, "k": "b", "n": "x", "t": -(10**309), "r": "r1"},
+    ],
+)
+def test_odd_header_values_are_malformed_frames(header: dict[str, object]) -> None:
+    with pytest.raises(WireError) as refused:
+        unpack(json.dumps(header).encode(), max_bytes=10_000)
+    assert refused.value.reason == "malformed"
+
+
+_json_value = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=10**300, max_value=10**320)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3),
+    max_leaves=8,
+)
+_header = st.fixed_dictionaries(
+    {},
+    optional={
+        "v": st.sampled_from([1, 1.0, True, 2]) | _json_value,
+        "k": st.sampled_from(["b", "p", "l", "t", "c"]) | _json_value,
+        "n": st.sampled_from(["node-a", ""]) | _json_value,
+        "t": st.sampled_from([1.5, 0]) | _json_value,
+        "r": st.sampled_from(["r1", ""]) | _json_value,
+        "f": _json_value,
+    },
+)
+_line = st.one_of(
+    st.sampled_from(
+        [encode(token(1)), encode(token(2, "r2")), encode(notice()), encode(token(1)).replace(b":1,", b":3,")]
+    ),
+    _json_value.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=40),
+)
+_frames = st.one_of(
+    st.binary(max_size=200),
+    st.builds(
+        lambda head, lines: b"\n".join([json.dumps(head).encode(), *lines]),
+        _header,
+        st.lists(_line, max_size=3),
+    ),
+)
+
+
+def _unpack_or_error(data: bytes) -> Message | WireError:
+    """``unpack(data)``; any exception other than WireError fails the test."""
+    try:
+        return unpack(data, max_bytes=4096)
+    except WireError as exc:
+        return exc
+
+
+@given(_frames)
+@settings(max_examples=400, deadline=None)
+def test_arbitrary_frames_unpack_or_raise_wire_error(data: bytes) -> None:
+    message = _unpack_or_error(data)
+    if isinstance(message, WireError):
+        assert message.reason in ("oversized", "unknown_version", "malformed")
+        assert str(message), "a WireError must say what is wrong"
+        return
+    assert message.kind in ("b", "p", "l", "t", "c")
+    assert isinstance(message.sender, str) and message.sender
+    assert math.isfinite(message.sent_at)
+    for event in message.events:
+        assert event.seq >= 1
+        if message.kind in ("b", "p"):
+            assert event.run_id == message.run_id
 
 
 # -- outbox --------------------------------------------------------------------------------------------
@@ -147,6 +228,40 @@ def test_run_info_survives_a_redis_hash() -> None:
     assert RunInfo.from_fields("r1", {b"status": b"running"}) is None
     assert RunInfo.from_fields("r1", {b"node": b"a", b"created_at": b"soon"}) is None
     assert "alice" not in json.dumps(info.public())
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"last_seq": "١٢"},  # Arabic-Indic digits: int() reads them as 12
+        {"last_seq": "1_000"},
+        {"last_seq": " 5"},
+        {"last_seq": "-3"},
+        {"last_seq": "9" * 5000},
+        {"created_at": "nan"},
+        {"created_at": "inf"},
+        {"created_at": "٣.٥"},
+        {"ended_at": "1e999"},
+    ],
+)
+def test_run_info_numbers_from_redis_are_ascii_and_finite(fields: dict[str, str]) -> None:
+    # A hash another node (or anyone with access to Redis) wrote is foreign input: odd numbers make it unreadable.
+    raw = {"node": "a", "status": "success", "created_at": "1.5", **fields}
+    assert RunInfo.from_fields("r1", {k.encode(): v.encode() for k, v in raw.items()}) is None
+
+
+@given(
+    created_at=st.floats(allow_nan=False, allow_infinity=False),
+    ended_at=st.none() | st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+    last_seq=st.integers(min_value=0, max_value=2**59),
+)
+@settings(max_examples=100, deadline=None)
+def test_run_info_numbers_round_trip_through_a_redis_hash(
+    created_at: float, ended_at: float | None, last_seq: int
+) -> None:
+    info = RunInfo("r1", "node-a", "success", created_at=created_at, ended_at=ended_at, last_seq=last_seq)
+    fields = {k.encode(): v.encode() for k, v in info.to_fields().items()}
+    assert RunInfo.from_fields("r1", fields) == info
 
 
 # -- notices reach every reader of a run, in place ------------------------------------------------------
@@ -253,6 +368,14 @@ async def test_broadcasts_reach_topic_and_catch_all_subscriptions_but_no_sink() 
 def test_bad_bridge_settings_are_refused_before_anything_starts(eventbus: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_mapping({"eventbus": eventbus})
+
+
+@pytest.mark.parametrize("addr", ["redis:²", "redis:６３７９", "redis:65536", "redis:123456", "redis:", ":6379"])
+def test_a_redis_addr_needs_an_ascii_port_in_range(addr: str) -> None:
+    from kiki_events.redis_client import connection_url
+
+    with pytest.raises(ConfigError, match=r"eventbus\.redis\.addr"):
+        connection_url(Settings.from_mapping({"eventbus": {"redis": {"addr": addr}}}).eventbus.redis)
 
 
 def test_the_redis_reference_configs_load() -> None:

@@ -282,3 +282,11 @@ def test_schema_into_a_pipe_nobody_reads_exits_quietly() -> None:
 
     assert result.stderr == ""
     assert result.returncode == 1
+
+
+@pytest.mark.parametrize("seq", ["²", "٣", "-1", "1" * 30])
+def test_tail_after_takes_a_seq_in_ascii_digits(seq: str) -> None:
+    result = _cli("tail", "--run", "r1", "--after", seq)
+
+    assert result.returncode == 2
+    assert f"argument --after: expected a seq (0 or more, in digits 0-9), got {seq!r}" in result.stderr

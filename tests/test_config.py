@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from kiki_events.config import Settings, load_settings, parse_duration
 from kiki_events.errors import ConfigError, KikiEventsError
@@ -207,6 +211,14 @@ def test_an_unknown_override_names_the_key() -> None:
         ("eventbus:\n  provider: kafka\n", "eventbus.provider: provider 'kafka' is not supported yet"),
         ("eventbus:\n  provider: carrier-pigeon\n", "unknown provider 'carrier-pigeon'"),
         ("eventbus:\n  subscribe:\n    events: [agent:begun]\n", "unknown topic 'agent:begun'"),
+        ("sse:\n  keepalive: ٣s\n", "sse.keepalive: expected a duration such as 5s or 250ms, got '٣s'"),
+        ("sse:\n  keepalive: 1" + "0" * 400 + "\n", "sse.keepalive: a duration must be a finite number"),
+        ("eventbus:\n  persistence:\n    retention_days: .inf\n", "retention_days: Input should be a finite number"),
+        ("no: 1\n", "(top level): the key False is not a string (quote it)"),
+        ("graphs:\n  1: ./team.py:graph\n", "graphs: the key 1 is not a string (quote it)"),
+        ('"": 1\n', "'': unknown key"),
+        ('eventbus:\n  "[key]": 1\n', "eventbus.'[key]': unknown key"),
+        ("sse:\n  keep alive: 5s\n", "sse.'keep alive': unknown key"),
     ],
 )
 def test_invalid_values_name_the_file_and_the_key(tmp_path: Path, text: str, expected: str) -> None:
@@ -346,7 +358,8 @@ def test_parse_duration(value: object, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["fast", "5 minutes", "5x", "", "-1s", -1, True, None, [5], "1e3s", float("nan"), float("inf")]
+    "value",
+    ["fast", "5 minutes", "5x", "", "-1s", -1, True, None, [5], "1e3s", float("nan"), float("inf"), "٣s", "５", "1.٥s"],
 )
 def test_parse_duration_rejects_what_is_not_a_duration(value: object) -> None:
     with pytest.raises(ValueError, match="duration"):
@@ -500,6 +513,8 @@ def test_well_formed_redis_urls_are_accepted(tmp_path: Path, url: str) -> None:
         ("redis://:hunter2@:6379/0", "no host"),
         ("redis://:hunter2@h:6379/-1", "database '-1' is not an integer"),
         ("redis://:hunter2@h:6379?db=one", "database 'one' is not an integer"),
+        ("redis://:hunter2@h:6379/²", "database '²' is not an integer"),
+        ("redis://:hunter2@h:٦٣٧٩/0", "port '٦٣٧٩' is not an integer"),
         ("unix://", "a unix:// URL needs the socket's path"),
         ("hunter2", "expected a URL such as redis://"),
     ],
@@ -524,7 +539,7 @@ def test_a_malformed_redis_url_from_the_environment_is_refused_too() -> None:
     assert load_settings(shipped, environ={"REDIS_URL": "redis://:pw@127.0.0.1:6379/0"}).eventbus.redis.db == 0
 
 
-@pytest.mark.parametrize("value", ["true", "1.5", "2.0", "one", "-1", "[0]"])
+@pytest.mark.parametrize("value", ["true", "1.5", "2.0", "one", "-1", "[0]", "'²'", "'٣'"])
 def test_the_redis_db_must_be_an_integer(tmp_path: Path, value: str) -> None:
     assert "eventbus.redis.db: expected a database number" in config_error(
         write(tmp_path, f"eventbus:\n  redis:\n    db: {value}\n")
@@ -543,6 +558,9 @@ def test_the_redis_db_may_come_from_the_environment() -> None:
         ("cache:x", "port 'x'"),
         (":6379", "expected host:port"),
         ("a b:1", "host 'a b'"),
+        ("cache:²", "port '²' is not an integer"),
+        ("cache:٦٣٧٩", "port '٦٣٧٩' is not an integer"),
+        ("cache:1234567", "port 1234567 is out of range"),
     ],
 )
 def test_a_malformed_redis_addr_names_the_key(tmp_path: Path, addr: str, problem: str) -> None:
@@ -592,3 +610,67 @@ def test_serving_agents_needs_redis(tmp_path: Path) -> None:
     assert "handoff.serve" in config_error(disabled) and "eventbus.enabled is false" in config_error(disabled)
     served = write(tmp_path, "eventbus: {provider: redis}\nhandoff: {serve: [writer]}\n")
     assert load_settings(served, environ={}).handoff.serve == ("writer",)
+
+
+# -- any settings mapping ------------------------------------------------------------------
+
+
+def _key_tree(model: type[BaseModel]) -> dict[str, Any]:
+    """Every key of a settings section: name → its sub-tree (a section) or None (a value)."""
+    tree: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        tree[field.alias or name] = _key_tree(kind) if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    return tree
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=10**300, max_value=10**320),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(
+        ["5s", "250ms", "٣s", "²", "①", "1e3", "-1", "0x1F", "redis", "pubsub", "${X}", "${UNSET}", "${Y:-7}"]
+    ),
+    st.dates(),
+)
+_values = st.recursive(
+    _scalars,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=6,
+)
+
+
+def _mapping(tree: dict[str, Any]) -> st.SearchStrategy[dict[Any, Any]]:
+    """Mappings shaped like the settings (known keys, some unknown), with any values."""
+    entries = [
+        st.tuples(st.just(key), _values if sub is None else st.one_of(_mapping(sub), _values))
+        for key, sub in tree.items()
+    ]
+    odd_key = st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none())
+    entries.append(st.tuples(odd_key, _values))
+    return st.lists(st.one_of(entries), max_size=4).map(dict)
+
+
+@given(data=_mapping(_key_tree(Settings)))
+@settings(max_examples=300, deadline=None)
+def test_any_settings_mapping_loads_or_raises_config_error_naming_a_key(fuzz_file: Path, data: dict[Any, Any]) -> None:
+    fuzz_file.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    for source, load in (
+        (str(fuzz_file), lambda: load_settings(fuzz_file, environ={"X": "1"})),
+        ("settings", lambda: Settings.from_mapping(data)),
+    ):
+        try:
+            loaded = load()
+        except ConfigError as exc:  # anything else fails the test
+            message = str(exc)
+            assert message.startswith(f"{source}: "), message
+            named = message.removeprefix(f"{source}: ")
+            # The key path starts with a key of the document (quoted unless plain, like ``''``).
+            keys = [str(k) if not isinstance(k, str) or re.fullmatch(r"[A-Za-z0-9_-]+", k) else repr(k) for k in data]
+            at_top = [f"(top level): the key {k!r} is not a string" for k in data if not isinstance(k, str)]
+            assert any(named.startswith((f"{k}: ", f"{k}.", f"{k}[", *at_top)) for k in keys), (message, data)
+        else:
+            assert isinstance(loaded, Settings)

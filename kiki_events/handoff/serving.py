@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import RunError, RunNotFoundError, UnknownGraphError
 from ..handler import KikiCallbackHandler
 from ..redaction import redact_error, redact_text
+from ..redis_client import reply_float
 from ..workqueue import WorkItem, WorkQueue
 from .common import MAX_BLOCK, WIRE_VERSION, Retry, Shared, logger, reraise_if_cancelled, stop_tasks
 from .payload import encode_output, load_payload
@@ -78,7 +79,7 @@ class _Served:
 
 def _float(value: str | None) -> float:
     try:
-        return float(value) if value else float("inf")
+        return reply_float(value) if value else float("inf")
     except ValueError:
         return float("inf")
 

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
@@ -117,12 +118,21 @@ def create_app(
             expose_headers=["Content-Location", "X-Kiki-Run-Id"],
         )
     app.include_router(create_router(runtime, auth=auth))
+    app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unexpected)
     if cfg.metrics.enabled:
         _add_metrics(app, runtime, cfg.metrics.path)
     if cfg.server.dashboard:
         _add_dashboard(app)
     return app
+
+
+async def _invalid(request: Request, exc: Exception) -> Response:
+    # Every error body is ``{"detail": "<message>"}``; FastAPI's own would be a list of dicts.
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return JSONResponse({"detail": (problems[0] if problems else "invalid request") + more}, status_code=422)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -7,22 +7,41 @@ client never sees a 500 for bad input.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-__all__ = ["RunRequest", "parse_cursor", "parse_run_request", "read_body"]
+__all__ = ["MAX_CURSOR", "MAX_RUN_ID", "RunRequest", "parse_cursor", "parse_run_request", "read_body", "split_cursor"]
 
 ThreadId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._~:-]{1,128}$")]
 MetadataValue = str | int | float | bool | None
+
+MAX_CURSOR = 256
+"""Longest ``Last-Event-ID`` accepted."""
+MAX_RUN_ID = 128
+"""Longest run id in a cursor: no event can carry a longer one."""
+# ``[0-9]``, never ``\d`` or ``str.isdigit()``: those also accept ``²``, ``①`` or ``٣``, which ``int()`` refuses.
+_SEQ = re.compile(r"[0-9]{1,18}")
+_LENGTH = re.compile(r"[0-9]+")
 
 
 class RunRequest(BaseModel):
     """Body of ``POST /runs`` and ``POST /runs/stream``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Exactly one of ``input`` and ``message`` (a ``null`` one counts as absent), in the schema too.
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["message"], "properties": {"message": {"type": "string"}, "input": {"type": "null"}}},
+                {"required": ["input"], "properties": {"input": {"type": "object"}, "message": {"type": "null"}}},
+            ]
+        },
+    )
 
     graph: Annotated[str, Field(min_length=1, max_length=200)]
     """Name of a registered graph."""
@@ -73,9 +92,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
     too_large = HTTPException(413, f"request body is larger than the limit of {limit} bytes (sse.max_body_bytes)")
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
-            raise HTTPException(400, f"invalid Content-Length header {declared[:40]!r}")
-        if int(declared) > limit:
+        if not _LENGTH.fullmatch(declared):
+            raise HTTPException(400, f"invalid Content-Length header {declared[:40]!r}: expected ASCII digits 0-9")
+        # Compared by length first: int() refuses more than 4300 digits.
+        digits = declared.lstrip("0")
+        if len(digits) > len(str(limit)) or int(digits or "0") > limit:
             raise too_large
     chunks: list[bytes] = []
     size = 0
@@ -119,14 +140,35 @@ def _describe(exc: ValidationError) -> str:
 
 
 def parse_cursor(value: str | None, *, name: str = "Last-Event-ID") -> tuple[str, int] | None:
-    """``"<run_id>:<seq>"`` (or a bare ``"<seq>"``) → ``(run_id, seq)``; 400 if malformed.
+    """``"<run_id>:<seq>"`` (or a bare ``"<seq>"``) → ``(run_id, seq)``; 400 naming the problem if malformed.
 
     An empty or missing value means "from the start".
     """
+    try:
+        return split_cursor(value, name=name)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def split_cursor(value: str | None, *, name: str = "Last-Event-ID") -> tuple[str, int] | None:
+    """:func:`parse_cursor` without HTTP: raises ``ValueError`` naming the problem.
+
+    ``seq`` is ASCII digits only (``str.isdigit`` also accepts ``²``, ``①`` or ``٣``,
+    which ``int`` then refuses) and at most 18 of them, so it fits in 64 bits.
+    """
     if not value:
         return None
+    if len(value) > MAX_CURSOR:
+        raise ValueError(f"{name} is {len(value)} characters long, more than the limit of {MAX_CURSOR}")
     run_id, sep, seq = value.rpartition(":")
-    if len(value) > 256 or not seq.isdigit() or len(seq) > 18 or (sep and not run_id):
-        shown = json.dumps(value[:80])
-        raise HTTPException(400, f"malformed {name} {shown}: expected '<run_id>:<seq>'")
+    shown = json.dumps(value[:80])
+    if sep and not run_id:
+        raise ValueError(f"malformed {name} {shown}: the run id before ':' is empty (expected '<run_id>:<seq>')")
+    if len(run_id) > MAX_RUN_ID:
+        raise ValueError(f"malformed {name} {shown}: the run id is longer than {MAX_RUN_ID} characters")
+    if not _SEQ.fullmatch(seq):
+        raise ValueError(
+            f"malformed {name} {shown}: the seq after the last ':' must be 1 to 18 ASCII digits 0-9"
+            " (expected '<run_id>:<seq>')"
+        )
     return run_id, int(seq)

@@ -11,9 +11,10 @@
 ``GET  /healthz``                      liveness and counters, never secrets
 =====================================  ==============================================
 
-Errors: 400 malformed ``Last-Event-ID``, 401 no principal (with an auth hook),
-404 unknown graph / run / thread (also someone else's), 413 body too large,
-422 invalid body, 429 too many active runs, 503 shutting down (or, with the
+Errors, each ``{"detail": "<what was wrong>"}`` and declared in the OpenAPI schema
+(:mod:`.responses`): 400 malformed ``Last-Event-ID`` or ``Content-Length``, 401 no
+principal (with an auth hook), 404 unknown graph / run / thread (also someone else's),
+408 body too slow, 413 body too large, 422 invalid body, 429 too many active runs, 503 shutting down (or, with the
 cross-node bridge, Redis unreachable for a run this node does not know, or for a
 run on a thread this node cannot tell is the caller's).
 
@@ -43,16 +44,38 @@ from ..replay import RunCursor, RunLog, ThreadCursor
 from ..runs import RunHandle, RunRecord, ThreadRecord
 from ..runtime import KikiRuntime
 from .auth import AuthDependency, Principal, principal_dependency
-from .requests import RunRequest, parse_cursor, parse_run_request
+from .requests import MAX_CURSOR, MAX_RUN_ID, RunRequest, parse_cursor, parse_run_request
+from .responses import SSE_OK, CancelResult, RunAccepted, RunStatus, errors
 from .sse import cursor_body, sse_response
 
 __all__ = ["create_router"]
 
 _CANCEL_WAIT = 5.0
 
-_RUN_BODY_DOC: dict[str, Any] = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": RunRequest.model_json_schema()}}}
+_RUN_SCHEMA = RunRequest.model_json_schema()
+# What parse_cursor accepts, for the schema: ``<run_id>:<seq>`` (a run stream also takes a bare ``<seq>``).
+_RUN_CURSOR = rf"^(?:(?:[\s\S]{{1,{MAX_RUN_ID}}}:)?[0-9]{{1,18}})?$"
+_THREAD_CURSOR = rf"^(?:[\s\S]{{1,{MAX_RUN_ID}}}:[0-9]{{1,18}})?$"
+
+
+# What a client can do next with the run ``POST /runs`` started (OpenAPI links, by operation id).
+_RUN_LINKS = {
+    name: {"operationId": operation, "parameters": {key: f"$response.body#/{key}"}}
+    for name, operation, key in (
+        ("status", "run_status", "run_id"),
+        ("join", "join_run_stream", "run_id"),
+        ("cancel", "cancel_run", "run_id"),
+        ("thread", "thread_stream", "thread_id"),
+    )
 }
+
+
+def _run_body_doc(graphs: list[str]) -> dict[str, Any]:
+    """The run body's schema, with an example naming a graph served when the router was built."""
+    body: dict[str, Any] = {"schema": _RUN_SCHEMA}
+    if graphs:
+        body["example"] = {"graph": graphs[0], "message": "Compare Redis streams and pub/sub"}
+    return {"requestBody": {"required": True, "content": {"application/json": body}}}
 
 
 def _raise_http(exc: KikiEventsError) -> NoReturn:
@@ -88,7 +111,24 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
     runs = runtime.runs
     bridge = runtime.bridge
     Caller = Annotated[Principal, Depends(principal_dependency(auth))]
-    LastEventId = Annotated[str | None, Query(alias="last_event_id", max_length=256)]
+    run_body_doc = _run_body_doc(runtime.graphs.names())
+    # Documented, and checked with the rest of the cursor: 400 naming the problem, as for the header.
+    RunLastEventId = Annotated[
+        str | None,
+        Query(
+            alias="last_event_id",
+            description="resume after this event, `<run_id>:<seq>` or `<seq>` (the `Last-Event-ID` header wins)",
+            json_schema_extra={"maxLength": MAX_CURSOR, "pattern": _RUN_CURSOR},
+        ),
+    ]
+    ThreadLastEventId = Annotated[
+        str | None,
+        Query(
+            alias="last_event_id",
+            description="resume after this event, `<run_id>:<seq>` (the `Last-Event-ID` header wins)",
+            json_schema_extra={"maxLength": MAX_CURSOR, "pattern": _THREAD_CURSOR},
+        ),
+    ]
 
     async def start(body: RunRequest, principal: Principal) -> RunHandle:
         if runtime.state != "running":
@@ -165,7 +205,13 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
         except KikiEventsError as exc:
             _raise_http(exc)
 
-    @router.post("/runs/stream", openapi_extra=_RUN_BODY_DOC, response_class=Response)
+    @router.post(
+        "/runs/stream",
+        operation_id="start_run_stream",
+        openapi_extra=run_body_doc,
+        response_class=Response,
+        responses={**SSE_OK, **errors(400, 401, 404, 408, 413, 422, 429, 503)},
+    )
     async def start_run_stream(request: Request, principal: Caller) -> Response:
         """Start a run and stream its events; the last frame is ``done``."""
         body = await parse_run_request(request, settings.sse.max_body_bytes, settings.server.body_timeout)
@@ -175,7 +221,20 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
         cursor = run_cursor(handle.record.log, 0, handle.thread_id)
         return stream(request, cursor, run_url(request, handle.run_id), handle.run_id, on_abandon)
 
-    @router.post("/runs", openapi_extra=_RUN_BODY_DOC, status_code=202)
+    @router.post(
+        "/runs",
+        operation_id="start_run",
+        openapi_extra=run_body_doc,
+        status_code=202,
+        response_model=RunAccepted,
+        responses={
+            202: {
+                "headers": {"Location": {"description": "the status URL", "schema": {"type": "string"}}},
+                "links": _RUN_LINKS,
+            },
+            **errors(400, 401, 404, 408, 413, 422, 429, 503),
+        },
+    )
     async def start_run(request: Request, principal: Caller) -> JSONResponse:
         """Start a run without streaming; open ``stream_url`` to watch it."""
         body = await parse_run_request(request, settings.sse.max_body_bytes, settings.server.body_timeout)
@@ -190,9 +249,19 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
         }
         return JSONResponse(content, status_code=202, headers={"Location": status_url})
 
-    @router.get("/runs/{run_id}/stream", name="join_run_stream", response_class=Response)
+    @router.get(
+        "/runs/{run_id}/stream",
+        operation_id="join_run_stream",
+        name="join_run_stream",
+        response_class=Response,
+        responses={
+            **SSE_OK,
+            204: {"description": "the client has every event of the run"},
+            **errors(400, 401, 404, 422, 503),
+        },
+    )
     async def join_run_stream(
-        request: Request, run_id: str, principal: Caller, last_event_id: LastEventId = None
+        request: Request, run_id: str, principal: Caller, last_event_id: RunLastEventId = None
     ) -> Response:
         """Join a live or recently finished run, resuming after ``Last-Event-ID``."""
         record = await find_run(run_id, principal)
@@ -214,7 +283,13 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
         cursor = run_cursor(record.log, after, record.thread_id)
         return stream(request, cursor, run_url(request, run_id), run_id, lease=lease)
 
-    @router.get("/runs/{run_id}", name="run_status")
+    @router.get(
+        "/runs/{run_id}",
+        operation_id="run_status",
+        name="run_status",
+        # Documented, not enforced: a status read from the registry is passed on as it is.
+        responses={200: {"model": RunStatus}, **errors(401, 404, 422, 503)},
+    )
     async def run_status(run_id: str, principal: Caller) -> dict[str, Any]:
         """Status of a run (of any node: the registry knows where it runs)."""
         try:
@@ -236,7 +311,12 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
             status["last_seq"] = max(status["last_seq"], record.log.last_seq)
         return status
 
-    @router.post("/runs/{run_id}/cancel")
+    @router.post(
+        "/runs/{run_id}/cancel",
+        operation_id="cancel_run",
+        response_model=CancelResult,
+        responses={202: {"model": CancelResult, "description": "cancellation requested"}, **errors(401, 404, 422, 503)},
+    )
     async def cancel_run(run_id: str, principal: Caller) -> JSONResponse:
         """Cancel a run on whichever node runs it; one that already ended stays ended (200)."""
         try:
@@ -257,9 +337,15 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
         content["detail"] = "cancellation requested"
         return JSONResponse(content, status_code=202)
 
-    @router.get("/threads/{thread_id}/stream", name="thread_stream", response_class=Response)
+    @router.get(
+        "/threads/{thread_id}/stream",
+        operation_id="thread_stream",
+        name="thread_stream",
+        response_class=Response,
+        responses={**SSE_OK, **errors(400, 401, 404, 422, 503)},
+    )
     async def thread_stream(
-        request: Request, thread_id: str, principal: Caller, last_event_id: LastEventId = None
+        request: Request, thread_id: str, principal: Caller, last_event_id: ThreadLastEventId = None
     ) -> Response:
         """Every run of a thread (on any node), oldest first, then new runs as they start."""
         thread = await find_thread(thread_id, principal)
@@ -283,12 +369,12 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
             lease = lambda: bridge.watch_thread(thread_id)  # noqa: E731 - taken when the body starts
         return stream(request, cursor, location, lease=lease)
 
-    @router.get("/graphs")
+    @router.get("/graphs", operation_id="list_graphs", responses=errors(401))
     async def list_graphs(principal: Caller) -> dict[str, list[str]]:
         """Names of the graphs runs can be started with."""
         return {"graphs": runtime.graphs.names()}
 
-    @router.get("/healthz")
+    @router.get("/healthz", operation_id="healthz")
     async def healthz() -> dict[str, Any]:
         """Liveness and counters (no secrets, no principals, no run ids)."""
         bus = runtime.bus

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from ..events import StreamEvent
-from ..redis_client import reply_fields, reply_text
+from ..redis_client import reply_fields, reply_float, reply_int, reply_text
 
 if TYPE_CHECKING:
     from .wire import Message
@@ -162,9 +162,9 @@ class RunInfo:
                 thread_id=text.get("thread_id"),
                 graph=text.get("graph"),
                 principal=text.get("principal"),
-                created_at=float(text.get("created_at") or 0.0),
-                ended_at=float(ended) if ended else None,
-                last_seq=int(text.get("last_seq") or 0),
+                created_at=reply_float(text.get("created_at") or "0"),
+                ended_at=reply_float(ended) if ended else None,
+                last_seq=reply_int(text.get("last_seq") or "0"),
                 relayed_into=text.get("relayed_into") or None,
             )
         except ValueError:

@@ -33,7 +33,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
 from pydantic import ValidationError
 
@@ -114,6 +114,15 @@ def pack(
     return head + b"\n" + b"\n".join(events)
 
 
+def _finite_number(value: object) -> TypeGuard[int | float]:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float, which JSON allows
+        return False
+
+
 def frame_size(events: Sequence[bytes]) -> int:
     """Bytes ``events`` take in a frame, separators included (without the header)."""
     return sum(len(e) for e in events) + len(events)
@@ -162,11 +171,11 @@ def unpack(data: bytes | str, *, max_bytes: int) -> Message:
     sender = header.get("n")
     sent_at = header.get("t")
     run_id = header.get("r")
-    if kind not in _KINDS:
-        raise WireError("malformed", f"unknown frame kind {kind!r}")
+    if not isinstance(kind, str) or kind not in _KINDS:
+        raise WireError("malformed", f"unknown frame kind {str(kind)[:40]!r}")
     if not isinstance(sender, str) or not sender or len(sender) > _MAX_NAME:
         raise WireError("malformed", "frame sender is missing or invalid")
-    if isinstance(sent_at, bool) or not isinstance(sent_at, int | float) or not math.isfinite(sent_at):
+    if not _finite_number(sent_at):
         raise WireError("malformed", "frame time is missing or invalid")
     if run_id is not None and (not isinstance(run_id, str) or not run_id or len(run_id) > 128):
         raise WireError("malformed", "frame run id is invalid")
