@@ -13,7 +13,8 @@ bodies, frames counted without being decoded), so they cost little next to the s
 the CPU time of both processes is reported. Printed and written as JSON
 (``benchmarks/results/load.json``).
 
-    python3 scripts/dev.py run python benchmarks/load.py [--clients 200] [--seconds 30] [--token-delay 0.02] [--max-active N] [--out FILE]
+    python3 scripts/dev.py run python benchmarks/load.py [--clients 200] [--seconds 30] \
+        [--token-delay 0.02] [--max-active N] [--out FILE]
 """
 
 from __future__ import annotations
