@@ -290,22 +290,15 @@ class RunStore:
         record = self._runs.get(run_id)
         if record is not None:
             return record
-        record = RunRecord(
+        return self._admit(
             run_id,
-            RunLog(run_id, self.replay_events),
             thread_id=thread_id,
             graph=graph,
             principal=principal,
             node=node,
             relayed_into=relayed_into,
+            created_at=created_at,
         )
-        if created_at is not None:
-            record.created_at = created_at
-        self._runs[run_id] = record
-        self._join_thread(record)
-        if len(self._runs) > self.max_runs:
-            self._evict_oldest_finished(len(self._runs) - self.max_runs)
-        return record
 
     def _join_thread(self, record: RunRecord) -> None:
         """Put a new run in its thread's list at its place in start order (``created_at``).
@@ -406,7 +399,9 @@ class RunStore:
         principal: str | None,
         node: str | None,
         relayed_into: str | None = None,
+        created_at: float | None = None,
     ) -> RunRecord:
+        """A new record, kept and on its thread (the oldest finished runs make room)."""
         record = RunRecord(
             run_id,
             RunLog(run_id, self.replay_events),
@@ -416,6 +411,8 @@ class RunStore:
             node=node,
             relayed_into=relayed_into,
         )
+        if created_at is not None:
+            record.created_at = created_at
         self._runs[run_id] = record
         self._join_thread(record)
         if len(self._runs) > self.max_runs:

@@ -9,9 +9,6 @@ wait for conditions, not for time.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.processes import dying_with_us
-from tests.redis_server import RedisServer, free_port
+from tests.processes import ServeProcess
+from tests.redis_server import RedisServer
 from tests.servers import SSEFrame, iter_frames, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -33,8 +30,8 @@ MODES = ["pubsub", "streams"]
 TIMEOUT = 60.0
 
 
-class Node:
-    """One ``kiki-events serve`` process."""
+class Node(ServeProcess):
+    """One ``kiki-events serve`` process running the team."""
 
     def __init__(
         self,
@@ -46,9 +43,6 @@ class Node:
         token_delay: float,
         tokens: dict[str, str] | None = None,
     ) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         config = tmp / f"{name}.yaml"
         config.write_text(
             f"node: {name}\n"
@@ -60,56 +54,14 @@ class Node:
             "logging: {level: INFO}\n"
             f"graphs:\n  team: {ROOT / 'agents' / 'research_team.py'}:graph\n"
         )
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "KIKI_DEMO_TOKEN_DELAY": str(token_delay)}
+        env = {"KIKI_DEMO_TOKEN_DELAY": str(token_delay)}
         if tokens:
             # Principal → token, each token read from the environment (never written to the file).
             entries = ", ".join(f'{who}: "${{{who.upper()}_TOKEN}}"' for who in tokens)
             with config.open("a") as file:
                 file.write(f"server: {{auth: {{bearer_tokens: {{{entries}}}}}}}\n")
             env.update({f"{who.upper()}_TOKEN": token for who, token in tokens.items()})
-        self.log = tmp / f"{name}.log"
-        self._log_file = self.log.open("w")
-        self.process = subprocess.Popen(
-            dying_with_us(
-                [sys.executable, "-m", "kiki_events.cli", "serve", "--config", str(config), "--port", str(self.port)]
-            ),
-            cwd=tmp,
-            env=env,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-
-    def health(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/healthz", timeout=5)
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
-
-    def bridge(self) -> dict[str, Any]:
-        bridge: dict[str, Any] = self.health()["bridge"]
-        return bridge
-
-    def wait_up(self, *, connected: bool = True) -> None:
-        def up() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited:\n{self.log.read_text()}")
-            try:
-                bridge = self.bridge()
-            except httpx.TransportError:
-                return False
-            return not connected or bridge["state"] == "connected"
-
-        wait_for(up, TIMEOUT, f"{self.name} to serve")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._log_file.close()
+        super().__init__(name, config, tmp / f"{name}.log", cwd=tmp, env=env)
 
 
 class Cluster:

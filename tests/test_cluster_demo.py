@@ -7,9 +7,6 @@ writer tokens included, and exactly one ``done``.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,57 +14,21 @@ import httpx
 import pytest
 
 from kiki_events import SSEDecoder, TokenEvent
-from tests.processes import dying_with_us
-from tests.redis_server import RedisServer, free_port
-from tests.servers import iter_frames, wait_for
+from tests.processes import ServeProcess
+from tests.redis_server import RedisServer
+from tests.servers import iter_frames
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Node:
+class Node(ServeProcess):
+    """A node of the README's two-node demo, serving one of its configs as they are."""
+
     def __init__(self, config: str, redis_url: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "REDIS_URL": redis_url,
-            "KIKI_DEMO_TOKEN_DELAY": "0.002",
-            "KIKI__LOGGING__LEVEL": "WARNING",
-        }
-        env.pop("KIKI_NODE", None)
-        self._out = log.open("w")
-        self.process = subprocess.Popen(
-            dying_with_us(
-                [sys.executable, "-m", "kiki_events.cli", "serve", "--config", config, "--port", str(self.port)]
-            ),
-            cwd=ROOT,
-            env=env,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    def up(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"node exited with {self.process.returncode}:\n{self.log.read_text()}")
-        try:
-            return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._out.close()
-        return self.log.read_text()
+        env = {"REDIS_URL": redis_url, "KIKI_DEMO_TOKEN_DELAY": "0.002", "KIKI__LOGGING__LEVEL": "WARNING"}
+        super().__init__(config, ROOT / config, log, cwd=ROOT, env=env)
 
 
 @pytest.fixture
@@ -76,8 +37,8 @@ def nodes(tmp_path: Path) -> Iterator[tuple[Node, Node]]:
     a = Node("config/cluster-a.yaml", redis.url, tmp_path / "a.log")
     b = Node("config/cluster-b.yaml", redis.url, tmp_path / "b.log")
     try:
-        wait_for(a.up, 60, "node A")
-        wait_for(b.up, 60, "node B")
+        a.wait_up()
+        b.wait_up()
         yield a, b
     finally:
         logs = a.stop() + b.stop()

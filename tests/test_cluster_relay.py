@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,8 +26,8 @@ from kiki_events import CustomEvent, SSEDecoder, StreamEvent, TokenEvent
 from kiki_events.testing import capture_run
 from kiki_events.transports.wire import KIND_BATCH, unpack
 from tests.conftest import load_demo
-from tests.processes import dying_with_us
-from tests.redis_server import RedisServer, free_port
+from tests.processes import ServeProcess
+from tests.redis_server import RedisServer
 from tests.servers import SSEFrame, iter_frames, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -42,15 +39,12 @@ TIMEOUT = 60.0
 WRITER = "writer/writer"
 
 
-class Node:
+class Node(ServeProcess):
     """One ``kiki-events serve`` process running the team, serving the writer, or both."""
 
     def __init__(
         self, tmp: Path, name: str, redis_url: str, prefix: str, mode: str, *, team: bool, writer: bool
     ) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         graphs = []
         if team:
             graphs.append(f"  research_team: {SPLIT}:graph\n")
@@ -69,51 +63,11 @@ class Node:
             "graphs:\n" + "".join(graphs)
         )
         # Slow enough that the writer is still streaming when B's client first hears of it.
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "KIKI_DEMO_TOKEN_DELAY": "0.01"}
-        env.pop("KIKI_NODE", None)
-        self.log = tmp / f"{name}.log"
-        self._log_file = self.log.open("w")
-        self.process = subprocess.Popen(
-            dying_with_us(
-                [sys.executable, "-m", "kiki_events.cli", "serve", "--config", str(config), "--port", str(self.port)]
-            ),
-            cwd=tmp,
-            env=env,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-
-    def bridge(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/healthz", timeout=5)
-        response.raise_for_status()
-        bridge: dict[str, Any] = response.json()["bridge"]
-        return bridge
-
-    def wait_up(self) -> None:
-        def up() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited:\n{self.log.read_text()}")
-            try:
-                return self.bridge()["state"] == "connected"
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, TIMEOUT, f"{self.name} to serve")
+        super().__init__(name, config, tmp / f"{name}.log", cwd=tmp, env={"KIKI_DEMO_TOKEN_DELAY": "0.01"})
 
     def status(self, run_id: str) -> str:
         status: str = httpx.get(f"{self.url}/runs/{run_id}", timeout=10).json()["status"]
         return status
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self._log_file.close()
-        return self.log.read_text()
 
 
 @pytest.fixture
