@@ -525,7 +525,7 @@ def _expand(value: Any, source: str, path: str, env: Mapping[str, str]) -> Any:
             return _env_value(expanded)
         return expanded
     if isinstance(value, dict):
-        return {k: _expand(v, source, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+        return {k: _expand(v, source, ".".join(filter(None, (path, _key_part(k)))), env) for k, v in value.items()}
     if isinstance(value, list):
         return [_expand(v, source, f"{path}[{i}]", env) for i, v in enumerate(value)]
     return value

@@ -9,12 +9,19 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests.redis_server import key_prefix, redis_server, redis_url
 
 __all__ = ["key_prefix", "redis_server", "redis_url"]
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The suite passes every time: properties draw the same examples on every run. To look
+# for new failures, run with KIKI_HYPOTHESIS=explore (fresh random examples each run).
+hypothesis_settings.register_profile("kiki", derandomize=True)
+hypothesis_settings.register_profile("explore", derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("KIKI_HYPOTHESIS", "kiki"))
 _loaded: dict[str, ModuleType] = {}
 
 

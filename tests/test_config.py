@@ -674,3 +674,22 @@ def test_any_settings_mapping_loads_or_raises_config_error_naming_a_key(fuzz_fil
             assert any(named.startswith((f"{k}: ", f"{k}.", f"{k}[", *at_top)) for k in keys), (message, data)
         else:
             assert isinstance(loaded, Settings)
+
+
+@pytest.mark.parametrize(
+    ("document", "named"),
+    [
+        ({"": "${UNSET_VAR}"}, "'': environment variable UNSET_VAR is not set"),
+        ({"server": {"odd key": "${UNSET_VAR}"}}, "server.'odd key': environment variable UNSET_VAR is not set"),
+    ],
+)
+def test_an_unset_variable_under_an_odd_key_names_the_key_quoted(
+    tmp_path: Path, document: dict[str, Any], named: str
+) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+
+    assert str(caught.value).startswith(f"{path}: {named}")
