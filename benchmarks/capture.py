@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import load_demo, median, verdict, write_results
 from kiki_events import EventBus, KikiCallbackHandler, StreamEvent
-from kiki_events.replay import RunLog
+from kiki_events.core.runlog import RunLog
 
 INPUT = {"messages": [{"role": "user", "content": "Write the report."}]}
 

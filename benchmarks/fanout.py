@@ -78,8 +78,8 @@ async def _feed(events: list[Any], batch: int, publish: Any) -> None:
 
 def ours_app(replay_events: int) -> Any:
     """The ready-made app, plus two routes for the benchmark: open a run, feed it."""
+    from kiki_events.capture.handler import new_run_id
     from kiki_events.config import Settings
-    from kiki_events.handler import new_run_id
     from kiki_events.server import create_app
 
     settings = Settings.from_mapping(

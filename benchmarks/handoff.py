@@ -32,7 +32,7 @@ from langgraph.graph import END, START, StateGraph
 
 from benchmarks._common import PrivateRedis, write_results
 from kiki_events.config import Settings
-from kiki_events.redis_client import blocking_command
+from kiki_events.redis.client import blocking_command
 from kiki_events.runtime import KikiRuntime
 
 PREFIX = "kiki-handoff-latency:"

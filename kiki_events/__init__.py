@@ -1,6 +1,6 @@
 """kiki_events: one callback handler turns any LangGraph run into typed events.
 
-    from kiki_events import EventBus, KikiCallbackHandler
+    from . import EventBus, KikiCallbackHandler
 
     async with EventBus() as bus:
         handler = KikiCallbackHandler(bus)
@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 
-from .astream_events import events_from_astream_events, translate_astream_events
-from .bus import BusStats, EventBus, Overflow, Subscription
+from .capture.astream_events import events_from_astream_events, translate_astream_events
+from .capture.handler import KikiCallbackHandler, new_run_id, short_run_id
 from .codec import SSEDecoder, decode, decode_sse, encode, event_json_schema, sse_data
 from .config import Settings, load_settings
+from .core.bus import BusStats, EventBus, Overflow, Subscription
+from .core.graphs import GraphRegistry, load_graph
 from .errors import (
     BusError,
     ConfigError,
@@ -52,8 +54,6 @@ from .events import (
     ToolResultEvent,
     Usage,
 )
-from .graphs import GraphRegistry, load_graph
-from .handler import KikiCallbackHandler, new_run_id, short_run_id
 from .handoff import Handoff, HandoffResult, remote_agent_node
 from .redaction import redact_error, redact_text
 from .runtime import KikiRuntime

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .bridge import Bridge
-from .bus import EventBus
+from .capture.handler import KikiCallbackHandler
 from .config import Settings
+from .core.bus import EventBus
+from .core.graphs import GraphRegistry, load_graphs
+from .core.runlog import Frame, RunCursor
+from .core.runs import RunHandle, RunManager, RunRecord, RunStore, new_thread_id
 from .errors import KikiEventsError, RunNotFoundError
 from .events import StreamEvent
-from .graphs import GraphRegistry, load_graphs
-from .handler import KikiCallbackHandler
-from .replay import Frame, RunCursor
-from .runs import RunHandle, RunManager, RunRecord, RunStore, new_thread_id
 from .transports import MemoryHub, Transport, create_transport
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ class KikiRuntime:
         principal: str | None = None,
         handler_factory: Callable[..., KikiCallbackHandler] = KikiCallbackHandler,
     ) -> RunHandle:
-        """:meth:`RunManager.start <kiki_events.runs.RunManager.start>`, with the thread's owner
+        """:meth:`RunManager.start <kiki_events.core.runs.RunManager.start>`, with the thread's owner
         decided for the whole cluster first (the HTTP API starts runs this way).
 
         ``runs.start`` checks the owner on this node only. With a bridge, a given

@@ -15,8 +15,8 @@ from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
 
+from .capture.handler import KikiCallbackHandler
 from .events import DoneEvent, StreamEvent, TokenEvent, ToolCallEvent, ToolResultEvent
-from .handler import KikiCallbackHandler
 from .transports.memory import MemoryHub
 
 __all__ = ["CapturedEvents", "MemoryHub", "capture_run"]

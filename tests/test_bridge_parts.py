@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiki_events.bus import EventBus
 from kiki_events.codec import encode
 from kiki_events.config import Settings
+from kiki_events.core.bus import EventBus
+from kiki_events.core.runlog import Frame, RunCursor, RunLog
+from kiki_events.core.runs import RunStore
 from kiki_events.errors import ConfigError
 from kiki_events.events import DoneEvent, StatusEvent, TokenEvent
-from kiki_events.replay import Frame, RunCursor, RunLog
-from kiki_events.runs import RunStore
 from kiki_events.transports import RunInfo
 from kiki_events.transports.base import LagHistogram
 from kiki_events.transports.outbox import Outbox, chunks
@@ -372,7 +372,7 @@ def test_bad_bridge_settings_are_refused_before_anything_starts(eventbus: dict[s
 
 @pytest.mark.parametrize("addr", ["redis:²", "redis:６３７９", "redis:65536", "redis:123456", "redis:", ":6379"])
 def test_a_redis_addr_needs_an_ascii_port_in_range(addr: str) -> None:
-    from kiki_events.redis_client import connection_url
+    from kiki_events.redis.client import connection_url
 
     with pytest.raises(ConfigError, match=r"eventbus\.redis\.addr"):
         connection_url(Settings.from_mapping({"eventbus": {"redis": {"addr": addr}}}).eventbus.redis)

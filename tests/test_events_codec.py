@@ -540,7 +540,7 @@ def test_mutated_events_only_ever_raise_event_decode_error(
 
 def test_token_frames_name_the_agent_once_per_message_and_the_decoder_restores_it() -> None:
     from kiki_events.codec import SSEDecoder
-    from kiki_events.replay import RunLog
+    from kiki_events.core.runlog import RunLog
 
     def token(seq: int, message_id: str, agent: str) -> TokenEvent:
         return TokenEvent(run_id="run", seq=seq, ts=1.0, agent=agent, message_id=message_id, text=f"t{seq}")

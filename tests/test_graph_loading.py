@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kiki_events.core.graphs import GraphRegistry, is_runnable_graph, load_graph, load_graphs
 from kiki_events.errors import GraphLoadError, UnknownGraphError
-from kiki_events.graphs import GraphRegistry, is_runnable_graph, load_graph, load_graphs
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,9 +20,9 @@ from langgraph.types import Command, Send, interrupt
 from typing_extensions import TypedDict
 
 from kiki_events import EventBus, KikiCallbackHandler
-from kiki_events.astream_events import events_from_astream_events
+from kiki_events.capture.astream_events import events_from_astream_events
+from kiki_events.cli.tail import format_event
 from kiki_events.events import StreamEvent
-from kiki_events.tail import format_event
 from kiki_events.testing import CapturedEvents, capture_run
 
 pytestmark = pytest.mark.asyncio

@@ -34,9 +34,9 @@ from kiki_events.events import (
 )
 from kiki_events.handoff import GROUP, Handoff, dump_payload, load_payload, remote_agent_node
 from kiki_events.handoff.service import client_name
-from kiki_events.redis_client import Keys
+from kiki_events.redis.client import Keys
+from kiki_events.redis.workqueue import WorkQueue
 from kiki_events.runtime import KikiRuntime
-from kiki_events.workqueue import WorkQueue
 from tests.redis_server import RedisServer
 from tests.servers import async_wait_for
 

@@ -6,8 +6,8 @@ import io
 import json
 import logging
 
+from kiki_events.cli.logs import configure_logging
 from kiki_events.config import LoggingSettings
-from kiki_events.logs import configure_logging
 
 
 def _log_failure(stream: io.StringIO, fmt: str) -> str:

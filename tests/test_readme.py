@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kiki_events.cli import _parser
+from kiki_events.cli.main import _parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

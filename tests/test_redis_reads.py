@@ -19,8 +19,8 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from kiki_events.handoff import GROUP
-from kiki_events.redis_client import blocking_command
-from kiki_events.workqueue import WorkQueue
+from kiki_events.redis.client import blocking_command
+from kiki_events.redis.workqueue import WorkQueue
 
 pytestmark = [pytest.mark.redis, pytest.mark.asyncio]
 

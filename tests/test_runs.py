@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from kiki_events.config import RunSettings, Settings
+from kiki_events.core.runlog import Frame, RunCursor, RunLog, ThreadCursor
+from kiki_events.core.runs import RunRecord, RunStore
 from kiki_events.errors import KikiEventsError, RunError, RunLimitError, RunNotFoundError, UnknownGraphError
 from kiki_events.events import DoneEvent, ErrorEvent, StatusEvent, StreamEvent, TokenEvent
-from kiki_events.replay import Frame, RunCursor, RunLog, ThreadCursor
-from kiki_events.runs import RunRecord, RunStore
 from kiki_events.runtime import KikiRuntime
 from kiki_events.testing import CapturedEvents
 from tests.servers import Gate, async_wait_for, gated_graph

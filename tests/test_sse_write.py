@@ -17,9 +17,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from kiki_events.capture.handler import new_run_id
 from kiki_events.config import Settings
 from kiki_events.events import DoneEvent, StatusEvent, trusted_token
-from kiki_events.handler import new_run_id
 from kiki_events.runtime import KikiRuntime
 from kiki_events.server import create_app
 from tests.servers import LiveServer, SSEFrame, iter_frames, live_server, wait_for

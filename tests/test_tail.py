@@ -30,6 +30,7 @@ import pytest_asyncio
 import yaml
 
 from kiki_events.cli import main
+from kiki_events.cli.tail import format_event, tail
 from kiki_events.codec import decode, encode
 from kiki_events.config import Settings
 from kiki_events.events import (
@@ -42,7 +43,6 @@ from kiki_events.events import (
     ToolResultEvent,
 )
 from kiki_events.runtime import KikiRuntime
-from kiki_events.tail import format_event, tail
 from kiki_events.transports import RunInfo, Transport, create_transport
 from tests.processes import dying_with_us
 from tests.redis_server import free_port, wait_subscribed

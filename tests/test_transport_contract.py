@@ -25,10 +25,10 @@ from hypothesis import strategies as st
 
 from kiki_events.codec import encode
 from kiki_events.config import Settings
+from kiki_events.core.runlog import ThreadCursor
 from kiki_events.errors import RunNotFoundError, TransportError
 from kiki_events.events import StatusEvent, StreamEvent, TokenEvent
-from kiki_events.redis_client import Keys
-from kiki_events.replay import ThreadCursor
+from kiki_events.redis.client import Keys
 from kiki_events.runtime import KikiRuntime
 from kiki_events.server import bearer_tokens, create_app
 from kiki_events.topics import topic_of

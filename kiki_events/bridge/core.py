@@ -29,9 +29,9 @@ from .repair import Repair
 from .threads import ThreadWatches
 
 if TYPE_CHECKING:
-    from ..bus import EventBus
     from ..config import EventBusSettings
-    from ..runs import RunManager, RunRecord, RunStore, ThreadRecord
+    from ..core.bus import EventBus
+    from ..core.runs import RunManager, RunRecord, RunStore, ThreadRecord
 
 __all__ = ["Bridge", "BridgeStats"]
 

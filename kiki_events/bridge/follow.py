@@ -9,7 +9,7 @@ registered yet is adopted on its first frame), watches it, then catches up with
 what it produced before the watch took effect — from the stream (streams mode)
 or from the owning node's replay log. Until it has (and while a gap is repaired) its
 log is marked ``syncing``, so that readers of its thread hold the thread's later runs
-back (:class:`~kiki_events.replay.ThreadCursor`); a catch-up that takes too long is
+back (:class:`~kiki_events.core.runlog.ThreadCursor`); a catch-up that takes too long is
 given up, which clears it. How its events then reach the local bus, in order, and how
 gaps are repaired: :mod:`.repair`.
 
@@ -35,7 +35,7 @@ from ..transports.wire import KIND_REPLAY, Message
 from .lease import NO_LEASE, Lease
 
 if TYPE_CHECKING:
-    from ..runs import RunRecord
+    from ..core.runs import RunRecord
     from .core import Bridge
 
 __all__ = ["READY_TIMEOUT", "Following", "RemoteRun"]
@@ -143,7 +143,7 @@ class Following:
         return remote.leases > 0 or time.monotonic() < remote.keep_until
 
     def update_syncing(self, remote: RemoteRun) -> None:
-        """Mark the run's log as :attr:`~kiki_events.replay.RunLog.syncing` while its history is
+        """Mark the run's log as :attr:`~kiki_events.core.runlog.RunLog.syncing` while its history is
         being fetched: until the first catch-up is done (or given up), and while a gap is
         being repaired; cleared once it is in sync, ended, or no longer followed.
 

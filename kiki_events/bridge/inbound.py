@@ -18,7 +18,7 @@ from ..events import StreamEvent
 from ..topics import topic_matches, topic_of
 
 if TYPE_CHECKING:
-    from ..bus import EventBus
+    from ..core.bus import EventBus
     from .core import BridgeStats
 
 __all__ = ["Inbound"]

@@ -21,7 +21,7 @@ from ..events import DoneEvent, StatusEvent, StreamEvent
 from ..transports.base import RunInfo, Transport
 
 if TYPE_CHECKING:
-    from ..runs import RunRecord, RunStore
+    from ..core.runs import RunRecord, RunStore
 
 __all__ = ["Outbound"]
 

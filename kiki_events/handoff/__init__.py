@@ -3,12 +3,12 @@
 A node *serves* agents (graph names it has registered): it advertises them in
 Redis and consumes their work streams. Any node can *delegate* a task to an
 agent: the task goes to exactly one serving node, runs there through that node's
-:class:`~kiki_events.runs.RunManager` (so its events flow like any run's), and
+:class:`~kiki_events.core.runs.RunManager` (so its events flow like any run's), and
 its result comes back. :func:`remote_agent_node` makes a LangGraph node that
 delegates and relays the remote run's events into the calling run, so a browser
 watching that run sees the remote agent's tokens.
 
-Redis keys (under the deployment prefix; see :class:`~kiki_events.redis_client.Keys`):
+Redis keys (under the deployment prefix; see :class:`~kiki_events.redis.client.Keys`):
 
 =========================  ===========================================================
 ``agents:<agent>``         sorted set: serving node → advertisement expiry (Unix s)
@@ -45,7 +45,7 @@ Modules: :mod:`~.service` (:class:`Handoff`: lifecycle, one object per runtime),
 :mod:`~.serving` (consumer loops, running tasks, dead-lettering),
 :mod:`~.requesting` (submit, wait, :class:`HandoffStream`), :mod:`~.replies` (the reply reader),
 :mod:`~.remote_node` (:func:`remote_agent_node`), :mod:`~.results` and
-:mod:`~.payload` (what crosses the wire); the Redis queue is :mod:`kiki_events.workqueue`.
+:mod:`~.payload` (what crosses the wire); the Redis queue is :mod:`kiki_events.redis.workqueue`.
 """
 
 from __future__ import annotations

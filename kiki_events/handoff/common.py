@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..redaction import redact_text
-from ..redis_client import reply_text
-from ..workqueue import WorkQueue
+from ..redis.client import reply_text
+from ..redis.workqueue import WorkQueue
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from ..config import HandoffSettings
-    from ..redis_client import Keys
+    from ..redis.client import Keys
     from ..runtime import KikiRuntime
 
 __all__ = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from ..capture.handler import _agent_path
 from ..errors import HandoffError
-from ..handler import _agent_path
 from ..topics import MULTIAGENT_SYNC
 from .results import HandoffResult
 from .service import Handoff, kiki_handler

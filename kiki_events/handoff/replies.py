@@ -27,7 +27,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HandoffError
-from ..redis_client import blocking_command, reply_fields, reply_text
+from ..redis.client import blocking_command, reply_fields, reply_text
 from .common import MAX_BLOCK, Retry, logger, reraise_if_cancelled, stop_tasks
 
 if TYPE_CHECKING:

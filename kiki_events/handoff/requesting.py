@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from ..core.runlog import Frame, RunCursor
 from ..errors import HandoffError, HandoffTimeoutError, NoAgentError, RunNotFoundError
 from ..events import StreamEvent
 from ..redaction import redact_text
-from ..redis_client import reply_fields, reply_text
-from ..replay import Frame, RunCursor
+from ..redis.client import reply_fields, reply_text
 from .common import WIRE_VERSION, Shared, logger, stop_tasks
 from .payload import dump_payload
 from .replies import Inbox, ReplyReader, wake_key

@@ -7,10 +7,10 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..capture.handler import KikiCallbackHandler
 from ..config import resolve_concurrency
 from ..errors import HandoffError, KikiEventsError
-from ..handler import KikiCallbackHandler
-from ..redis_client import Keys, create_redis
+from ..redis.client import Keys, create_redis
 from .common import Shared
 from .requesting import Follow, HandoffStream, Requester, Task
 from .results import HandoffResult

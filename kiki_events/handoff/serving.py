@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..capture.handler import KikiCallbackHandler
 from ..errors import RunError, RunNotFoundError, UnknownGraphError
-from ..handler import KikiCallbackHandler
 from ..redaction import redact_error, redact_text
-from ..redis_client import reply_float
-from ..workqueue import WorkItem, WorkQueue
+from ..redis.client import reply_float
+from ..redis.workqueue import WorkItem, WorkQueue
 from .common import MAX_BLOCK, WIRE_VERSION, Retry, Shared, logger, reraise_if_cancelled, stop_tasks
 from .payload import encode_output, load_payload
 

@@ -2,7 +2,7 @@
 
 Needs the ``server`` extra (``pip install kiki-events[server]``)::
 
-    from kiki_events.server import create_app
+    from . import create_app
     app = create_app(graphs={"team": graph})
 
 or, in an existing app, :func:`create_router` / :func:`stream_agent_sse`.
@@ -29,7 +29,7 @@ _WHERE = {
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: ``kiki_events.server.frames`` (used by the core replay buffer) must
+    # Lazy: ``kiki_events.formats.sse`` (used by the core replay buffer) must
     # import without FastAPI installed.
     module = _WHERE.get(name)
     if module is None:

@@ -94,7 +94,7 @@ def create_app(
         collector = None
         registry = None
         if cfg.metrics.enabled:
-            from .metrics import RuntimeCollector
+            from ..sinks.metrics import RuntimeCollector
 
             registry = runtime.metrics_registry
             collector = RuntimeCollector(runtime)

@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..core.runs import RunState
 from ..events import EVENT_TYPES
-from ..runs import RunState
 
 __all__ = ["ERRORS", "SSE_EVENT", "SSE_OK", "CancelResult", "ErrorBody", "RunAccepted", "RunStatus", "errors"]
 

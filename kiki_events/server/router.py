@@ -39,9 +39,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..bridge import Lease
+from ..core.runlog import RunCursor, RunLog, ThreadCursor
+from ..core.runs import RunHandle, RunRecord, ThreadRecord
 from ..errors import KikiEventsError, RunLimitError, RunNotFoundError, TransportError, UnknownGraphError
-from ..replay import RunCursor, RunLog, ThreadCursor
-from ..runs import RunHandle, RunRecord, ThreadRecord
 from ..runtime import KikiRuntime
 from .auth import AuthDependency, Principal, principal_dependency
 from .requests import MAX_CURSOR, MAX_RUN_ID, RunRequest, parse_cursor, parse_run_request

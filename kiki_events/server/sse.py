@@ -1,6 +1,6 @@
 """SSE responses of the default format, built on sse-starlette.
 
-A response body is a cursor over a replay buffer (see :mod:`kiki_events.replay`):
+A response body is a cursor over a replay buffer (see :mod:`kiki_events.core.runlog`):
 every wake-up writes everything available as **one** chunk of pre-encoded frames,
 so a client's backlog costs one send and no event is encoded per client.
 sse-starlette races that body against client disconnect, keep-alive comment
@@ -32,14 +32,14 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Message, Receive, Scope, Send
 
-from ..bus import EventBus
+from ..capture.handler import KikiCallbackHandler, new_run_id
 from ..config import SSESettings
+from ..core.bus import EventBus
+from ..core.runlog import Frame, RunCursor, RunLog, ThreadCursor
+from ..core.runs import RunStore, ensure_done, execute_run
 from ..errors import BusError
 from ..events import StreamEvent
-from ..handler import KikiCallbackHandler, new_run_id
-from ..replay import Frame, RunCursor, RunLog, ThreadCursor
-from ..runs import RunStore, ensure_done, execute_run
-from .frames import notice_frame, retry_frame
+from ..formats.sse import notice_frame, retry_frame
 
 __all__ = ["TRANSPORT_KEY", "cursor_body", "keep_transport", "sse_response", "stream_agent_sse"]
 

@@ -62,13 +62,13 @@ def create_transport(
         return MemoryTransport(hub, node=node, options=options) if hub is not None else None
     owns = redis is None
     if redis is None:
-        from ..redis_client import create_redis
+        from ..redis.client import create_redis
 
         redis = create_redis(bus.redis)
     if bus.redis.mode == "streams":
-        from .redis_streams import RedisStreamsTransport
+        from ..redis.streams import RedisStreamsTransport
 
         return RedisStreamsTransport(redis, node=node, options=options, owns_client=owns)
-    from .redis_pubsub import RedisPubSubTransport
+    from ..redis.pubsub import RedisPubSubTransport
 
     return RedisPubSubTransport(redis, node=node, options=options, owns_client=owns)

@@ -7,9 +7,9 @@ owns that. Three implementations:
 
 * :class:`~kiki_events.transports.memory.MemoryTransport` – several runtimes in one
   process, connected through a shared :class:`~kiki_events.transports.memory.MemoryHub`;
-* :class:`~kiki_events.transports.redis_pubsub.RedisPubSubTransport` – lowest latency,
+* :class:`~kiki_events.redis.pubsub.RedisPubSubTransport` – lowest latency,
   at-most-once (gaps are repaired from the owning node or reported);
-* :class:`~kiki_events.transports.redis_streams.RedisStreamsTransport` – durable: every
+* :class:`~kiki_events.redis.streams.RedisStreamsTransport` – durable: every
   run in a stream that outlives the node that produced it.
 
 Publishing is never awaited by the producer: :meth:`Transport.publish` puts the
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from ..events import StreamEvent
-from ..redis_client import reply_fields, reply_float, reply_int, reply_text
+from ..redis.client import reply_fields, reply_float, reply_int, reply_text
 
 if TYPE_CHECKING:
     from .wire import Message
@@ -171,7 +171,7 @@ class RunInfo:
             return None
 
     def public(self) -> dict[str, Any]:
-        """JSON-ready status, like :meth:`~kiki_events.runs.RunRecord.to_dict` (no principal)."""
+        """JSON-ready status, like :meth:`~kiki_events.core.runs.RunRecord.to_dict` (no principal)."""
         return {
             "run_id": self.run_id,
             "thread_id": self.thread_id,

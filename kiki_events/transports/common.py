@@ -124,7 +124,7 @@ async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], *, grace: float = 0.0, 
 
     A task cancelled just as redis-py sends a command can lose the cancellation
     (the client sends under ``asyncio.wait_for``, which drops it on Python 3.11).
-    Blocking reads end anyway (:func:`~kiki_events.redis_client.blocking_command`);
+    Blocking reads end anyway (:func:`~kiki_events.redis.client.blocking_command`);
     for the rest, loops also check a flag and this gives up waiting after ``timeout``.
     """
     pending = {t for t in tasks if not t.done()}

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import TransportError
-from ..redis_client import Keys
+from ..redis.client import Keys
 from .base import ControlMessage, RunInfo, ThreadOwner, WatchKind
 from .common import BaseTransport, TransportOptions, control_extra, replay_frames
 from .outbox import OutboxBatch, chunks

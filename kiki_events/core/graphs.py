@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import GraphLoadError, UnknownGraphError
+from ..errors import GraphLoadError, UnknownGraphError
 
 __all__ = ["GraphRegistry", "is_runnable_graph", "load_graph", "load_graphs"]
 

@@ -14,8 +14,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from .config import LoggingSettings
-from .redaction import redact_text
+from ..config import LoggingSettings
+from ..redaction import redact_text
 
 __all__ = ["JsonFormatter", "RedactingFormatter", "configure_logging"]
 

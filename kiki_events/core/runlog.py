@@ -27,8 +27,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Literal, TypeAlias
 
-from .events import DoneEvent, RunStatus, StatusEvent, StreamEvent, TokenEvent
-from .server.frames import event_frame
+from ..events import DoneEvent, RunStatus, StatusEvent, StreamEvent, TokenEvent
+from ..formats.sse import event_frame
 
 __all__ = ["Frame", "Item", "Notifier", "RunCursor", "RunLog", "SlowClientPolicy", "ThreadCursor"]
 

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .config import RedisSettings, check_redis_url
-from .errors import ConfigError, MissingDependencyError
+from ..config import RedisSettings, check_redis_url
+from ..errors import ConfigError, MissingDependencyError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -17,7 +17,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, LLMResul
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.callbacks import GraphInterruptEvent
 
-from .events import StreamEvent
+from ..events import StreamEvent
 from .handler import KikiCallbackHandler
 
 __all__ = ["events_from_astream_events", "translate_astream_events"]

@@ -4,7 +4,7 @@
 config file and without ``--graph`` it serves the demo research team from
 ``./agents/research_team.py``. ``kiki-events schema`` prints the JSON Schema of
 the events. ``kiki-events tail`` prints live events from Redis (see
-:mod:`kiki_events.tail`). A bad configuration is one line on stderr and exit code 2.
+:mod:`kiki_events.cli.tail`). A bad configuration is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .codec import event_json_schema
-from .errors import ConfigError, GraphLoadError, MissingDependencyError, RunNotFoundError, TransportError
-from .heap import freeze_startup_heap, tune_collector
+from ..codec import event_json_schema
+from ..errors import ConfigError, GraphLoadError, MissingDependencyError, RunNotFoundError, TransportError
+from ..heap import freeze_startup_heap, tune_collector
 
 __all__ = ["DEFAULT_CONFIG", "DEMO_GRAPHS", "main"]
 
@@ -127,7 +127,7 @@ def _graph_options(values: Sequence[str]) -> dict[str, str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .config import load_settings
+    from ..config import load_settings
 
     config: Path | None = args.config
     if config is None and DEFAULT_CONFIG.is_file():
@@ -144,9 +144,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
+        from ..runtime import KikiRuntime
+        from ..server.app import create_app
         from .logs import configure_logging
-        from .runtime import KikiRuntime
-        from .server.app import create_app
     except ImportError as exc:
         raise MissingDependencyError(f"serving needs {exc.name}: pip install 'kiki-events[server]'") from None
 
@@ -184,7 +184,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .config import load_settings
+    from ..config import load_settings
     from .tail import tail
 
     config: Path | None = args.config
@@ -213,7 +213,3 @@ def _tail(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover - ``python -m kiki_events.cli``
-    sys.exit(main())

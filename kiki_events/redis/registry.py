@@ -1,6 +1,6 @@
 """What both Redis transports share: the run registry, error mapping, a redacted URL.
 
-Registry layout (names from :class:`~kiki_events.redis_client.Keys`):
+Registry layout (names from :class:`~kiki_events.redis.client.Keys`):
 
 * ``<prefix>runinfo:{<run_id>}`` – a hash: ``node``, ``status``, ``thread_id``,
   ``graph``, ``principal``, ``created_at``, ``ended_at``, ``last_seq``. It expires
@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import TransportError
 from ..redaction import redact_text
-from ..redis_client import Keys
-from .base import RunInfo, ThreadOwner
-from .common import BaseTransport, TransportOptions
+from ..transports.base import RunInfo, ThreadOwner
+from ..transports.common import BaseTransport, TransportOptions
+from .client import Keys
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

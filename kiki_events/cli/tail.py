@@ -27,18 +27,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from .codec import encode
-from .config import HandoffSettings, Settings
-from .errors import ConfigError, TransportError
-from .events import StatusEvent, StreamEvent
-from .redaction import redact_text
-from .topics import topic_matches, topic_of
+from ..codec import encode
+from ..config import HandoffSettings, Settings
+from ..errors import ConfigError, TransportError
+from ..events import StatusEvent, StreamEvent
+from ..redaction import redact_text
+from ..topics import topic_matches, topic_of
 
 if TYPE_CHECKING:
-    from .runtime import KikiRuntime
-    from .transports import Transport
-    from .transports.base import ControlMessage
-    from .transports.wire import Message
+    from ..runtime import KikiRuntime
+    from ..transports import Transport
+    from ..transports.base import ControlMessage
+    from ..transports.wire import Message
 
 __all__ = ["format_event", "tail"]
 
@@ -121,7 +121,7 @@ class _Printer:
 
     def events_of(self, message: Message) -> list[StreamEvent]:
         """The events of a frame this tail shows (decoded and validated by the transport)."""
-        from .transports.wire import KIND_THREAD
+        from ..transports.wire import KIND_THREAD
 
         if message.kind == KIND_THREAD and message.run_id is not None:
             fields = message.header.get("i")
@@ -226,7 +226,7 @@ async def tail(
 
 
 def _where(settings: Settings) -> str:
-    from .redaction import redact_url
+    from ..redaction import redact_url
 
     redis = settings.eventbus.redis
     return redact_url(redis.url) if redis.url else redis.addr
@@ -234,7 +234,7 @@ def _where(settings: Settings) -> str:
 
 async def _ping(settings: Settings, timeout: float) -> None:
     """Fail fast, with one clear error, when Redis cannot be reached."""
-    from .redis_client import create_redis
+    from ..redis.client import create_redis
 
     redis = create_redis(settings.eventbus.redis, socket_connect_timeout=timeout)
     try:
@@ -272,7 +272,7 @@ async def _tail_run(
     ready: asyncio.Event | None,
     stop: asyncio.Event | None,
 ) -> int:
-    from .runtime import KikiRuntime, default_node_name
+    from ..runtime import KikiRuntime, default_node_name
 
     bus = settings.eventbus
     # A node that runs nothing, serves no agent and wants no lifecycle broadcasts:
@@ -315,8 +315,8 @@ async def _listen(
     ready: asyncio.Event | None,
     stop: asyncio.Event | None,
 ) -> int:
-    from .runtime import default_node_name
-    from .transports import create_transport
+    from ..runtime import default_node_name
+    from ..transports import create_transport
 
     bus = settings.eventbus
     # Lifecycle broadcasts only when they are wanted; a thread is watched instead.

@@ -26,13 +26,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, get_args
 
-from .errors import BusError, SubscriptionOverflowError
-from .events import EVENT_TYPES, StreamEvent
-from .topics import topic_matches, topic_of
+from ..errors import BusError, SubscriptionOverflowError
+from ..events import EVENT_TYPES, StreamEvent
+from ..topics import topic_matches, topic_of
 
 __all__ = ["BusStats", "EventBus", "EventHandler", "InterestListener", "Overflow", "Subscription"]
 
-logger = logging.getLogger("kiki_events.bus")
+logger = logging.getLogger("kiki_events.core.bus")
 
 Overflow: TypeAlias = Literal["drop_oldest", "drop_newest", "disconnect"]
 """What a full subscription queue does with the next event."""

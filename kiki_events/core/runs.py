@@ -1,18 +1,18 @@
 """Runs: where graph runs execute, and what is remembered about them.
 
 * :class:`RunStore` sees every event on the bus (it is a bus sink) and keeps, per
-  run, its metadata and a bounded replay buffer (:class:`~kiki_events.replay.RunLog`),
+  run, its metadata and a bounded replay buffer (:class:`~kiki_events.core.runlog.RunLog`),
   plus a thread index. Finished runs are kept ``replay_ttl``, at most
   ``max_runs`` runs in all; a supervised task sweeps expired ones.
 * :class:`RunManager` starts registered graphs as supervised asyncio tasks with a
-  :class:`~kiki_events.handler.KikiCallbackHandler` attached, cancels them, and
+  :class:`~kiki_events.capture.handler.KikiCallbackHandler` attached, cancels them, and
   shuts them down gracefully. Every run ends with exactly one ``done`` event,
   whatever happened to its task.
 
 Ownership: a run or thread started by principal ``P`` is invisible (``RunNotFoundError``)
 to any other principal, so another user's run looks like it does not exist. A thread
 stays ``P``'s after its runs are forgotten, for ``runs.thread_ttl`` (see
-:mod:`~kiki_events.owners`); with a bridge the cluster decides (``Bridge.claim_thread``).
+:mod:`~kiki_events.core.owners`); with a bridge the cluster decides (``Bridge.claim_thread``).
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
 
+from ..capture.handler import KikiCallbackHandler, new_run_id
+from ..config import HandlerSettings, RunSettings
+from ..errors import RunError, RunLimitError, RunNotFoundError
+from ..events import RunStatus, StatusEvent, StreamEvent
+from ..redaction import redact_text
 from .bus import EventBus
-from .config import HandlerSettings, RunSettings
-from .errors import RunError, RunLimitError, RunNotFoundError
-from .events import RunStatus, StatusEvent, StreamEvent
 from .graphs import GraphRegistry
-from .handler import KikiCallbackHandler, new_run_id
 from .owners import ThreadOwners
-from .redaction import redact_text
-from .replay import Notifier, RunLog
+from .runlog import Notifier, RunLog
 
 __all__ = [
     "RunHandle",
@@ -50,7 +50,7 @@ __all__ = [
     "new_thread_id",
 ]
 
-logger = logging.getLogger("kiki_events.runs")
+logger = logging.getLogger("kiki_events.core.runs")
 
 RunState: TypeAlias = Literal["pending", "running", "success", "error", "interrupted", "cancelled"]
 """``pending`` (accepted, graph not started yet), ``running``, or a final :data:`RunStatus`."""
@@ -348,7 +348,7 @@ class RunStore:
     # -- thread owners ---------------------------------------------------------------------
     def claim_thread(self, thread_id: str, principal: str | None, *, confirmed: bool = False) -> bool:
         """Make ``principal`` the thread's owner on this node unless someone else owns it;
-        whether it is theirs. ``confirmed``: see :attr:`~kiki_events.owners.Owner.confirmed`."""
+        whether it is theirs. ``confirmed``: see :attr:`~kiki_events.core.owners.Owner.confirmed`."""
         thread = self._threads.get(thread_id)
         first = principal
         if thread is not None and self.owners.get(thread_id) is None:

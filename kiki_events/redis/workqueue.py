@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .redis_client import blocking_command, reply_fields, reply_text
+from .client import blocking_command, reply_fields, reply_text
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -92,7 +92,7 @@ class WorkQueue:
     async def read(self, count: int, block: float) -> list[WorkItem]:
         """Up to ``count`` new items for this consumer, waiting up to ``block`` seconds.
 
-        Cancelling the caller ends the wait at once (see :func:`~kiki_events.redis_client.blocking_command`).
+        Cancelling the caller ends the wait at once (see :func:`~kiki_events.redis.client.blocking_command`).
         """
         reply: Any = await blocking_command(
             self.redis,

@@ -1,6 +1,6 @@
 """Redis pub/sub transport: lowest latency, at-most-once.
 
-Channels (names from :class:`~kiki_events.redis_client.Keys`, under the prefix):
+Channels (names from :class:`~kiki_events.redis.client.Keys`, under the prefix):
 
 * ``run:{<run_id>}`` – every frame of a run (one per run per flush);
 * ``thread:{<thread_id>}`` – a short announcement when a run starts on the thread;
@@ -26,12 +26,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TransportError
-from ..redis_client import Reading, ending_on_cancel
-from .base import ControlMessage, WatchKind
-from .common import Backoff, TransportOptions, control_extra, replay_frames, supervise
-from .outbox import OutboxBatch, chunks
-from .redis_common import RedisTransportBase
-from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack
+from ..transports.base import ControlMessage, WatchKind
+from ..transports.common import Backoff, TransportOptions, control_extra, replay_frames, supervise
+from ..transports.outbox import OutboxBatch, chunks
+from ..transports.wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack
+from .client import Reading, ending_on_cancel
+from .registry import RedisTransportBase
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

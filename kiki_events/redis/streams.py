@@ -1,6 +1,6 @@
 """Redis streams transport: durable; nothing is lost while Redis keeps its data.
 
-Keys (names from :class:`~kiki_events.redis_client.Keys`, under the prefix):
+Keys (names from :class:`~kiki_events.redis.client.Keys`, under the prefix):
 
 * ``stream:{<run_id>}`` – the run: one entry per frame (field ``d``), trimmed with
   ``MAXLEN ~`` (``eventbus.persistence.stream_maxlen`` entries) and expiring
@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TransportError
 from ..redaction import redact_text
-from ..redis_client import blocking_command, reply_text
-from .base import ControlMessage, WatchKind
-from .common import Backoff, TransportOptions, control_extra, replay_frames, supervise
-from .outbox import OutboxBatch, chunks
-from .redis_common import RUNNING_TTL, RedisTransportBase
-from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack, run_frame_of
+from ..transports.base import ControlMessage, WatchKind
+from ..transports.common import Backoff, TransportOptions, control_extra, replay_frames, supervise
+from ..transports.outbox import OutboxBatch, chunks
+from ..transports.wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack, run_frame_of
+from .client import blocking_command, reply_text
+from .registry import RUNNING_TTL, RedisTransportBase
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

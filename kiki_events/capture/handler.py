@@ -26,7 +26,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 from langgraph.callbacks import GraphCallbackHandler, GraphInterruptEvent
 
-from .events import (
+from ..events import (
     AgentLifecycleEvent,
     CustomEvent,
     DoneEvent,
@@ -42,11 +42,11 @@ from .events import (
     Usage,
     trusted_token,
 )
-from .redaction import redact_error, redact_message
+from ..redaction import redact_error, redact_message
 
 __all__ = ["EventSink", "KikiCallbackHandler", "new_run_id", "short_run_id"]
 
-logger = logging.getLogger("kiki_events.handler")
+logger = logging.getLogger("kiki_events.capture.handler")
 
 EventSink = Callable[[StreamEvent], object]
 T = TypeVar("T")
@@ -166,7 +166,7 @@ class KikiCallbackHandler(GraphCallbackHandler):
     ``status`` (started) first and exactly one ``done`` last.
 
     Args:
-        sink: an :class:`~kiki_events.bus.EventBus` (events go to its non-blocking
+        sink: an :class:`~kiki_events.core.bus.EventBus` (events go to its non-blocking
             ``publish``) or any callable taking an event. It must not block.
         node: name of this process, stamped on every event.
         thread_id: conversation id; default: LangGraph's ``configurable.thread_id``.

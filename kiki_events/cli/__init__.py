@@ -1,0 +1,5 @@
+"""The ``kiki-events`` command: ``serve``, ``tail`` and ``schema``."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""Everything that speaks Redis: client and keys, pub/sub and streams transports, registry, work queue."""

@@ -1,0 +1,1 @@
+"""Sinks: where events leave the process for operators (metrics today)."""
