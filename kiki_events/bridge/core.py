@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..core.tasks import stop_tasks
 from ..errors import RunNotFoundError, TransportError
 from ..events import StreamEvent
 from ..transports.base import ControlMessage, RunInfo, Transport
-from ..transports.common import stop_tasks
 from ..transports.wire import KIND_LIFECYCLE, KIND_THREAD, Message
 from .control import Control, ControlHandler
 from .follow import Following

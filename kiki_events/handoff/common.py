@@ -6,8 +6,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..core.tasks import Backoff
 from ..redaction import redact_text
 from ..redis.client import reply_text
 from ..redis.workqueue import WorkQueue
@@ -27,7 +28,6 @@ __all__ = [
     "Shared",
     "logger",
     "reraise_if_cancelled",
-    "stop_tasks",
 ]
 
 logger = logging.getLogger("kiki_events.handoff")
@@ -35,6 +35,9 @@ logger = logging.getLogger("kiki_events.handoff")
 GROUP = "kiki-agents"
 """Consumer group of every work stream."""
 WIRE_VERSION = "1"
+_STOP_TIMEOUT = 10.0
+"""Seconds a handoff loop gets to end once cancelled."""
+
 MAX_BLOCK = 2.0
 """Longest blocking read (s): well under the Redis client's socket timeout (redis-py's
 default is 5 s), which would cut a longer one as a failure."""
@@ -85,18 +88,22 @@ def reraise_if_cancelled() -> None:
 
 
 class Retry:
-    """The consecutive Redis failures of one loop: counted, the first logged, then a growing pause."""
+    """The consecutive Redis failures of one loop: counted, the first logged, then a growing pause.
+
+    The pause doubles from ``2 * first`` up to ``cap`` (:class:`~kiki_events.core.tasks.Backoff`);
+    ``cap=0``: no pause (the loop waits anyway).
+    """
 
     def __init__(self, what: str, stats: dict[str, int], *, first: float = 0.0, cap: float = 0.0) -> None:
         self.what = what
         self.stats = stats
-        self.first = first
-        self.cap = cap
-        """Longest pause; 0: none (the loop waits anyway)."""
         self.failures = 0
+        self._backoff = Backoff(2 * first, cap, jitter=False) if cap > 0 else None
 
     def ok(self) -> None:
         self.failures = 0
+        if self._backoff is not None:
+            self._backoff.reset()
 
     async def failed(self, exc: Exception) -> None:
         """Count ``exc`` (``redis_errors``), log it if it is the first in a row, pause before the retry."""
@@ -105,16 +112,5 @@ class Retry:
         self.stats["redis_errors"] = self.stats.get("redis_errors", 0) + 1
         if self.failures == 1:
             logger.warning("%s failed (%s); retrying", self.what, redact_text(str(exc)))
-        if self.cap > 0:
-            await asyncio.sleep(min(self.first * 2**self.failures, self.cap))
-
-
-async def stop_tasks(*tasks: asyncio.Task[Any] | None) -> None:
-    """Cancel ``tasks`` and wait until they ended, cancelling again any that lost the cancellation."""
-    started = [task for task in tasks if task is not None]
-    pending = {task for task in started if not task.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.2)
-    await asyncio.gather(*started, return_exceptions=True)
+        if self._backoff is not None:
+            await asyncio.sleep(self._backoff.next())

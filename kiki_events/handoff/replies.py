@@ -26,9 +26,10 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ..core.tasks import stop_tasks
 from ..errors import HandoffError
 from ..redis.client import blocking_command, reply_fields, reply_text
-from .common import MAX_BLOCK, Retry, logger, reraise_if_cancelled, stop_tasks
+from .common import _STOP_TIMEOUT, MAX_BLOCK, Retry, logger, reraise_if_cancelled
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -125,7 +126,7 @@ class ReplyReader:
         """Stop reading; requests still waiting fail with :class:`HandoffError`."""
         self._closed = True
         task, self._task = self._task, None
-        await stop_tasks(task)
+        await stop_tasks((task,), timeout=_STOP_TIMEOUT)
         for inbox in list(self._inboxes.values()):
             inbox.fail(HandoffError("the Handoff was closed while waiting for a reply"))
         self._inboxes.clear()

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ..core.runlog import Frame, RunCursor
+from ..core.tasks import stop_tasks
 from ..errors import HandoffError, HandoffTimeoutError, NoAgentError, RunNotFoundError
 from ..events import StreamEvent
 from ..redaction import redact_text
 from ..redis.client import reply_fields, reply_text
-from .common import WIRE_VERSION, Shared, logger, stop_tasks
+from .common import _STOP_TIMEOUT, WIRE_VERSION, Shared, logger
 from .payload import dump_payload
 from .replies import Inbox, ReplyReader, wake_key
 from .results import HandoffResult, result_from
@@ -212,7 +213,7 @@ class Requester:
                     continue  # the run's events ended; its result follows
             finished = True
         finally:
-            await stop_tasks(watcher, pump, *retired)
+            await stop_tasks((watcher, pump, *retired), timeout=_STOP_TIMEOUT)
             try:
                 if not finished:
                     await self._abandon(request)

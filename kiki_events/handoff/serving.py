@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..capture.handler import KikiCallbackHandler
+from ..core.tasks import stop_tasks
 from ..errors import RunError, RunNotFoundError, UnknownGraphError
 from ..redaction import redact_error, redact_text
 from ..redis.client import reply_float
 from ..redis.workqueue import WorkItem, WorkQueue
-from .common import MAX_BLOCK, WIRE_VERSION, Retry, Shared, logger, reraise_if_cancelled, stop_tasks
+from .common import _STOP_TIMEOUT, MAX_BLOCK, WIRE_VERSION, Retry, Shared, logger, reraise_if_cancelled
 from .payload import encode_output, load_payload
 
 __all__ = ["Server"]
@@ -103,7 +104,7 @@ class Server:
         """Stop taking new tasks and stop advertising; tasks already running go on."""
         self.accepting = False
         served = list(self._served.values())
-        await stop_tasks(*(s.task for s in served))
+        await stop_tasks((s.task for s in served), timeout=_STOP_TIMEOUT)
         with contextlib.suppress(Exception):
             await self._unadvertise([s.agent for s in served])
 
@@ -112,7 +113,7 @@ class Server:
         running = [t for s in self._served.values() for t in s.running]
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-        await stop_tasks(self._heartbeat)
+        await stop_tasks((self._heartbeat,), timeout=_STOP_TIMEOUT)
 
     # -- agents -----------------------------------------------------------------------------
     async def serve(self, agent: str, graph: str) -> None:

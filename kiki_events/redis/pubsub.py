@@ -25,9 +25,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..core.tasks import Backoff, supervise
 from ..errors import TransportError
 from ..transports.base import ControlMessage, WatchKind
-from ..transports.common import Backoff, TransportOptions, control_extra, replay_frames, supervise
+from ..transports.common import TransportOptions, control_extra, replay_frames
 from ..transports.outbox import OutboxBatch, chunks
 from ..transports.wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack
 from .client import Reading, ending_on_cancel

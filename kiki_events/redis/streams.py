@@ -32,10 +32,11 @@ from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..core.tasks import Backoff, supervise
 from ..errors import TransportError
 from ..redaction import redact_text
 from ..transports.base import ControlMessage, WatchKind
-from ..transports.common import Backoff, TransportOptions, control_extra, replay_frames, supervise
+from ..transports.common import TransportOptions, control_extra, replay_frames
 from ..transports.outbox import OutboxBatch, chunks
 from ..transports.wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack, run_frame_of
 from .client import blocking_command, reply_text

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..codec import encode
+from ..core.tasks import Backoff, stop_tasks, supervise
 from ..errors import TransportError
 from ..events import DoneEvent, StreamEvent
 from ..redaction import redact_text
@@ -29,7 +29,7 @@ from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_REPLAY, WireErr
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["Backoff", "BaseTransport", "TransportOptions", "supervise"]
+__all__ = ["BaseTransport", "TransportOptions"]
 
 logger = logging.getLogger("kiki_events.bridge")
 
@@ -98,65 +98,8 @@ class TransportOptions:
         return max(self.max_message_bytes - _HEADER_ROOM, 256)
 
 
-class Backoff:
-    """Exponential delays with jitter: 50 ms doubling, capped (1 s keeps reconnects within 3 s)."""
-
-    def __init__(self, initial: float = 0.05, cap: float = 1.0) -> None:
-        self.initial = initial
-        self.cap = cap
-        self._next = initial
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self._next * 2, self.cap)
-        return delay * random.uniform(0.8, 1.0)
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-
 _STOP_GRACE = 0.5
 """Seconds a read loop gets to notice the transport closed before it is cancelled."""
-
-
-async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], *, grace: float = 0.0, timeout: float = 2.0) -> None:
-    """Let ``tasks`` end by themselves for ``grace`` seconds, then cancel them; never hangs.
-
-    A task cancelled just as redis-py sends a command can lose the cancellation
-    (the client sends under ``asyncio.wait_for``, which drops it on Python 3.11).
-    Blocking reads end anyway (:func:`~kiki_events.redis.client.blocking_command`);
-    for the rest, loops also check a flag and this gives up waiting after ``timeout``.
-    """
-    pending = {t for t in tasks if not t.done()}
-    if pending and grace > 0:
-        _, pending = await asyncio.wait(pending, timeout=grace)
-    for task in pending:
-        task.cancel()
-    if pending:
-        _, stuck = await asyncio.wait(pending, timeout=timeout)
-        for task in stuck:
-            logger.warning("task %s did not stop within %.1fs", task.get_name(), timeout)
-    for task in tasks:
-        if task.done() and not task.cancelled() and task.exception() is not None:
-            logger.debug("task %s ended with %r", task.get_name(), task.exception())
-
-
-def supervise(name: str, loop: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
-    """Run ``loop`` in a task that restarts it (after a pause) if it crashes."""
-
-    async def guarded() -> None:
-        backoff = Backoff()
-        while True:
-            try:
-                await loop()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("%s crashed; restarting it", name)
-                await asyncio.sleep(backoff.next())
-
-    return asyncio.get_running_loop().create_task(guarded(), name=name)
 
 
 class BaseTransport:
