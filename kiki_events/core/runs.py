@@ -36,6 +36,7 @@ from ..redaction import redact_text
 from .bus import EventBus
 from .graphs import GraphRegistry
 from .owners import ThreadOwners
+from .records import RunInfo
 from .runlog import Notifier, RunLog
 
 __all__ = [
@@ -90,19 +91,20 @@ class RunRecord:
         """Whether the run has finished."""
         return self.log.ended
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready status (no principal: the caller is the owner anyway)."""
-        return {
-            "run_id": self.run_id,
-            "thread_id": self.thread_id,
-            "graph": self.graph,
-            "status": self.status,
-            "node": self.node,
-            "created_at": self.created_at,
-            "ended_at": self.ended_at,
-            "last_seq": self.log.last_seq,
-            "relayed_into": self.relayed_into,
-        }
+    def info(self) -> RunInfo:
+        """This run as the registry and ``GET /runs/{id}`` describe it (:meth:`.RunInfo.public`)."""
+        return RunInfo(
+            self.run_id,
+            self.node or "",
+            self.status,
+            thread_id=self.thread_id,
+            graph=self.graph,
+            principal=self.principal,
+            created_at=self.created_at,
+            ended_at=self.ended_at,
+            last_seq=self.log.last_seq,
+            relayed_into=self.relayed_into,
+        )
 
 
 @dataclass(eq=False)

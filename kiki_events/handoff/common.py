@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..core.records import text_of
 from ..core.tasks import Backoff
 from ..redaction import redact_text
-from ..redis.client import reply_text
 from ..redis.workqueue import WorkQueue
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class Shared:
     async def serving_nodes(self, agent: str) -> list[str]:
         """Nodes whose advertisement for ``agent`` is live."""
         nodes = await self.redis.zrangebyscore(self.keys.agents(agent), time.time(), "+inf")
-        return sorted(reply_text(n) for n in nodes)
+        return sorted(text_of(n) for n in nodes)
 
 
 def reraise_if_cancelled() -> None:

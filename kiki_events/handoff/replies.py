@@ -26,9 +26,10 @@ import re
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ..core.records import text_fields, text_of
 from ..core.tasks import stop_tasks
 from ..errors import HandoffError
-from ..redis.client import blocking_command, reply_fields, reply_text
+from ..redis.client import blocking_command
 from .common import _STOP_TIMEOUT, MAX_BLOCK, Retry, logger, reraise_if_cancelled
 
 if TYPE_CHECKING:
@@ -195,10 +196,10 @@ class ReplyReader:
 
     def _route(self, reply: Any) -> None:
         for raw_key, entries in reply or ():
-            key = reply_text(raw_key)
+            key = text_of(raw_key)
             if key == self.wake_key:
                 if entries:
-                    self._wake_last = reply_text(entries[-1][0])
+                    self._wake_last = text_of(entries[-1][0])
                 continue
             inbox = self._inboxes.get(key)
             if inbox is None or inbox.finished:
@@ -206,4 +207,4 @@ class ReplyReader:
             for entry_id, raw in entries:
                 if inbox.full():
                     break  # read again from inbox.last_id once there is room
-                inbox.push(reply_text(entry_id), reply_fields(raw))
+                inbox.push(text_of(entry_id), text_fields(raw))

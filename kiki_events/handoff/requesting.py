@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from ..core.records import text_fields, text_of
 from ..core.runlog import Frame, RunCursor
 from ..core.tasks import stop_tasks
 from ..errors import HandoffError, HandoffTimeoutError, NoAgentError, RunNotFoundError
 from ..events import StreamEvent
 from ..redaction import redact_text
-from ..redis.client import reply_fields, reply_text
 from .common import _STOP_TIMEOUT, WIRE_VERSION, Shared, logger
 from .payload import dump_payload
 from .replies import Inbox, ReplyReader, wake_key
@@ -296,7 +296,7 @@ class Requester:
             self.replies.remove(inbox)
             raise
         shared.stats["delegated"] += 1
-        return _Request(request_id, agent, deadline, reply_text(replies[0]), reply_key, inbox, task.principal)
+        return _Request(request_id, agent, deadline, text_of(replies[0]), reply_key, inbox, task.principal)
 
     async def _next_reply(self, request: _Request) -> dict[str, str]:
         """The next entry of the request's reply stream; enforces pickup and overall timeouts."""
@@ -352,7 +352,7 @@ class Requester:
             unread = request.inbox.drain()
             if len(replies) == 3:
                 seen = request.inbox.last_id
-                unread += [reply_fields(raw) for entry_id, raw in replies[2] or () if reply_text(entry_id) != seen]
+                unread += [text_fields(raw) for entry_id, raw in replies[2] or () if text_of(entry_id) != seen]
             for fields in unread:
                 if fields.get("kind") == "started" and fields.get("run_id"):
                     request.run_id = fields["run_id"]

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..capture.handler import KikiCallbackHandler
+from ..core.records import float_of
 from ..core.tasks import stop_tasks
 from ..errors import RunError, RunNotFoundError, UnknownGraphError
 from ..redaction import redact_error, redact_text
-from ..redis.client import reply_float
 from ..redis.workqueue import WorkItem, WorkQueue
 from .common import _STOP_TIMEOUT, MAX_BLOCK, WIRE_VERSION, Retry, Shared, logger, reraise_if_cancelled
 from .payload import encode_output, load_payload
@@ -80,7 +80,7 @@ class _Served:
 
 def _float(value: str | None) -> float:
     try:
-        return reply_float(value) if value else float("inf")
+        return float_of(value) if value else float("inf")
     except ValueError:
         return float("inf")
 

@@ -7,9 +7,8 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,46 +26,13 @@ __all__ = [
     "connection_url",
     "create_redis",
     "ending_on_cancel",
-    "reply_fields",
-    "reply_float",
-    "reply_int",
-    "reply_text",
 ]
 
 T = TypeVar("T")
 
 # ``[0-9]``, never ``\d``, ``str.isdigit()`` or bare ``int()``: those also accept ``²``, ``٣``,
 # ``1_000`` or `` 5 ``, so what another node wrote would mean something else here.
-_INT = re.compile(r"[0-9]{1,18}")
-_FLOAT = re.compile(r"-?[0-9]{1,20}(?:\.[0-9]{1,20})?(?:[eE][-+]?[0-9]{1,3})?")
 _PORT = re.compile(r"[0-9]{1,5}")
-
-
-def reply_text(value: Any) -> str:
-    """A value of a Redis reply as text (bytes decoded as UTF-8, undecodable bytes replaced)."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def reply_int(value: Any) -> int:
-    """A count or seq of a Redis reply (1 to 18 ASCII digits); ``ValueError`` otherwise."""
-    text = reply_text(value)
-    if not _INT.fullmatch(text):
-        raise ValueError(f"expected an integer, got {text[:40]!r}")
-    return int(text)
-
-
-def reply_float(value: Any) -> float:
-    """A finite number of a Redis reply, as ``repr(float)`` writes it; ``ValueError`` otherwise."""
-    text = reply_text(value)
-    number = float(text) if _FLOAT.fullmatch(text) else math.nan
-    if not math.isfinite(number):
-        raise ValueError(f"expected a finite number, got {text[:40]!r}")
-    return number
-
-
-def reply_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
-    """A hash's or a stream entry's fields as text."""
-    return {reply_text(k): reply_text(v) for k, v in raw.items()}
 
 
 class Reading:

@@ -20,9 +20,9 @@ import contextlib
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..core.records import RunInfo, ThreadOwner
 from ..errors import TransportError
 from ..redaction import redact_text
-from ..transports.base import RunInfo, ThreadOwner
 from ..transports.common import BaseTransport, TransportOptions
 from .client import Keys
 

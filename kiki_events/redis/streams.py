@@ -32,6 +32,7 @@ from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..core.records import text_of
 from ..core.tasks import Backoff, supervise
 from ..errors import TransportError
 from ..redaction import redact_text
@@ -39,7 +40,7 @@ from ..transports.base import ControlMessage, WatchKind
 from ..transports.common import TransportOptions, control_extra, replay_frames
 from ..transports.outbox import OutboxBatch, chunks
 from ..transports.wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack, run_frame_of
-from .client import blocking_command, reply_text
+from .client import blocking_command
 from .registry import RUNNING_TTL, RedisTransportBase
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ class RedisStreamsTransport(RedisTransportBase):
             pipe.xrevrange(key, count=1)
         tails = await self._call(pipe.execute())
         for key, tail in zip(shared, tails, strict=True):
-            self._positions.setdefault(key, reply_text(tail[0][0]) if tail else "0-0")
+            self._positions.setdefault(key, text_of(tail[0][0]) if tail else "0-0")
         self._tails_known = True
 
     async def _read_forever(self) -> None:
@@ -134,15 +135,15 @@ class RedisStreamsTransport(RedisTransportBase):
                 continue
             self._read_ok(backoff)
             for key, entries in reply.items() if isinstance(reply, dict) else reply or ():
-                name = reply_text(key)
+                name = text_of(key)
                 foreign: list[str] = []
                 for entry_id, fields in entries:
                     if name not in self._positions:
                         break  # unwatched meanwhile
                     if self._entry(name, fields, live=True):
-                        self._positions[name] = reply_text(entry_id)
+                        self._positions[name] = text_of(entry_id)
                     else:
-                        foreign.append(reply_text(entry_id))
+                        foreign.append(text_of(entry_id))
                 if foreign:
                     await self._remove_foreign(name, foreign)
 
@@ -182,14 +183,14 @@ class RedisStreamsTransport(RedisTransportBase):
             foreign: list[str] = []
             for entry_id, fields in entries:
                 if self._entry(key, fields, live=False):
-                    last = reply_text(entry_id)
+                    last = text_of(entry_id)
                 else:
-                    foreign.append(reply_text(entry_id))
+                    foreign.append(text_of(entry_id))
             if foreign:
                 await self._remove_foreign(key, foreign)
             if len(entries) < _PAGE:
                 return last
-            start = f"({reply_text(entries[-1][0])}"
+            start = f"({text_of(entries[-1][0])}"
 
     # -- watching ------------------------------------------------------------------------------
     def _key(self, kind: WatchKind, key: str) -> str:
@@ -344,14 +345,14 @@ class RedisStreamsTransport(RedisTransportBase):
                 for entry_id, fields in entries:
                     data = fields.get(b"d", fields.get("d"))
                     own = len(fields) == 1 and run_frame_of(data, waiting[0].run_id) == self.node
-                    (ours if own else foreign).append(reply_text(entry_id))
+                    (ours if own else foreign).append(text_of(entry_id))
                 if foreign:
                     pipe.xdel(stream, *foreign)
                     removed += len(foreign)
                 retry = [write for write in waiting if write.entry_id not in ours]
                 if not retry:
                     continue
-                top = max(ours, key=_id_order) if ours else reply_text(below[0][0]) if below else "0-0"
+                top = max(ours, key=_id_order) if ours else text_of(below[0][0]) if below else "0-0"
                 resets.add(len(pipe))
                 pipe.execute_command("XSETID", stream, top)
                 for write in retry:

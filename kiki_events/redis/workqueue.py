@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .client import blocking_command, reply_fields, reply_text
+from ..core.records import text_fields, text_of
+from .client import blocking_command
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -83,7 +84,7 @@ class WorkQueue:
     async def put(self, fields: Mapping[str, str]) -> str:
         """Append an item; returns its entry id."""
         entry = await self.redis.xadd(self.stream, dict(fields), maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
-        return reply_text(entry)
+        return text_of(entry)
 
     async def remove(self, entry_id: str) -> int:
         """Delete an item that should no longer be handled (e.g. its requester gave up)."""
@@ -101,7 +102,7 @@ class WorkQueue:
         )  # fmt: skip
         items: list[WorkItem] = []
         for _stream, entries in reply or ():
-            items.extend(WorkItem(reply_text(i), reply_fields(f)) for i, f in entries if f is not None)
+            items.extend(WorkItem(text_of(i), text_fields(f)) for i, f in entries if f is not None)
         return items
 
     async def touch(self, entry_ids: Sequence[str]) -> list[str]:
@@ -109,7 +110,7 @@ class WorkQueue:
         if not entry_ids:
             return []
         owned = await self.redis.xclaim(self.stream, self.group, self.consumer, 0, list(entry_ids), justid=True)
-        return [reply_text(i) for i in owned]
+        return [text_of(i) for i in owned]
 
     async def release(self, entry_ids: Sequence[str], min_idle: float) -> None:
         """Give up ``entry_ids`` now: mark them idle, so the next :meth:`reclaim` anywhere takes them.
@@ -130,7 +131,7 @@ class WorkQueue:
             self.stream, self.group, self.consumer, max(0, int(min_idle * 1000)), "0-0", count=count
         )
         entries = reply[1] if len(reply) > 1 else []
-        claimed = [(reply_text(i), reply_fields(f)) for i, f in entries if f is not None]
+        claimed = [(text_of(i), text_fields(f)) for i, f in entries if f is not None]
         if not claimed:
             return []
         counts = await self._deliveries([i for i, _ in claimed])
@@ -144,7 +145,7 @@ class WorkQueue:
         counts: dict[str, int] = {}
         for rows in replies:
             for row in rows:
-                counts[reply_text(row["message_id"])] = int(row["times_delivered"])
+                counts[text_of(row["message_id"])] = int(row["times_delivered"])
         return counts
 
     async def ack(self, entry_id: str) -> None:
@@ -168,7 +169,7 @@ class WorkQueue:
             pipe.xack(self.stream, self.group, item.id)
             pipe.xdel(self.stream, item.id)
             replies = await pipe.execute()
-        return reply_text(replies[0])
+        return text_of(replies[0])
 
     async def pending(self) -> int:
         """Items delivered to some consumer and not acknowledged yet."""

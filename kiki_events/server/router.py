@@ -299,12 +299,12 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
                 _raise_http(exc)
             record = None
         if record is not None and (record.ended or not is_remote(record)):
-            return record.to_dict()
+            return record.info().public()
         try:
             info = await bridge.run_info(run_id, principal)  # type: ignore[union-attr]
         except KikiEventsError as exc:
             if record is not None:
-                return record.to_dict()
+                return record.info().public()
             _raise_http(exc)
         status = info.public()
         if record is not None:

@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
+from ..core.records import RunInfo, ThreadOwner
 from ..events import StreamEvent
-from ..redis.client import reply_fields, reply_float, reply_int, reply_text
 
 if TYPE_CHECKING:
     from .wire import Message
@@ -104,104 +104,6 @@ class TransportStats:
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """A run as the registry knows it: where it executes and how it is doing."""
-
-    run_id: str
-    node: str
-    status: str = "running"
-    """``pending``, ``running``, or a final status (``success``, ``error``, ``interrupted``, ``cancelled``)."""
-    thread_id: str | None = None
-    graph: str | None = None
-    principal: str | None = None
-    """Owner of the run (empty when anonymous)."""
-    created_at: float = 0.0
-    ended_at: float | None = None
-    last_seq: int = 0
-    """Seq of the run's last event, once it ended."""
-    relayed_into: str | None = None
-    """The run that relays this one's events (its delegate's caller); not listed on its thread."""
-
-    @property
-    def ended(self) -> bool:
-        return self.status not in ("pending", "running")
-
-    def to_fields(self) -> dict[str, str]:
-        """Flat string fields (a Redis hash)."""
-        fields = {"node": self.node, "status": self.status, "created_at": repr(self.created_at)}
-        if self.thread_id is not None:
-            fields["thread_id"] = self.thread_id
-        if self.graph is not None:
-            fields["graph"] = self.graph
-        if self.principal is not None:
-            fields["principal"] = self.principal
-        if self.ended_at is not None:
-            fields["ended_at"] = repr(self.ended_at)
-        if self.last_seq:
-            fields["last_seq"] = str(self.last_seq)
-        if self.relayed_into is not None:
-            fields["relayed_into"] = self.relayed_into
-        return fields
-
-    @classmethod
-    def from_fields(cls, run_id: str, fields: Mapping[Any, Any]) -> RunInfo | None:
-        """Parse a hash written by :meth:`to_fields`; ``None`` if it is not one."""
-        text = reply_fields(fields)
-        node = text.get("node")
-        if not node:
-            return None
-        try:
-            ended = text.get("ended_at")
-            return cls(
-                run_id=run_id,
-                node=node,
-                status=text.get("status") or "running",
-                thread_id=text.get("thread_id"),
-                graph=text.get("graph"),
-                principal=text.get("principal"),
-                created_at=reply_float(text.get("created_at") or "0"),
-                ended_at=reply_float(ended) if ended else None,
-                last_seq=reply_int(text.get("last_seq") or "0"),
-                relayed_into=text.get("relayed_into") or None,
-            )
-        except ValueError:
-            return None
-
-    def public(self) -> dict[str, Any]:
-        """JSON-ready status, like :meth:`~kiki_events.core.runs.RunRecord.to_dict` (no principal)."""
-        return {
-            "run_id": self.run_id,
-            "thread_id": self.thread_id,
-            "graph": self.graph,
-            "status": self.status,
-            "node": self.node,
-            "created_at": self.created_at,
-            "ended_at": self.ended_at,
-            "last_seq": self.last_seq,
-            "relayed_into": self.relayed_into,
-        }
-
-
-@dataclass(frozen=True)
-class ThreadOwner:
-    """The principal a thread belongs to, cluster-wide (``None``: anonymous).
-
-    Stored as the value of ``<prefix>threadowner:{<thread_id>}``: the principal, or
-    an empty string for anonymous (a principal is never empty).
-    """
-
-    principal: str | None
-
-    def encode(self) -> str:
-        return self.principal or ""
-
-    @classmethod
-    def decode(cls, value: Any) -> ThreadOwner:
-        text = reply_text(value)
-        return cls(text or None)
 
 
 @dataclass(frozen=True)
