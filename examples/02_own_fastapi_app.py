@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from kiki_events import Settings
-from kiki_events.cli.heap import freeze_startup_heap, tune_collector
+from kiki_events.heap import freeze_startup_heap, tune_collector
 from kiki_events.runtime import KikiRuntime
 from kiki_events.server import create_router, stream_agent_sse
 
