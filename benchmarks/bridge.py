@@ -145,7 +145,7 @@ async def kiki_receive(url: str, mode: str, run_id: str, n: int, ready: Any, out
 async def kiki_receive_transport(url: str, mode: str, run_id: str, n: int, ready: Any, out: Any) -> None:
     """Node B at the transport: frames decoded and validated, events counted (no bus, no replay log)."""
     from kiki_events.config import Settings
-    from kiki_events.transports import create_transport
+    from kiki_events.runtime.build import create_transport
 
     settings = Settings.model_validate(
         {"eventbus": {"provider": "redis", "redis": {"url": url, "channel_prefix": PREFIX, "mode": mode}}}

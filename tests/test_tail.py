@@ -43,7 +43,8 @@ from kiki_events.events import (
     ToolResultEvent,
 )
 from kiki_events.runtime import KikiRuntime
-from kiki_events.transports import RunInfo, Transport, create_transport
+from kiki_events.runtime.build import create_transport
+from kiki_events.transports import RunInfo, Transport
 from tests.processes import dying_with_us
 from tests.redis_server import free_port, wait_subscribed
 from tests.servers import Gate, async_wait_for, gated_graph

@@ -30,9 +30,10 @@ from kiki_events.errors import RunNotFoundError, TransportError
 from kiki_events.events import StatusEvent, StreamEvent, TokenEvent
 from kiki_events.redis.client import Keys
 from kiki_events.runtime import KikiRuntime
+from kiki_events.runtime.build import create_transport
 from kiki_events.server import bearer_tokens, create_app
 from kiki_events.topics import topic_of
-from kiki_events.transports import MemoryHub, ThreadOwner, create_transport
+from kiki_events.transports import MemoryHub, ThreadOwner
 from kiki_events.transports.wire import KIND_BATCH, KIND_CONTROL, Message, pack
 from tests.redis_server import free_port, wait_subscribed
 from tests.servers import Gate, aiter_frames, async_wait_for, gated_graph, live_server

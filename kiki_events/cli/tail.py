@@ -316,7 +316,7 @@ async def _listen(
     stop: asyncio.Event | None,
 ) -> int:
     from ..runtime import default_node_name
-    from ..transports import create_transport
+    from ..runtime.build import create_transport
 
     bus = settings.eventbus
     # Lifecycle broadcasts only when they are wanted; a thread is watched instead.

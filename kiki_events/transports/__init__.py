@@ -1,19 +1,10 @@
 """Transports: how events cross nodes (see :mod:`kiki_events.transports.base`).
 
-``create_transport`` picks one from the settings (``eventbus.provider`` and
-``eventbus.redis.mode``)::
-
-    memory + a MemoryHub   → MemoryTransport      (runtimes of one process)
-    redis, mode: pubsub    → RedisPubSubTransport (lowest latency, at-most-once)
-    redis, mode: streams   → RedisStreamsTransport (durable)
-
-The Redis client is created from ``eventbus.redis`` (and owned by the transport)
-unless one is given.
+The composition root (:func:`kiki_events.runtime.build.create_transport`) picks one
+from the settings.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 from .base import (
     ControlMessage,
@@ -27,11 +18,6 @@ from .base import (
 from .common import TransportOptions
 from .memory import MemoryHub, MemoryTransport
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
-    from ..config import Settings
-
 __all__ = [
     "ControlMessage",
     "MemoryHub",
@@ -43,32 +29,4 @@ __all__ = [
     "TransportOptions",
     "TransportState",
     "TransportStats",
-    "create_transport",
 ]
-
-
-def create_transport(
-    settings: Settings, *, node: str, redis: Redis | None = None, hub: MemoryHub | None = None
-) -> Transport | None:
-    """The transport the settings ask for, or ``None`` (memory without a hub: no bridge).
-
-    Raises:
-        ConfigError: the Redis address or URL is invalid.
-        MissingDependencyError: ``redis`` is not installed.
-    """
-    bus = settings.eventbus
-    options = TransportOptions.from_settings(settings)
-    if bus.provider == "memory":
-        return MemoryTransport(hub, node=node, options=options) if hub is not None else None
-    owns = redis is None
-    if redis is None:
-        from ..redis.client import create_redis
-
-        redis = create_redis(bus.redis)
-    if bus.redis.mode == "streams":
-        from ..redis.streams import RedisStreamsTransport
-
-        return RedisStreamsTransport(redis, node=node, options=options, owns_client=owns)
-    from ..redis.pubsub import RedisPubSubTransport
-
-    return RedisPubSubTransport(redis, node=node, options=options, owns_client=owns)

@@ -22,22 +22,23 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .bridge import Bridge
-from .capture.handler import KikiCallbackHandler
-from .config import Settings
-from .core.bus import EventBus
-from .core.graphs import GraphRegistry, load_graphs
-from .core.runlog import Frame, RunCursor
-from .core.runs import RunHandle, RunManager, RunRecord, RunStore, new_thread_id
-from .errors import KikiEventsError, RunNotFoundError
-from .events import StreamEvent
-from .transports import MemoryHub, Transport, create_transport
+from ..bridge import Bridge
+from ..capture.handler import KikiCallbackHandler
+from ..config import Settings
+from ..core.bus import EventBus
+from ..core.graphs import GraphRegistry, load_graphs
+from ..core.runlog import Frame, RunCursor
+from ..core.runs import RunHandle, RunManager, RunRecord, RunStore, new_thread_id
+from ..errors import KikiEventsError, RunNotFoundError
+from ..events import StreamEvent
+from ..transports import MemoryHub, Transport
+from .build import create_transport
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from redis.asyncio import Redis
 
-    from .handoff import Handoff
+    from ..handoff import Handoff
 
 __all__ = ["KikiRuntime", "default_node_name"]
 
@@ -113,7 +114,7 @@ class KikiRuntime:
         # through Redis; None with another provider.
         self.handoff: Handoff | None = None
         if settings.eventbus.enabled and settings.eventbus.provider == "redis":
-            from .handoff import Handoff
+            from ..handoff import Handoff
 
             self.handoff = Handoff(self)
         self._state: Literal["new", "running", "stopping", "closed"] = "new"
