@@ -31,7 +31,10 @@ from .threads import ThreadWatches
 if TYPE_CHECKING:
     from ..config import EventBusSettings
     from ..core.bus import EventBus
-    from ..core.runs import RunManager, RunRecord, RunStore, ThreadRecord
+    from ..core.manager import RunManager
+    from ..core.runrecord import RunRecord
+    from ..core.store import RunStore
+    from ..core.threads import ThreadRecord
 
 __all__ = ["Bridge", "BridgeStats"]
 

@@ -35,7 +35,7 @@ from ..transports.wire import KIND_REPLAY, Message
 from .lease import NO_LEASE, Lease
 
 if TYPE_CHECKING:
-    from ..core.runs import RunRecord
+    from ..core.runrecord import RunRecord
     from .core import Bridge
 
 __all__ = ["READY_TIMEOUT", "Following", "RemoteRun"]

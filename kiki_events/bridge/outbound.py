@@ -21,7 +21,8 @@ from ..events import DoneEvent, StatusEvent, StreamEvent
 from ..transports.base import RunInfo, Transport
 
 if TYPE_CHECKING:
-    from ..core.runs import RunRecord, RunStore
+    from ..core.runrecord import RunRecord
+    from ..core.store import RunStore
 
 __all__ = ["Outbound"]
 

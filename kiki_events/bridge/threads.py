@@ -22,7 +22,7 @@ from .follow import READY_TIMEOUT
 from .lease import NO_LEASE, Lease
 
 if TYPE_CHECKING:
-    from ..core.runs import ThreadRecord
+    from ..core.threads import ThreadRecord
     from .core import Bridge
 
 __all__ = ["ThreadWatches"]

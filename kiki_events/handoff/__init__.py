@@ -3,7 +3,7 @@
 A node *serves* agents (graph names it has registered): it advertises them in
 Redis and consumes their work streams. Any node can *delegate* a task to an
 agent: the task goes to exactly one serving node, runs there through that node's
-:class:`~kiki_events.core.runs.RunManager` (so its events flow like any run's), and
+:class:`~kiki_events.core.manager.RunManager` (so its events flow like any run's), and
 its result comes back. :func:`remote_agent_node` makes a LangGraph node that
 delegates and relays the remote run's events into the calling run, so a browser
 watching that run sees the remote agent's tokens.

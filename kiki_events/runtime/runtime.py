@@ -27,8 +27,11 @@ from ..capture.handler import KikiCallbackHandler
 from ..config import Settings
 from ..core.bus import EventBus
 from ..core.graphs import GraphRegistry, load_graphs
+from ..core.manager import RunHandle, RunManager
 from ..core.runlog import Frame, RunCursor
-from ..core.runs import RunHandle, RunManager, RunRecord, RunStore, new_thread_id
+from ..core.runrecord import RunRecord
+from ..core.store import RunStore
+from ..core.threads import new_thread_id
 from ..errors import KikiEventsError, RunNotFoundError
 from ..events import StreamEvent
 from ..transports import MemoryHub, Transport
@@ -204,7 +207,7 @@ class KikiRuntime:
         principal: str | None = None,
         handler_factory: Callable[..., KikiCallbackHandler] = KikiCallbackHandler,
     ) -> RunHandle:
-        """:meth:`RunManager.start <kiki_events.core.runs.RunManager.start>`, with the thread's owner
+        """:meth:`RunManager.start <kiki_events.core.manager.RunManager.start>`, with the thread's owner
         decided for the whole cluster first (the HTTP API starts runs this way).
 
         ``runs.start`` checks the owner on this node only. With a bridge, a given

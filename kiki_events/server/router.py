@@ -39,8 +39,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..bridge import Lease
+from ..core.manager import RunHandle
 from ..core.runlog import RunCursor, RunLog, ThreadCursor
-from ..core.runs import RunHandle, RunRecord, ThreadRecord
+from ..core.runrecord import RunRecord
+from ..core.threads import ThreadRecord
 from ..errors import KikiEventsError, RunLimitError, RunNotFoundError, TransportError, UnknownGraphError
 from ..runtime import KikiRuntime
 from .auth import AuthDependency, Principal, principal_dependency

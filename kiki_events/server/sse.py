@@ -35,8 +35,9 @@ from starlette.types import Message, Receive, Scope, Send
 from ..capture.handler import KikiCallbackHandler, new_run_id
 from ..config import SSESettings
 from ..core.bus import EventBus
+from ..core.manager import ensure_done, execute_run
 from ..core.runlog import Frame, RunCursor, RunLog, ThreadCursor
-from ..core.runs import RunStore, ensure_done, execute_run
+from ..core.store import RunStore
 from ..errors import BusError
 from ..events import StreamEvent
 from ..formats.sse import notice_frame, retry_frame
