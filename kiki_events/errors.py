@@ -8,6 +8,7 @@ working for callers who do not know this library::
     ├── ConfigError (ValueError)            bad YAML, bad key, bad value
     ├── MissingDependencyError (ImportError) an optional extra is not installed
     ├── EventDecodeError (ValueError)       foreign bytes are not a valid StreamEvent
+    ├── InvalidArgumentError (ValueError)   an argument is invalid or conflicts with another
     ├── BusError (RuntimeError)             bus used outside its lifecycle
     │   └── SubscriptionOverflowError       a ``disconnect`` subscription fell behind
     ├── GraphLoadError (ImportError)        ``path.py:attr`` cannot be loaded
@@ -32,6 +33,7 @@ __all__ = [
     "HandoffError",
     "HandoffFailedError",
     "HandoffTimeoutError",
+    "InvalidArgumentError",
     "KikiEventsError",
     "MissingDependencyError",
     "NoAgentError",
@@ -58,6 +60,10 @@ class MissingDependencyError(KikiEventsError, ImportError):
 
 class EventDecodeError(KikiEventsError, ValueError):
     """Bytes from outside the process are not a valid StreamEvent."""
+
+
+class InvalidArgumentError(KikiEventsError, ValueError):
+    """An argument is invalid or conflicts with another (``subscribe(run_id=…, topics=…)``)."""
 
 
 class BusError(KikiEventsError, RuntimeError):

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Literal, TypeAlias
 
-from ..errors import BusError
+from ..errors import BusError, InvalidArgumentError
 from ..events import EVENT_TYPES, StreamEvent
 from ..topics import topic_matches, topic_of
 from .subscription import OVERFLOWS, BusStats, EventHandler, Overflow, Subscription
@@ -52,7 +52,7 @@ class EventBus:
 
     def __init__(self, *, node: str | None = None, inbox_size: int = 65536, queue_size: int = 10000) -> None:
         if inbox_size < 1 or queue_size < 1:
-            raise ValueError("inbox_size and queue_size must be at least 1")
+            raise InvalidArgumentError("inbox_size and queue_size must be at least 1")
         self.node = node
         self.queue_size = queue_size
         self.stats = BusStats()
@@ -247,15 +247,15 @@ class EventBus:
 
         Raises:
             BusError: the bus is not running.
-            ValueError: conflicting or invalid arguments.
+            InvalidArgumentError: conflicting or invalid arguments (a ``ValueError``).
         """
         self._require_running()
         key, patterns = _subscription_key(topics, run_id, thread_id)
         if overflow not in OVERFLOWS:
-            raise ValueError(f"overflow must be one of {', '.join(OVERFLOWS)}; got {overflow!r}")
+            raise InvalidArgumentError(f"overflow must be one of {', '.join(OVERFLOWS)}; got {overflow!r}")
         size = self.queue_size if maxsize is None else maxsize
         if size < 1:
-            raise ValueError(f"maxsize must be at least 1; got {size}")
+            raise InvalidArgumentError(f"maxsize must be at least 1; got {size}")
         sub = Subscription(
             self.stats,
             self._remove,
@@ -355,11 +355,11 @@ def _subscription_key(
     """The index key of a subscription to ``topics``, ``run_id`` or ``thread_id``, and its topic patterns.
 
     Raises:
-        ValueError: more than one of them is given, or ``topics`` is empty.
+        InvalidArgumentError: more than one of them is given, or ``topics`` is empty.
     """
     given = [k for k, v in (("topics", topics), ("run_id", run_id), ("thread_id", thread_id)) if v is not None]
     if len(given) > 1:
-        raise ValueError(f"subscribe takes one of topics, run_id, thread_id; got {', '.join(given)}")
+        raise InvalidArgumentError(f"subscribe takes one of topics, run_id, thread_id; got {', '.join(given)}")
     if run_id is not None:
         return ("run", run_id), ()
     if thread_id is not None:
@@ -368,7 +368,7 @@ def _subscription_key(
         return _ALL, ()
     patterns = (topics,) if isinstance(topics, str) else tuple(topics)
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
-        raise ValueError("topics must be one or more non-empty topic names or patterns")
+        raise InvalidArgumentError("topics must be one or more non-empty topic names or patterns")
     if "*" in patterns:
         return _ALL, patterns
     return ("topic", ",".join(patterns)), patterns
@@ -378,12 +378,14 @@ def _event_types(types: str | Iterable[str] | None) -> frozenset[str] | None:
     """The event types a subscription accepts (``None``: all).
 
     Raises:
-        ValueError: an unknown event type.
+        InvalidArgumentError: an unknown event type.
     """
     if types is None:
         return None
     kinds = frozenset([types] if isinstance(types, str) else types)
     unknown = sorted(map(str, kinds - set(EVENT_TYPES)))
     if unknown:
-        raise ValueError(f"types: unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
+        raise InvalidArgumentError(
+            f"types: unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}"
+        )
     return kinds
