@@ -13,6 +13,9 @@ replay buffer.
 Interest listeners (:meth:`EventBus.add_interest_listener`) learn when the first
 subscription to a run or thread appears and when the last one goes: the cross-node
 bridge uses that to receive a remote run's traffic only while someone here wants it.
+
+Subscriptions, their overflow policies and the bus's counters live in
+:mod:`kiki_events.core.subscription` (re-exported here).
 """
 
 from __future__ import annotations
