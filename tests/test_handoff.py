@@ -323,7 +323,7 @@ async def test_timeout_raises_and_cancels_the_remote_run(cluster: Cluster) -> No
 
     assert started.is_set()
     store = cluster.runtimes["b"].store
-    await async_wait_for(lambda: b.runtime.runs.active == 0, 30, "the abandoned run to be cancelled")
+    await async_wait_for(lambda: b.context.runs.active == 0, 30, "the abandoned run to be cancelled")
     (record,) = [store.get(run_id) for run_id in list(store._runs)]
     assert record.status == "cancelled"
 

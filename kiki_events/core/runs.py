@@ -606,6 +606,8 @@ class RunManager:
         """Runs started since creation."""
         self.finished: dict[str, int] = {}
         """Runs ended on this node, by final status."""
+        self.configurable: dict[str, Any] = {}
+        """Entries added to every run's ``configurable`` (the composition root adds what graph nodes look up)."""
         self._tasks: dict[str, asyncio.Task[RunStatus]] = {}
         self._closing = False
 
@@ -666,7 +668,7 @@ class RunManager:
         config: dict[str, Any] = {
             "callbacks": [handler],
             "run_id": run_uuid,
-            "configurable": {"thread_id": thread_id},
+            "configurable": {**self.configurable, "thread_id": thread_id},
             "metadata": {**(metadata or {}), "kiki_run_id": run_id, "thread_id": thread_id},
         }
         task = asyncio.get_running_loop().create_task(
