@@ -805,3 +805,14 @@ def test_payloads_keep_messages_and_plain_data() -> None:
     assert loaded["messages"] == state["messages"]
     assert loaded["messages"][2].status == "error"
     assert loaded["n"] == 3 and loaded["nested"] == {"t": [1, 2]}
+
+
+def test_a_graph_not_run_by_a_runtime_with_a_handoff_is_told_to_pass_one() -> None:
+    from kiki_events.errors import HandoffError
+
+    handler = KikiCallbackHandler(lambda _event: None, node="x")
+
+    with pytest.raises(HandoffError, match=r"node 'x' has no running Handoff.*pass handoff= explicitly"):
+        Handoff.of({"callbacks": [handler], "configurable": {"thread_id": "t"}})
+    with pytest.raises(HandoffError, match="this graph has no running Handoff"):
+        Handoff.of(None)

@@ -130,16 +130,20 @@ class Handoff:
         ``configurable`` (under :data:`CONFIG_KEY`).
 
         Raises:
-            HandoffError: the run was not started by a runtime with a running Handoff.
+            HandoffError: the run was not started by a runtime with a running Handoff (a
+                graph run some other way, e.g. by :func:`~kiki_events.server.stream_agent_sse`,
+                needs ``handoff=`` given to :func:`remote_agent_node`).
         """
         handoff = ((config or {}).get("configurable") or {}).get(CONFIG_KEY)
-        if isinstance(handoff, Handoff) and handoff.state == "running":
-            return handoff
+        if isinstance(handoff, Handoff):
+            if handoff.state == "running":
+                return handoff
+            raise HandoffError(f"node {handoff.node!r} has no running Handoff (it is {handoff.state})")
         handler = kiki_handler(config)
-        if handler is None:
-            raise HandoffError("this graph does not run under a KikiCallbackHandler; pass handoff= explicitly")
+        where = f"node {handler.node!r}" if handler is not None else "this graph"
         raise HandoffError(
-            f"node {handler.node!r} has no running Handoff (agents across nodes need eventbus.provider: redis)"
+            f"{where} has no running Handoff (agents across nodes need eventbus.provider: redis and a run "
+            "started by that node's KikiRuntime; elsewhere pass handoff= explicitly)"
         )
 
     # -- serving ------------------------------------------------------------------------------
