@@ -114,6 +114,8 @@ class RunManager:
         """Runs started since creation."""
         self.finished: dict[str, int] = {}
         """Runs ended on this node, by final status."""
+        self.configurable: dict[str, Any] = {}
+        """Entries added to every run's ``configurable`` (the composition root adds what graph nodes look up)."""
         self._tasks: dict[str, asyncio.Task[RunStatus]] = {}
         self._closing = False
 
@@ -167,7 +169,7 @@ class RunManager:
             graph_name=graph_name,
             max_payload_chars=self.handler_settings.max_payload_chars,
         )
-        config = _run_config(handler, run_uuid, run_id, thread_id, metadata)
+        config = _run_config(handler, run_uuid, run_id, thread_id, metadata, self.configurable)
         task = asyncio.get_running_loop().create_task(
             execute_run(graph, input, config, handler, run_id, label=graph_name), name=f"kiki-run:{run_id}"
         )
@@ -250,12 +252,17 @@ class RunManager:
 
 
 def _run_config(
-    handler: KikiCallbackHandler, run_uuid: UUID, run_id: str, thread_id: str, metadata: Mapping[str, Any] | None
+    handler: KikiCallbackHandler,
+    run_uuid: UUID,
+    run_id: str,
+    thread_id: str,
+    metadata: Mapping[str, Any] | None,
+    configurable: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The LangGraph config of a run: its callback handler, ids and metadata."""
     return {
         "callbacks": [handler],
         "run_id": run_uuid,
-        "configurable": {"thread_id": thread_id},
+        "configurable": {**configurable, "thread_id": thread_id},
         "metadata": {**(metadata or {}), "kiki_run_id": run_id, "thread_id": thread_id},
     }

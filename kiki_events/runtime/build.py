@@ -9,21 +9,26 @@ One function per part, called by :class:`~kiki_events.runtime.KikiRuntime` only.
     redis, mode: streams   → RedisStreamsTransport (durable)
 
 The Redis client is created from ``eventbus.redis`` (and owned by the transport)
-unless one is given.
+unless one is given. ``create_handoff`` builds the node's
+:class:`~kiki_events.handoff.Handoff` (Redis provider only) with a Redis client of
+its own, which the runtime closes after the Handoff.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..handoff import CONFIG_KEY, Follow, Handoff, HandoffContext, client_name
 from ..transports import MemoryHub, MemoryTransport, Transport, TransportOptions
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from ..bridge import Bridge
     from ..config import Settings
+    from ..core.manager import RunManager
 
-__all__ = ["create_transport"]
+__all__ = ["create_handoff", "create_transport"]
 
 
 def create_transport(
@@ -51,3 +56,36 @@ def create_transport(
     from ..redis.pubsub import RedisPubSubTransport
 
     return RedisPubSubTransport(redis, node=node, options=options, owns_client=owns)
+
+
+def create_handoff(
+    settings: Settings, *, node: str, runs: RunManager, bridge: Bridge | None, follow: Follow | None
+) -> Handoff | None:
+    """The node's Handoff with ``eventbus.provider: redis`` (else ``None``), known to its runs.
+
+    Its Redis client (named :func:`~kiki_events.handoff.client_name` of the node) is
+    the caller's to close, after the Handoff. Every run of ``runs`` carries the
+    Handoff in its ``configurable`` (:data:`~kiki_events.handoff.CONFIG_KEY`), where
+    :meth:`Handoff.of <kiki_events.handoff.Handoff.of>` finds it.
+
+    Raises:
+        ConfigError: the Redis address or URL is invalid.
+    """
+    bus = settings.eventbus
+    if not (bus.enabled and bus.provider == "redis"):
+        return None
+    from ..redis.client import Keys, create_redis
+
+    context = HandoffContext(
+        node=node,
+        settings=settings.handoff,
+        keys=Keys(bus.redis.channel_prefix),
+        redis=create_redis(bus.redis, client_name=client_name(node)),
+        runs=runs,
+        concurrency=settings.handoff_concurrency,
+        bridge=bridge,
+        follow=follow,
+    )
+    handoff = Handoff(context)
+    runs.configurable[CONFIG_KEY] = handoff
+    return handoff

@@ -35,7 +35,7 @@ from ..core.threads import new_thread_id
 from ..errors import KikiEventsError, RunNotFoundError
 from ..events import StreamEvent
 from ..transports import MemoryHub, Transport
-from .build import create_transport
+from .build import create_handoff, create_transport
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -115,11 +115,9 @@ class KikiRuntime:
         self._registry = registry
         # Agents across nodes (kiki_events.handoff): delegate to and serve agents
         # through Redis; None with another provider.
-        self.handoff: Handoff | None = None
-        if settings.eventbus.enabled and settings.eventbus.provider == "redis":
-            from ..handoff import Handoff
-
-            self.handoff = Handoff(self)
+        self.handoff: Handoff | None = create_handoff(
+            settings, node=self.node, runs=self.runs, bridge=self.bridge, follow=self.follow
+        )
         self._state: Literal["new", "running", "stopping", "closed"] = "new"
         self._remove_sink: Callable[[], None] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -185,7 +183,10 @@ class KikiRuntime:
         try:
             await self.request_shutdown()
             if self.handoff is not None:
-                await self.handoff.close()
+                try:
+                    await self.handoff.close()
+                finally:
+                    await self.handoff.redis.aclose()  # the client create_handoff made
         finally:
             if self.bridge is not None:
                 # Every run ended by now: their last events leave before the bridge closes.
