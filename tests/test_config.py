@@ -302,6 +302,14 @@ def test_a_bad_password_type_names_the_key_but_never_the_value(tmp_path: Path) -
     assert "langfuse.secret_key" in langfuse and "abcdef123456" not in langfuse
 
 
+def test_langfuse_cannot_be_enabled_before_tracing_exists(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, "langfuse:\n  enabled: true\n"))
+
+    assert message.startswith(f"{tmp_path / 'kiki.yaml'}: langfuse.enabled: ")
+    assert "not available yet" in message
+    assert load_settings(write(tmp_path, "langfuse: {enabled: false}\n"), environ={}).langfuse.enabled is False
+
+
 def test_bearer_tokens_come_from_the_environment_and_never_show(tmp_path: Path) -> None:
     path = write(tmp_path, 'server:\n  auth:\n    bearer_tokens: {alice: "${ALICE_TOKEN}", bob: "${BOB_TOKEN}"}\n')
     alice, bob = "alice-token-5f4dcc3b5aa7", "bob-token-e99a18c428cb3"
