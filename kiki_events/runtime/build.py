@@ -9,21 +9,26 @@ One function per part, called by :class:`~kiki_events.runtime.KikiRuntime` only.
     redis, mode: streams   → RedisStreamsTransport (durable)
 
 The Redis client is created from ``eventbus.redis`` (and owned by the transport)
-unless one is given.
+unless one is given. ``build_sinks`` builds the per-event sinks registered in
+:data:`kiki_events.sinks.SINKS`; ``create_collector`` the Prometheus collector.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..sinks import SINKS, SinkSet
 from ..transports import MemoryHub, MemoryTransport, Transport, TransportOptions
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from ..config import Settings
+    from ..core.bus import EventBus
+    from ..core.runs import RunManager, RunStore
+    from ..sinks.metrics import BridgeView, RuntimeCollector
 
-__all__ = ["create_transport"]
+__all__ = ["build_sinks", "create_collector", "create_transport"]
 
 
 def create_transport(
@@ -51,3 +56,21 @@ def create_transport(
     from ..redis.pubsub import RedisPubSubTransport
 
     return RedisPubSubTransport(redis, node=node, options=options, owns_client=owns)
+
+
+def build_sinks(settings: Settings) -> SinkSet:
+    """The per-event sinks the settings turn on, in the order of :data:`~kiki_events.sinks.SINKS`."""
+    return SinkSet(sink for factory in SINKS if (sink := factory(settings)) is not None)
+
+
+def create_collector(
+    *, bus: EventBus, store: RunStore, runs: RunManager, bridge: BridgeView | None
+) -> RuntimeCollector:
+    """The Prometheus collector of these parts, read at scrape time.
+
+    Raises:
+        ImportError: ``prometheus_client`` is not installed.
+    """
+    from ..sinks.metrics import RuntimeCollector
+
+    return RuntimeCollector(bus=bus, store=store, runs=runs, bridge=bridge)
