@@ -66,11 +66,7 @@ def build_sinks(settings: Settings) -> SinkSet:
 def create_collector(
     *, bus: EventBus, store: RunStore, runs: RunManager, bridge: BridgeView | None
 ) -> RuntimeCollector:
-    """The Prometheus collector of these parts, read at scrape time.
-
-    Raises:
-        ImportError: ``prometheus_client`` is not installed.
-    """
+    """The Prometheus collector of these parts, read at scrape time (imports ``prometheus_client`` on first use)."""
     from ..sinks.metrics import RuntimeCollector
 
     return RuntimeCollector(bus=bus, store=store, runs=runs, bridge=bridge)
