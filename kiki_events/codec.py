@@ -10,6 +10,8 @@ Two encodings:
   fields (``thread_id``, ``node``, ``v``, ``causation_id``), and carry ``agent``
   only on the first token of each message. :func:`decode_sse` rebuilds the
   event from the three frame lines.
+
+The SSE framing as a whole is described in ``docs/sse.md``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ One function per part, called by :class:`~kiki_events.runtime.KikiRuntime` only.
 The Redis client is created from ``eventbus.redis`` (and owned by the transport)
 unless one is given. ``create_handoff`` builds the node's
 :class:`~kiki_events.handoff.Handoff` (Redis provider only) with a Redis client of
-its own, which the runtime closes after the Handoff.
+its own, which the runtime closes after the Handoff. ``build_sinks`` builds the per-event sinks registered in
+:data:`kiki_events.sinks.SINKS`; ``create_collector`` the Prometheus collector.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..handoff import CONFIG_KEY, Follow, Handoff, HandoffContext, client_name
+from ..sinks import SINKS, SinkSet
 from ..transports import MemoryHub, MemoryTransport, Transport, TransportOptions
 
 if TYPE_CHECKING:
@@ -26,9 +28,12 @@ if TYPE_CHECKING:
 
     from ..bridge import Bridge
     from ..config import Settings
+    from ..core.bus import EventBus
     from ..core.manager import RunManager
+    from ..core.store import RunStore
+    from ..sinks.metrics import BridgeView, RuntimeCollector
 
-__all__ = ["create_handoff", "create_transport"]
+__all__ = ["build_sinks", "create_collector", "create_handoff", "create_transport"]
 
 
 def create_transport(
@@ -89,3 +94,17 @@ def create_handoff(
     handoff = Handoff(context)
     runs.configurable[CONFIG_KEY] = handoff
     return handoff
+
+
+def build_sinks(settings: Settings) -> SinkSet:
+    """The per-event sinks the settings turn on, in the order of :data:`~kiki_events.sinks.SINKS`."""
+    return SinkSet(sink for factory in SINKS if (sink := factory(settings)) is not None)
+
+
+def create_collector(
+    *, bus: EventBus, store: RunStore, runs: RunManager, bridge: BridgeView | None
+) -> RuntimeCollector:
+    """The Prometheus collector of these parts, read at scrape time (imports ``prometheus_client`` on first use)."""
+    from ..sinks.metrics import RuntimeCollector
+
+    return RuntimeCollector(bus=bus, store=store, runs=runs, bridge=bridge)

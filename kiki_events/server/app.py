@@ -94,10 +94,8 @@ def create_app(
         collector = None
         registry = None
         if cfg.metrics.enabled:
-            from ..sinks.metrics import RuntimeCollector
-
             registry = runtime.metrics_registry
-            collector = RuntimeCollector(runtime)
+            collector = runtime.metrics_collector()
             registry.register(collector)
         try:
             yield
