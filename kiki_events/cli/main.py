@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    # Each command imports what it needs only: ``schema`` starts without the runtime or the server.
     if args.command == "schema":
         from .schema import schema
 
