@@ -21,12 +21,11 @@ from ..redaction import redact_text
 from ..redis.workqueue import WorkQueue
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from ..bridge import Bridge
     from ..config import HandoffSettings
     from ..core.manager import RunManager
     from ..redis.client import Keys
+    from ..redis.types import Redis
 
 __all__ = [
     "GROUP",

@@ -24,13 +24,12 @@ from ..sinks import SINKS, SinkSet
 from ..transports import MemoryHub, MemoryTransport, Transport, TransportOptions
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from ..bridge import Bridge
     from ..config import Settings
     from ..core.bus import EventBus
     from ..core.manager import RunManager
     from ..core.store import RunStore
+    from ..redis.types import Redis
     from ..sinks.metrics import BridgeView, RuntimeCollector
 
 __all__ = ["build_sinks", "create_collector", "create_handoff", "create_transport"]

@@ -39,9 +39,9 @@ from .build import build_sinks, create_collector, create_handoff, create_transpo
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-    from redis.asyncio import Redis
 
     from ..handoff import Handoff
+    from ..redis.types import Redis
     from ..sinks.metrics import RuntimeCollector
 
 __all__ = ["KikiRuntime", "default_node_name"]
