@@ -34,7 +34,7 @@ from .subscription import OVERFLOWS, BusStats, EventHandler, Overflow, Subscript
 
 __all__ = ["BusStats", "EventBus", "EventHandler", "InterestListener", "Overflow", "Subscription"]
 
-logger = logging.getLogger("kiki_events.core.bus")
+logger = logging.getLogger("kiki_events.bus")
 
 Sink: TypeAlias = Callable[[StreamEvent], object]
 InterestListener: TypeAlias = Callable[[Literal["run", "thread"], str, bool], object]

@@ -32,7 +32,7 @@ from .threads import new_thread_id
 
 __all__ = ["RunHandle", "RunManager", "ensure_done", "execute_run"]
 
-logger = logging.getLogger("kiki_events.core.runs")
+logger = logging.getLogger("kiki_events.runs")
 
 
 async def execute_run(

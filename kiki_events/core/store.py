@@ -29,7 +29,7 @@ from .threads import ThreadIndex, ThreadRecord
 
 __all__ = ["RunStore"]
 
-logger = logging.getLogger("kiki_events.core.runs")
+logger = logging.getLogger("kiki_events.runs")
 
 
 class RunStore:

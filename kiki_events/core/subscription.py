@@ -21,7 +21,7 @@ from ..events import StreamEvent
 
 __all__ = ["OVERFLOWS", "BusStats", "EventHandler", "Overflow", "Subscription"]
 
-logger = logging.getLogger("kiki_events.core.bus")
+logger = logging.getLogger("kiki_events.bus")
 
 Overflow: TypeAlias = Literal["drop_oldest", "drop_newest", "disconnect"]
 """What a full subscription queue does with the next event."""
