@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -92,58 +92,111 @@ async def translate_astream_events(
         yield out.popleft()
 
 
+_Replayer = Callable[[KikiCallbackHandler, "_Record", UUID], None]
+
+
+class _Record:
+    """One ``astream_events`` record, its fields parsed the way the callbacks take them."""
+
+    __slots__ = ("data", "metadata", "name", "parent", "tags")
+
+    def __init__(self, record: Mapping[str, Any]) -> None:
+        self.data: Mapping[str, Any] = record.get("data") or {}
+        parents = record.get("parent_ids") or []
+        self.parent = UUID(parents[-1]) if parents else None
+        self.tags = list(record.get("tags") or [])
+        self.metadata = dict(record.get("metadata") or {})
+        self.name = record.get("name")
+
+
 def _replay(handler: KikiCallbackHandler, record: Mapping[str, Any], run_id: UUID) -> None:
     kind = record["event"]
-    data: Mapping[str, Any] = record.get("data") or {}
-    parents = record.get("parent_ids") or []
-    parent = UUID(parents[-1]) if parents else None
-    tags = list(record.get("tags") or [])
-    metadata = dict(record.get("metadata") or {})
-    name = record.get("name")
-    if kind == "on_chain_start":
-        handler.on_chain_start(
-            None, data.get("input"), run_id=run_id, parent_run_id=parent, tags=tags, metadata=metadata, name=name
-        )
-    elif kind == "on_chain_stream":
-        chunk = data.get("chunk")
-        if parent is None and isinstance(chunk, Mapping) and chunk.get("__interrupt__"):
-            handler.on_interrupt(
-                GraphInterruptEvent(
-                    run_id=run_id,
-                    status="interrupt_after",
-                    checkpoint_id="",
-                    checkpoint_ns=(),
-                    interrupts=tuple(chunk["__interrupt__"]),
-                )
+    parsed = _Record(record)
+    replay = _REPLAYERS.get(kind)
+    if replay is not None:
+        replay(handler, parsed, run_id)
+
+
+def _chain_start(handler: KikiCallbackHandler, r: _Record, run_id: UUID) -> None:
+    handler.on_chain_start(
+        None, r.data.get("input"), run_id=run_id, parent_run_id=r.parent, tags=r.tags, metadata=r.metadata, name=r.name
+    )
+
+
+def _chain_stream(handler: KikiCallbackHandler, r: _Record, run_id: UUID) -> None:
+    chunk = r.data.get("chunk")
+    if r.parent is None and isinstance(chunk, Mapping) and chunk.get("__interrupt__"):
+        handler.on_interrupt(
+            GraphInterruptEvent(
+                run_id=run_id,
+                status="interrupt_after",
+                checkpoint_id="",
+                checkpoint_ns=(),
+                interrupts=tuple(chunk["__interrupt__"]),
             )
-    elif kind == "on_chain_end":
-        handler.on_chain_end(data.get("output"), run_id=run_id)
-    elif kind in ("on_chat_model_start", "on_llm_start"):
-        handler.on_chat_model_start(None, [], run_id=run_id, parent_run_id=parent, tags=tags, metadata=metadata)
-    elif kind in ("on_chat_model_stream", "on_llm_stream"):
-        chunk = data.get("chunk")
-        if chunk is not None and hasattr(chunk, "content"):
-            handler.on_llm_new_token("", chunk=ChatGenerationChunk(message=chunk), run_id=run_id)
-    elif kind in ("on_chat_model_end", "on_llm_end"):
-        output = data.get("output")
-        generations = [[ChatGeneration(message=output)]] if hasattr(output, "content") else [[]]
-        handler.on_llm_end(LLMResult(generations=generations), run_id=run_id)
-    elif kind == "on_tool_start":
-        raw = data.get("input")
-        handler.on_tool_start(
-            None,
-            "",
-            run_id=run_id,
-            parent_run_id=parent,
-            tags=tags,
-            metadata=metadata,
-            inputs=raw if isinstance(raw, dict) else None,
-            name=name,
         )
-    elif kind == "on_tool_end":
-        handler.on_tool_end(data.get("output"), run_id=run_id)
-    elif kind == "on_tool_error":
-        error = data.get("error")
-        handler.on_tool_error(error if isinstance(error, BaseException) else RuntimeError(str(error)), run_id=run_id)
-    elif kind == "on_custom_event":
-        handler.on_custom_event(str(name), data, run_id=run_id, tags=tags, metadata=metadata)
+
+
+def _chain_end(handler: KikiCallbackHandler, r: _Record, run_id: UUID) -> None:
+    handler.on_chain_end(r.data.get("output"), run_id=run_id)
+
+
+def _model_start(handler: KikiCallbackHandler, r: _Record, run_id: UUID) -> None:
+    handler.on_chat_model_start(None, [], run_id=run_id, parent_run_id=r.parent, tags=r.tags, metadata=r.metadata)
+
+
+def _model_stream(handler: KikiCallbackHandler, r: _Record, run_id: UUID) -> None:
+    chunk = r.data.get("chunk")
+    if chunk is not None and hasattr(chunk, "content"):
+        handler.on_llm_new_token("", chunk=ChatGenerationChunk(message=chunk), run_id=run_id)
+
+
+def _model_end(handler: KikiCallbackHandler, r: _Record, run_id: UUID) -> None:
+    output = r.data.get("output")
+    generations = [[ChatGeneration(message=output)]] if hasattr(output, "content") else [[]]
+    handler.on_llm_end(LLMResult(generations=generations), run_id=run_id)
+
+
+def _tool_start(handler: KikiCallbackHandler, r: _Record, run_id: UUID) -> None:
+    raw = r.data.get("input")
+    handler.on_tool_start(
+        None,
+        "",
+        run_id=run_id,
+        parent_run_id=r.parent,
+        tags=r.tags,
+        metadata=r.metadata,
+        inputs=raw if isinstance(raw, dict) else None,
+        name=r.name,
+    )
+
+
+def _tool_end(handler: KikiCallbackHandler, r: _Record, run_id: UUID) -> None:
+    handler.on_tool_end(r.data.get("output"), run_id=run_id)
+
+
+def _tool_error(handler: KikiCallbackHandler, r: _Record, run_id: UUID) -> None:
+    error = r.data.get("error")
+    handler.on_tool_error(error if isinstance(error, BaseException) else RuntimeError(str(error)), run_id=run_id)
+
+
+def _custom_event(handler: KikiCallbackHandler, r: _Record, run_id: UUID) -> None:
+    handler.on_custom_event(str(r.name), r.data, run_id=run_id, tags=r.tags, metadata=r.metadata)
+
+
+_REPLAYERS: dict[str, _Replayer] = {
+    "on_chain_start": _chain_start,
+    "on_chain_stream": _chain_stream,
+    "on_chain_end": _chain_end,
+    "on_chat_model_start": _model_start,
+    "on_llm_start": _model_start,
+    "on_chat_model_stream": _model_stream,
+    "on_llm_stream": _model_stream,
+    "on_chat_model_end": _model_end,
+    "on_llm_end": _model_end,
+    "on_tool_start": _tool_start,
+    "on_tool_end": _tool_end,
+    "on_tool_error": _tool_error,
+    "on_custom_event": _custom_event,
+}
+"""``astream_events`` record kind → how it is replayed into the handler (other kinds are skipped)."""

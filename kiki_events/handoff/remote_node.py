@@ -6,7 +6,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..capture.handler import KikiCallbackHandler, _agent_path
+from ..capture.handler import KikiCallbackHandler
+from ..capture.ids import agent_path
 from ..errors import HandoffError
 from ..events import StreamEvent
 from ..topics import MULTIAGENT_SYNC
@@ -55,7 +56,7 @@ class _Caller:
         parent_lc = getattr((config or {}).get("callbacks"), "parent_run_id", None)
         run_id = handler.run_id_of(parent_lc) if handler is not None else None
         metadata = (config or {}).get("metadata") or {}
-        prefix = options.agent_prefix if options.agent_prefix is not None else (_agent_path(metadata) or options.agent)
+        prefix = options.agent_prefix if options.agent_prefix is not None else (agent_path(metadata) or options.agent)
         return cls(handler, run_id, prefix)
 
     def sync(self, data: dict[str, Any]) -> str | None:

@@ -1,0 +1,132 @@
+"""Custom events, and events of other runs relayed into a live run.
+
+:mod:`kiki_events.handoff` uses the relay: a node that hands work to an agent on
+another node re-emits that agent's events inside its own run, so whoever watches
+this run sees them. Relayed events get this run's id, next seq and thread; their
+``causation_id`` is the id of the original event, their ``node`` the node that
+made it. The relayed run's usage counts in this run's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from ..events import CustomEvent, DoneEvent, StreamEvent, TokenEvent, trusted_token
+from .base import HandlerBase, guard, now
+from .ids import agent_path
+
+__all__ = ["RelayMixin"]
+
+_NOT_RELAYED = frozenset({"status", "error", "done", "interrupt"})
+
+
+class RelayMixin(HandlerBase):
+    """``custom`` events (from the graph or :meth:`emit_custom`) and :meth:`relay`."""
+
+    @guard
+    def on_custom_event(
+        self,
+        name: str,
+        data: Any,
+        *,
+        run_id: UUID,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        run = self._owner.get(run_id)
+        if run is None:
+            return
+        self._send(run, CustomEvent, agent=agent_path(metadata), name=str(name), data=self._jsonable(data))
+
+    def run_id_of(self, lc_run_id: UUID | None) -> str | None:
+        """Our run id of the live root run that LangChain run ``lc_run_id`` belongs to."""
+        run = self._owner.get(lc_run_id) if lc_run_id is not None else None
+        return run.run_id if run is not None else None
+
+    def emit_custom(self, run_id: str, name: str, data: Any, *, agent: str | None = None) -> CustomEvent | None:
+        """Add a ``custom`` event to the live run ``run_id``; ``None`` if it is not live."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        event = CustomEvent(
+            run_id=run.run_id,
+            seq=next(run.seq),
+            ts=now(),
+            thread_id=run.thread_id,
+            causation_id=run.causation_id,
+            node=self.node,
+            agent=agent,
+            name=name,
+            data=self._jsonable(data),
+        )
+        if self._emit(event) is False:
+            self.dropped += 1
+        return event
+
+    def relay(self, run_id: str, event: StreamEvent, *, agent_prefix: str | None = None) -> StreamEvent | None:
+        """Re-emit ``event`` (of another run) inside the live run ``run_id``.
+
+        The copy gets ``run_id``'s id, next seq and thread, ``causation_id`` = the
+        original event's id, and its agent under ``agent_prefix`` (like a subgraph:
+        ``writer`` + ``draft`` → ``writer/draft``). Message and tool call ids are
+        renamed so they cannot collide with this run's own. A run's framing events
+        (``status``, ``error``, ``done``, ``interrupt``) and notices are not relayed:
+        the relaying node reports the outcome itself. The copy keeps the ``node``
+        that produced the original: it is an event of ``run_id``'s run all the same,
+        and travels with it (the bridge sends a run's events by the run's owner).
+        The relayed run's ``done`` is not relayed, but its ``usage`` is added to this
+        run's totals, once per relayed run (its own delegates are in it already).
+        Returns the relayed event, or ``None`` when nothing was emitted (not
+        relayable, or ``run_id`` is not live).
+        """
+        run = self._runs.get(run_id)
+        if run is None or event.seq == 0 or event.run_id == run_id:
+            return None
+        if event.type in _NOT_RELAYED:
+            if type(event) is DoneEvent and event.run_id not in run.relayed_usage:
+                run.relayed_usage.add(event.run_id)
+                run.input_tokens += event.usage.input_tokens
+                run.output_tokens += event.usage.output_tokens
+                run.total_tokens += event.usage.total_tokens
+            return None
+        agent = event.agent
+        if agent_prefix:
+            agent = f"{agent_prefix}/{agent}" if agent else agent_prefix
+        update: dict[str, Any] = {
+            "run_id": run.run_id,
+            "seq": next(run.seq),
+            "thread_id": run.thread_id,
+            "causation_id": event.id,
+            "agent": agent,
+        }
+        message_id = getattr(event, "message_id", None)
+        if message_id is not None:
+            key = f"{event.run_id}|{message_id}"
+            mapped = run.relayed_ids.get(key)
+            if mapped is None:
+                mapped = run.relayed_ids[key] = f"m{next(run.messages)}"
+            update["message_id"] = mapped
+        tool_call_id = getattr(event, "tool_call_id", None)
+        if tool_call_id is not None:
+            update["tool_call_id"] = f"{tool_call_id}~{event.run_id[:8]}"
+        relayed: StreamEvent
+        if type(event) is TokenEvent:
+            relayed = trusted_token(
+                run.run_id,
+                update["seq"],
+                event.ts,
+                run.thread_id,
+                agent,
+                update["causation_id"],
+                event.node,
+                update["message_id"],
+                event.text,
+                event.kind,
+            )
+        else:
+            relayed = type(event).model_construct(**{**dict(event), **update})
+        if self._emit(relayed) is False:
+            self.dropped += 1
+        return relayed
