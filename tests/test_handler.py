@@ -344,3 +344,14 @@ async def test_astream_events_adapter_reports_failure(research_team: ModuleType)
     adapted.check_invariants()
     assert adapted.done.status == "error"
     assert [e.agent for e in adapted.of_type("agent_lifecycle") if e.phase == "failed"] == ["writer"]  # type: ignore[union-attr]
+
+
+async def test_agent_path_names_nested_agents_without_task_ids() -> None:
+    from kiki_events.capture import agent_path
+
+    nested = {"langgraph_checkpoint_ns": "research:1f0a|researcher:2b3c", "langgraph_node": "researcher"}
+    assert agent_path(nested) == "research/researcher"
+    assert agent_path({"langgraph_node": "writer"}) == "writer"
+    assert agent_path({"langgraph_checkpoint_ns": "", "langgraph_node": "writer"}) == "writer"
+    assert agent_path({}) is None
+    assert agent_path(None) is None
