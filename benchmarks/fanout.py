@@ -121,7 +121,7 @@ def anchor_app() -> Any:
     from fastapi import FastAPI
     from sse_starlette import EventSourceResponse, ServerSentEvent
 
-    from kiki_events.codec import sse_data
+    from kiki_events.formats.kiki import sse_data
 
     app = FastAPI()
     queues: set[asyncio.Queue[tuple[str, str, str]]] = set()

@@ -8,6 +8,7 @@ working for callers who do not know this library::
     ├── ConfigError (ValueError)            bad YAML, bad key, bad value
     ├── MissingDependencyError (ImportError) an optional extra is not installed
     ├── EventDecodeError (ValueError)       foreign bytes are not a valid StreamEvent
+    ├── UnknownFormatError (LookupError)    no wire format registered under that name
     ├── BusError (RuntimeError)             bus used outside its lifecycle
     │   └── SubscriptionOverflowError       a ``disconnect`` subscription fell behind
     ├── GraphLoadError (ImportError)        ``path.py:attr`` cannot be loaded
@@ -40,6 +41,7 @@ __all__ = [
     "RunNotFoundError",
     "SubscriptionOverflowError",
     "TransportError",
+    "UnknownFormatError",
     "UnknownGraphError",
 ]
 
@@ -58,6 +60,10 @@ class MissingDependencyError(KikiEventsError, ImportError):
 
 class EventDecodeError(KikiEventsError, ValueError):
     """Bytes from outside the process are not a valid StreamEvent."""
+
+
+class UnknownFormatError(KikiEventsError, LookupError):
+    """No wire format is registered under the requested name (see ``kiki_events.formats``)."""
 
 
 class BusError(KikiEventsError, RuntimeError):

@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 
 from kiki_events.config import RunSettings, Settings
-from kiki_events.core.runlog import Frame, RunCursor, RunLog, ThreadCursor
+from kiki_events.core.cursors import RunCursor, ThreadCursor
+from kiki_events.core.runlog import Frame, RunLog
 from kiki_events.core.runs import RunRecord, RunStore
 from kiki_events.errors import KikiEventsError, RunError, RunLimitError, RunNotFoundError, UnknownGraphError
 from kiki_events.events import DoneEvent, ErrorEvent, StatusEvent, StreamEvent, TokenEvent
+from kiki_events.formats.kiki import FORMAT
 from kiki_events.runtime import KikiRuntime
 from kiki_events.testing import CapturedEvents
 from tests.servers import Gate, async_wait_for, gated_graph
@@ -106,7 +108,7 @@ class TestRunLog:
         log = RunLog("r", 100)
         log.append(ErrorEvent(run_id="r", seq=1, ts=1.0, message="db password=hunter2 refused", error_type="E"))
 
-        data = log.read(0, 1)[0][0].data
+        data = FORMAT.encoder().encode(log.read(0, 1)[0][0])
 
         assert b"hunter2" not in data
         assert b"password=***" in data
@@ -114,8 +116,8 @@ class TestRunLog:
     def test_frames_are_encoded_once_and_shared(self) -> None:
         log = RunLog("r", 100)
         log.append(_token("r", 1))
-        first = log.read(0, 1)[0][0].data
-        again = log.read(0, 1)[0][0].data
+        first = FORMAT.encoder().encode(log.read(0, 1)[0][0])
+        again = FORMAT.encoder().encode(log.read(0, 1)[0][0])
 
         assert first is again
         assert first.startswith(b"id: r:1\nevent: token\ndata: {")

@@ -18,8 +18,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from ..core.cursors import RunCursor
 from ..core.records import text_fields, text_of
-from ..core.runlog import Frame, RunCursor
+from ..core.runlog import Frame
 from ..core.tasks import stop_tasks
 from ..errors import HandoffError, HandoffTimeoutError, NoAgentError, RunNotFoundError
 from ..events import StreamEvent

@@ -26,8 +26,9 @@ from ..bridge import Bridge
 from ..capture.handler import KikiCallbackHandler
 from ..config import Settings
 from ..core.bus import EventBus
+from ..core.cursors import RunCursor
 from ..core.graphs import GraphRegistry, load_graphs
-from ..core.runlog import Frame, RunCursor
+from ..core.runlog import Frame
 from ..core.runs import RunHandle, RunManager, RunRecord, RunStore, new_thread_id
 from ..errors import KikiEventsError, RunNotFoundError
 from ..events import StreamEvent

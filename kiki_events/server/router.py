@@ -39,7 +39,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..bridge import Lease
-from ..core.runlog import RunCursor, RunLog, ThreadCursor
+from ..core.cursors import RunCursor, ThreadCursor
+from ..core.runlog import RunLog
 from ..core.runs import RunHandle, RunRecord, ThreadRecord
 from ..errors import KikiEventsError, RunLimitError, RunNotFoundError, TransportError, UnknownGraphError
 from ..runtime import KikiRuntime
