@@ -59,13 +59,16 @@ class Frame:
         Every later call with the same ``key`` returns the same bytes object; a
         format whose bytes differ per client must not use this.
         """
-        if self._key is key:
+        first = self._key
+        if first is key:
             return self._data
-        if self._key is None:
+        if first is None:
             data = build(self)
             self._key = key
             self._data = data
             return data
+        if first == key:
+            return self._data
         more = self._more
         if more is None:
             more = self._more = {}
