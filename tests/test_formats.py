@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
-from kiki_events.core.runlog import Frame, RunLog
+from kiki_events.core.runlog import Frame, Item, RunLog
 from kiki_events.errors import KikiEventsError, UnknownFormatError
 from kiki_events.events import StatusEvent, TokenEvent
-from kiki_events.formats import DEFAULT_FORMAT, Format, format_names, get_format
+from kiki_events.formats import DEFAULT_FORMAT, Encoder, Format, format_names, get_format
 from kiki_events.formats.kiki import FORMAT, event_frame, notice_frame, retry_frame
 
 
@@ -49,6 +49,8 @@ def test_our_encoder_writes_the_frames_of_the_sse_functions() -> None:
     ]
     assert encoder.encode(notice) == notice_frame(notice)
     assert notice_frame(notice).startswith(b'event: status\ndata: {"run_id":"r"')
+    items: list[Item] = [frames[0], notice, *frames[1:]]
+    assert encoder.encode_all(items) == b"".join(encoder.encode(item) for item in items)
     assert encoder.finish() == b""
     assert FORMAT.retry_frame(2.5) == retry_frame(2.5) == b"retry: 2500\n\n"
     assert FORMAT.media_type == "text/event-stream"
@@ -87,3 +89,17 @@ def test_a_frame_keeps_one_encoding_per_format() -> None:
     assert frame.encoded("c", build("x")) is third
     assert frame.encoded("".join(["alp", "ha"]), build("x")) is first  # an equal key, not the same object
     assert built == ["a", "b", "c"]
+
+
+def test_an_encoder_needs_only_encode() -> None:
+    class Upper(Encoder):
+        def encode(self, item: Item, /) -> bytes:
+            return item.event.type.upper().encode() + b"\n" if isinstance(item, Frame) else b"NOTICE\n"
+
+    log = RunLog("r", 10)
+    log.append(_token(1))
+    frames, _ = log.read(0, 10)
+    notice = StatusEvent(run_id="r", seq=0, ts=1.0, status="gap", first_seq=1, detail="d")
+
+    assert Upper().encode_all([notice, *frames]) == b"NOTICE\nTOKEN\n"
+    assert Upper().finish() == b""

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ..events import StatusEvent
 from .runlog import Frame, Item, Notifier, RunLog
 
-__all__ = ["RunCursor", "SlowClientPolicy", "ThreadCursor", "notice"]
+__all__ = ["RunCursor", "SlowClientPolicy", "ThreadCursor"]
 
 SlowClientPolicy: TypeAlias = Literal["skip", "disconnect"]
 

@@ -7,7 +7,8 @@ body. For each stream the server asks the format for an :class:`Encoder` and
 writes, in order:
 
 1. :meth:`Format.retry_frame` (when the format has one and it is not empty),
-2. ``encoder.encode(item)`` for every item, coalesced into one chunk per wake-up,
+2. every item's ``encoder.encode(item)``, coalesced into one chunk per wake-up
+   (:meth:`Encoder.encode_all`, which a format may override for speed),
 3. ``encoder.finish()`` once the cursor is finished (the run ended, or a slow
    client is dropped) — e.g. a closing ``[DONE]`` line; empty for most formats.
 
@@ -29,23 +30,30 @@ server frames nothing itself, it writes what the encoder returns.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Protocol
+from collections.abc import Sequence
+from typing import ClassVar
 
 from ..core.runlog import Item
 
 __all__ = ["Encoder", "Format"]
 
 
-class Encoder(Protocol):
+class Encoder(ABC):
     """Encodes the items of one stream, in order."""
 
+    __slots__ = ()
+
+    @abstractmethod
     def encode(self, item: Item, /) -> bytes:
         """The bytes of one item: a stored frame, or a connection-level notice (``seq == 0``)."""
-        ...
+
+    def encode_all(self, items: Sequence[Item], /) -> bytes:
+        """The bytes of ``items``, in order: what :meth:`encode` gives for each, joined."""
+        return b"".join(map(self.encode, items))
 
     def finish(self) -> bytes:
         """What to send after the last item (empty when the format needs nothing)."""
-        ...
+        return b""
 
 
 class Format(ABC):

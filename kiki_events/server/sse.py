@@ -100,7 +100,7 @@ async def cursor_body(
     """
     fmt = wire_format or get_format()
     encoder = fmt.encoder()
-    encode = encoder.encode
+    encode_all = encoder.encode_all
     if store is not None:
         store.clients += 1
         store.connections += 1
@@ -112,7 +112,7 @@ async def cursor_body(
             items = await cursor.next(_BATCH)
             if not items:
                 break
-            yield b"".join(map(encode, items))
+            yield encode_all(items)
         last = encoder.finish()
         if last:
             yield last
