@@ -132,8 +132,9 @@ class RunLog:
         """Forgotten by its store (or ended without a ``done``): readers stop."""
         self.syncing = False
         """Its history is still being fetched from the node that runs it (set by the
-        cross-node bridge, see :meth:`set_syncing`): a :class:`ThreadCursor` holds the
-        thread's later runs back meanwhile."""
+        cross-node bridge, see :meth:`set_syncing`): a
+        :class:`~kiki_events.core.cursors.ThreadCursor` holds the thread's later runs
+        back meanwhile."""
         self.synced_seq = 0
         """:attr:`last_seq` when :attr:`syncing` last ended: what came before is history
         fetched for the readers, which no reader counts as its backlog."""
