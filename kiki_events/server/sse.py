@@ -100,7 +100,6 @@ async def cursor_body(
     """
     fmt = wire_format or get_format()
     encoder = fmt.encoder()
-    encode_all = encoder.encode_all
     if store is not None:
         store.clients += 1
         store.connections += 1
@@ -112,7 +111,7 @@ async def cursor_body(
             items = await cursor.next(_BATCH)
             if not items:
                 break
-            yield encode_all(items)
+            yield encoder.encode_all(items)
         last = encoder.finish()
         if last:
             yield last
