@@ -90,7 +90,7 @@ def decode_sse(
     Frames without an ``id`` (connection-level notices) pass ``event_id=""``.
 
     Raises:
-        EventDecodeError: as :func:`decode`, or the ``id`` is not ``<run_id>:<seq>``.
+        EventDecodeError: as :func:`~kiki_events.codec.decode`, or the ``id`` is not ``<run_id>:<seq>``.
     """
     if len(data) > max_bytes:
         raise EventDecodeError(f"SSE data is {len(data)} bytes, larger than the limit of {max_bytes}")
