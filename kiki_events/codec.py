@@ -4,6 +4,8 @@
 the bus bridge and in storage; :func:`decode` validates it back. What clients
 read over HTTP is a wire format's business (:mod:`kiki_events.formats`; ours, with
 its compact SSE payloads, is :mod:`kiki_events.formats.kiki`).
+
+The SSE framing as a whole is described in ``docs/sse.md``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ working for callers who do not know this library::
     ├── ConfigError (ValueError)            bad YAML, bad key, bad value
     ├── MissingDependencyError (ImportError) an optional extra is not installed
     ├── EventDecodeError (ValueError)       foreign bytes are not a valid StreamEvent
+    ├── InvalidArgumentError (ValueError)   an argument is invalid or conflicts with another
     ├── UnknownFormatError (LookupError)    no wire format registered under that name
     ├── BusError (RuntimeError)             bus used outside its lifecycle
     │   └── SubscriptionOverflowError       a ``disconnect`` subscription fell behind
@@ -33,6 +34,7 @@ __all__ = [
     "HandoffError",
     "HandoffFailedError",
     "HandoffTimeoutError",
+    "InvalidArgumentError",
     "KikiEventsError",
     "MissingDependencyError",
     "NoAgentError",
@@ -60,6 +62,10 @@ class MissingDependencyError(KikiEventsError, ImportError):
 
 class EventDecodeError(KikiEventsError, ValueError):
     """Bytes from outside the process are not a valid StreamEvent."""
+
+
+class InvalidArgumentError(KikiEventsError, ValueError):
+    """An argument is invalid or conflicts with another (``subscribe(run_id=…, topics=…)``)."""
 
 
 class UnknownFormatError(KikiEventsError, LookupError):

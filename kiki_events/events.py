@@ -13,6 +13,8 @@ Every event is immutable and carries the same envelope:
 * ``ts`` – Unix time in seconds (millisecond precision).
 * ``node`` – the process that produced the event.
 * ``v`` – wire schema version (:data:`SCHEMA_VERSION`).
+
+Every event type and field, the topics and the encodings: ``docs/events.md``.
 """
 
 from __future__ import annotations
@@ -212,7 +214,7 @@ class DoneEvent(_Event):
     usage: Usage = Usage()
     duration_s: float = 0.0
     trace_id: str | None = None
-    """Tracing id (e.g. Langfuse) of the run, when known."""
+    """Tracing id of the run, when known (reserved: nothing in this package sets it yet)."""
 
 
 _TOKEN_FIELDS = frozenset(TokenEvent.model_fields)

@@ -2,7 +2,7 @@
 """Set up a local virtual environment and run the demo, the checks or any command in it.
 
     python3 scripts/dev.py demo [serve options]   # the demo server with its live dashboard
-    python3 scripts/dev.py test [pytest options]  # ruff, mypy --strict, then pytest
+    python3 scripts/dev.py test [pytest options]  # ruff, mypy --strict, lint-imports, then pytest
     python3 scripts/dev.py run COMMAND [ARGS]     # a command of .venv, e.g.
         python3 scripts/dev.py run kiki-events tail --config config/cluster-a.yaml
         python3 scripts/dev.py run python examples/01_attach_handler.py
@@ -76,6 +76,7 @@ def main(argv: list[str]) -> None:
         os.execv(program, [str(program), *rest[1:]])
     _run(BIN / "ruff", "check", "kiki_events", "agents", "tests", "benchmarks", "examples", "scripts")
     _run(BIN / "mypy", "kiki_events")
+    _run(BIN / "lint-imports")
     _run(BIN / "python", "-m", "pytest", *rest)
 
 

@@ -369,7 +369,7 @@ async def test_a_raising_handler_is_isolated_logged_once_and_counted(caplog: pyt
     async def fine(event: StreamEvent) -> None:
         good.append(event.seq)
 
-    caplog.set_level(logging.DEBUG, logger="kiki_events.core.bus")
+    caplog.set_level(logging.DEBUG, logger="kiki_events.bus")
     async with EventBus() as bus:
         bad = bus.subscribe(broken, name="broken")
         bus.subscribe(fine)
@@ -381,7 +381,7 @@ async def test_a_raising_handler_is_isolated_logged_once_and_counted(caplog: pyt
         assert bad.errors == 3
         assert bus.stats.handler_errors == 3
         assert not bad.closed
-        errors = [r for r in caplog.records if r.name == "kiki_events.core.bus" and r.levelno >= logging.ERROR]
+        errors = [r for r in caplog.records if r.name == "kiki_events.bus" and r.levelno >= logging.ERROR]
         assert len(errors) == 1
         assert "'broken'" in errors[0].getMessage()
         assert errors[0].exc_info is not None and "handler bug at 1" in str(errors[0].exc_info[1])
@@ -410,7 +410,7 @@ async def test_a_raising_sink_is_isolated(caplog: pytest.LogCaptureFixture) -> N
         assert kept == [1, 2]
         assert seqs(queued(sub)) == [1, 2]
         assert bus.stats.handler_errors == 2
-        assert any("sink" in r.getMessage() and r.name == "kiki_events.core.bus" for r in caplog.records)
+        assert any("sink" in r.getMessage() and r.name == "kiki_events.bus" for r in caplog.records)
 
         remove()
         remove()  # idempotent

@@ -302,6 +302,34 @@ def test_a_bad_password_type_names_the_key_but_never_the_value(tmp_path: Path) -
     assert "langfuse.secret_key" in langfuse and "abcdef123456" not in langfuse
 
 
+def test_langfuse_cannot_be_enabled_before_tracing_exists(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, "langfuse:\n  enabled: true\n"))
+
+    assert message.startswith(f"{tmp_path / 'kiki.yaml'}: langfuse.enabled: ")
+    assert "not available yet" in message
+    assert load_settings(write(tmp_path, "langfuse: {enabled: false}\n"), environ={}).langfuse.enabled is False
+
+
+def test_every_key_is_in_the_configuration_reference() -> None:
+    reference = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    missing: list[str] = []
+
+    def check(tree: dict[str, Any], path: tuple[str, ...]) -> None:
+        for key, sub in tree.items():
+            if sub is None:
+                rows = [f"| `{key}` |"] + ([f"| `{path[-1]}.{key}` |"] if path else [])
+                if not any(row in reference for row in rows):
+                    missing.append(".".join((*path, key)))
+            elif f"# `{'.'.join((*path, key))}`" in reference:  # a heading of its own
+                check(sub, (*path, key))
+            else:  # a section without a heading of its own: its keys are rows of the parent's table
+                check({f"{key}.{k}": s for k, s in sub.items()}, path)
+
+    check(_key_tree(Settings), ())
+
+    assert missing == []
+
+
 def test_bearer_tokens_come_from_the_environment_and_never_show(tmp_path: Path) -> None:
     path = write(tmp_path, 'server:\n  auth:\n    bearer_tokens: {alice: "${ALICE_TOKEN}", bob: "${BOB_TOKEN}"}\n')
     alice, bob = "alice-token-5f4dcc3b5aa7", "bob-token-e99a18c428cb3"

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import ignored_auth, missing_required_header
 
-from kiki_events.cli.main import DEMO_GRAPHS
+from kiki_events.cli.serve import DEMO_GRAPHS
 from kiki_events.config import Settings
 from kiki_events.server import bearer_tokens, create_app
 from tests.conftest import load_demo

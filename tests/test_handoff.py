@@ -245,8 +245,12 @@ async def test_each_task_runs_exactly_once_across_three_consumers(cluster: Clust
 @pytest.mark.asyncio
 async def test_waiting_delegates_share_one_connection(cluster: Cluster, redis: Redis) -> None:
     started, release = asyncio.Event(), asyncio.Event()
-    a = await cluster.node("a")
-    await cluster.node("b", {"slow": blocking_graph(started, release)}, serve=("slow",), concurrency=64)
+    # Pickup and advertisement generous enough that 50 tasks at once on a busy machine
+    # are not taken for a missing agent: this test is about connections.
+    a = await cluster.node("a", pickup_timeout=30)
+    await cluster.node(
+        "b", {"slow": blocking_graph(started, release)}, serve=("slow",), concurrency=64, advertise_ttl=30
+    )
     runtime_b = cluster.runtimes["b"]
 
     waiting = [asyncio.ensure_future(a.delegate("slow", "wait")) for _ in range(50)]
@@ -323,7 +327,7 @@ async def test_timeout_raises_and_cancels_the_remote_run(cluster: Cluster) -> No
 
     assert started.is_set()
     store = cluster.runtimes["b"].store
-    await async_wait_for(lambda: b.runtime.runs.active == 0, 30, "the abandoned run to be cancelled")
+    await async_wait_for(lambda: b.context.runs.active == 0, 30, "the abandoned run to be cancelled")
     (record,) = [store.get(run_id) for run_id in list(store._runs)]
     assert record.status == "cancelled"
 
@@ -805,3 +809,14 @@ def test_payloads_keep_messages_and_plain_data() -> None:
     assert loaded["messages"] == state["messages"]
     assert loaded["messages"][2].status == "error"
     assert loaded["n"] == 3 and loaded["nested"] == {"t": [1, 2]}
+
+
+def test_a_graph_not_run_by_a_runtime_with_a_handoff_is_told_to_pass_one() -> None:
+    from kiki_events.errors import HandoffError
+
+    handler = KikiCallbackHandler(lambda _event: None, node="x")
+
+    with pytest.raises(HandoffError, match=r"node 'x' has no running Handoff.*pass handoff= explicitly"):
+        Handoff.of({"callbacks": [handler], "configurable": {"thread_id": "t"}})
+    with pytest.raises(HandoffError, match="this graph has no running Handoff"):
+        Handoff.of(None)

@@ -13,7 +13,8 @@ import pytest
 from kiki_events.config import RunSettings, Settings
 from kiki_events.core.cursors import RunCursor, ThreadCursor
 from kiki_events.core.runlog import Frame, RunLog
-from kiki_events.core.runs import RunRecord, RunStore
+from kiki_events.core.runrecord import RunRecord
+from kiki_events.core.store import RunStore
 from kiki_events.errors import KikiEventsError, RunError, RunLimitError, RunNotFoundError, UnknownGraphError
 from kiki_events.events import DoneEvent, ErrorEvent, StatusEvent, StreamEvent, TokenEvent
 from kiki_events.formats.kiki import FORMAT

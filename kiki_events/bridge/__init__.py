@@ -35,7 +35,11 @@ and offered to this node's topic subscribers when ``eventbus.subscribe.events``
 lists them, whether or not the run is followed here.
 
 :mod:`.core` holds the :class:`Bridge` itself: lifecycle, the transport's
-listener, the public API and health.
+listener, the public API and health. It builds the parts and hands each one the
+shared :class:`~.context.BridgeContext` (transport, bus, run store, settings,
+counters, task supervision) and the other parts it works with; no part sees the
+bridge. Thread ownership across the cluster: :mod:`.ownership`; a followed run's
+state: :mod:`.remote`.
 """
 
 from .control import ControlHandler

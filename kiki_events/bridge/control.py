@@ -12,14 +12,13 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..codec import encode
 from ..transports.base import ControlMessage, RunInfo
+from .context import BridgeContext
+from .follow import Following
 from .repair import OP_REPLAY
-
-if TYPE_CHECKING:
-    from .core import Bridge
 
 __all__ = ["OP_CANCEL", "Control", "ControlHandler"]
 
@@ -37,10 +36,14 @@ def _count(value: object) -> bool:
 
 
 class Control:
-    """Sends control messages and dispatches the ones received to their handlers."""
+    """Sends control messages and dispatches the ones received to their handlers.
 
-    def __init__(self, bridge: Bridge) -> None:
-        self._bridge = bridge
+    ``following`` finds the runs of other nodes that :meth:`cancel` asks to cancel.
+    """
+
+    def __init__(self, ctx: BridgeContext, following: Following) -> None:
+        self.ctx = ctx
+        self.following = following
         self._handlers: dict[str, list[ControlHandler]] = {
             OP_CANCEL: [self._handle_cancel],
             OP_REPLAY: [self._handle_replay],
@@ -59,13 +62,12 @@ class Control:
 
     async def send(self, op: str, payload: Mapping[str, Any] | None, node: str | None) -> None:
         """See :meth:`Bridge.send_control <kiki_events.bridge.Bridge.send_control>`."""
-        bridge = self._bridge
-        await bridge.transport.send_control(ControlMessage(op, bridge.node, dict(payload or {})), node)
+        await self.ctx.send_control(op, payload, node)
 
     def received(self, message: ControlMessage) -> None:
         """Run the handlers of ``message.op`` (async ones in supervised tasks)."""
-        bridge = self._bridge
-        bridge.stats.control_in += 1
+        ctx = self.ctx
+        ctx.stats.control_in += 1
         for handler in list(self._handlers.get(message.op, ())):
             try:
                 result = handler(message)
@@ -73,7 +75,7 @@ class Control:
                 self._failed(message)
                 continue
             if asyncio.iscoroutine(result):
-                bridge._spawn(self._guard(result, message), f"kiki-bridge-control:{message.op}")
+                ctx.spawn(self._guard(result, message), f"kiki-bridge-control:{message.op}")
 
     async def _guard(self, result: Awaitable[object], message: ControlMessage) -> None:
         try:
@@ -82,24 +84,24 @@ class Control:
             self._failed(message)
 
     def _failed(self, message: ControlMessage) -> None:
-        self._bridge.stats.control_errors += 1
+        self.ctx.stats.control_errors += 1
         logger.exception("handling control message %r from %s failed", message.op, message.sender)
 
     async def cancel(self, run_id: str, principal: str | None, *, check_owner: bool) -> RunInfo:
         """See :meth:`Bridge.cancel <kiki_events.bridge.Bridge.cancel>`."""
-        bridge = self._bridge
-        store = bridge.store
-        info = await bridge.run_info(run_id, principal, check_owner=check_owner)
+        ctx = self.ctx
+        store = ctx.store
+        info = await self.following.run_info(run_id, principal, check_owner=check_owner, wait=0.2)
         record = store.peek(run_id)
         if record is not None and record.ended and not info.ended:
             # Its done reached this node before the registry heard of it.
             info = dataclasses.replace(info, status=record.status, last_seq=record.log.last_seq)
         if info.ended:
             return info
-        if info.node == bridge.node:
+        if info.node == ctx.node:
             record = store.peek(run_id)
             if record is not None:
-                bridge.runs.cancel(run_id, record.principal)
+                ctx.runs.cancel(run_id, record.principal)
             return info
         await self.send(OP_CANCEL, {"run_id": run_id}, info.node)
         return info
@@ -108,11 +110,11 @@ class Control:
         run_id = message.payload.get("run_id")
         if not isinstance(run_id, str):
             return
-        bridge = self._bridge
-        record = bridge.store.peek(run_id)
-        if record is not None and bridge.runs.is_local(run_id) and not record.ended:
+        ctx = self.ctx
+        record = ctx.store.peek(run_id)
+        if record is not None and ctx.runs.is_local(run_id) and not record.ended:
             logger.info("cancelling run %s at the request of node %s", run_id, message.sender)
-            bridge.runs.cancel(run_id, record.principal)
+            ctx.runs.cancel(run_id, record.principal)
 
     async def _handle_replay(self, message: ControlMessage) -> None:
         payload = message.payload
@@ -121,13 +123,13 @@ class Control:
         until = payload.get("until")
         if not isinstance(run_id, str) or not _count(after) or (until is not None and not _count(until)):
             return
-        bridge = self._bridge
-        record = bridge.store.peek(run_id)
-        if record is None or not bridge._following.is_local(record):
-            await bridge.transport.send_replay(message.sender, run_id, [], gone=True)
+        ctx = self.ctx
+        record = ctx.store.peek(run_id)
+        if record is None or not ctx.is_local(record):
+            await ctx.transport.send_replay(message.sender, run_id, [], gone=True)
             return
         log = record.log
         limit = log.capacity + 1024 if until is None else max(until - after, 0)
         frames, first = log.read(after, limit)
         events = [encode(frame.event) for frame in frames if until is None or frame.seq <= until]
-        await bridge.transport.send_replay(message.sender, run_id, events, first=first)
+        await ctx.transport.send_replay(message.sender, run_id, events, first=first)

@@ -11,51 +11,33 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..core.tasks import stop_tasks
-from ..errors import RunNotFoundError, TransportError
 from ..events import StreamEvent
 from ..transports.base import ControlMessage, RunInfo, Transport
 from ..transports.wire import KIND_LIFECYCLE, KIND_THREAD, Message
+from .context import BridgeContext, BridgeStats
 from .control import Control, ControlHandler
 from .follow import Following
 from .inbound import Inbound
 from .lease import Lease
 from .liveness import Liveness
 from .outbound import Outbound
-from .repair import Repair
+from .ownership import Ownership
 from .threads import ThreadWatches
 
 if TYPE_CHECKING:
     from ..config import EventBusSettings
     from ..core.bus import EventBus
-    from ..core.runs import RunManager, RunRecord, RunStore, ThreadRecord
+    from ..core.manager import RunManager
+    from ..core.runrecord import RunRecord
+    from ..core.store import RunStore
+    from ..core.threads import ThreadRecord
 
 __all__ = ["Bridge", "BridgeStats"]
 
 logger = logging.getLogger("kiki_events.bridge")
-
-
-@dataclass
-class BridgeStats:
-    """Counters of one bridge (the transport has its own: ``bridge.transport.stats``)."""
-
-    delivered: int = 0
-    """Remote run events delivered into the local bus."""
-    duplicates: int = 0
-    """Remote events received more than once (dropped)."""
-    gaps: int = 0
-    """Gaps seen in remote runs."""
-    repaired: int = 0
-    """Gaps filled by a replay or backfill before the repair timeout."""
-    missed: int = 0
-    """``missed`` notices sent to readers."""
-    broadcasts: int = 0
-    """Remote lifecycle events offered to topic subscribers."""
-    control_in: int = 0
-    control_errors: int = 0
 
 
 class Bridge:
@@ -82,22 +64,58 @@ class Bridge:
         self.store = store
         self.runs = runs
         self.stats = BridgeStats()
-        self.linger = settings.subscribe.interest_linger
-        self.repair_timeout = settings.subscribe.repair_timeout
-        self.lookup_wait = lookup_wait
         self._state: Literal["new", "running", "closed"] = "new"
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._removers: list[Callable[[], None]] = []
         self._bus_leases: dict[tuple[str, str], Lease] = {}
-        # The parts (they reach each other through this object).
+        # The parts: each gets the shared context and the parts it works with.
+        self._ctx = ctx = BridgeContext(
+            transport,
+            bus,
+            store,
+            runs,
+            self.stats,
+            spawn=self._spawn,
+            running=lambda: self._state == "running",
+            linger=settings.subscribe.interest_linger,
+            repair_timeout=settings.subscribe.repair_timeout,
+            lookup_wait=lookup_wait,
+        )
         self._outbound = Outbound(transport, store)
-        self._following = Following(self)
-        self._inbound = Inbound(bus, self.stats, settings.subscribe.events, self._following.remote)
-        self._repair = Repair(self)
-        self._threads = ThreadWatches(self)
-        self._control = Control(self)
-        self._liveness = Liveness(self)
+        self._inbound = Inbound(bus, self.stats, settings.subscribe.events)
+        self._ownership = Ownership(ctx)
+        self._following = Following(ctx, self._ownership, self._inbound)
+        self._threads = ThreadWatches(ctx, self._following)
+        self._control = Control(ctx, self._following)
+        self._liveness = Liveness(ctx, self._following, self._following.repair)
+
+    @property
+    def linger(self) -> float:
+        """``eventbus.subscribe.interest_linger``: how long a run or thread stays followed after its last lease."""
+        return self._ctx.linger
+
+    @linger.setter
+    def linger(self, value: float) -> None:
+        self._ctx.linger = value
+
+    @property
+    def repair_timeout(self) -> float:
+        """``eventbus.subscribe.repair_timeout``."""
+        return self._ctx.repair_timeout
+
+    @repair_timeout.setter
+    def repair_timeout(self, value: float) -> None:
+        self._ctx.repair_timeout = value
+
+    @property
+    def lookup_wait(self) -> float:
+        """How long a run nobody here knows is looked up in the registry (:meth:`open_run`)."""
+        return self._ctx.lookup_wait
+
+    @lookup_wait.setter
+    def lookup_wait(self, value: float) -> None:
+        self._ctx.lookup_wait = value
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
@@ -170,7 +188,7 @@ class Bridge:
         """Called by the transport for every accepted frame (on the event loop)."""
         kind = message.kind
         if kind == KIND_LIFECYCLE:
-            self._inbound.broadcast(message.events)
+            self._inbound.broadcast(message.events, self._following.remote)
         elif kind == KIND_THREAD:
             self._threads.announced(message)
         else:
@@ -256,19 +274,7 @@ class Bridge:
             TransportError: the registry cannot be reached, and this node does not know
                 for sure that the thread is ``principal``'s (it never claims blindly).
         """
-        store = self.store
-        known = store.owners.get(thread_id)
-        if known is not None and known.principal != principal:
-            raise RunNotFoundError(f"thread {thread_id!r} not found")
-        try:
-            owner = await self.transport.claim_thread(thread_id, principal)
-        except TransportError:
-            if known is not None and known.confirmed:
-                return  # settled before: the registry keeps it at least as long as this node
-            raise
-        store.decide_owner(thread_id, owner.principal)
-        if owner.principal != principal:
-            raise RunNotFoundError(f"thread {thread_id!r} not found")
+        await self._ownership.claim_thread(thread_id, principal)
 
     async def owns(self, thread_id: str | None, principal: str | None) -> bool:
         """Whether nothing, here or in the registry, says ``thread_id`` is someone else's.
@@ -276,13 +282,7 @@ class Bridge:
         Raises:
             TransportError: the registry cannot be reached.
         """
-        if thread_id is None:
-            return True
-        owner = await self.transport.thread_owner(thread_id)
-        if owner is None:
-            return self.store.owns(thread_id, principal)
-        self.store.decide_owner(thread_id, owner.principal)
-        return owner.principal == principal
+        return await self._ownership.owns(thread_id, principal)
 
     async def open_thread(self, thread_id: str, principal: str | None = None) -> ThreadRecord:
         """The record of ``thread_id``, with the runs other nodes started on it adopted.

@@ -25,86 +25,41 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..errors import RunNotFoundError, TransportError
-from ..events import StreamEvent
 from ..transports.base import RunInfo
 from ..transports.wire import KIND_REPLAY, Message
+from .context import BridgeContext
+from .inbound import Inbound
 from .lease import NO_LEASE, Lease
+from .ownership import Ownership
+from .remote import READY_TIMEOUT, RemoteRun
+from .repair import Repair
 
 if TYPE_CHECKING:
-    from ..core.runs import RunRecord
-    from .core import Bridge
+    from ..core.runrecord import RunRecord
 
-__all__ = ["READY_TIMEOUT", "Following", "RemoteRun"]
+__all__ = ["Following"]
 
 logger = logging.getLogger("kiki_events.bridge")
 
-READY_TIMEOUT = 2.0
-"""Longest wait of :meth:`Following.open_run` for a remote run to catch up."""
-
-
-@dataclass(eq=False)
-class RemoteRun:
-    """A remote run this node follows, and where its delivery stands."""
-
-    run_id: str
-    owner: str | None
-    """The node running it (``None`` until the registry or its first frame says)."""
-    record: RunRecord | None = None
-    """Its record here (``None`` until adopted)."""
-    leases: int = 0
-    keep_until: float = 0.0
-    """Followed until then after the last lease was released (``interest_linger``)."""
-    next_seq: int = 1
-    """The seq to deliver next."""
-    held: dict[int, StreamEvent] = field(default_factory=dict)
-    """Events received ahead of ``next_seq`` (bounded), waiting for the gap to be filled."""
-    gap_since: float | None = None
-    """When the current gap was seen (or last made progress)."""
-    gap_counted: bool = False
-    """The current gap is one (``stats.gaps``): it opened after the first catch-up, so it
-    is not live events merely arriving before the history a new reader asked for."""
-    repair_since: float | None = None
-    """When the replay or backfill in flight was asked for."""
-    watching: bool = False
-    synced: bool = False
-    """Caught up since the subscription took effect (pub/sub: until a reconnect)."""
-    adopting: bool = False
-    attempts: int = 0
-    """Repair requests made for the current gap."""
-    misses: int = 0
-    """Liveness checks in a row its owner missed."""
-    final: RunInfo | None = None
-    """The registry's entry once it said the run ended: from then on a catch-up is complete."""
-    final_asked: float | None = None
-    """When the last catch-up since the run is known to have ended was asked for."""
-    final_attempts: int = 0
-    """Catch-ups asked for since the run is known to have ended."""
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set once the first catch-up is done (or given up)."""
-    since: float = field(default_factory=time.monotonic)
-    """When this node began following it."""
-    checked_seq: int = 0
-    """``next_seq`` at the last liveness check (unchanged at the next: the run looks idle)."""
-    task: asyncio.Task[None] | None = None
-
 
 class Following:
-    """The remote runs this node follows (:attr:`remote`, by run id)."""
+    """The remote runs this node follows (:attr:`remote`, by run id).
 
-    def __init__(self, bridge: Bridge) -> None:
-        self._bridge = bridge
+    Their events go through its :attr:`repair` (in order, gaps repaired) to ``inbound``;
+    ``ownership`` says whether a principal may see a run of another node.
+    """
+
+    def __init__(self, ctx: BridgeContext, ownership: Ownership, inbound: Inbound) -> None:
+        self.ctx = ctx
+        self.ownership = ownership
         self.remote: dict[str, RemoteRun] = {}
+        self.repair = Repair(ctx, self, inbound)
+        """Delivers the followed runs in order and repairs their gaps."""
         self._unfollowed: dict[str, float] = {}
         """Copies of unfinished remote runs nobody here follows any more, since when."""
-
-    def is_local(self, record: RunRecord) -> bool:
-        """Whether the run executes on this node (or nobody says it runs elsewhere)."""
-        bridge = self._bridge
-        return record.node is None or record.node == bridge.node or bridge.runs.is_local(record.run_id)
 
     # -- leases ------------------------------------------------------------------------------------
     def watch_run(self, run_id: str, *, owner: str | None = None, info: RunInfo | None = None) -> Lease:
@@ -112,9 +67,9 @@ class Following:
 
         ``info``: the registry's entry, when the caller just read it.
         """
-        bridge = self._bridge
-        record = bridge.store.peek(run_id)
-        if bridge._state != "running" or (record is not None and self.is_local(record)):
+        ctx = self.ctx
+        record = ctx.store.peek(run_id)
+        if not ctx.running() or (record is not None and ctx.is_local(record)):
             return NO_LEASE
         remote = self.remote.get(run_id)
         if remote is None:
@@ -130,7 +85,7 @@ class Following:
     def _release(self, remote: RemoteRun) -> None:
         remote.leases -= 1
         if remote.leases <= 0:
-            linger = self._bridge.linger
+            linger = self.ctx.linger
             remote.keep_until = time.monotonic() + linger
             loop = asyncio.get_running_loop()
             loop.call_later(linger, self.kick, remote)
@@ -138,7 +93,7 @@ class Following:
 
     def _wanted(self, remote: RemoteRun) -> bool:
         record = remote.record
-        if record is not None and (record.ended or self.is_local(record)):
+        if record is not None and (record.ended or self.ctx.is_local(record)):
             return False  # nothing more will come from elsewhere
         return remote.leases > 0 or time.monotonic() < remote.keep_until
 
@@ -150,8 +105,8 @@ class Following:
         Thread readers hold the thread's later runs back meanwhile. Called at each
         change of those states (cheap when nothing changed).
         """
-        store = self._bridge.store
-        record = remote.record or store.peek(remote.run_id)
+        ctx = self.ctx
+        record = remote.record or ctx.store.peek(remote.run_id)
         if record is None:
             return
         syncing = (
@@ -159,20 +114,20 @@ class Following:
             and not record.ended
             and self.remote.get(remote.run_id) is remote
             and (remote.leases > 0 or time.monotonic() < remote.keep_until)
-            and not self.is_local(record)
+            and not ctx.is_local(record)
         )
-        store.set_syncing(record, syncing)
+        ctx.store.set_syncing(record, syncing)
 
     def kick(self, remote: RemoteRun) -> None:
         """Make sure the run's reconcile task runs (it checks what to do)."""
         if self.remote.get(remote.run_id) is not remote:
             return
         if remote.task is None or remote.task.done():
-            remote.task = self._bridge._spawn(self.reconcile(remote), f"kiki-bridge-watch:{remote.run_id}")
+            remote.task = self.ctx.spawn(self.reconcile(remote), f"kiki-bridge-watch:{remote.run_id}")
 
     async def reconcile(self, remote: RemoteRun) -> None:
         """Bring the subscription in line with the leases (one task per run at a time)."""
-        transport = self._bridge.transport
+        transport = self.ctx.transport
         while self.remote.get(remote.run_id) is remote:
             wanted = self._wanted(remote)
             if wanted and not remote.watching:
@@ -188,20 +143,20 @@ class Following:
                     del self.remote[remote.run_id]
                     self.update_syncing(remote)
                     record = remote.record
-                    if record is not None and not record.ended and not self.is_local(record):
+                    if record is not None and not record.ended and not self.ctx.is_local(record):
                         self._unfollowed[remote.run_id] = time.monotonic()
                 return
 
     # -- adoption and catch-up ---------------------------------------------------------------------
     async def _start(self, remote: RemoteRun) -> None:
-        bridge = self._bridge
-        store = bridge.store
+        ctx = self.ctx
+        store = ctx.store
         record = remote.record or store.peek(remote.run_id)
         info: RunInfo | None = None
         if record is None:
-            info = await self._lookup_quietly(remote.run_id, bridge.lookup_wait)
+            info = await self._lookup_quietly(remote.run_id, ctx.lookup_wait)
             record = store.peek(remote.run_id)  # adopted meanwhile?
-            if record is None and info is not None and info.node != bridge.node:
+            if record is None and info is not None and info.node != ctx.node:
                 record = self.adopt(info)
         if record is None:
             # No node registered it yet (a subscription made before the run started):
@@ -209,10 +164,10 @@ class Following:
             logger.debug("following run %s before any node registered it", remote.run_id)
             remote.ready.set()
             remote.watching = True
-            await bridge.transport.watch("run", remote.run_id)
+            await ctx.transport.watch("run", remote.run_id)
             return
         remote.record = record
-        if self.is_local(record) or record.ended:
+        if ctx.is_local(record) or record.ended:
             remote.ready.set()
             self.update_syncing(remote)
             return
@@ -228,7 +183,7 @@ class Following:
             if info is not None and info.ended and not record.ended:
                 self.ended_elsewhere(remote, info)
         complete = remote.final is not None
-        confirmed = await bridge.transport.watch("run", remote.run_id, after=remote.next_seq - 1)
+        confirmed = await ctx.transport.watch("run", remote.run_id, after=remote.next_seq - 1)
         if confirmed:
             await self.sync(remote, complete=complete)
 
@@ -246,12 +201,12 @@ class Following:
             return  # not followed (any more)
         if remote.owner is None:
             remote.owner = message.sender
-        repair = self._bridge._repair
+        repair = self.repair
         if remote.record is None:
             repair.hold(remote, message.events)
             if not remote.adopting:
                 remote.adopting = True
-                self._bridge._spawn(self._adopt_late(remote), f"kiki-bridge-adopt:{remote.run_id}")
+                self.ctx.spawn(self._adopt_late(remote), f"kiki-bridge-adopt:{remote.run_id}")
             return
         if message.kind == KIND_REPLAY:
             repair.replayed(remote, message)
@@ -260,10 +215,10 @@ class Following:
 
     async def _adopt_late(self, remote: RemoteRun) -> None:
         """A followed run whose frames arrived before this node knew it: adopt it, then deliver."""
-        bridge = self._bridge
-        info = await self._lookup_quietly(remote.run_id, bridge.lookup_wait)
-        record = bridge.store.peek(remote.run_id)
-        if record is None and info is not None and info.node != bridge.node:
+        ctx = self.ctx
+        info = await self._lookup_quietly(remote.run_id, ctx.lookup_wait)
+        record = ctx.store.peek(remote.run_id)
+        if record is None and info is not None and info.node != ctx.node:
             record = self.adopt(info)
         if record is None or self.remote.get(remote.run_id) is not remote:
             remote.held.clear()  # nobody can say whose run this is: deliver nothing
@@ -272,7 +227,7 @@ class Following:
         remote.record = record
         remote.adopting = False
         remote.owner = remote.owner or record.node
-        repair = bridge._repair
+        repair = self.repair
         if remote.held and min(remote.held) > remote.next_seq:
             repair.repair(remote)
         repair.accept(remote, [])
@@ -282,28 +237,27 @@ class Following:
 
         ``complete``: streams, the watch read the stream after the run had ended.
         """
-        bridge = self._bridge
-        if bridge.transport.durable:
+        transport = self.ctx.transport
+        if transport.durable:
             # watch() already read the stream; a gap seen meanwhile is repaired below.
             remote.synced = True
             if complete:
-                bridge._repair.settle(remote)  # what the stream lacks is gone
+                self.repair.settle(remote)  # what the stream lacks is gone
             remote.ready.set()
             self.update_syncing(remote)
             if remote.held:
-                await bridge.transport.backfill(remote.run_id, remote.next_seq - 1)
+                await transport.backfill(remote.run_id, remote.next_seq - 1)
             return
         if remote.owner is None:
             remote.ready.set()
             self.update_syncing(remote)
             return
-        if await bridge._repair.ask_replay(remote):
+        if await self.repair.ask_replay(remote):
             remote.synced = True
 
     async def _resync(self, remote: RemoteRun) -> None:
-        bridge = self._bridge
-        if not bridge.transport.durable:
-            if await bridge._repair.ask_replay(remote):
+        if not self.ctx.transport.durable:
+            if await self.repair.ask_replay(remote):
                 remote.synced = True
             return
         # The watch was not confirmed (Redis was down): the run may have ended meanwhile.
@@ -314,7 +268,7 @@ class Following:
                 self.ended_elsewhere(remote, info)
         await self.sync(remote, complete=False)
         if remote.final is not None:
-            await bridge._repair.backfill_end(remote)  # read after the run ended: complete
+            await self.repair.backfill_end(remote)  # read after the run ended: complete
 
     def reconnected(self, resumed: bool) -> None:
         """The transport (re)connected: catch up every followed run that may have missed something.
@@ -322,8 +276,8 @@ class Following:
         After a pub/sub reconnect what was sent meanwhile is gone from Redis: the
         readers are told (``missed``), then the run is repaired from its node.
         """
-        bridge = self._bridge
-        durable = bridge.transport.durable
+        ctx = self.ctx
+        durable = ctx.transport.durable
         for remote in list(self.remote.values()):
             if not remote.watching:
                 continue
@@ -332,16 +286,16 @@ class Following:
                 continue
             if resumed and not durable:
                 if remote.synced or record.log.last_seq:
-                    bridge._repair.notify_missed(
+                    self.repair.notify_missed(
                         remote, "the bridge lost its connection to Redis; events sent meanwhile may be missing", None
                     )
                 remote.synced = False
             if not remote.synced:
-                bridge._spawn(self._resync(remote), f"kiki-bridge-resync:{remote.run_id}")
+                ctx.spawn(self._resync(remote), f"kiki-bridge-resync:{remote.run_id}")
 
     def adopt(self, info: RunInfo) -> RunRecord:
         """The local record of a run the registry says executes elsewhere (existing or new)."""
-        return self._bridge.store.adopt(
+        return self.ctx.store.adopt(
             info.run_id,
             thread_id=info.thread_id,
             graph=info.graph,
@@ -353,7 +307,7 @@ class Following:
 
     def sweep_unfollowed(self) -> None:
         """Forget copies of remote runs nobody here followed for a while (a join adopts them again)."""
-        store = self._bridge.store
+        store = self.ctx.store
         deadline = time.monotonic() - store.replay_ttl
         for run_id, since in list(self._unfollowed.items()):
             if since > deadline:
@@ -372,7 +326,7 @@ class Following:
 
     async def lookup(self, run_id: str, *, wait: float = 0.0) -> RunInfo | None:
         """See :meth:`Bridge.lookup <kiki_events.bridge.Bridge.lookup>`."""
-        transport = self._bridge.transport
+        transport = self.ctx.transport
         deadline = time.monotonic() + wait
         delay = 0.01
         failure: TransportError | None = None
@@ -392,17 +346,17 @@ class Following:
 
     async def open_run(self, run_id: str, principal: str | None, *, check_owner: bool, wait: float | None) -> RunRecord:
         """See :meth:`Bridge.open_run <kiki_events.bridge.Bridge.open_run>`."""
-        bridge = self._bridge
-        record = bridge.store.peek(run_id)
+        ctx = self.ctx
+        record = ctx.store.peek(run_id)
         info: RunInfo | None = None
         if record is not None:
-            if check_owner and not bridge.store.visible(record, principal):
+            if check_owner and not ctx.store.visible(record, principal):
                 raise RunNotFoundError(f"run {run_id!r} not found")
-            if self.is_local(record) or record.ended:
+            if ctx.is_local(record) or record.ended:
                 return record
         else:
-            info = await self.lookup(run_id, wait=bridge.lookup_wait if wait is None else wait)
-            if info is None or info.node == bridge.node or (check_owner and not await self._visible(info, principal)):
+            info = await self.lookup(run_id, wait=ctx.lookup_wait if wait is None else wait)
+            if info is None or info.node == ctx.node or (check_owner and not await self._visible(info, principal)):
                 raise RunNotFoundError(f"run {run_id!r} not found")
             record = self.adopt(info)
         with self.watch_run(run_id, owner=info.node if info else None, info=info):
@@ -421,4 +375,4 @@ class Following:
 
     async def _visible(self, info: RunInfo, principal: str | None) -> bool:
         """Whether ``principal`` may see the run: it is theirs, and so is its thread."""
-        return info.principal == principal and await self._bridge.owns(info.thread_id, principal)
+        return info.principal == principal and await self.ownership.owns(info.thread_id, principal)

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 from ..events import StreamEvent
 from ..topics import topic_matches, topic_of
+from .context import BridgeStats
 
 if TYPE_CHECKING:
     from ..core.bus import EventBus
-    from .core import BridgeStats
 
 __all__ = ["Inbound"]
 
@@ -29,11 +29,10 @@ _SEEN_BROADCASTS = 4096
 class Inbound:
     """Hands remote events to the local bus."""
 
-    def __init__(self, bus: EventBus, stats: BridgeStats, topics: Iterable[str], followed: Container[str]) -> None:
+    def __init__(self, bus: EventBus, stats: BridgeStats, topics: Iterable[str]) -> None:
         self.bus = bus
         self.stats = stats
         self._topics = tuple(topics)
-        self._followed = followed
         self._seen: OrderedDict[tuple[str, int], None] = OrderedDict()
         """Broadcasts offered lately, as ``(run_id, seq)`` (bounded)."""
 
@@ -52,12 +51,12 @@ class Inbound:
             self.bus.deliver(events)
         self.stats.delivered += len(events)
 
-    def broadcast(self, events: list[StreamEvent]) -> None:
-        """Offer the wanted lifecycle events of runs not followed here to topic subscribers."""
+    def broadcast(self, events: list[StreamEvent], followed: Container[str]) -> None:
+        """Offer the wanted lifecycle events of runs not ``followed`` here to topic subscribers."""
         topics = self._topics
         seen = self._seen
         for event in events:
-            if event.run_id in self._followed:
+            if event.run_id in followed:
                 continue  # followed: its run frames bring it
             topic = topic_of(event)
             if topic is None or not any(topic_matches(p, topic) for p in topics):

@@ -18,10 +18,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TransportError
+from .context import BridgeContext
+from .follow import Following
+from .repair import Repair
 
 if TYPE_CHECKING:
-    from .core import Bridge
-    from .follow import RemoteRun
+    from .remote import RemoteRun
 
 __all__ = ["Liveness"]
 
@@ -35,45 +37,49 @@ _GONE_AFTER = 2
 
 
 class Liveness:
-    """The heartbeat of this node, the liveness of the others, and the housekeeping loop."""
+    """The heartbeat of this node, the liveness of the others, and the housekeeping loop.
 
-    def __init__(self, bridge: Bridge) -> None:
-        self._bridge = bridge
+    ``following``: the runs whose owners it checks; ``repair``: their repair timers.
+    """
+
+    def __init__(self, ctx: BridgeContext, following: Following, repair: Repair) -> None:
+        self.ctx = ctx
+        self.following = following
+        self.repair = repair
         self._task: asyncio.Task[Any] | None = None
 
     def ensure_checking(self) -> None:
         """Start a heartbeat and liveness check unless one is running."""
         if self._task is None or self._task.done():
-            self._task = self._bridge._spawn(self._check(), "kiki-bridge-liveness")
+            self._task = self.ctx.spawn(self._check(), "kiki-bridge-liveness")
 
     async def run_forever(self) -> None:
         """The housekeeping loop: repair timers every tick, liveness every heartbeat period."""
-        bridge = self._bridge
         every = max(int(_HEARTBEAT_EVERY / _TICK), 1)
         count = 0
         while True:
             await asyncio.sleep(_TICK)
             count += 1
             try:
-                bridge._repair.tick(time.monotonic())
+                self.repair.tick(time.monotonic())
                 if count % every == 0:
-                    bridge._following.sweep_unfollowed()
+                    self.following.sweep_unfollowed()
                     self.ensure_checking()
             except Exception:
                 logger.exception("bridge housekeeping failed")
 
     async def _check(self) -> None:
         """Say this node is alive; give up the runs of owning nodes that stopped saying so."""
-        bridge = self._bridge
-        transport = bridge.transport
+        ctx = self.ctx
+        transport = ctx.transport
         if transport.state != "connected":
             return  # an outage is not a sign that other nodes died
         try:
             await transport.heartbeat(_HEARTBEAT_TTL)
             followed = [
                 r
-                for r in bridge._following.remote.values()
-                if r.watching and r.owner and r.owner != bridge.node and r.record is not None and not r.record.ended
+                for r in self.following.remote.values()
+                if r.watching and r.owner and r.owner != ctx.node and r.record is not None and not r.record.ended
             ]
             if not followed:
                 return
@@ -101,18 +107,18 @@ class Liveness:
         ended, and then what is left is fetched and the run settled like any run
         found ended (:meth:`.Repair.fetch_end`).
         """
-        bridge = self._bridge
+        transport = self.ctx.transport
         for remote in idle:
             try:
-                info = await bridge.transport.lookup_run(remote.run_id)
+                info = await transport.lookup_run(remote.run_id)
             except TransportError:
                 return
             record = remote.record
             if info is None or not info.ended or record is None or record.ended or remote.final is not None:
                 continue
             logger.info("run %s ended on %s without its end reaching here; fetching the rest", remote.run_id, info.node)
-            bridge._following.ended_elsewhere(remote, info)
-            bridge._repair.fetch_end(remote)
+            self.following.ended_elsewhere(remote, info)
+            self.repair.fetch_end(remote)
 
     def _owner_gone(self, remote: RemoteRun) -> None:
         record = remote.record
@@ -122,4 +128,4 @@ class Liveness:
             "node %s stopped while running run %s; its readers here are told and released", remote.owner, remote.run_id
         )
         detail = f"the node running this run ({remote.owner}) stopped; it will not continue"
-        self._bridge._repair.end_here(remote, detail)
+        self.repair.end_here(remote, detail)

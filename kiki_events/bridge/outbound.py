@@ -21,7 +21,8 @@ from ..events import DoneEvent, StatusEvent, StreamEvent
 from ..transports.base import RunInfo, Transport
 
 if TYPE_CHECKING:
-    from ..core.runs import RunRecord, RunStore
+    from ..core.runrecord import RunRecord
+    from ..core.store import RunStore
 
 __all__ = ["Outbound"]
 
@@ -75,15 +76,7 @@ class Outbound:
     def _info(
         self, record: RunRecord | None, status: str, *, run_id: str | None = None, thread_id: str | None = None
     ) -> RunInfo:
+        """The registry entry of a run of this node (``status``, not ended yet)."""
         if record is None:
             return RunInfo(run_id or "", self.node, status, thread_id=thread_id, created_at=time.time())
-        return RunInfo(
-            record.run_id,
-            self.node,
-            status,
-            thread_id=record.thread_id,
-            graph=record.graph,
-            principal=record.principal,
-            created_at=record.created_at,
-            relayed_into=record.relayed_into,
-        )
+        return dataclasses.replace(record.info(), node=self.node, status=status, ended_at=None, last_seq=0)

@@ -21,15 +21,14 @@ again, and after a few tries the run is settled all the same.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, cast, get_args
+from typing import Any, cast, get_args
 
 from ..errors import TransportError
 from ..events import RunStatus, StatusEvent, StreamEvent
 from ..transports.wire import Message
-from .follow import READY_TIMEOUT, RemoteRun
-
-if TYPE_CHECKING:
-    from .core import Bridge
+from .context import BridgeContext
+from .inbound import Inbound
+from .remote import READY_TIMEOUT, FollowedRuns, RemoteRun
 
 __all__ = ["OP_REPLAY", "Repair"]
 
@@ -50,11 +49,17 @@ def _drain(held: dict[int, StreamEvent], expected: int, out: list[StreamEvent]) 
 
 
 class Repair:
-    """Delivers followed runs in order and repairs their gaps."""
+    """Delivers followed runs in order and repairs their gaps.
 
-    def __init__(self, bridge: Bridge) -> None:
-        self._bridge = bridge
-        self.max_held = max(_MAX_HELD, bridge.store.replay_events)
+    ``following``: the runs it delivers (:class:`.Following`); ``inbound``: where their
+    events go.
+    """
+
+    def __init__(self, ctx: BridgeContext, following: FollowedRuns, inbound: Inbound) -> None:
+        self.ctx = ctx
+        self.following = following
+        self.inbound = inbound
+        self.max_held = max(_MAX_HELD, ctx.store.replay_events)
         """Most events held back per run behind a gap."""
 
     def hold(self, remote: RemoteRun, events: list[StreamEvent]) -> None:
@@ -71,11 +76,26 @@ class Repair:
         the gap is given up at once (readers get a ``missed`` notice), so whatever
         arrives next still has room.
         """
-        bridge = self._bridge
-        out: list[StreamEvent] = []
         start = remote.next_seq
+        out = self._order(remote, events)
+        if out:
+            self.inbound.deliver(out)
+        self._track_gap(remote, start)
+        following = self.following
+        following.update_syncing(remote)
+        if out:
+            record = remote.record
+            if record is not None and record.ended:
+                following.kick(remote)  # the run is over: stop receiving it
+
+    def _order(self, remote: RemoteRun, events: list[StreamEvent]) -> list[StreamEvent]:
+        """Put ``events`` in order: what can be delivered now is returned, the rest held back.
+
+        Advances ``remote.next_seq`` and counts the duplicates.
+        """
+        out: list[StreamEvent] = []
         held = remote.held
-        expected = _drain(held, start, out)
+        expected = _drain(held, remote.next_seq, out)
         duplicates = 0
         for event in events:
             seq = event.seq
@@ -87,24 +107,34 @@ class Repair:
                 expected = _drain(held, expected + 1, out)
                 continue
             if len(held) >= self.max_held:
-                remote.next_seq = expected
-                if out:
-                    bridge._inbound.deliver(out)
-                    out = []
-                first = min(held)
-                self.notify_missed(remote, f"events {expected}-{first - 1} of this run were lost in transit", first)
-                expected = _drain(held, first, out)
+                out, expected = self._overflow(remote, expected, out)
                 if seq < expected:
                     duplicates += 1
                     continue
             held[seq] = event
             expected = _drain(held, expected, out)
         remote.next_seq = expected
-        stats = bridge.stats
-        stats.duplicates += duplicates
+        self.ctx.stats.duplicates += duplicates
+        return out
+
+    def _overflow(self, remote: RemoteRun, expected: int, out: list[StreamEvent]) -> tuple[list[StreamEvent], int]:
+        """The held-back events reached their bound: deliver ``out``, then give the gap up at once.
+
+        Returns the events now deliverable after the gap, and the next seq expected.
+        """
+        remote.next_seq = expected
         if out:
-            bridge._inbound.deliver(out)
-        if held:
+            self.inbound.deliver(out)
+            out = []
+        held = remote.held
+        first = min(held)
+        self.notify_missed(remote, f"events {expected}-{first - 1} of this run were lost in transit", first)
+        return out, _drain(held, first, out)
+
+    def _track_gap(self, remote: RemoteRun, start: int) -> None:
+        """After delivery from ``start`` on: open, extend or close the run's current gap."""
+        stats = self.ctx.stats
+        if remote.held:
             now = time.monotonic()
             if remote.gap_since is None:
                 # Live events ahead of the first catch-up's answer are no gap: the answer fills them in.
@@ -113,7 +143,7 @@ class Repair:
                     remote.gap_counted = True
                 self.repair(remote)
                 remote.gap_since = now
-            elif expected > start:
+            elif remote.next_seq > start:
                 remote.gap_since = now  # a repair is making progress: give it time
                 remote.attempts = 0
         elif remote.gap_since is not None:
@@ -122,18 +152,12 @@ class Repair:
             if remote.gap_counted:
                 remote.gap_counted = False
                 stats.repaired += 1
-        following = bridge._following
-        following.update_syncing(remote)
-        if out:
-            record = remote.record
-            if record is not None and record.ended:
-                following.kick(remote)  # the run is over: stop receiving it
 
     def replayed(self, remote: RemoteRun, message: Message) -> None:
         """A frame of the owning node's answer to a replay request."""
         header = message.header
         first = header.get("f")
-        following = self._bridge._following
+        following = self.following
         if header.get("g"):
             remote.ready.set()
             remote.repair_since = None
@@ -159,16 +183,16 @@ class Repair:
         """Ask again for what is missing (unless a request is in flight)."""
         if remote.repair_since is not None:
             return
-        bridge = self._bridge
-        if bridge.transport.durable:
+        ctx = self.ctx
+        if ctx.transport.durable:
             remote.repair_since = time.monotonic()
-            bridge._spawn(self._backfill(remote), f"kiki-bridge-backfill:{remote.run_id}")
+            ctx.spawn(self._backfill(remote), f"kiki-bridge-backfill:{remote.run_id}")
         else:
-            bridge._spawn(self.ask_replay(remote), f"kiki-bridge-repair:{remote.run_id}")
+            ctx.spawn(self.ask_replay(remote), f"kiki-bridge-repair:{remote.run_id}")
 
     async def _backfill(self, remote: RemoteRun) -> None:
         try:
-            await self._bridge.transport.backfill(remote.run_id, remote.next_seq - 1)
+            await self.ctx.transport.backfill(remote.run_id, remote.next_seq - 1)
         finally:
             remote.repair_since = None
 
@@ -184,7 +208,7 @@ class Repair:
             # only from a replay: ask for it too).
             request["until"] = min(remote.held) - 1
         try:
-            await self._bridge.send_control(OP_REPLAY, request, node=owner)
+            await self.ctx.send_control(OP_REPLAY, request, owner)
         except TransportError:
             remote.repair_since = None
             return False
@@ -232,15 +256,15 @@ class Repair:
             return
         remote.final_attempts += 1
         remote.final_asked = time.monotonic()
-        bridge = self._bridge
-        if bridge.transport.durable:
-            bridge._spawn(self.backfill_end(remote), f"kiki-bridge-backfill:{remote.run_id}")
+        ctx = self.ctx
+        if ctx.transport.durable:
+            ctx.spawn(self.backfill_end(remote), f"kiki-bridge-backfill:{remote.run_id}")
         else:
-            bridge._spawn(self.ask_replay(remote), f"kiki-bridge-repair:{remote.run_id}")
+            ctx.spawn(self.ask_replay(remote), f"kiki-bridge-repair:{remote.run_id}")
 
     async def backfill_end(self, remote: RemoteRun) -> None:
         """Streams: read the rest of a run known to have ended; then what the stream lacks is gone."""
-        if await self._bridge.transport.backfill(remote.run_id, remote.next_seq - 1):
+        if await self.ctx.transport.backfill(remote.run_id, remote.next_seq - 1):
             self.settle(remote)
 
     def end_here(self, remote: RemoteRun, detail: str) -> None:
@@ -256,26 +280,26 @@ class Repair:
         status = cast(RunStatus, final.status) if final is not None and final.status in _FINAL_STATUSES else None
         record.log.close(status)
         record.ended_at = final.ended_at if final is not None and final.ended_at else time.time()
-        following = self._bridge._following
+        following = self.following
         following.update_syncing(remote)
         following.kick(remote)  # the run is over: stop receiving it
 
     def notify_missed(self, remote: RemoteRun, detail: str, first_seq: int | None) -> None:
         """Tell the run's readers here that events were lost (a ``missed`` notice, ``seq == 0``)."""
-        bridge = self._bridge
+        ctx = self.ctx
         record = remote.record
         notice = StatusEvent(
             run_id=remote.run_id,
             seq=0,
             ts=round(time.time(), 3),
             thread_id=record.thread_id if record is not None else None,
-            node=bridge.node,
+            node=ctx.node,
             status="missed",
             detail=detail,
             first_seq=first_seq,
         )
-        bridge.stats.missed += 1
-        bridge.bus.deliver((notice,))
+        ctx.stats.missed += 1
+        ctx.bus.deliver((notice,))
 
     def tick(self, now: float) -> None:
         """The repair timers: ask again after ``repair_timeout`` without progress, or give the gap up.
@@ -284,12 +308,12 @@ class Repair:
         not answer, Redis is down) is given up too: the run's thread readers stop
         waiting for it (it goes on catching up in the background).
         """
-        bridge = self._bridge
-        timeout = bridge.repair_timeout
-        following = bridge._following
+        ctx = self.ctx
+        timeout = ctx.repair_timeout
+        following = self.following
         answer_within = max(timeout, READY_TIMEOUT)
         give_up = answer_within * _REPAIR_ATTEMPTS
-        connected = bridge.transport.state == "connected"
+        connected = ctx.transport.state == "connected"
         for remote in list(following.remote.values()):
             if not remote.ready.is_set() and now - remote.since >= give_up:
                 remote.ready.set()

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 from ..errors import RunNotFoundError, TransportError
 from ..transports.base import RunInfo
 from ..transports.wire import Message
-from .follow import READY_TIMEOUT
+from .context import BridgeContext
+from .follow import Following
 from .lease import NO_LEASE, Lease
+from .remote import READY_TIMEOUT
 
 if TYPE_CHECKING:
-    from ..core.runs import ThreadRecord
-    from .core import Bridge
+    from ..core.threads import ThreadRecord
 
 __all__ = ["ThreadWatches"]
 
@@ -41,17 +42,18 @@ class _ThreadWatch:
 
 
 class ThreadWatches:
-    """The threads this node watches."""
+    """The threads this node watches; ``following`` follows their remote runs."""
 
-    def __init__(self, bridge: Bridge) -> None:
-        self._bridge = bridge
+    def __init__(self, ctx: BridgeContext, following: Following) -> None:
+        self.ctx = ctx
+        self.following = following
         self.watches: dict[str, _ThreadWatch] = {}
 
     async def open_thread(self, thread_id: str, principal: str | None) -> ThreadRecord:
         """See :meth:`Bridge.open_thread <kiki_events.bridge.Bridge.open_thread>`."""
-        bridge = self._bridge
-        store = bridge.store
-        transport = bridge.transport
+        ctx = self.ctx
+        store = ctx.store
+        transport = ctx.transport
         missing = RunNotFoundError(f"thread {thread_id!r} not found")
         known = store.owners.get(thread_id)
         if known is not None and known.principal != principal:
@@ -77,13 +79,13 @@ class ThreadWatches:
         if thread is None and not infos:
             raise missing
         thread = store.adopt_thread(thread_id, principal)
-        following = bridge._following
+        following = self.following
         loop = asyncio.get_running_loop()
         for info in infos:
-            if info.node == bridge.node or info.relayed_into is not None:
+            if info.node == ctx.node or info.relayed_into is not None:
                 continue
             record = following.adopt(info)
-            if not record.ended and not following.is_local(record):
+            if not record.ended and not ctx.is_local(record):
                 # Start catching it up now: a reader of the thread then holds the later
                 # runs back until it has. The reader's own lease (watch_thread) comes a
                 # moment later and keeps it followed.
@@ -92,12 +94,12 @@ class ThreadWatches:
 
     def watch_thread(self, thread_id: str) -> Lease:
         """See :meth:`Bridge.watch_thread <kiki_events.bridge.Bridge.watch_thread>`."""
-        bridge = self._bridge
-        if bridge._state != "running":
+        ctx = self.ctx
+        if not ctx.running():
             return NO_LEASE
         watch = self.watches.get(thread_id)
         if watch is None:
-            thread = bridge.store.peek_thread(thread_id)
+            thread = ctx.store.peek_thread(thread_id)
             watch = self.watches[thread_id] = _ThreadWatch(thread_id, thread.principal if thread else None)
         watch.leases += 1
         self._kick(watch)
@@ -106,29 +108,29 @@ class ThreadWatches:
     def bus_lease(self, thread_id: str) -> Lease:
         """A lease for a bus subscription to the thread (the thread may be unknown here yet)."""
         lease = self.watch_thread(thread_id)
-        self._bridge._spawn(self._adopt_thread(thread_id), f"kiki-bridge-thread-adopt:{thread_id}")
+        self.ctx.spawn(self._adopt_thread(thread_id), f"kiki-bridge-thread-adopt:{thread_id}")
         return lease
 
     async def _adopt_thread(self, thread_id: str) -> None:
-        bridge = self._bridge
+        ctx = self.ctx
         watch = self.watches.get(thread_id)
-        if watch is None or watch.principal is not None or bridge.store.peek_thread(thread_id) is not None:
+        if watch is None or watch.principal is not None or ctx.store.peek_thread(thread_id) is not None:
             return
         try:
-            owner = await bridge.transport.thread_owner(thread_id)
-            infos = await bridge.transport.thread_runs(thread_id)
+            owner = await ctx.transport.thread_owner(thread_id)
+            infos = await ctx.transport.thread_runs(thread_id)
         except TransportError:
             return
         if infos:
             watch.principal = owner.principal if owner is not None else infos[0].principal
-            bridge.store.adopt_thread(thread_id, watch.principal)
+            ctx.store.adopt_thread(thread_id, watch.principal)
             for info in infos:
                 self._thread_run(watch, info)
 
     def _release(self, watch: _ThreadWatch) -> None:
         watch.leases -= 1
         if watch.leases <= 0:
-            linger = self._bridge.linger
+            linger = self.ctx.linger
             watch.keep_until = time.monotonic() + linger
             asyncio.get_running_loop().call_later(linger, self._kick, watch)
             self._kick(watch)
@@ -137,10 +139,10 @@ class ThreadWatches:
         if self.watches.get(watch.thread_id) is not watch:
             return
         if watch.task is None or watch.task.done():
-            watch.task = self._bridge._spawn(self._reconcile(watch), f"kiki-bridge-thread:{watch.thread_id}")
+            watch.task = self.ctx.spawn(self._reconcile(watch), f"kiki-bridge-thread:{watch.thread_id}")
 
     async def _reconcile(self, watch: _ThreadWatch) -> None:
-        transport = self._bridge.transport
+        transport = self.ctx.transport
         while self.watches.get(watch.thread_id) is watch:
             wanted = watch.leases > 0 or time.monotonic() < watch.keep_until
             if wanted and not watch.watching:
@@ -161,7 +163,7 @@ class ThreadWatches:
 
     async def _refresh(self, watch: _ThreadWatch) -> None:
         try:
-            infos = await self._bridge.transport.thread_runs(watch.thread_id)
+            infos = await self.ctx.transport.thread_runs(watch.thread_id)
         except TransportError:
             return  # refreshed again on reconnect
         for info in infos:
@@ -171,7 +173,7 @@ class ThreadWatches:
         """The transport (re)connected: look for runs started on watched threads meanwhile."""
         for watch in list(self.watches.values()):
             if watch.watching:
-                self._bridge._spawn(self._refresh(watch), f"kiki-bridge-thread-refresh:{watch.thread_id}")
+                self.ctx.spawn(self._refresh(watch), f"kiki-bridge-thread-refresh:{watch.thread_id}")
 
     def announced(self, message: Message) -> None:
         """A run started on a thread (an announcement frame)."""
@@ -186,15 +188,15 @@ class ThreadWatches:
             self._thread_run(watch, info)
 
     def _thread_run(self, watch: _ThreadWatch, info: RunInfo) -> None:
-        bridge = self._bridge
-        if info.run_id in watch.runs or info.node == bridge.node or info.thread_id != watch.thread_id:
+        ctx = self.ctx
+        if info.run_id in watch.runs or info.node == ctx.node or info.thread_id != watch.thread_id:
             return
         if info.relayed_into is not None:
             return  # shown inside the run that relays it
         if info.principal != watch.principal:
             return  # not this thread's owner: never mix someone else's run in
-        following = bridge._following
+        following = self.following
         record = following.adopt(info)
-        if following.is_local(record):
+        if ctx.is_local(record):
             return
         watch.runs[info.run_id] = following.watch_run(info.run_id, owner=info.node, info=info)

@@ -46,7 +46,7 @@ from ..redaction import redact_error, redact_message
 
 __all__ = ["EventSink", "KikiCallbackHandler", "new_run_id", "short_run_id"]
 
-logger = logging.getLogger("kiki_events.capture.handler")
+logger = logging.getLogger("kiki_events.handler")
 
 EventSink = Callable[[StreamEvent], object]
 T = TypeVar("T")

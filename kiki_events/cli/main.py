@@ -1,37 +1,26 @@
-"""The ``kiki-events`` command.
+"""The ``kiki-events`` command: its argument parser and the dispatch to the commands.
 
-``kiki-events serve`` runs the server (uvicorn) with the dashboard; without a
-config file and without ``--graph`` it serves the demo research team from
-``./agents/research_team.py``. ``kiki-events schema`` prints the JSON Schema of
-the events. ``kiki-events tail`` prints live events from Redis (see
-:mod:`kiki_events.cli.tail`). A bad configuration is one line on stderr and exit code 2.
+``kiki-events serve`` runs the server (:mod:`.serve`), ``kiki-events schema`` prints
+the JSON Schema of the events (:mod:`.schema`), ``kiki-events tail`` prints live
+events from Redis (:mod:`.tail`). A bad configuration is one line on stderr and exit
+code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..codec import event_json_schema
-from ..errors import ConfigError, GraphLoadError, MissingDependencyError, RunNotFoundError, TransportError
-from ..heap import freeze_startup_heap, tune_collector
+from .common import DEFAULT_CONFIG, PROG
 
-__all__ = ["DEFAULT_CONFIG", "DEMO_GRAPHS", "main"]
-
-DEFAULT_CONFIG = Path("config/eventbus.yaml")
-"""Used by ``serve`` when it exists in the current directory and no ``--config`` is given."""
-DEMO_GRAPHS = {"research_team": "./agents/research_team.py:graph"}
-"""Served when neither the configuration nor ``--graph`` names a graph."""
-
-_PROG = "kiki-events"
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=_PROG, description="Stream LangGraph runs to browsers as typed events.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Stream LangGraph runs to browsers as typed events.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the HTTP/SSE server with the live dashboard")
@@ -102,114 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    # Each command imports what it needs only: ``schema`` starts without the runtime or the server.
     if args.command == "schema":
-        json.dump(event_json_schema(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-        return 0
+        from .schema import schema
+
+        return schema(sys.stdout)
     if args.command == "tail":
-        return _tail(args)
-    try:
-        return _serve(args)
-    except (ConfigError, GraphLoadError, MissingDependencyError) as exc:
-        print(f"{_PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        from .tail import tail_command
 
+        return tail_command(args)
+    from .serve import serve
 
-def _graph_options(values: Sequence[str]) -> dict[str, str]:
-    graphs: dict[str, str] = {}
-    for value in values:
-        name, sep, ref = value.partition("=")
-        if not sep or not name.strip() or not ref.strip():
-            raise ConfigError(f"--graph {value!r}: expected NAME=PATH:ATTR, e.g. team=./agents/team.py:graph")
-        graphs[name.strip()] = ref.strip()
-    return graphs
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from ..config import load_settings
-
-    config: Path | None = args.config
-    if config is None and DEFAULT_CONFIG.is_file():
-        config = DEFAULT_CONFIG
-    settings = load_settings(config)
-    graphs = {**settings.graphs, **_graph_options(args.graph)} or dict(DEMO_GRAPHS)
-    server = settings.server.model_copy(
-        update={k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    )
-    if not 0 <= server.port <= 65535:
-        raise ConfigError(f"--port {server.port}: must be between 0 and 65535")
-    settings = settings.model_copy(update={"graphs": graphs, "server": server})
-
-    try:
-        import uvicorn
-
-        from ..runtime import KikiRuntime
-        from ..server.app import create_app
-        from .logs import configure_logging
-    except ImportError as exc:
-        raise MissingDependencyError(f"serving needs {exc.name}: pip install 'kiki-events[server]'") from None
-
-    # Relative graph paths resolve against the current directory, like --graph values.
-    runtime = KikiRuntime(settings, base_dir=Path.cwd())
-    configure_logging(settings.logging)  # only once everything that can be wrong was checked
-    app = create_app(runtime=runtime)
-    principals = len(server.auth.bearer_tokens)  # never the tokens themselves
-    access = f"bearer tokens of {principals} principal(s)" if principals else "anonymous"
-    print(
-        f"{_PROG}: serving http://{server.host}:{server.port}/ "
-        f"(graphs: {', '.join(runtime.graphs.names())}; config: {config or 'built-in defaults'}; auth: {access})",
-        flush=True,
-    )
-    # What was imported and built so far lives as long as the process: keep it out of
-    # the collector's full passes, which otherwise stall the event loop.
-    freeze_startup_heap()
-    # Fewer, larger young passes: under load most objects then die before a pass sees
-    # them, and full passes become rare (see kiki_events.heap).
-    tune_collector()
-    # On SIGTERM/SIGINT uvicorn stops accepting connections; open streams see the
-    # shutdown and ask the runtime to end its runs (``runs.shutdown_grace``), so
-    # every client receives its final ``done`` before the connection closes.
-    uvicorn.run(
-        app,
-        host=server.host,
-        port=server.port,
-        log_level=settings.logging.level.lower(),
-        log_config=None,  # keep our handlers: uvicorn's records go through them too
-        timeout_graceful_shutdown=int(settings.runs.shutdown_grace) + 10,
-    )
-    return 0
-
-
-def _tail(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from ..config import load_settings
-    from .tail import tail
-
-    config: Path | None = args.config
-    if config is None and DEFAULT_CONFIG.is_file():
-        config = DEFAULT_CONFIG
-    try:
-        settings = load_settings(config)
-        if args.topic is not None and not args.topic.strip():
-            raise ConfigError("--topic: give a topic such as agent:started or agent:*")
-        run = tail(
-            settings,
-            run=args.run,
-            after=args.after,
-            thread=args.thread,
-            topic=args.topic,
-            as_json=args.json,
-            out=sys.stdout,
-        )
-        return asyncio.run(run)
-    except (ConfigError, MissingDependencyError, TransportError) as exc:
-        source = f"{config}: " if config is not None and not str(exc).startswith(str(config)) else ""
-        print(f"{_PROG}: error: {source}{exc}", file=sys.stderr)
-        return 2
-    except RunNotFoundError as exc:
-        print(f"{_PROG}: error: {exc} (no node of this deployment knows it)", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return serve(args)

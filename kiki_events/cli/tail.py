@@ -20,27 +20,29 @@ and print each event of the frames it delivers.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from ..codec import encode
-from ..config import HandoffSettings, Settings
-from ..errors import ConfigError, TransportError
+from ..config import HandoffSettings, Settings, load_settings
+from ..errors import ConfigError, MissingDependencyError, RunNotFoundError, TransportError
 from ..events import StatusEvent, StreamEvent
-from ..redaction import redact_text
+from ..runtime import KikiRuntime, default_node_name
+from ..runtime.observer import Observer, check_redis, redis_location
 from ..topics import topic_matches, topic_of
+from .common import config_file, fail
 
 if TYPE_CHECKING:
-    from ..runtime import KikiRuntime
-    from ..transports import Transport
     from ..transports.base import ControlMessage
     from ..transports.wire import Message
 
-__all__ = ["format_event", "tail"]
+__all__ = ["format_event", "tail", "tail_command"]
 
 _TEXT = 60
 _SEEN = 4096
@@ -156,17 +158,6 @@ class _Printer:
             self.out.flush()
 
 
-async def _watch(transport: Transport, kind: Any, key: str, timeout: float) -> None:
-    """Watch ``key`` once the transport is connected (up to ``timeout``), so the
-    subscription is in place when this returns.
-
-    Before the transport's reader is connected, ``watch`` only records the wish;
-    pub/sub messages sent until then would be missed.
-    """
-    await transport.connected(timeout)
-    await transport.watch(kind, key)
-
-
 async def tail(
     settings: Settings,
     *,
@@ -199,7 +190,7 @@ async def tail(
             + ("" if bus.enabled else " (and eventbus.enabled is false)")
             + "; use a configuration with provider: redis"
         )
-    await _ping(settings, connect_timeout)
+    await check_redis(settings, connect_timeout)
     if run is not None:
         return await _tail_run(
             settings,
@@ -223,28 +214,6 @@ async def tail(
         ready=ready,
         stop=stop,
     )
-
-
-def _where(settings: Settings) -> str:
-    from ..redaction import redact_url
-
-    redis = settings.eventbus.redis
-    return redact_url(redis.url) if redis.url else redis.addr
-
-
-async def _ping(settings: Settings, timeout: float) -> None:
-    """Fail fast, with one clear error, when Redis cannot be reached."""
-    from ..redis.client import create_redis
-
-    redis = create_redis(settings.eventbus.redis, socket_connect_timeout=timeout)
-    try:
-        await asyncio.wait_for(redis.ping(), timeout)
-    except Exception as exc:
-        raise TransportError(
-            f"cannot reach Redis at {_where(settings)}: {redact_text(str(exc)) or type(exc).__name__}"
-        ) from None
-    finally:
-        await redis.aclose()
 
 
 async def _until_stopped(work: asyncio.Future[int], stop: asyncio.Event | None) -> int:
@@ -272,8 +241,6 @@ async def _tail_run(
     ready: asyncio.Event | None,
     stop: asyncio.Event | None,
 ) -> int:
-    from ..runtime import KikiRuntime, default_node_name
-
     bus = settings.eventbus
     # A node that runs nothing, serves no agent and wants no lifecycle broadcasts:
     # it only follows the run. A reader that falls behind skips ahead with a notice.
@@ -288,7 +255,7 @@ async def _tail_run(
     )
     async with KikiRuntime(listener) as runtime:
         if not await runtime.connected(timeout):
-            raise TransportError(f"cannot reach Redis at {_where(settings)}")
+            raise TransportError(f"cannot reach Redis at {redis_location(settings)}")
         if ready is not None:
             ready.set()
         return await _until_stopped(asyncio.ensure_future(_print_run(runtime, run_id, after, as_json, out)), stop)
@@ -315,38 +282,59 @@ async def _listen(
     ready: asyncio.Event | None,
     stop: asyncio.Event | None,
 ) -> int:
-    from ..runtime import default_node_name
-    from ..runtime.build import create_transport
-
     bus = settings.eventbus
     # Lifecycle broadcasts only when they are wanted; a thread is watched instead.
     wanted = (topic,) if topic is not None else (() if thread else ("*",))
     subscribe = bus.subscribe.model_copy(update={"events": wanted})
     settings = settings.model_copy(update={"eventbus": bus.model_copy(update={"subscribe": subscribe})})
-    transport: Transport | None = create_transport(settings, node=node or f"tail-{default_node_name()}")
-    if transport is None:  # pragma: no cover - redis always has a transport
-        raise ConfigError("no transport for these settings")
     watching: set[str] = set()
     tasks: set[asyncio.Task[Any]] = set()
 
     def announce(run_id: str) -> None:
         if run_id not in watching:
             watching.add(run_id)
-            task = asyncio.get_running_loop().create_task(transport.watch("run", run_id))
+            task = asyncio.get_running_loop().create_task(observer.watch("run", run_id))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
     printer = _Printer(out, as_json=as_json, topic=topic, on_announce=announce)
-    await transport.start(printer)
+    observer = Observer(settings, printer, node=node or f"tail-{default_node_name()}")
+    async with observer:
+        try:
+            if thread is not None:
+                await observer.watch("thread", thread, connect_timeout=timeout)
+            if ready is not None:
+                ready.set()
+            forever = asyncio.get_running_loop().create_future()  # until cancelled or stopped
+            return await _until_stopped(forever, stop)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def tail_command(args: argparse.Namespace) -> int:
+    """``kiki-events tail`` with the parsed ``args``; the exit code (2 and one line on stderr
+    for a bad configuration, an unreachable Redis or an unknown run; 130 on Ctrl-C)."""
+    config = config_file(args.config)
     try:
-        if thread is not None:
-            await _watch(transport, "thread", thread, timeout)
-        if ready is not None:
-            ready.set()
-        forever = asyncio.get_running_loop().create_future()  # until cancelled or stopped
-        return await _until_stopped(forever, stop)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await transport.close(timeout=1.0)
+        settings = load_settings(config)
+        if args.topic is not None and not args.topic.strip():
+            raise ConfigError("--topic: give a topic such as agent:started or agent:*")
+        run = tail(
+            settings,
+            run=args.run,
+            after=args.after,
+            thread=args.thread,
+            topic=args.topic,
+            as_json=args.json,
+            out=sys.stdout,
+        )
+        return asyncio.run(run)
+    except (ConfigError, MissingDependencyError, TransportError) as exc:
+        source = f"{config}: " if config is not None and not str(exc).startswith(str(config)) else ""
+        return fail(f"{source}{exc}")
+    except RunNotFoundError as exc:
+        return fail(f"{exc} (no node of this deployment knows it)")
+    except KeyboardInterrupt:
+        return 130

@@ -13,214 +13,32 @@ replay buffer.
 Interest listeners (:meth:`EventBus.add_interest_listener`) learn when the first
 subscription to a run or thread appears and when the last one goes: the cross-node
 bridge uses that to receive a remote run's traffic only while someone here wants it.
+
+Subscriptions, their overflow policies and the bus's counters live in
+:mod:`kiki_events.core.subscription` (re-exported here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Literal, TypeAlias, get_args
+from collections.abc import Callable, Iterable
+from typing import Literal, TypeAlias
 
-from ..errors import BusError, SubscriptionOverflowError
+from ..errors import BusError, InvalidArgumentError
 from ..events import EVENT_TYPES, StreamEvent
 from ..topics import topic_matches, topic_of
+from .subscription import OVERFLOWS, BusStats, EventHandler, Overflow, Subscription
 
 __all__ = ["BusStats", "EventBus", "EventHandler", "InterestListener", "Overflow", "Subscription"]
 
-logger = logging.getLogger("kiki_events.core.bus")
+logger = logging.getLogger("kiki_events.bus")
 
-Overflow: TypeAlias = Literal["drop_oldest", "drop_newest", "disconnect"]
-"""What a full subscription queue does with the next event."""
-EventHandler: TypeAlias = Callable[[StreamEvent], Awaitable[object] | object]
 Sink: TypeAlias = Callable[[StreamEvent], object]
 InterestListener: TypeAlias = Callable[[Literal["run", "thread"], str, bool], object]
 """Called with ``("run" | "thread", id, present)`` when interest in a run or thread changes."""
-
-_OVERFLOWS: tuple[str, ...] = get_args(Overflow)
-
-
-@dataclass
-class BusStats:
-    """Counters of one bus; read them, do not write them."""
-
-    published: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    """Events not delivered, by reason (``inbox_full``, ``queue_full``, ``closed`` …)."""
-    handler_errors: int = 0
-
-    def drop(self, reason: str, count: int = 1) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + count
-
-
-class Subscription:
-    """A bounded stream of matching events; iterate it, or give it a handler.
-
-    Create with :meth:`EventBus.subscribe`. Close it (or leave its ``async with``)
-    when done; closing is idempotent.
-    """
-
-    def __init__(
-        self,
-        bus: EventBus,
-        *,
-        key: tuple[str, str],
-        types: frozenset[str] | None,
-        maxsize: int,
-        overflow: Overflow,
-        handler: EventHandler | None,
-        name: str,
-    ) -> None:
-        self._bus = bus
-        self.key = key
-        self.types = types
-        self.maxsize = maxsize
-        self.overflow: Overflow = overflow
-        self.name = name
-        self.delivered = 0
-        """Events put on this subscription's queue."""
-        self.dropped = 0
-        """Events this subscription lost to its overflow policy."""
-        self.errors = 0
-        """Exceptions raised by its handler."""
-        self._queue: deque[StreamEvent] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
-        self._overflowed = False
-        self._handler = handler
-        self._busy = False
-        self._idle: asyncio.Event | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    # -- producer side (bus loop only) -------------------------------------------
-    def _offer(self, event: StreamEvent) -> None:
-        if self._closed:
-            return
-        if self.types is not None and event.type not in self.types:
-            return
-        queue = self._queue
-        if len(queue) >= self.maxsize:
-            self.dropped += 1
-            self._bus.stats.drop("queue_full")
-            if self.overflow == "drop_newest":
-                return
-            if self.overflow == "disconnect":
-                self._overflowed = True
-                self.close()
-                return
-            queue.popleft()
-        queue.append(event)
-        self.delivered += 1
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # -- consumer side -----------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        return self
-
-    async def __anext__(self) -> StreamEvent:
-        while not self._queue:
-            await self._wait()
-        return self._queue.popleft()
-
-    async def get_batch(self, limit: int = 1024) -> list[StreamEvent]:
-        """Wait for at least one event, then return up to ``limit`` queued events.
-
-        Raises:
-            StopAsyncIteration: the subscription is closed and empty.
-            SubscriptionOverflowError: it was closed for falling behind.
-        """
-        while not self._queue:
-            await self._wait()
-        queue = self._queue
-        count = min(limit, len(queue))
-        return [queue.popleft() for _ in range(count)]
-
-    async def _wait(self) -> None:
-        if self._closed:
-            if self._overflowed:
-                raise SubscriptionOverflowError(
-                    f"subscription {self.name!r} fell more than {self.maxsize} events behind"
-                )
-            raise StopAsyncIteration
-        loop = asyncio.get_running_loop()
-        self._waiter = loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def close(self) -> None:
-        """Stop receiving; wakes a waiting consumer. Events still queued are kept."""
-        if self._closed:
-            return
-        self._closed = True
-        self._bus._remove(self)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-        if self.task is not None and self.task is not asyncio.current_task():
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-
-    # -- handler pump ------------------------------------------------------------
-    async def _pump(self) -> None:
-        handler = self._handler
-        if handler is None:  # pragma: no cover - only started for handlers
-            return
-        idle = self._idle
-        if idle is None:  # pragma: no cover - set by the bus before starting
-            return
-        while True:
-            try:
-                batch = await self.get_batch()
-            except (StopAsyncIteration, SubscriptionOverflowError):
-                idle.set()
-                return
-            idle.clear()
-            for event in batch:
-                try:
-                    result = handler(event)
-                    if inspect.isawaitable(result):
-                        await result
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    self.errors += 1
-                    self._bus.stats.handler_errors += 1
-                    if self.errors == 1:
-                        logger.exception("event handler %r raised; isolating it", self.name)
-                    else:
-                        logger.debug("event handler %r raised again", self.name, exc_info=True)
-            if not self._queue:
-                idle.set()
-
-    async def wait_idle(self) -> None:
-        """For handler subscriptions: wait until every queued event was handled."""
-        if self._idle is not None:
-            while self._queue or not self._idle.is_set():
-                await self._idle.wait()
-                if self._queue:
-                    await asyncio.sleep(0)
-
 
 _ALL = ("all", "*")
 
@@ -237,7 +55,7 @@ class EventBus:
 
     def __init__(self, *, node: str | None = None, inbox_size: int = 65536, queue_size: int = 10000) -> None:
         if inbox_size < 1 or queue_size < 1:
-            raise ValueError("inbox_size and queue_size must be at least 1")
+            raise InvalidArgumentError("inbox_size and queue_size must be at least 1")
         self.node = node
         self.queue_size = queue_size
         self.stats = BusStats()
@@ -250,7 +68,7 @@ class EventBus:
         self._sinks: list[Sink] = []
         self._all: list[Subscription] = []
         self._by_run: dict[str, list[Subscription]] = {}
-        self._by_thread: dict[str, list[Subscription]] = {}
+        self._by_thread: dict[str | None, list[Subscription]] = {}
         self._by_topic: list[tuple[tuple[str, ...], Subscription]] = []
         self._subscriptions: set[Subscription] = set()
         self._interest: list[InterestListener] = []
@@ -344,11 +162,10 @@ class EventBus:
         if subs:
             for sub in subs:
                 sub._offer(event)
-        if event.thread_id is not None:
-            subs = self._by_thread.get(event.thread_id)
-            if subs:
-                for sub in subs:
-                    sub._offer(event)
+        subs = self._by_thread.get(event.thread_id)  # None (no thread) is never a key
+        if subs:
+            for sub in subs:
+                sub._offer(event)
         if topics and self._by_topic:
             topic = topic_of(event)
             if topic is not None:
@@ -404,7 +221,7 @@ class EventBus:
         while True:
             if self._inbox:
                 self._drain_inbox()
-            busy = [s for s in self._subscriptions if s._handler is not None and (s._queue or not _idle(s))]
+            busy = [s for s in self._subscriptions if s.busy]
             if not busy and not self._inbox:
                 return
             for sub in busy:
@@ -433,65 +250,44 @@ class EventBus:
 
         Raises:
             BusError: the bus is not running.
-            ValueError: conflicting or invalid arguments.
+            InvalidArgumentError: conflicting or invalid arguments (a ``ValueError``).
         """
         self._require_running()
-        given = [k for k, v in (("topics", topics), ("run_id", run_id), ("thread_id", thread_id)) if v is not None]
-        if len(given) > 1:
-            raise ValueError(f"subscribe takes one of topics, run_id, thread_id; got {', '.join(given)}")
-        if overflow not in _OVERFLOWS:
-            raise ValueError(f"overflow must be one of {', '.join(_OVERFLOWS)}; got {overflow!r}")
+        key, patterns = _subscription_key(topics, run_id, thread_id)
+        if overflow not in OVERFLOWS:
+            raise InvalidArgumentError(f"overflow must be one of {', '.join(OVERFLOWS)}; got {overflow!r}")
         size = self.queue_size if maxsize is None else maxsize
         if size < 1:
-            raise ValueError(f"maxsize must be at least 1; got {size}")
-        patterns: list[str] = []
-        if topics is not None:
-            patterns = [topics] if isinstance(topics, str) else list(topics)
-            if not patterns or not all(isinstance(p, str) and p for p in patterns):
-                raise ValueError("topics must be one or more non-empty topic names or patterns")
-        kinds: frozenset[str] | None = None
-        if types is not None:
-            kinds = frozenset([types] if isinstance(types, str) else types)
-            unknown = sorted(map(str, kinds - set(EVENT_TYPES)))
-            if unknown:
-                raise ValueError(f"types: unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
-        key: tuple[str, str]
-        if run_id is not None:
-            key = ("run", run_id)
-        elif thread_id is not None:
-            key = ("thread", thread_id)
-        elif patterns and "*" not in patterns:
-            key = ("topic", ",".join(patterns))
-        else:
-            key = _ALL
+            raise InvalidArgumentError(f"maxsize must be at least 1; got {size}")
         sub = Subscription(
-            self,
+            self.stats,
+            self._remove,
             key=key,
-            types=kinds,
+            types=_event_types(types),
             maxsize=size,
             overflow=overflow,
             handler=handler,
             name=name or getattr(handler, "__qualname__", None) or f"{key[0]}:{key[1]}",
         )
-        if key[0] == "run" or key[0] == "thread":
-            index = self._by_run if key[0] == "run" else self._by_thread
-            subs = index.get(key[1])
+        self._add(sub, patterns)
+        sub.start_handler()
+        return sub
+
+    def _add(self, sub: Subscription, patterns: tuple[str, ...]) -> None:
+        kind, value = sub.key
+        if kind == "run" or kind == "thread":
+            index = self._by_run if kind == "run" else self._by_thread
+            subs = index.get(value)
             if subs:
-                index[key[1]] = [*subs, sub]  # copy on write, as in _remove
+                index[value] = [*subs, sub]  # copy on write, as in _remove
             else:
-                index[key[1]] = [sub]
-                self._notify_interest("run" if key[0] == "run" else "thread", key[1], True)
-        elif key[0] == "topic":
-            self._by_topic.append((tuple(patterns), sub))
+                index[value] = [sub]
+                self._notify_interest("run" if kind == "run" else "thread", value, True)
+        elif kind == "topic":
+            self._by_topic.append((patterns, sub))
         else:
             self._all.append(sub)
         self._subscriptions.add(sub)
-        if handler is not None:
-            sub._idle = asyncio.Event()
-            sub._idle.set()
-            sub.task = asyncio.get_running_loop().create_task(sub._pump(), name=f"kiki-bus-handler:{sub.name}")
-            sub.task.add_done_callback(_report_crash)
-        return sub
 
     def add_interest_listener(self, listener: InterestListener) -> Callable[[], None]:
         """Call ``listener(kind, id, present)`` when interest in a run or thread appears or goes.
@@ -556,10 +352,43 @@ class EventBus:
             raise BusError(f"the event bus is {self._state}; use it inside 'async with EventBus()'")
 
 
-def _idle(sub: Subscription) -> bool:
-    return sub._idle is None or sub._idle.is_set()
+def _subscription_key(
+    topics: str | Iterable[str] | None, run_id: str | None, thread_id: str | None
+) -> tuple[tuple[str, str], tuple[str, ...]]:
+    """The index key of a subscription to ``topics``, ``run_id`` or ``thread_id``, and its topic patterns.
+
+    Raises:
+        InvalidArgumentError: more than one of them is given, or ``topics`` is empty.
+    """
+    given = [k for k, v in (("topics", topics), ("run_id", run_id), ("thread_id", thread_id)) if v is not None]
+    if len(given) > 1:
+        raise InvalidArgumentError(f"subscribe takes one of topics, run_id, thread_id; got {', '.join(given)}")
+    if run_id is not None:
+        return ("run", run_id), ()
+    if thread_id is not None:
+        return ("thread", thread_id), ()
+    if topics is None:
+        return _ALL, ()
+    patterns = (topics,) if isinstance(topics, str) else tuple(topics)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise InvalidArgumentError("topics must be one or more non-empty topic names or patterns")
+    if "*" in patterns:
+        return _ALL, patterns
+    return ("topic", ",".join(patterns)), patterns
 
 
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("event bus handler task %s crashed", task.get_name(), exc_info=task.exception())
+def _event_types(types: str | Iterable[str] | None) -> frozenset[str] | None:
+    """The event types a subscription accepts (``None``: all).
+
+    Raises:
+        InvalidArgumentError: an unknown event type.
+    """
+    if types is None:
+        return None
+    kinds = frozenset([types] if isinstance(types, str) else types)
+    unknown = sorted(map(str, kinds - set(EVENT_TYPES)))
+    if unknown:
+        raise InvalidArgumentError(
+            f"types: unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}"
+        )
+    return kinds

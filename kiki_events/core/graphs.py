@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import GraphLoadError, UnknownGraphError
+from ..errors import GraphLoadError, InvalidArgumentError, UnknownGraphError
 
 __all__ = ["GraphRegistry", "is_runnable_graph", "load_graph", "load_graphs"]
 
@@ -134,10 +134,10 @@ class GraphRegistry:
 
         Raises:
             GraphLoadError: ``graph`` is not a runnable graph.
-            ValueError: ``name`` is empty.
+            InvalidArgumentError: ``name`` is empty (a ``ValueError``).
         """
         if not name:
-            raise ValueError("a graph name cannot be empty")
+            raise InvalidArgumentError("a graph name cannot be empty")
         self._graphs[name] = _as_graph(f"graph {name!r}", graph)
 
     def get(self, name: str) -> Any:

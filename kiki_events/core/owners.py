@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 __all__ = ["Owner", "ThreadOwners"]
 
-logger = logging.getLogger("kiki_events.core.runs")
+logger = logging.getLogger("kiki_events.runs")
 
 
 @dataclass(eq=False, slots=True)

@@ -3,7 +3,7 @@
 A node *serves* agents (graph names it has registered): it advertises them in
 Redis and consumes their work streams. Any node can *delegate* a task to an
 agent: the task goes to exactly one serving node, runs there through that node's
-:class:`~kiki_events.core.runs.RunManager` (so its events flow like any run's), and
+:class:`~kiki_events.core.manager.RunManager` (so its events flow like any run's), and
 its result comes back. :func:`remote_agent_node` makes a LangGraph node that
 delegates and relays the remote run's events into the calling run, so a browser
 watching that run sees the remote agent's tokens.
@@ -41,29 +41,38 @@ gets :class:`~kiki_events.errors.HandoffFailedError`. A task whose done marker s
 ``done`` is acknowledged without running again. A run that ends in error is a
 result, not a failure: it is not retried.
 
-Modules: :mod:`~.service` (:class:`Handoff`: lifecycle, one object per runtime),
-:mod:`~.serving` (consumer loops, running tasks, dead-lettering),
-:mod:`~.requesting` (submit, wait, :class:`HandoffStream`), :mod:`~.replies` (the reply reader),
+Modules: :mod:`~.service` (:class:`Handoff`: lifecycle, one object per node),
+:mod:`~.common` (:class:`HandoffContext`: what a Handoff uses of its node, built by
+the composition root, :func:`kiki_events.runtime.build.create_handoff`),
+:mod:`~.serving` (consumer loops, running tasks, dead-lettering) and :mod:`~.served`
+(what it keeps of them), :mod:`~.requesting` (submit, wait), :mod:`~.streaming`
+(:class:`HandoffStream`: following the remote run), :mod:`~.replies` (the reply reader),
 :mod:`~.remote_node` (:func:`remote_agent_node`), :mod:`~.results` and
 :mod:`~.payload` (what crosses the wire); the Redis queue is :mod:`kiki_events.redis.workqueue`.
+
+A graph node finds its node's Handoff in its run's ``configurable`` (:data:`CONFIG_KEY`,
+added by the runtime to every run it starts): :meth:`Handoff.of`.
 """
 
 from __future__ import annotations
 
-from .common import GROUP
+from .common import GROUP, Follow, HandoffContext
 from .payload import dump_payload, load_payload
 from .remote_node import remote_agent_node
-from .requesting import Follow, HandoffStream
 from .results import HandoffResult, HandoffStatus
-from .service import Handoff
+from .service import CONFIG_KEY, Handoff, client_name
+from .streaming import HandoffStream
 
 __all__ = [
+    "CONFIG_KEY",
     "GROUP",
     "Follow",
     "Handoff",
+    "HandoffContext",
     "HandoffResult",
     "HandoffStatus",
     "HandoffStream",
+    "client_name",
     "dump_payload",
     "load_payload",
     "remote_agent_node",

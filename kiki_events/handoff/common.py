@@ -1,31 +1,39 @@
-"""What the serving and the requesting side share: names, the wire version, Redis wiring."""
+"""What the serving and the requesting side share: names, the wire version, the node's parts.
+
+:class:`HandoffContext` is everything a :class:`~kiki_events.handoff.Handoff` uses
+of the node it runs on; the composition root
+(:func:`kiki_events.runtime.build.create_handoff`) builds it, Redis client included.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
 
 from ..core.records import text_of
 from ..core.tasks import Backoff
+from ..events import StreamEvent
 from ..redaction import redact_text
 from ..redis.workqueue import WorkQueue
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from ..bridge import Bridge
     from ..config import HandoffSettings
+    from ..core.manager import RunManager
     from ..redis.client import Keys
-    from ..runtime import KikiRuntime
+    from ..redis.types import Redis
 
 __all__ = [
     "GROUP",
     "MAX_BLOCK",
     "WIRE_VERSION",
+    "Follow",
+    "HandoffContext",
     "Retry",
-    "Shared",
     "logger",
     "reraise_if_cancelled",
 ]
@@ -43,18 +51,37 @@ MAX_BLOCK = 2.0
 default is 5 s), which would cut a longer one as a failure."""
 
 
-@dataclass(eq=False)
-class Shared:
-    """One Handoff's runtime, settings, Redis client and counters, as both sides use them."""
+Follow: TypeAlias = Callable[..., AsyncIterator[StreamEvent]]
+"""``follow(run_id, *, after=0)``: every event of a run from whichever node runs it."""
 
-    runtime: KikiRuntime
+
+def _new_stats() -> dict[str, int]:
+    names = ("delegated", "handled", "duplicates", "reclaimed", "dead_lettered", "released", "redis_errors")
+    return dict.fromkeys(names, 0)
+
+
+@dataclass(eq=False)
+class HandoffContext:
+    """What one Handoff uses of its node: settings, Redis client, run manager, bridge, counters.
+
+    The composition root builds it and owns (and closes) the Redis client.
+    """
+
     node: str
     settings: HandoffSettings
     keys: Keys
     redis: Redis
-    stats: dict[str, int]
+    """The Handoff's own client (``CLIENT LIST`` names it after the node); not closed by the Handoff."""
+    runs: RunManager
+    """Runs the served agents' tasks; its store and graphs are the node's."""
     concurrency: int
     """Tasks of one agent this node runs at once (``handoff.concurrency``, else ``eventbus.subscribe.workers``)."""
+    bridge: Bridge | None = None
+    """The node's bridge: a requester that gives up cancels the remote run through it."""
+    follow: Follow | None = None
+    """How to follow a run from its id wherever it runs (``None``: this node's store only)."""
+    stats: dict[str, int] = field(default_factory=_new_stats)
+    """Counters: tasks delegated from here, run here, skipped as already done, …"""
 
     def cancel_key(self, request_id: str) -> str:
         """Set when the requester gave up on ``request_id``."""

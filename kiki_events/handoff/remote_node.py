@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from ..capture.handler import _agent_path
+from ..capture.handler import KikiCallbackHandler, _agent_path
 from ..errors import HandoffError
+from ..events import StreamEvent
 from ..topics import MULTIAGENT_SYNC
 from .results import HandoffResult
 from .service import Handoff, kiki_handler
@@ -24,6 +26,87 @@ def _default_update(result: HandoffResult, agent: str) -> dict[str, Any]:
     from langchain_core.messages import AIMessage
 
     return {"messages": [AIMessage(content=result.text or "", name=agent)]}
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How one remote agent node delegates (the arguments of :func:`remote_agent_node`)."""
+
+    agent: str
+    handoff: Handoff | None
+    to_input: Callable[[Any], Any] | None
+    to_update: Callable[[HandoffResult, Any], Any] | None
+    agent_prefix: str | None
+    timeout: float | None
+    relay: bool
+
+
+@dataclass(frozen=True)
+class _Caller:
+    """The calling run: its kiki handler and run id (``None`` outside a kiki run), its agent path."""
+
+    handler: KikiCallbackHandler | None
+    run_id: str | None
+    prefix: str
+
+    @classmethod
+    def of(cls, config: Any, options: _Options) -> _Caller:
+        handler = kiki_handler(config)
+        parent_lc = getattr((config or {}).get("callbacks"), "parent_run_id", None)
+        run_id = handler.run_id_of(parent_lc) if handler is not None else None
+        metadata = (config or {}).get("metadata") or {}
+        prefix = options.agent_prefix if options.agent_prefix is not None else (_agent_path(metadata) or options.agent)
+        return cls(handler, run_id, prefix)
+
+    def sync(self, data: dict[str, Any]) -> str | None:
+        """Add a ``multiagent:sync`` event to the calling run; returns its id."""
+        if self.handler is None or self.run_id is None:
+            return None
+        event = self.handler.emit_custom(self.run_id, MULTIAGENT_SYNC, data, agent=self.prefix or None)
+        return event.id if event is not None else None
+
+    def relay(self, event: StreamEvent) -> None:
+        if self.handler is not None and self.run_id is not None:
+            self.handler.relay(self.run_id, event, agent_prefix=self.prefix or None)
+
+
+async def _call(options: _Options, state: Any, config: Any) -> Any:
+    """Delegate ``state`` to the agent, relay its run into the calling run, return the state update."""
+    agent = options.agent
+    runner = options.handoff or Handoff.of(config)
+    caller = _Caller.of(config, options)
+    thread_id = ((config or {}).get("configurable") or {}).get("thread_id")
+    request_id = runner.new_request_id()
+    sync = {"agent": agent, "request_id": request_id}
+    requested = caller.sync({"phase": "requested", **sync, "from_node": runner.node})
+    # The remote run belongs to whoever owns this one (it shares the thread).
+    record = runner.context.runs.store.peek(caller.run_id) if caller.run_id is not None else None
+    stream = runner.stream(
+        agent,
+        (options.to_input or _default_input)(state),
+        causation_id=requested or caller.run_id,
+        thread_id=str(thread_id) if thread_id is not None else None,
+        principal=record.principal if record is not None else None,
+        timeout=options.timeout,
+        request_id=request_id,
+        relayed_into=caller.run_id if options.relay and caller.handler is not None else None,
+    )
+    try:
+        async for event in stream:
+            if options.relay:
+                caller.relay(event)
+    except HandoffError as exc:
+        caller.sync({"phase": "failed", **sync, "error": str(exc)})
+        raise
+    result = stream.result
+    if result is None:  # pragma: no cover - the stream always ends with a result or an error
+        raise HandoffError(f"agent {agent!r} ended without a result")
+    phase = "completed" if result.ok else "failed"
+    caller.sync({"phase": phase, **sync, "run_id": result.run_id, "node": result.node, "status": result.status})
+    result.raise_for_status()
+    if options.to_update is not None:
+        return options.to_update(result, state)
+    return _default_update(result, agent)
 
 
 def remote_agent_node(
@@ -60,59 +143,10 @@ def remote_agent_node(
     :class:`~kiki_events.errors.HandoffTimeoutError` like :meth:`Handoff.delegate`.
     """
 
+    options = _Options(agent, handoff, to_input, to_update, agent_prefix, timeout, relay)
+
     async def call_remote_agent(state: Any, config: Any) -> Any:
-        runner = handoff or Handoff.of(config)
-        handler = kiki_handler(config)
-        parent_lc = getattr((config or {}).get("callbacks"), "parent_run_id", None)
-        run_id = handler.run_id_of(parent_lc) if handler is not None else None
-        metadata = (config or {}).get("metadata") or {}
-        prefix = agent_prefix if agent_prefix is not None else (_agent_path(metadata) or agent)
-        thread_id = ((config or {}).get("configurable") or {}).get("thread_id")
-        request_id = runner.new_request_id()
-        causation_id: str | None = run_id
-        if handler is not None and run_id is not None:
-            sync = {"phase": "requested", "agent": agent, "request_id": request_id, "from_node": runner.node}
-            requested = handler.emit_custom(run_id, MULTIAGENT_SYNC, sync, agent=prefix or None)
-            if requested is not None:
-                causation_id = requested.id
-        # The remote run belongs to whoever owns this one (it shares the thread).
-        record = runner.runtime.store.peek(run_id) if run_id is not None else None
-        principal = record.principal if record is not None else None
-        graph_input = (to_input or _default_input)(state)
-        stream = runner.stream(
-            agent,
-            graph_input,
-            causation_id=causation_id,
-            thread_id=str(thread_id) if thread_id is not None else None,
-            principal=principal,
-            timeout=timeout,
-            request_id=request_id,
-            relayed_into=run_id if relay and handler is not None else None,
-        )
-        try:
-            async for event in stream:
-                if relay and handler is not None and run_id is not None:
-                    handler.relay(run_id, event, agent_prefix=prefix or None)
-        except HandoffError as exc:
-            if handler is not None and run_id is not None:
-                failed = {"phase": "failed", "agent": agent, "request_id": request_id, "error": str(exc)}
-                handler.emit_custom(run_id, MULTIAGENT_SYNC, failed, agent=prefix or None)
-            raise
-        result = stream.result
-        if result is None:  # pragma: no cover - the stream always ends with a result or an error
-            raise HandoffError(f"agent {agent!r} ended without a result")
-        if handler is not None and run_id is not None:
-            done = {
-                "phase": "completed" if result.ok else "failed",
-                "agent": agent,
-                "request_id": request_id,
-                "run_id": result.run_id,
-                "node": result.node,
-                "status": result.status,
-            }
-            handler.emit_custom(run_id, MULTIAGENT_SYNC, done, agent=prefix or None)
-        result.raise_for_status()
-        return (to_update or (lambda r, _s: _default_update(r, agent)))(result, state)
+        return await _call(options, state, config)
 
     call_remote_agent.__name__ = f"remote_{agent}"
     # LangGraph passes ``config`` to nodes whose parameter is typed RunnableConfig (a

@@ -33,8 +33,7 @@ from ..redis.client import blocking_command
 from .common import _STOP_TIMEOUT, MAX_BLOCK, Retry, logger, reraise_if_cancelled
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-    from redis.asyncio.client import Pipeline
+    from ..redis.types import Pipeline, Redis
 
 __all__ = ["Inbox", "ReplyReader", "wake_key"]
 

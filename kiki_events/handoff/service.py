@@ -1,31 +1,27 @@
-"""The :class:`Handoff` of one runtime: lifecycle, serving and delegating in one object."""
+"""The :class:`Handoff` of one node: lifecycle, serving and delegating in one object."""
 
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from ..capture.handler import KikiCallbackHandler
-from ..config import resolve_concurrency
 from ..errors import HandoffError, KikiEventsError
-from ..redis.client import Keys, create_redis
-from .common import Shared
-from .requesting import Follow, HandoffStream, Requester, Task
+from .common import Follow, HandoffContext
+from .requesting import HandoffStream, Requester, Task
 from .results import HandoffResult
 from .serving import Server
 
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
+__all__ = ["CONFIG_KEY", "Handoff", "client_name", "kiki_handler"]
 
-    from ..config import HandoffSettings
-    from ..runtime import KikiRuntime
+CONFIG_KEY = "__kiki_handoff"
+"""The key of a node's Handoff in the ``configurable`` of every run of that node.
 
-__all__ = ["Handoff", "client_name", "kiki_handler"]
-
-_handoffs: dict[str, weakref.ref[Handoff]] = {}
-"""Node name → its running Handoff, for :meth:`Handoff.of`."""
+The composition root adds it to :attr:`RunManager.configurable
+<kiki_events.core.manager.RunManager.configurable>`; :meth:`Handoff.of` reads it back
+in a graph node. (LangGraph keeps keys starting with ``__`` out of checkpoint metadata.)
+"""
 
 
 def client_name(node: str) -> str:
@@ -48,58 +44,32 @@ def kiki_handler(config: Mapping[str, Any] | None) -> KikiCallbackHandler | None
 class Handoff:
     """Delegate tasks to agents on other nodes, and serve this node's agents to them.
 
-    Build one per runtime (:class:`~kiki_events.runtime.KikiRuntime` does when the
-    event bus provider is Redis) and use it as an async context manager, or call
-    :meth:`start` and :meth:`close`.
+    :class:`~kiki_events.runtime.KikiRuntime` builds one when the event bus
+    provider is Redis (``runtime.handoff``) and starts and closes it with itself;
+    otherwise use it as an async context manager, or call :meth:`start` and :meth:`close`.
 
     Args:
-        runtime: the runtime whose run manager executes served agents.
-        redis: asyncio Redis client (default: one from ``eventbus.redis``, owned and
-            closed by this object).
-        keys: key names (default: from ``eventbus.redis.channel_prefix``).
-        settings: the ``handoff`` section (default: the runtime's).
-        follow: how to follow a run from its id (default: the runtime's ``follow``,
-            else this node's own run store).
+        context: what it uses of its node (settings, Redis client, run manager, bridge);
+            the Redis client stays the caller's to close.
+        follow: how to follow a run from its id (default: ``context.follow``, else
+            this node's own run store).
     """
 
-    def __init__(
-        self,
-        runtime: KikiRuntime,
-        redis: Redis | None = None,
-        keys: Keys | None = None,
-        settings: HandoffSettings | None = None,
-        *,
-        follow: Follow | None = None,
-    ) -> None:
-        self.runtime = runtime
-        self.node = runtime.node
-        self.settings = settings or runtime.settings.handoff
-        self.keys = keys or Keys(runtime.settings.eventbus.redis.channel_prefix)
-        self._owns_redis = redis is None
-        self.redis: Redis = (
-            redis
-            if redis is not None
-            else create_redis(runtime.settings.eventbus.redis, client_name=client_name(self.node))
-        )
-        self._state: Literal["new", "running", "draining", "closed"] = "new"
-        self.stats: dict[str, int] = {
-            "delegated": 0,
-            "handled": 0,
-            "duplicates": 0,
-            "reclaimed": 0,
-            "dead_lettered": 0,
-            "released": 0,
-            "redis_errors": 0,
-        }
+    def __init__(self, context: HandoffContext, *, follow: Follow | None = None) -> None:
+        self.context = context
+        self.node = context.node
+        self.settings = context.settings
+        self.keys = context.keys
+        self.redis = context.redis
+        self.stats = context.stats
         """Counters: tasks delegated from here, run here, skipped as already done, …"""
-        concurrency = resolve_concurrency(self.settings, runtime.settings.eventbus)
-        shared = Shared(runtime, self.node, self.settings, self.keys, self.redis, self.stats, concurrency)
-        self._server = Server(shared)
-        self._requester = Requester(shared, lambda: self._state, follow)
+        self._state: Literal["new", "running", "draining", "closed"] = "new"
+        self._server = Server(context)
+        self._requester = Requester(context, lambda: self._state, follow)
 
     @property
     def follow(self) -> Follow | None:
-        """How runs are followed (``None``: the runtime's ``follow``, else the local store)."""
+        """How runs are followed (``None``: ``context.follow``, else the local store)."""
         return self._requester.follow
 
     @follow.setter
@@ -121,7 +91,6 @@ class Handoff:
         if self._state != "new":
             raise KikiEventsError(f"this Handoff cannot be started: it is {self._state}")
         self._state = "running"
-        _handoffs[self.node] = weakref.ref(self)
         self._server.start()
         self._requester.start()
         for agent in self.settings.serve:
@@ -135,7 +104,7 @@ class Handoff:
         await self._server.stop()
 
     async def close(self) -> None:
-        """Stop serving, wait for tasks running here, release the Redis client (idempotent)."""
+        """Stop serving and wait for the tasks running here (idempotent); the Redis client stays open."""
         if self._state == "closed":
             return
         if self._state == "new":
@@ -144,11 +113,7 @@ class Handoff:
         await self.stop_serving()
         await self._server.close()
         await self._requester.close()
-        if _handoffs.get(self.node) is not None and _handoffs[self.node]() is self:
-            del _handoffs[self.node]
         self._state = "closed"
-        if self._owns_redis:
-            await self.redis.aclose()
 
     async def __aenter__(self) -> Handoff:
         await self.start()
@@ -159,24 +124,27 @@ class Handoff:
 
     @classmethod
     def of(cls, config: Mapping[str, Any] | None) -> Handoff:
-        """The started Handoff of the runtime running the graph that ``config`` belongs to.
+        """The started Handoff of the node running the graph that ``config`` belongs to.
 
-        For graph nodes: it finds the run's :class:`KikiCallbackHandler` in the
-        node's ``config`` and the Handoff of that handler's node.
+        For graph nodes: every run a runtime starts carries its node's Handoff in its
+        ``configurable`` (under :data:`CONFIG_KEY`).
 
         Raises:
-            HandoffError: the run has no kiki handler, or its node has no started Handoff.
+            HandoffError: the run was not started by a runtime with a running Handoff (a
+                graph run some other way, e.g. by :func:`~kiki_events.server.stream_agent_sse`,
+                needs ``handoff=`` given to :func:`remote_agent_node`).
         """
+        handoff = ((config or {}).get("configurable") or {}).get(CONFIG_KEY)
+        if isinstance(handoff, Handoff):
+            if handoff.state == "running":
+                return handoff
+            raise HandoffError(f"node {handoff.node!r} has no running Handoff (it is {handoff.state})")
         handler = kiki_handler(config)
-        if handler is None:
-            raise HandoffError("this graph does not run under a KikiCallbackHandler; pass handoff= explicitly")
-        ref = _handoffs.get(handler.node or "")
-        handoff = ref() if ref is not None else None
-        if handoff is None or handoff.state != "running":
-            raise HandoffError(
-                f"node {handler.node!r} has no running Handoff (agents across nodes need eventbus.provider: redis)"
-            )
-        return handoff
+        where = f"node {handler.node!r}" if handler is not None else "this graph"
+        raise HandoffError(
+            f"{where} has no running Handoff (agents across nodes need eventbus.provider: redis and a run "
+            "started by that node's KikiRuntime; elsewhere pass handoff= explicitly)"
+        )
 
     # -- serving ------------------------------------------------------------------------------
     async def serve(self, agent: str, *, graph: str | None = None) -> None:
@@ -196,7 +164,7 @@ class Handoff:
 
     async def serving_nodes(self, agent: str) -> list[str]:
         """Nodes whose advertisement for ``agent`` is live."""
-        return await self._server.shared.serving_nodes(agent)
+        return await self.context.serving_nodes(agent)
 
     # -- delegating ---------------------------------------------------------------------------
     @staticmethod

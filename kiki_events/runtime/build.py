@@ -9,21 +9,30 @@ One function per part, called by :class:`~kiki_events.runtime.KikiRuntime` only.
     redis, mode: streams   → RedisStreamsTransport (durable)
 
 The Redis client is created from ``eventbus.redis`` (and owned by the transport)
-unless one is given.
+unless one is given. ``create_handoff`` builds the node's
+:class:`~kiki_events.handoff.Handoff` (Redis provider only) with a Redis client of
+its own, which the runtime closes after the Handoff. ``build_sinks`` builds the per-event sinks registered in
+:data:`kiki_events.sinks.SINKS`; ``create_collector`` the Prometheus collector.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..handoff import CONFIG_KEY, Follow, Handoff, HandoffContext, client_name
+from ..sinks import SINKS, SinkSet
 from ..transports import MemoryHub, MemoryTransport, Transport, TransportOptions
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from ..bridge import Bridge
     from ..config import Settings
+    from ..core.bus import EventBus
+    from ..core.manager import RunManager
+    from ..core.store import RunStore
+    from ..redis.types import Redis
+    from ..sinks.metrics import BridgeView, RuntimeCollector
 
-__all__ = ["create_transport"]
+__all__ = ["build_sinks", "create_collector", "create_handoff", "create_transport"]
 
 
 def create_transport(
@@ -51,3 +60,50 @@ def create_transport(
     from ..redis.pubsub import RedisPubSubTransport
 
     return RedisPubSubTransport(redis, node=node, options=options, owns_client=owns)
+
+
+def create_handoff(
+    settings: Settings, *, node: str, runs: RunManager, bridge: Bridge | None, follow: Follow | None
+) -> Handoff | None:
+    """The node's Handoff with ``eventbus.provider: redis`` (else ``None``), known to its runs.
+
+    Its Redis client (named :func:`~kiki_events.handoff.client_name` of the node) is
+    the caller's to close, after the Handoff. Every run of ``runs`` carries the
+    Handoff in its ``configurable`` (:data:`~kiki_events.handoff.CONFIG_KEY`), where
+    :meth:`Handoff.of <kiki_events.handoff.Handoff.of>` finds it.
+
+    Raises:
+        ConfigError: the Redis address or URL is invalid.
+    """
+    bus = settings.eventbus
+    if not (bus.enabled and bus.provider == "redis"):
+        return None
+    from ..redis.client import Keys, create_redis
+
+    context = HandoffContext(
+        node=node,
+        settings=settings.handoff,
+        keys=Keys(bus.redis.channel_prefix),
+        redis=create_redis(bus.redis, client_name=client_name(node)),
+        runs=runs,
+        concurrency=settings.handoff_concurrency,
+        bridge=bridge,
+        follow=follow,
+    )
+    handoff = Handoff(context)
+    runs.configurable[CONFIG_KEY] = handoff
+    return handoff
+
+
+def build_sinks(settings: Settings) -> SinkSet:
+    """The per-event sinks the settings turn on, in the order of :data:`~kiki_events.sinks.SINKS`."""
+    return SinkSet(sink for factory in SINKS if (sink := factory(settings)) is not None)
+
+
+def create_collector(
+    *, bus: EventBus, store: RunStore, runs: RunManager, bridge: BridgeView | None
+) -> RuntimeCollector:
+    """The Prometheus collector of these parts, read at scrape time (imports ``prometheus_client`` on first use)."""
+    from ..sinks.metrics import RuntimeCollector
+
+    return RuntimeCollector(bus=bus, store=store, runs=runs, bridge=bridge)

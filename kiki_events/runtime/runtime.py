@@ -28,18 +28,22 @@ from ..config import Settings
 from ..core.bus import EventBus
 from ..core.cursors import RunCursor
 from ..core.graphs import GraphRegistry, load_graphs
+from ..core.manager import RunHandle, RunManager
 from ..core.runlog import Frame
-from ..core.runs import RunHandle, RunManager, RunRecord, RunStore, new_thread_id
+from ..core.runrecord import RunRecord
+from ..core.store import RunStore
+from ..core.threads import new_thread_id
 from ..errors import KikiEventsError, RunNotFoundError
 from ..events import StreamEvent
 from ..transports import MemoryHub, Transport
-from .build import create_transport
+from .build import build_sinks, create_collector, create_handoff, create_transport
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
-    from redis.asyncio import Redis
 
     from ..handoff import Handoff
+    from ..redis.types import Redis
+    from ..sinks.metrics import RuntimeCollector
 
 __all__ = ["KikiRuntime", "default_node_name"]
 
@@ -110,14 +114,14 @@ class KikiRuntime:
         """Connection to the other nodes; ``None`` without a transport (flag off: nothing changes)."""
         if transport is not None:
             self.bridge = Bridge(transport, bus=self.bus, store=self.store, runs=self.runs, settings=settings.eventbus)
+        self.sinks = build_sinks(settings)
+        """Per-event sinks (:mod:`kiki_events.sinks`), attached to the bus while the runtime runs."""
         self._registry = registry
         # Agents across nodes (kiki_events.handoff): delegate to and serve agents
         # through Redis; None with another provider.
-        self.handoff: Handoff | None = None
-        if settings.eventbus.enabled and settings.eventbus.provider == "redis":
-            from ..handoff import Handoff
-
-            self.handoff = Handoff(self)
+        self.handoff: Handoff | None = create_handoff(
+            settings, node=self.node, runs=self.runs, bridge=self.bridge, follow=self.follow
+        )
         self._state: Literal["new", "running", "stopping", "closed"] = "new"
         self._remove_sink: Callable[[], None] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -136,6 +140,13 @@ class KikiRuntime:
             self._registry = CollectorRegistry(auto_describe=True)
         return self._registry
 
+    def metrics_collector(self) -> RuntimeCollector:
+        """A new Prometheus collector of this runtime's counters, read at scrape time.
+
+        Register it on :attr:`metrics_registry` (the server does so while it runs).
+        """
+        return create_collector(bus=self.bus, store=self.store, runs=self.runs, bridge=self.bridge)
+
     async def start(self) -> None:
         """Start the bus and the run store's sweeper.
 
@@ -146,6 +157,7 @@ class KikiRuntime:
             raise KikiEventsError(f"this KikiRuntime cannot be started: it is {self._state} (create a new one)")
         await self.bus.start()
         self._remove_sink = self.bus.add_sink(self.store.sink)
+        await self.sinks.attach(self.bus)
         await self.store.start()
         if self.bridge is not None:
             await self.bridge.start()  # after the store's sink: it reads run records
@@ -183,11 +195,15 @@ class KikiRuntime:
         try:
             await self.request_shutdown()
             if self.handoff is not None:
-                await self.handoff.close()
+                try:
+                    await self.handoff.close()
+                finally:
+                    await self.handoff.redis.aclose()  # the client create_handoff made
         finally:
             if self.bridge is not None:
                 # Every run ended by now: their last events leave before the bridge closes.
                 await self.bridge.close(timeout=self.settings.eventbus.publish.timeout or 5.0)
+            await self.sinks.detach()
             if self._remove_sink is not None:
                 self._remove_sink()
             await self.store.close()
@@ -205,7 +221,7 @@ class KikiRuntime:
         principal: str | None = None,
         handler_factory: Callable[..., KikiCallbackHandler] = KikiCallbackHandler,
     ) -> RunHandle:
-        """:meth:`RunManager.start <kiki_events.core.runs.RunManager.start>`, with the thread's owner
+        """:meth:`RunManager.start <kiki_events.core.manager.RunManager.start>`, with the thread's owner
         decided for the whole cluster first (the HTTP API starts runs this way).
 
         ``runs.start`` checks the owner on this node only. With a bridge, a given

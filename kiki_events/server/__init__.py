@@ -2,7 +2,7 @@
 
 Needs the ``server`` extra (``pip install kiki-events[server]``)::
 
-    from . import create_app
+    from kiki_events.server import create_app
     app = create_app(graphs={"team": graph})
 
 or, in an existing app, :func:`create_router` / :func:`stream_agent_sse`.

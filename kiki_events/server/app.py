@@ -9,7 +9,7 @@ lists origins.
 
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from ..config import Settings
+from ..errors import ConfigError
 from ..runtime import KikiRuntime
 from .auth import AuthDependency, bearer_tokens
 from .router import create_router
@@ -72,15 +73,9 @@ def create_app(
 
     Raises:
         GraphLoadError: a graph reference cannot be loaded.
-        ValueError: both ``settings`` and ``runtime`` were given.
+        ConfigError: both ``settings`` and ``runtime`` were given (a ``ValueError``).
     """
-    if runtime is None:
-        runtime = KikiRuntime(settings, graphs=graphs, base_dir=base_dir)
-    else:
-        if settings is not None:
-            raise ValueError("give either settings or a runtime (which has its own settings), not both")
-        for name, graph in (graphs or {}).items():
-            runtime.graphs.register(name, graph)
+    runtime = _runtime(settings, runtime, graphs, base_dir)
     owned = runtime.state == "new"
     cfg = runtime.settings
     tokens = cfg.server.auth.bearer_tokens
@@ -94,10 +89,8 @@ def create_app(
         collector = None
         registry = None
         if cfg.metrics.enabled:
-            from ..sinks.metrics import RuntimeCollector
-
             registry = runtime.metrics_registry
-            collector = RuntimeCollector(runtime)
+            collector = runtime.metrics_collector()
             registry.register(collector)
         try:
             yield
@@ -110,13 +103,7 @@ def create_app(
     app = _App(title="kiki-events", lifespan=lifespan)
     app.state.kiki_runtime = runtime
     if cfg.sse.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(cfg.sse.cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "Authorization", "Last-Event-ID"],
-            expose_headers=["Content-Location", "X-Kiki-Run-Id"],
-        )
+        _add_cors(app, cfg.sse.cors_origins)
     app.include_router(create_router(runtime, auth=auth))
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unexpected)
@@ -125,6 +112,32 @@ def create_app(
     if cfg.server.dashboard:
         _add_dashboard(app)
     return app
+
+
+def _runtime(
+    settings: Settings | None,
+    runtime: KikiRuntime | None,
+    graphs: Mapping[str, object] | None,
+    base_dir: str | os.PathLike[str] | None,
+) -> KikiRuntime:
+    """The runtime to serve: ``runtime`` with ``graphs`` added, or a new one built from ``settings``."""
+    if runtime is None:
+        return KikiRuntime(settings, graphs=graphs, base_dir=base_dir)
+    if settings is not None:
+        raise ConfigError("give either settings or a runtime (which has its own settings), not both")
+    for name, graph in (graphs or {}).items():
+        runtime.graphs.register(name, graph)
+    return runtime
+
+
+def _add_cors(app: FastAPI, origins: Sequence[str]) -> None:
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["Content-Type", "Authorization", "Last-Event-ID"],
+        expose_headers=["Content-Location", "X-Kiki-Run-Id"],
+    )
 
 
 async def _invalid(request: Request, exc: Exception) -> Response:

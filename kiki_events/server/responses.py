@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..core.runs import RunState
+from ..core.runrecord import RunState
 from ..events import EVENT_TYPES
 
 __all__ = ["ERRORS", "SSE_EVENT", "SSE_OK", "CancelResult", "ErrorBody", "RunAccepted", "RunStatus", "errors"]

@@ -38,8 +38,9 @@ from ..capture.handler import KikiCallbackHandler, new_run_id
 from ..config import SSESettings
 from ..core.bus import EventBus
 from ..core.cursors import RunCursor, ThreadCursor
+from ..core.manager import ensure_done, execute_run
 from ..core.runlog import RunLog
-from ..core.runs import RunStore, ensure_done, execute_run
+from ..core.store import RunStore
 from ..errors import BusError
 from ..events import StreamEvent
 from ..formats import Format, get_format

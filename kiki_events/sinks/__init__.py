@@ -1,1 +1,25 @@
-"""Sinks: where events leave the process for operators (metrics today)."""
+"""Sinks: where events leave the process for operators.
+
+Two kinds live here:
+
+* per-event sinks (:class:`~.base.Sink`): the bus calls them for every event
+  published on this node; the composition root builds the ones the settings turn
+  on (:func:`kiki_events.runtime.build.build_sinks`), attaches them when the
+  runtime starts and detaches and closes them when it stops;
+* the Prometheus collector (:mod:`.metrics`), read at scrape time and never per
+  event; the server registers it (``KikiRuntime.metrics_collector()``).
+
+Add a sink: one new file in ``sinks/`` with a class following :class:`~.base.Sink`
+and a factory ``create(settings) -> Sink | None`` (``None`` when its settings turn
+it off; import heavy dependencies inside it), and one registration line in
+:data:`SINKS` below. Nothing else changes.
+"""
+
+from .base import Sink, SinkFactory, SinkSet
+
+__all__ = ["SINKS", "Sink", "SinkFactory", "SinkSet"]
+
+SINKS: tuple[SinkFactory, ...] = (
+    # One line per sink, in attach order, e.g. ``stdout.create,``.
+)
+"""The factories of every per-event sink, in the order their sinks are attached."""

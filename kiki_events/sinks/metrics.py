@@ -1,38 +1,74 @@
 """Prometheus metrics of a runtime, read at scrape time.
 
-:class:`RuntimeCollector` reads the bus and run counters when ``/metrics`` is
-scraped, so nothing is updated per event on the hot path. Names follow
-OBSERVABILITY.md: prefix ``kiki_``, ``_total`` on counters, no run/thread/user labels.
+:class:`RuntimeCollector` reads the bus, run, SSE-client and bridge counters when
+``/metrics`` is scraped, so nothing is updated per event on the hot path. Names
+have the prefix ``kiki_`` and ``_total`` on counters, and no run, thread or user
+labels (their number would grow without bound); the list is in docs/config.md.
+The composition root builds it (``KikiRuntime.metrics_collector()``) from the
+parts it reads; it knows nothing of the runtime itself.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..runtime import KikiRuntime
+if TYPE_CHECKING:
+    from ..core.bus import EventBus
+    from ..core.manager import RunManager
+    from ..core.store import RunStore
+    from ..transports import Transport
 
-__all__ = ["RuntimeCollector"]
+__all__ = ["BridgeView", "GapCounts", "RuntimeCollector"]
+
+
+class GapCounts(Protocol):
+    """Gaps in remote runs, by outcome."""
+
+    @property
+    def repaired(self) -> int: ...
+
+    @property
+    def missed(self) -> int: ...
+
+
+class BridgeView(Protocol):
+    """What the collector reads of the connection to the other nodes."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def stats(self) -> GapCounts: ...
+
+    @property
+    def transport(self) -> Transport: ...
 
 
 class RuntimeCollector(Collector):
-    """Bus, run and SSE-client counters of one :class:`KikiRuntime`."""
+    """Bus, run and SSE-client counters of one runtime, and its bridge's when it has one.
 
-    def __init__(self, runtime: KikiRuntime) -> None:
-        self.runtime = runtime
+    Args:
+        bus: the node's event bus (published, dropped, handler errors, subscriptions).
+        store: the run store (runs and thread owners kept, SSE client counters).
+        runs: the run manager (runs in progress and ended, by status).
+        bridge: the connection to the other nodes, or ``None`` without one.
+    """
+
+    def __init__(self, *, bus: EventBus, store: RunStore, runs: RunManager, bridge: BridgeView | None = None) -> None:
+        self.bus, self.store, self.runs, self.bridge = bus, store, runs, bridge
 
     def collect(self) -> Iterator[Metric]:
-        runtime = self.runtime
-        bus, store, runs = runtime.bus, runtime.store, runtime.runs
+        bus, store, runs, bridge = self.bus, self.store, self.runs, self.bridge
 
         yield CounterMetricFamily(
             "kiki_events_published", "Events published on the local bus.", value=bus.stats.published
         )
         dropped = CounterMetricFamily("kiki_events_dropped", "Events not delivered, by reason.", labels=["reason"])
         reasons = dict(bus.stats.dropped)
-        bridge = runtime.bridge
         if bridge is not None:
             # Outbox overflow, refused frames (malformed, oversized, unknown_version) …
             for reason, count in bridge.transport.stats.dropped.items():
@@ -74,13 +110,10 @@ class RuntimeCollector(Collector):
             value=store.stalled,
         )
         if bridge is not None:
-            yield from _bridge_metrics(runtime)
+            yield from _bridge_metrics(bridge)
 
 
-def _bridge_metrics(runtime: KikiRuntime) -> Iterator[Metric]:
-    bridge = runtime.bridge
-    if bridge is None:  # pragma: no cover - checked by the caller
-        return
+def _bridge_metrics(bridge: BridgeView) -> Iterator[Metric]:
     stats = bridge.transport.stats
     messages = CounterMetricFamily(
         "kiki_bridge_messages", "Cross-node messages (frames), by direction.", labels=["direction"]

@@ -1,0 +1,107 @@
+"""Settings: one YAML file switches every layer.
+
+``load_settings(path)`` reads YAML, expands ``${VAR}`` and ``${VAR:-default}``,
+applies environment overrides (``KIKI__SECTION__KEY=value``, e.g.
+``KIKI__EVENTBUS__PROVIDER=redis``) and validates. Any problem is one
+:class:`~kiki_events.errors.ConfigError` naming the file, the key and the problem,
+raised before anything starts.
+
+Every key, its default and its meaning: ``docs/config.md``. The sections live in
+one module per concern (:mod:`.eventbus`, :mod:`.runs`, :mod:`.server`,
+:mod:`.observability`); reading the file is :mod:`.loading`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+from .addresses import check_redis_url
+from .eventbus import EventBusSettings, PersistenceSettings, PublishSettings, RedisSettings, SubscribeSettings
+from .loading import ENV_PREFIX, describe, read_settings_data
+from .observability import LangfuseSettings, LoggingSettings, MetricsSettings
+from .runs import HandlerSettings, HandoffSettings, RunSettings, resolve_concurrency
+from .server import AuthSettings, ServerSettings, SSESettings
+from .values import Duration, KeyProblem, Section, parse_duration
+
+__all__ = [
+    "ENV_PREFIX",
+    "AuthSettings",
+    "Duration",
+    "EventBusSettings",
+    "HandlerSettings",
+    "HandoffSettings",
+    "LangfuseSettings",
+    "LoggingSettings",
+    "MetricsSettings",
+    "PersistenceSettings",
+    "PublishSettings",
+    "RedisSettings",
+    "RunSettings",
+    "SSESettings",
+    "ServerSettings",
+    "Settings",
+    "SubscribeSettings",
+    "check_redis_url",
+    "load_settings",
+    "parse_duration",
+    "resolve_concurrency",
+]
+
+
+class Settings(Section):
+    """The whole configuration."""
+
+    node: str | None = None
+    """Name of this process in events (default: host name and pid)."""
+    eventbus: EventBusSettings = EventBusSettings()
+    sse: SSESettings = SSESettings()
+    runs: RunSettings = RunSettings()
+    handler: HandlerSettings = HandlerSettings()
+    handoff: HandoffSettings = HandoffSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    langfuse: LangfuseSettings = LangfuseSettings()
+    logging: LoggingSettings = LoggingSettings()
+    server: ServerSettings = ServerSettings()
+    graphs: dict[str, str] = Field(default_factory=dict)
+    """Graph name → reference like ``./agents/research_team.py:graph``."""
+
+    @model_validator(mode="after")
+    def _serving_needs_redis(self) -> Settings:
+        bus = self.eventbus
+        if self.handoff.serve and (bus.provider != "redis" or not bus.enabled):
+            raise KeyProblem(
+                "handoff.serve",
+                f"serving agents to other nodes needs eventbus.provider: redis (it is {bus.provider!r}"
+                + ("" if bus.enabled else ", and eventbus.enabled is false")
+                + ")",
+            )
+        return self
+
+    @property
+    def handoff_concurrency(self) -> int:
+        """Tasks of one agent this node runs at once: ``handoff.concurrency``, else ``eventbus.subscribe.workers``."""
+        return resolve_concurrency(self.handoff, self.eventbus)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "settings") -> Settings:
+        """Validate a mapping; raises :class:`ConfigError` naming the key."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(describe(exc, source)) from None
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load, expand and validate settings from ``path`` (defaults only if ``None``).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or a key is unknown or invalid.
+    """
+    env = os.environ if environ is None else environ
+    source = str(path) if path is not None else "defaults"
+    return Settings.from_mapping(read_settings_data(path, env), source=source)

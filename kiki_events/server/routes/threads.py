@@ -1,0 +1,80 @@
+"""``GET /threads/{thread_id}/stream``: every run of a thread, live (200, SSE); README.md,
+"Watch, join, resume and cancel a run from any node"."""
+
+# No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+
+from ...core.cursors import ThreadCursor
+from ...core.threads import ThreadRecord
+from ...errors import KikiEventsError
+from ..auth import Principal
+from ..requests import MAX_CURSOR, MAX_RUN_ID, parse_cursor
+from ..responses import SSE_OK, errors
+from .context import RouteContext, raise_http
+
+__all__ = ["add_thread_stream"]
+
+# What parse_cursor accepts on a thread stream, for the schema: ``<run_id>:<seq>`` only.
+_THREAD_CURSOR = rf"^(?:[\s\S]{{1,{MAX_RUN_ID}}}:[0-9]{{1,18}})?$"
+
+ThreadLastEventId = Annotated[
+    str | None,
+    Query(
+        alias="last_event_id",
+        description="resume after this event, `<run_id>:<seq>` (the `Last-Event-ID` header wins)",
+        json_schema_extra={"maxLength": MAX_CURSOR, "pattern": _THREAD_CURSOR},
+    ),
+]
+
+
+async def _find_thread(ctx: RouteContext, thread_id: str, principal: Principal) -> ThreadRecord:
+    """The thread with its runs on every node; 404 if it is unknown or someone else's."""
+    try:
+        if ctx.bridge is None:
+            return ctx.store.thread(thread_id, principal)
+        return await ctx.bridge.open_thread(thread_id, principal)
+    except KikiEventsError as exc:
+        raise_http(exc)
+
+
+def add_thread_stream(router: APIRouter, ctx: RouteContext) -> None:
+    """``GET /threads/{thread_id}/stream``."""
+    Caller = Annotated[Principal, Depends(ctx.principal)]
+    store = ctx.store
+    settings = ctx.settings
+
+    @router.get(
+        "/threads/{thread_id}/stream",
+        operation_id="thread_stream",
+        name="thread_stream",
+        response_class=Response,
+        responses={**SSE_OK, **errors(400, 401, 404, 422, 503)},
+    )
+    async def thread_stream(
+        request: Request, thread_id: str, principal: Caller, last_event_id: ThreadLastEventId = None
+    ) -> Response:
+        """Every run of a thread (on any node), oldest first, then new runs as they start."""
+        thread = await _find_thread(ctx, thread_id, principal)
+        header = request.headers.get("last-event-id")
+        resume = parse_cursor(header) if header else parse_cursor(last_event_id, name="last_event_id")
+        if resume is not None and not resume[0]:
+            raise HTTPException(400, "a thread stream resumes from '<run_id>:<seq>', not a bare seq")
+        cursor = ThreadCursor(
+            thread_id,
+            lambda: store.thread_logs(thread),
+            thread.changed,
+            resume=resume,
+            slow_client=settings.sse.slow_client,
+            on_lag=store.count_lagging,
+            until=lambda: not store.following,
+            max_backlog=settings.sse.max_backlog,
+        )
+        location = request.url_for("thread_stream", thread_id=thread_id).path
+        bridge = ctx.bridge
+        lease = None
+        if bridge is not None:
+            lease = lambda: bridge.watch_thread(thread_id)  # noqa: E731 - taken when the body starts
+        return ctx.stream(request, cursor, location, lease=lease)
