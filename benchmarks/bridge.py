@@ -1,4 +1,4 @@
-"""P2 and P3 of QUALITY.md: events from one node process to another through Redis.
+"""P2 and P3 (README.md, "Performance"): events from one node process to another through Redis.
 
 * P2 – throughput: node A publishes ``--events`` token events of one run, node B
   receives them; events/s = events / (B has the last one − A started). Side by

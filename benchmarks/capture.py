@@ -1,4 +1,4 @@
-"""P1, P1b and P5 of QUALITY.md, side by side in one run.
+"""P1, P1b and P5 (README.md, "Performance"), side by side in one run.
 
 * P1  – capturing a run with KikiCallbackHandler + EventBus + one consuming
         subscriber, against ``graph.astream(stream_mode="messages")``   (bar ≤ 1.15×)
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import load_demo, median, verdict, write_results
 from kiki_events import EventBus, KikiCallbackHandler, StreamEvent
 from kiki_events.core.runlog import RunLog
+from kiki_events.formats.kiki import FORMAT
 
 INPUT = {"messages": [{"role": "user", "content": "Write the report."}]}
 
@@ -84,7 +85,8 @@ async def wire_sizes(graph: Any) -> dict[str, float]:
     for event in events:
         log.append(event)
     frames, _ = log.read(0, len(events))
-    ours = [len(frame.data) for frame in frames if frame.event.type == "token"]
+    encoder = FORMAT.encoder()
+    ours = [len(encoder.encode(frame)) for frame in frames if frame.event.type == "token"]
     theirs = []
     stream = graph.astream(INPUT, {"configurable": {"thread_id": "t"}}, stream_mode="messages")
     async for seq, (chunk, metadata) in aenumerate(stream):

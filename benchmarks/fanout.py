@@ -1,4 +1,4 @@
-"""P4 and P6 of QUALITY.md: SSE fan-out of one run, and the memory of idle clients.
+"""P4 and P6 (README.md, "Performance"): SSE fan-out of one run, and the memory of idle clients.
 
 * P4 – one run of ``--tokens`` token events watched by ``--clients`` SSE clients.
   Ours: the ready-made app (:func:`~kiki_events.server.create_app`), the clients
@@ -121,7 +121,7 @@ def anchor_app() -> Any:
     from fastapi import FastAPI
     from sse_starlette import EventSourceResponse, ServerSentEvent
 
-    from kiki_events.codec import sse_data
+    from kiki_events.formats.kiki import sse_data
 
     app = FastAPI()
     queues: set[asyncio.Queue[tuple[str, str, str]]] = set()

@@ -16,7 +16,7 @@ import logging
 
 from .capture.astream_events import events_from_astream_events, translate_astream_events
 from .capture.handler import KikiCallbackHandler, new_run_id, short_run_id
-from .codec import SSEDecoder, decode, decode_sse, encode, event_json_schema, sse_data
+from .codec import decode, encode, event_json_schema
 from .config import Settings, load_settings
 from .core.bus import BusStats, EventBus, Overflow, Subscription
 from .core.graphs import GraphRegistry, load_graph
@@ -55,6 +55,7 @@ from .events import (
     ToolResultEvent,
     Usage,
 )
+from .formats.kiki import SSEDecoder, decode_sse, sse_data
 from .handoff import Handoff, HandoffResult, remote_agent_node
 from .redaction import redact_error, redact_text
 from .runtime import KikiRuntime

@@ -9,6 +9,7 @@ working for callers who do not know this library::
     ├── MissingDependencyError (ImportError) an optional extra is not installed
     ├── EventDecodeError (ValueError)       foreign bytes are not a valid StreamEvent
     ├── InvalidArgumentError (ValueError)   an argument is invalid or conflicts with another
+    ├── UnknownFormatError (LookupError)    no wire format registered under that name
     ├── BusError (RuntimeError)             bus used outside its lifecycle
     │   └── SubscriptionOverflowError       a ``disconnect`` subscription fell behind
     ├── GraphLoadError (ImportError)        ``path.py:attr`` cannot be loaded
@@ -42,6 +43,7 @@ __all__ = [
     "RunNotFoundError",
     "SubscriptionOverflowError",
     "TransportError",
+    "UnknownFormatError",
     "UnknownGraphError",
 ]
 
@@ -64,6 +66,10 @@ class EventDecodeError(KikiEventsError, ValueError):
 
 class InvalidArgumentError(KikiEventsError, ValueError):
     """An argument is invalid or conflicts with another (``subscribe(run_id=…, topics=…)``)."""
+
+
+class UnknownFormatError(KikiEventsError, LookupError):
+    """No wire format is registered under the requested name (see ``kiki_events.formats``)."""
 
 
 class BusError(KikiEventsError, RuntimeError):

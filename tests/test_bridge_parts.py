@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from kiki_events.codec import encode
 from kiki_events.config import Settings
 from kiki_events.core.bus import EventBus
-from kiki_events.core.runlog import Frame, RunCursor, RunLog
+from kiki_events.core.cursors import RunCursor
+from kiki_events.core.runlog import Frame, RunLog
 from kiki_events.core.store import RunStore
 from kiki_events.errors import ConfigError
 from kiki_events.events import DoneEvent, StatusEvent, TokenEvent

@@ -35,9 +35,9 @@ from langgraph.graph.message import add_messages
 from langgraph.types import interrupt
 from typing_extensions import TypedDict
 
-from kiki_events.codec import SSEDecoder
 from kiki_events.config import Settings
 from kiki_events.events import ToolResultEvent
+from kiki_events.formats.kiki import SSEDecoder
 from kiki_events.server.app import create_app
 from kiki_events.testing import CapturedEvents
 from tests.servers import iter_frames, live_server

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from kiki_events.codec import decode, decode_sse, encode, event_json_schema, sse_data
+from kiki_events.codec import decode, encode, event_json_schema
 from kiki_events.errors import EventDecodeError, KikiEventsError
 from kiki_events.events import (
     EVENT_TYPES,
@@ -30,6 +30,7 @@ from kiki_events.events import (
     Usage,
     trusted_token,
 )
+from kiki_events.formats.kiki import decode_sse, sse_data
 
 RUN = "run_7f3a9c2e4b1d"
 ENVELOPE: dict[str, Any] = {
@@ -539,8 +540,8 @@ def test_mutated_events_only_ever_raise_event_decode_error(
 
 
 def test_token_frames_name_the_agent_once_per_message_and_the_decoder_restores_it() -> None:
-    from kiki_events.codec import SSEDecoder
     from kiki_events.core.runlog import RunLog
+    from kiki_events.formats.kiki import FORMAT, SSEDecoder
 
     def token(seq: int, message_id: str, agent: str) -> TokenEvent:
         return TokenEvent(run_id="run", seq=seq, ts=1.0, agent=agent, message_id=message_id, text=f"t{seq}")
@@ -550,7 +551,7 @@ def test_token_frames_name_the_agent_once_per_message_and_the_decoder_restores_i
     for event in events:
         log.append(event)
     frames, _ = log.read(0, 10)
-    payloads = [frame.data.split(b"data: ", 1)[1] for frame in frames]
+    payloads = [FORMAT.encoder().encode(frame).split(b"data: ", 1)[1] for frame in frames]
     assert [b'"agent"' in p for p in payloads] == [True, False, True]
 
     decoder = SSEDecoder()

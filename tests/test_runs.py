@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 
 from kiki_events.config import RunSettings, Settings
-from kiki_events.core.runlog import Frame, RunCursor, RunLog, ThreadCursor
+from kiki_events.core.cursors import RunCursor, ThreadCursor
+from kiki_events.core.runlog import Frame, RunLog
 from kiki_events.core.runrecord import RunRecord
 from kiki_events.core.store import RunStore
 from kiki_events.errors import KikiEventsError, RunError, RunLimitError, RunNotFoundError, UnknownGraphError
 from kiki_events.events import DoneEvent, ErrorEvent, StatusEvent, StreamEvent, TokenEvent
+from kiki_events.formats.kiki import FORMAT
 from kiki_events.runtime import KikiRuntime
 from kiki_events.testing import CapturedEvents
 from tests.servers import Gate, async_wait_for, gated_graph
@@ -107,7 +109,7 @@ class TestRunLog:
         log = RunLog("r", 100)
         log.append(ErrorEvent(run_id="r", seq=1, ts=1.0, message="db password=hunter2 refused", error_type="E"))
 
-        data = log.read(0, 1)[0][0].data
+        data = FORMAT.encoder().encode(log.read(0, 1)[0][0])
 
         assert b"hunter2" not in data
         assert b"password=***" in data
@@ -115,8 +117,8 @@ class TestRunLog:
     def test_frames_are_encoded_once_and_shared(self) -> None:
         log = RunLog("r", 100)
         log.append(_token("r", 1))
-        first = log.read(0, 1)[0][0].data
-        again = log.read(0, 1)[0][0].data
+        first = FORMAT.encoder().encode(log.read(0, 1)[0][0])
+        again = FORMAT.encoder().encode(log.read(0, 1)[0][0])
 
         assert first is again
         assert first.startswith(b"id: r:1\nevent: token\ndata: {")

@@ -15,10 +15,10 @@ import pytest
 from fastapi import FastAPI
 from sse_starlette import EventSourceResponse
 
-from kiki_events.codec import decode_sse
 from kiki_events.config import Settings
 from kiki_events.core.bus import EventBus
 from kiki_events.events import StreamEvent
+from kiki_events.formats.kiki import decode_sse
 from kiki_events.runtime import KikiRuntime
 from kiki_events.server import bearer_tokens, create_app, stream_agent_sse
 from kiki_events.testing import CapturedEvents

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from kiki_events.codec import encode
 from kiki_events.config import Settings
-from kiki_events.core.runlog import ThreadCursor
+from kiki_events.core.cursors import ThreadCursor
 from kiki_events.errors import RunNotFoundError, TransportError
 from kiki_events.events import StatusEvent, StreamEvent, TokenEvent
 from kiki_events.redis.client import Keys

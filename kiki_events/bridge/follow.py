@@ -9,7 +9,7 @@ registered yet is adopted on its first frame), watches it, then catches up with
 what it produced before the watch took effect — from the stream (streams mode)
 or from the owning node's replay log. Until it has (and while a gap is repaired) its
 log is marked ``syncing``, so that readers of its thread hold the thread's later runs
-back (:class:`~kiki_events.core.runlog.ThreadCursor`); a catch-up that takes too long is
+back (:class:`~kiki_events.core.cursors.ThreadCursor`); a catch-up that takes too long is
 given up, which clears it. How its events then reach the local bus, in order, and how
 gaps are repaired: :mod:`.repair`.
 

@@ -13,7 +13,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.runlog import Frame, RunCursor
+from ..core.cursors import RunCursor
+from ..core.runlog import Frame
 from ..core.tasks import stop_tasks
 from ..errors import RunNotFoundError
 from ..events import StreamEvent

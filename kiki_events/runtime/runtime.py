@@ -26,9 +26,10 @@ from ..bridge import Bridge
 from ..capture.handler import KikiCallbackHandler
 from ..config import Settings
 from ..core.bus import EventBus
+from ..core.cursors import RunCursor
 from ..core.graphs import GraphRegistry, load_graphs
 from ..core.manager import RunHandle, RunManager
-from ..core.runlog import Frame, RunCursor
+from ..core.runlog import Frame
 from ..core.runrecord import RunRecord
 from ..core.store import RunStore
 from ..core.threads import new_thread_id

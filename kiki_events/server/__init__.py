@@ -29,7 +29,7 @@ _WHERE = {
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: ``kiki_events.formats.sse`` (used by the core replay buffer) must
+    # Lazy: ``kiki_events`` and its wire formats (``kiki_events.formats``) must
     # import without FastAPI installed.
     module = _WHERE.get(name)
     if module is None:

@@ -1,10 +1,12 @@
-"""SSE responses of the default format, built on sse-starlette.
+"""SSE responses, built on sse-starlette, written through a wire format.
 
-A response body is a cursor over a replay buffer (see :mod:`kiki_events.core.runlog`):
-every wake-up writes everything available as **one** chunk of pre-encoded frames,
-so a client's backlog costs one send and no event is encoded per client.
-sse-starlette races that body against client disconnect, keep-alive comment
-lines and server shutdown in one task group, so nothing polls for disconnects.
+A response body is a cursor over a replay buffer (see :mod:`kiki_events.core.cursors`)
+written by a format's encoder (see :mod:`kiki_events.formats.base`; ours by default,
+:mod:`kiki_events.formats.kiki`): every wake-up writes everything available as
+**one** chunk, so a client's backlog costs one send, and with a format that
+memoises its frames no event is encoded per client. sse-starlette races that body
+against client disconnect, keep-alive comment lines and server shutdown in one
+task group, so nothing polls for disconnects.
 
 A client that accepts nothing for ``sse.send_timeout`` is dropped, and its
 connection is aborted (reset) rather than closed: a graceful close would wait
@@ -35,12 +37,13 @@ from starlette.types import Message, Receive, Scope, Send
 from ..capture.handler import KikiCallbackHandler, new_run_id
 from ..config import SSESettings
 from ..core.bus import EventBus
+from ..core.cursors import RunCursor, ThreadCursor
 from ..core.manager import ensure_done, execute_run
-from ..core.runlog import Frame, RunCursor, RunLog, ThreadCursor
+from ..core.runlog import RunLog
 from ..core.store import RunStore
 from ..errors import BusError
 from ..events import StreamEvent
-from ..formats.sse import notice_frame, retry_frame
+from ..formats import Format, get_format
 
 __all__ = ["TRANSPORT_KEY", "cursor_body", "keep_transport", "sse_response", "stream_agent_sse"]
 
@@ -86,24 +89,33 @@ async def cursor_body(
     retry: float,
     store: RunStore | None = None,
     on_abandon: Callable[[], object] | None = None,
+    wire_format: Format | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """The body of an SSE response: ``retry:`` first, then coalesced frames.
+    """The body of an SSE response: the format's ``retry:`` first, then coalesced frames.
 
     Ends when the cursor is finished (the run's ``done`` was sent, or a slow
-    client is dropped). ``on_abandon`` runs if the body stops before that, i.e.
-    the client went away (the ``on_disconnect: cancel`` policy). ``store`` gets
-    the client counted while connected.
+    client is dropped), with what the format sends last. ``on_abandon`` runs if
+    the body stops before that, i.e. the client went away (the ``on_disconnect:
+    cancel`` policy). ``store`` gets the client counted while connected.
+    ``wire_format``: how items become bytes (default: ours).
     """
+    fmt = wire_format or get_format()
+    encoder = fmt.encoder()
     if store is not None:
         store.clients += 1
         store.connections += 1
     try:
-        yield retry_frame(retry)
+        first = fmt.retry_frame(retry)
+        if first:
+            yield first
         while True:
             items = await cursor.next(_BATCH)
             if not items:
-                return
-            yield b"".join(item.data if isinstance(item, Frame) else notice_frame(item) for item in items)
+                break
+            yield encoder.encode_all(items)
+        last = encoder.finish()
+        if last:
+            yield last
     finally:
         if store is not None:
             store.clients -= 1
@@ -185,8 +197,9 @@ def sse_response(
     on_server_exit: Callable[[], object] | None = None,
     exit_grace: float = 0.0,
     on_stalled: Callable[[], object] | None = None,
+    wire_format: Format | None = None,
 ) -> EventSourceResponse:
-    """An ``EventSourceResponse`` with our framing, headers and keep-alive.
+    """An ``EventSourceResponse`` with our headers and keep-alive, of ``wire_format``'s media type.
 
     ``on_server_exit`` is called when the server starts shutting down while this
     stream is open; the stream then has ``exit_grace`` seconds to end by itself
@@ -197,6 +210,7 @@ def sse_response(
     return _EventStream(
         body,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})},
+        media_type=(wire_format or get_format()).media_type,
         ping=settings.keepalive,
         sep=_SEP,
         ping_message_factory=_ping,

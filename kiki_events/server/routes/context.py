@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from fastapi import HTTPException, Request, Response
 
+from ...core.cursors import RunCursor, ThreadCursor
 from ...core.manager import RunHandle
-from ...core.runlog import RunCursor, RunLog, ThreadCursor
+from ...core.runlog import RunLog
 from ...core.runrecord import RunRecord
 from ...errors import KikiEventsError, RunLimitError, RunNotFoundError, TransportError, UnknownGraphError
 from ..auth import AuthDependency, Principal, principal_dependency

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
-from ...core.runlog import ThreadCursor
+from ...core.cursors import ThreadCursor
 from ...core.threads import ThreadRecord
 from ...errors import KikiEventsError
 from ..auth import Principal

@@ -1,0 +1,78 @@
+"""The format seam: what a wire format provides to the server.
+
+A :class:`Format` turns what a cursor yields (:data:`~kiki_events.core.runlog.Item`:
+stored :class:`~kiki_events.core.runlog.Frame` objects and connection-level
+``StatusEvent`` notices with ``seq == 0``) into the bytes of one HTTP response
+body. For each stream the server asks the format for an :class:`Encoder` and
+writes, in order:
+
+1. :meth:`Format.retry_frame` (when the format has one and it is not empty),
+2. every item's ``encoder.encode(item)``, coalesced into one chunk per wake-up
+   (:meth:`Encoder.encode_all`, which a format may override for speed),
+3. ``encoder.finish()`` once the cursor is finished (the run ended, or a slow
+   client is dropped) — e.g. a closing ``[DONE]`` line; empty for most formats.
+
+A format whose bytes for an event are the same for every client
+(:attr:`Format.cacheable`) memoises them on the frame with
+:meth:`Frame.encoded(format, build) <kiki_events.core.runlog.Frame.encoded>`,
+so a run watched by many clients is encoded once per format. The frame carries
+the format-neutral facts an encoder may need (such as
+:attr:`~kiki_events.core.runlog.Frame.first_of_message`); whatever else must
+be remembered per stream lives in the encoder, which is why there is one per
+stream (a stateless format may hand out one shared encoder).
+
+A new format is one module in this folder that defines a ``FORMAT`` instance of
+a :class:`Format` subclass, plus one line in the registry of
+:mod:`kiki_events.formats`. Formats import nothing from the web framework: the
+server frames nothing itself, it writes what the encoder returns.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from ..core.runlog import Item
+
+__all__ = ["Encoder", "Format"]
+
+
+class Encoder(ABC):
+    """Encodes the items of one stream, in order."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def encode(self, item: Item, /) -> bytes:
+        """The bytes of one item: a stored frame, or a connection-level notice (``seq == 0``)."""
+
+    def encode_all(self, items: Sequence[Item], /) -> bytes:
+        """The bytes of ``items``, in order: what :meth:`encode` gives for each, joined."""
+        return b"".join(map(self.encode, items))
+
+    def finish(self) -> bytes:
+        """What to send after the last item (empty when the format needs nothing)."""
+        return b""
+
+
+class Format(ABC):
+    """A wire format: its name, media type and a fresh :class:`Encoder` per stream."""
+
+    name: ClassVar[str]
+    """Registry name (see :mod:`kiki_events.formats`)."""
+    media_type: ClassVar[str]
+    """The response's media type, e.g. ``text/event-stream``."""
+    cacheable: ClassVar[bool] = True
+    """Whether an event's bytes are the same for every client, so frames may memoise them."""
+
+    @abstractmethod
+    def encoder(self) -> Encoder:
+        """An encoder for one stream (a run's or a thread's)."""
+
+    def retry_frame(self, seconds: float) -> bytes:
+        """What tells a client how long to wait before reconnecting; empty when the format has nothing for it."""
+        return b""
+
+    def __repr__(self) -> str:
+        return f"<format {self.name!r} ({self.media_type})>"
