@@ -14,6 +14,7 @@ working for callers who do not know this library::
     │   └── SubscriptionOverflowError       a ``disconnect`` subscription fell behind
     ├── GraphLoadError (ImportError)        ``path.py:attr`` cannot be loaded
     ├── TransportError (ConnectionError)    the cross-node transport (Redis) cannot be reached
+    ├── WireError (ValueError)              bytes from another node are not an acceptable frame
     ├── RunError (RuntimeError)
     │   ├── RunNotFoundError (LookupError)  unknown (or someone else's) run
     │   ├── UnknownGraphError (LookupError) no graph registered under that name
@@ -25,6 +26,8 @@ working for callers who do not know this library::
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 __all__ = [
     "BusError",
@@ -45,6 +48,7 @@ __all__ = [
     "TransportError",
     "UnknownFormatError",
     "UnknownGraphError",
+    "WireError",
 ]
 
 
@@ -86,6 +90,18 @@ class GraphLoadError(KikiEventsError, ImportError):
 
 class TransportError(KikiEventsError, ConnectionError):
     """The cross-node transport (Redis) cannot be reached or refused a command."""
+
+
+class WireError(KikiEventsError, ValueError):
+    """Bytes that are not an acceptable frame; ``reason`` says which way.
+
+    ``reason`` is ``oversized``, ``unknown_version`` or ``malformed``: receivers count
+    dropped frames under it (see :mod:`kiki_events.transports.wire`).
+    """
+
+    def __init__(self, reason: Literal["oversized", "unknown_version", "malformed"], detail: str) -> None:
+        super().__init__(detail)
+        self.reason: Literal["oversized", "unknown_version", "malformed"] = reason
 
 
 class RunError(KikiEventsError, RuntimeError):

@@ -19,12 +19,12 @@ from kiki_events.core.bus import EventBus
 from kiki_events.core.cursors import RunCursor
 from kiki_events.core.runlog import Frame, RunLog
 from kiki_events.core.store import RunStore
-from kiki_events.errors import ConfigError
+from kiki_events.errors import ConfigError, WireError
 from kiki_events.events import DoneEvent, StatusEvent, TokenEvent
 from kiki_events.transports import RunInfo
-from kiki_events.transports.base import LagHistogram
 from kiki_events.transports.outbox import Outbox, chunks
-from kiki_events.transports.wire import KIND_BATCH, KIND_LIFECYCLE, Message, WireError, pack, unpack
+from kiki_events.transports.stats import LagHistogram
+from kiki_events.transports.wire import KIND_BATCH, KIND_LIFECYCLE, Message, pack, unpack
 from tests.redis_server import free_port
 from tests.servers import live_server, read_stream, wait_for
 

@@ -721,3 +721,12 @@ def test_an_unset_variable_under_an_odd_key_names_the_key_quoted(
         load_settings(path, environ={})
 
     assert str(caught.value).startswith(f"{path}: {named}")
+
+
+def test_every_provider_the_settings_accept_has_a_transport_builder() -> None:
+    from kiki_events.config import PROVIDERS
+    from kiki_events.runtime.build import PROVIDERS as BUILDERS
+
+    assert set(BUILDERS) == set(PROVIDERS)
+    for provider in PROVIDERS:
+        assert Settings.model_validate({"eventbus": {"provider": provider}}).eventbus.provider == provider

@@ -34,7 +34,7 @@ from kiki_events.events import (
 )
 from kiki_events.handoff import GROUP, Handoff, dump_payload, load_payload, remote_agent_node
 from kiki_events.handoff.service import client_name
-from kiki_events.redis.client import Keys
+from kiki_events.redis.keys import Keys
 from kiki_events.redis.workqueue import WorkQueue
 from kiki_events.runtime import KikiRuntime
 from tests.redis_server import RedisServer

@@ -28,7 +28,7 @@ from kiki_events.config import Settings
 from kiki_events.core.cursors import ThreadCursor
 from kiki_events.errors import RunNotFoundError, TransportError
 from kiki_events.events import StatusEvent, StreamEvent, TokenEvent
-from kiki_events.redis.client import Keys
+from kiki_events.redis.keys import Keys
 from kiki_events.runtime import KikiRuntime
 from kiki_events.runtime.build import create_transport
 from kiki_events.server import bearer_tokens, create_app

@@ -21,7 +21,14 @@ from pydantic import Field, ValidationError, model_validator
 
 from ..errors import ConfigError
 from .addresses import check_redis_url
-from .eventbus import EventBusSettings, PersistenceSettings, PublishSettings, RedisSettings, SubscribeSettings
+from .eventbus import (
+    PROVIDERS,
+    EventBusSettings,
+    PersistenceSettings,
+    PublishSettings,
+    RedisSettings,
+    SubscribeSettings,
+)
 from .loading import ENV_PREFIX, describe, read_settings_data
 from .observability import LangfuseSettings, LoggingSettings, MetricsSettings
 from .runs import HandlerSettings, HandoffSettings, RunSettings, resolve_concurrency
@@ -30,6 +37,7 @@ from .values import Duration, KeyProblem, Section, parse_duration
 
 __all__ = [
     "ENV_PREFIX",
+    "PROVIDERS",
     "AuthSettings",
     "Duration",
     "EventBusSettings",

@@ -12,6 +12,7 @@ from .addresses import check_host, check_port, check_redis_url, parse_database
 from .values import Duration, Section
 
 __all__ = [
+    "PROVIDERS",
     "EventBusSettings",
     "PersistenceSettings",
     "PublishSettings",
@@ -116,6 +117,10 @@ class PersistenceSettings(Section):
         return value
 
 
+PROVIDERS: tuple[str, ...] = ("memory", "redis")
+"""Every ``eventbus.provider``; the transport builders (``kiki_events.runtime.build.PROVIDERS``) match it."""
+
+
 class EventBusSettings(Section):
     """The seed's ``eventbus`` section."""
 
@@ -133,8 +138,9 @@ class EventBusSettings(Section):
     @field_validator("provider")
     @classmethod
     def _provider(cls, value: str) -> str:
-        if value in ("memory", "redis"):
+        if value in PROVIDERS:
             return value
+        supported = ", ".join(PROVIDERS)
         if value in ("pulsar", "kafka", "nats", "rabbitmq"):
-            raise ConfigError(f"provider {value!r} is not supported yet (supported: memory, redis)")
-        raise ConfigError(f"unknown provider {value!r} (supported: memory, redis)")
+            raise ConfigError(f"provider {value!r} is not supported yet (supported: {supported})")
+        raise ConfigError(f"unknown provider {value!r} (supported: {supported})")

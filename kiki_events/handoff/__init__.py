@@ -8,7 +8,7 @@ its result comes back. :func:`remote_agent_node` makes a LangGraph node that
 delegates and relays the remote run's events into the calling run, so a browser
 watching that run sees the remote agent's tokens.
 
-Redis keys (under the deployment prefix; see :class:`~kiki_events.redis.client.Keys`):
+Redis keys (under the deployment prefix; see :class:`~kiki_events.redis.keys.Keys`):
 
 =========================  ===========================================================
 ``agents:<agent>``         sorted set: serving node → advertisement expiry (Unix s)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..bridge import Bridge
     from ..config import HandoffSettings
     from ..core.manager import RunManager
-    from ..redis.client import Keys
+    from ..redis.keys import Keys
     from ..redis.types import Redis
 
 __all__ = [

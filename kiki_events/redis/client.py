@@ -1,4 +1,6 @@
-"""Redis clients built from settings, and the key/channel names of one deployment.
+"""Redis clients built from settings, and blocking reads that end when their caller is cancelled.
+
+The key and channel names are in :mod:`kiki_events.redis.keys`.
 
 ``redis`` is imported lazily: using the Redis transports without it raises
 :class:`~kiki_events.errors.MissingDependencyError` naming what to install.
@@ -9,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import RedisSettings, check_redis_url
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from redis.asyncio.connection import AbstractConnection
 
 __all__ = [
-    "Keys",
     "Reading",
     "blocking_command",
     "connection_url",
@@ -148,70 +148,3 @@ def create_redis(settings: RedisSettings, **options: Any) -> Redis:
     if settings.password is not None:
         kwargs["password"] = settings.password
     return Redis.from_url(connection_url(settings), **kwargs)
-
-
-@dataclass(frozen=True)
-class Keys:
-    """Every key and channel name, under one prefix (which isolates tenants).
-
-    Run-scoped names carry the run id in a hash tag (``{run_id}``) so a Redis
-    Cluster keeps a run's keys on one shard.
-    """
-
-    prefix: str = "kiki:"
-
-    def run_channel(self, run_id: str) -> str:
-        return f"{self.prefix}run:{{{run_id}}}"
-
-    def thread_channel(self, thread_id: str) -> str:
-        return f"{self.prefix}thread:{{{thread_id}}}"
-
-    def lifecycle_channel(self) -> str:
-        return f"{self.prefix}lifecycle"
-
-    def control_channel(self, node: str | None = None) -> str:
-        return f"{self.prefix}control" if node is None else f"{self.prefix}control:{node}"
-
-    def run_stream(self, run_id: str) -> str:
-        return f"{self.prefix}stream:{{{run_id}}}"
-
-    def thread_stream(self, thread_id: str) -> str:
-        """Announcements of the runs started on a thread (streams mode)."""
-        return f"{self.prefix}threadstream:{{{thread_id}}}"
-
-    def lifecycle_stream(self) -> str:
-        """Lifecycle events of every run (streams mode)."""
-        return f"{self.prefix}lifecyclestream"
-
-    def control_stream(self, node: str | None = None) -> str:
-        """Control messages for one node, or for every node (streams mode)."""
-        return f"{self.prefix}controlstream" if node is None else f"{self.prefix}controlstream:{node}"
-
-    def node(self, name: str) -> str:
-        """A node's heartbeat (expires when the node stops refreshing it)."""
-        return f"{self.prefix}node:{name}"
-
-    def run_info(self, run_id: str) -> str:
-        return f"{self.prefix}runinfo:{{{run_id}}}"
-
-    def thread_runs(self, thread_id: str) -> str:
-        return f"{self.prefix}threadruns:{{{thread_id}}}"
-
-    def thread_owner(self, thread_id: str) -> str:
-        """The principal a thread belongs to (set once, if absent)."""
-        return f"{self.prefix}threadowner:{{{thread_id}}}"
-
-    def work_stream(self, agent: str) -> str:
-        return f"{self.prefix}work:{agent}"
-
-    def dead_letter_stream(self, agent: str) -> str:
-        return f"{self.prefix}dead:{agent}"
-
-    def agents(self, agent: str) -> str:
-        return f"{self.prefix}agents:{agent}"
-
-    def reply(self, request_id: str) -> str:
-        return f"{self.prefix}reply:{{{request_id}}}"
-
-    def done_marker(self, request_id: str) -> str:
-        return f"{self.prefix}handled:{{{request_id}}}"

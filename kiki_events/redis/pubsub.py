@@ -1,6 +1,6 @@
 """Redis pub/sub transport: lowest latency, at-most-once.
 
-Channels (names from :class:`~kiki_events.redis.client.Keys`, under the prefix):
+Channels (names from :class:`~kiki_events.redis.keys.Keys`, under the prefix):
 
 * ``run:{<run_id>}`` – every frame of a run (one per run per flush);
 * ``thread:{<thread_id>}`` – a short announcement when a run starts on the thread;
@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.tasks import Backoff, supervise
 from ..errors import TransportError
-from ..transports.base import ControlMessage, WatchKind
-from ..transports.common import TransportOptions, control_extra, replay_frames
-from ..transports.outbox import OutboxBatch, chunks
-from ..transports.wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack
+from ..transports.base import WatchKind
+from ..transports.frames import announcement, framed
+from ..transports.options import TransportOptions
+from ..transports.outbox import OutboxBatch
+from ..transports.wire import KIND_BATCH, KIND_LIFECYCLE
 from .client import Reading, ending_on_cancel
 from .registry import RedisTransportBase
 
@@ -201,9 +202,6 @@ class RedisPubSubTransport(RedisTransportBase):
             async with self._lock:
                 await pubsub.unsubscribe(channel)
 
-    async def backfill(self, run_id: str, after: int) -> bool:
-        return False
-
     # -- sending -------------------------------------------------------------------------------
     async def _send(self, batch: OutboxBatch) -> None:
         keys, node, opts, stats = self.keys, self.node, self.options, self.stats
@@ -212,35 +210,27 @@ class RedisPubSubTransport(RedisTransportBase):
         for info, announce in batch.registry.values():
             self._queue_registry(pipe, info)
             if announce and info.thread_id:
-                marker = pack(KIND_THREAD, node, sent_at=now, run_id=info.run_id, i=info.to_fields())
-                pipe.publish(keys.thread_channel(info.thread_id), marker)
+                pipe.publish(keys.thread_channel(info.thread_id), announcement(node, info, sent_at=now))
         frames = 0
         for run_id, pending in batch.runs.items():
             channel = keys.run_channel(run_id)
-            events = pending.events
-            for start, stop in chunks(events, opts.batch_size, opts.frame_bytes):
-                pipe.publish(channel, pack(KIND_BATCH, node, events[start:stop], sent_at=now, run_id=run_id))
+            for _, _, frame in framed(KIND_BATCH, node, pending.events, opts, sent_at=now, run_id=run_id):
+                pipe.publish(channel, frame)
                 frames += 1
-        lifecycle = batch.lifecycle
-        for start, stop in chunks(lifecycle, opts.batch_size, opts.frame_bytes):
-            pipe.publish(keys.lifecycle_channel(), pack(KIND_LIFECYCLE, node, lifecycle[start:stop], sent_at=now))
+        for _, _, frame in framed(KIND_LIFECYCLE, node, batch.lifecycle, opts, sent_at=now):
+            pipe.publish(keys.lifecycle_channel(), frame)
             frames += 1
         await pipe.execute()
         stats.messages_out += frames
         stats.events_out += batch.count
 
-    async def send_control(self, message: ControlMessage, node: str | None = None) -> None:
-        frame = pack(KIND_CONTROL, self.node, sent_at=time.time(), **control_extra(message))
-        await self._call(self.redis.publish(self.keys.control_channel(node), frame))
-        self.stats.messages_out += 1
-
-    async def send_replay(
-        self, node: str, run_id: str, events: Sequence[bytes], *, first: int | None = None, gone: bool = False
-    ) -> None:
+    async def _send_control_frames(self, node: str | None, frames: Sequence[bytes]) -> None:
         channel = self.keys.control_channel(node)
-        frames = replay_frames(self.node, run_id, events, self.options, first=first, gone=gone)
-        pipe = self.redis.pipeline(transaction=False)
-        for frame in frames:
-            pipe.publish(channel, frame)
-        await self._call(pipe.execute())
+        if len(frames) == 1:
+            await self._call(self.redis.publish(channel, frames[0]))
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for frame in frames:
+                pipe.publish(channel, frame)
+            await self._call(pipe.execute())
         self.stats.messages_out += len(frames)

@@ -1,6 +1,6 @@
 """What both Redis transports share: the run registry, error mapping, a redacted URL.
 
-Registry layout (names from :class:`~kiki_events.redis.client.Keys`):
+Registry layout (names from :class:`~kiki_events.redis.keys.Keys`):
 
 * ``<prefix>runinfo:{<run_id>}`` – a hash: ``node``, ``status``, ``thread_id``,
   ``graph``, ``principal``, ``created_at``, ``ended_at``, ``last_seq``. It expires
@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..core.records import RunInfo, ThreadOwner
 from ..errors import TransportError
 from ..redaction import redact_text
-from ..transports.common import BaseTransport, TransportOptions
-from .client import Keys
+from ..transports.common import BaseTransport
+from ..transports.options import TransportOptions
+from .keys import Keys
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

@@ -1,8 +1,8 @@
 """How the composition root builds each part from the settings.
 
 One function per part, called by :class:`~kiki_events.runtime.KikiRuntime` only.
-``create_transport`` picks a transport from ``eventbus.provider`` and
-``eventbus.redis.mode``::
+``create_transport`` picks a transport from ``eventbus.provider`` through
+:data:`PROVIDERS` (and ``eventbus.redis.mode``)::
 
     memory + a MemoryHub   → MemoryTransport      (runtimes of one process)
     redis, mode: pubsub    → RedisPubSubTransport (lowest latency, at-most-once)
@@ -13,12 +13,19 @@ unless one is given. ``create_handoff`` builds the node's
 :class:`~kiki_events.handoff.Handoff` (Redis provider only) with a Redis client of
 its own, which the runtime closes after the Handoff. ``build_sinks`` builds the per-event sinks registered in
 :data:`kiki_events.sinks.SINKS`; ``create_collector`` the Prometheus collector.
+
+Adding a transport: its file (see :mod:`kiki_events.transports`), a builder here
+and its line in :data:`PROVIDERS`; the provider's name is listed in
+``kiki_events.config.PROVIDERS``, which the settings are validated against and
+this table must match.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
+from ..config import PROVIDERS as PROVIDER_NAMES
 from ..handoff import CONFIG_KEY, Follow, Handoff, HandoffContext, client_name
 from ..sinks import SINKS, SinkSet
 from ..transports import MemoryHub, MemoryTransport, Transport, TransportOptions
@@ -32,22 +39,29 @@ if TYPE_CHECKING:
     from ..redis.types import Redis
     from ..sinks.metrics import BridgeView, RuntimeCollector
 
-__all__ = ["build_sinks", "create_collector", "create_handoff", "create_transport"]
+__all__ = ["PROVIDERS", "TransportBuilder", "build_sinks", "create_collector", "create_handoff", "create_transport"]
 
 
-def create_transport(
-    settings: Settings, *, node: str, redis: Redis | None = None, hub: MemoryHub | None = None
+class TransportBuilder(Protocol):
+    """Builds the transport of one ``eventbus.provider`` (``None``: no bridge)."""
+
+    def __call__(
+        self, settings: Settings, options: TransportOptions, *, node: str, redis: Redis | None, hub: MemoryHub | None
+    ) -> Transport | None: ...
+
+
+def _memory(
+    settings: Settings, options: TransportOptions, *, node: str, redis: Redis | None, hub: MemoryHub | None
 ) -> Transport | None:
-    """The transport the settings ask for, or ``None`` (memory without a hub: no bridge).
+    """Runtimes of one process on a shared hub; without a hub there is nobody to bridge to."""
+    return MemoryTransport(hub, node=node, options=options) if hub is not None else None
 
-    Raises:
-        ConfigError: the Redis address or URL is invalid.
-        MissingDependencyError: ``redis`` is not installed.
-    """
+
+def _redis(
+    settings: Settings, options: TransportOptions, *, node: str, redis: Redis | None, hub: MemoryHub | None
+) -> Transport | None:
+    """Redis pub/sub or streams (``eventbus.redis.mode``), on the given client or one of its own."""
     bus = settings.eventbus
-    options = TransportOptions.from_settings(settings)
-    if bus.provider == "memory":
-        return MemoryTransport(hub, node=node, options=options) if hub is not None else None
     owns = redis is None
     if redis is None:
         from ..redis.client import create_redis
@@ -60,6 +74,28 @@ def create_transport(
     from ..redis.pubsub import RedisPubSubTransport
 
     return RedisPubSubTransport(redis, node=node, options=options, owns_client=owns)
+
+
+PROVIDERS: Mapping[str, TransportBuilder] = {
+    "memory": _memory,
+    "redis": _redis,
+}
+"""``eventbus.provider`` → the builder of its transport."""
+
+assert set(PROVIDERS) == set(PROVIDER_NAMES), "runtime.build.PROVIDERS must match config.PROVIDERS"
+
+
+def create_transport(
+    settings: Settings, *, node: str, redis: Redis | None = None, hub: MemoryHub | None = None
+) -> Transport | None:
+    """The transport the settings ask for, or ``None`` (memory without a hub: no bridge).
+
+    Raises:
+        ConfigError: the Redis address or URL is invalid.
+        MissingDependencyError: ``redis`` is not installed.
+    """
+    build = PROVIDERS[settings.eventbus.provider]
+    return build(settings, TransportOptions.from_settings(settings), node=node, redis=redis, hub=hub)
 
 
 def create_handoff(
@@ -78,7 +114,8 @@ def create_handoff(
     bus = settings.eventbus
     if not (bus.enabled and bus.provider == "redis"):
         return None
-    from ..redis.client import Keys, create_redis
+    from ..redis.client import create_redis
+    from ..redis.keys import Keys
 
     context = HandoffContext(
         node=node,

@@ -3,7 +3,17 @@
 A transport moves *frames* (see :mod:`~kiki_events.transports.wire`) between the
 nodes of one deployment and keeps the run registry (where each run executes and
 its status). It never touches the local bus: the :class:`~kiki_events.bridge.Bridge`
-owns that. Three implementations:
+owns that. The seam is three narrow protocols, which :class:`Transport` combines
+for the bridge:
+
+* :class:`FrameTransport` – moving frames: lifecycle, state, stats, ``publish``,
+  ``flush``, ``watch``/``unwatch``/``backfill``;
+* :class:`ControlChannel` – messages to one node or all: ``send_control``, ``send_replay``;
+* :class:`RunRegistry` – where runs execute and who owns a thread: ``register``,
+  ``lookup_run``, ``thread_runs``, ``claim_thread``/``thread_owner``, and node
+  liveness (``heartbeat``/``alive``).
+
+Three implementations:
 
 * :class:`~kiki_events.transports.memory.MemoryTransport` – several runtimes in one
   process, connected through a shared :class:`~kiki_events.transports.memory.MemoryHub`;
@@ -12,33 +22,42 @@ owns that. Three implementations:
 * :class:`~kiki_events.redis.streams.RedisStreamsTransport` – durable: every
   run in a stream that outlives the node that produced it.
 
-Publishing is never awaited by the producer: :meth:`Transport.publish` puts the
+Publishing is never awaited by the producer: :meth:`FrameTransport.publish` puts the
 encoded event into a bounded outbox that a supervised task flushes in batches.
+
+Adding a transport: one file, a subclass of
+:class:`~kiki_events.transports.common.BaseTransport` (which already implements
+the outbox, ``publish``/``register``/``flush``, state, intake checks and the
+control messages), writing only how frames are sent (``_send``,
+``_send_control_frames``), read (``_start_reader``, ``watch``, ``unwatch``) and
+how the registry is kept; then one line in ``PROVIDERS`` of
+:mod:`kiki_events.runtime.build` (its name also listed in
+``kiki_events.config.PROVIDERS``, which that table must match).
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from ..core.records import RunInfo, ThreadOwner
 from ..events import StreamEvent
+from .stats import TransportStats
 
 if TYPE_CHECKING:
     from .wire import Message
 
 __all__ = [
-    "LAG_BUCKETS",
+    "ControlChannel",
     "ControlMessage",
-    "LagHistogram",
+    "FrameTransport",
     "RunInfo",
+    "RunRegistry",
     "ThreadOwner",
     "Transport",
     "TransportListener",
     "TransportState",
-    "TransportStats",
     "WatchKind",
 ]
 
@@ -46,64 +65,6 @@ TransportState: TypeAlias = Literal["new", "connecting", "connected", "reconnect
 """``connecting`` until the first connection, ``reconnecting`` after losing it; ``connected``
 while the reader is up and publishing is not failing."""
 WatchKind: TypeAlias = Literal["run", "thread"]
-
-LAG_BUCKETS: tuple[float, ...] = tuple(0.0005 * 2**i for i in range(15))
-"""Upper bounds of the delivery-lag histogram: 0.5 ms doubling to ~8 s.
-
-Bridge lag is milliseconds, not the seconds of an LLM call, so the buckets start
-lower than the LLM-duration buckets of OBSERVABILITY.md while keeping their shape.
-"""
-
-
-class LagHistogram:
-    """Publish-to-receipt delay of live frames (cumulative buckets read at scrape time)."""
-
-    __slots__ = ("buckets", "count", "counts", "sum")
-
-    def __init__(self, buckets: Sequence[float] = LAG_BUCKETS) -> None:
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        seconds = max(seconds, 0.0)
-        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
-        self.count += 1
-        self.sum += seconds
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """``(upper bound, count)`` pairs as Prometheus wants them, ``+Inf`` last."""
-        total = 0
-        out: list[tuple[str, int]] = []
-        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
-            total += count
-            out.append((bound, total))
-        return out
-
-
-@dataclass
-class TransportStats:
-    """Counters of one transport; read them, do not write them."""
-
-    messages_out: int = 0
-    """Frames sent (one Redis message or stream entry each)."""
-    messages_in: int = 0
-    """Frames received and accepted."""
-    events_out: int = 0
-    """Run events sent (a frame carries several)."""
-    events_in: int = 0
-    """Run events received for runs this node follows (live, replayed or backfilled)."""
-    lifecycle_in: int = 0
-    """Lifecycle events received as broadcasts."""
-    reconnects: int = 0
-    """Connections re-established after a loss."""
-    dropped: dict[str, int] = field(default_factory=dict)
-    """Events or frames lost, by reason (``outbox_full``, ``malformed``, ``oversized`` …)."""
-    lag: LagHistogram = field(default_factory=LagHistogram)
-
-    def drop(self, reason: str, count: int = 1) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + count
 
 
 @dataclass(frozen=True)
@@ -127,19 +88,14 @@ class TransportListener(Protocol):
     def on_connected(self, resumed: bool) -> None:
         """The reader is connected: for the first time, or again after a loss (``resumed``).
 
-        After a loss, a transport that is not :attr:`~Transport.durable` may have
+        After a loss, a transport that is not :attr:`~FrameTransport.durable` may have
         lost what was sent meanwhile.
         """
 
 
 @runtime_checkable
-class Transport(Protocol):
-    """Moves frames between nodes and keeps the run registry.
-
-    Stable API for code built on the bridge: :attr:`node`, :attr:`name`,
-    :attr:`durable`, :attr:`state`, :attr:`stats`, :meth:`connected`, :meth:`publish`,
-    :meth:`flush`, :meth:`send_control`, :meth:`lookup_run`. The rest is driven by the bridge.
-    """
+class FrameTransport(Protocol):
+    """Moves frames between nodes: run events out through an outbox, watched runs and threads in."""
 
     name: str
     """``memory``, ``redis-pubsub`` or ``redis-streams``."""
@@ -182,9 +138,6 @@ class Transport(Protocol):
         Never raises.
         """
 
-    def register(self, info: RunInfo, *, announce: bool = False) -> None:
-        """Queue a registry update (``announce``: also tell watchers of its thread)."""
-
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the outbox is empty; ``False`` if it is not after ``timeout``."""
 
@@ -201,6 +154,11 @@ class Transport(Protocol):
 
     async def backfill(self, run_id: str, after: int) -> bool:
         """Durable transports: deliver stored events after ``after`` again; others return ``False``."""
+
+
+@runtime_checkable
+class ControlChannel(Protocol):
+    """Sends control messages and replay answers to one node (or every node)."""
 
     async def send_control(self, message: ControlMessage, node: str | None = None) -> None:
         """Send a control message to ``node`` (``None``: every node).
@@ -221,19 +179,13 @@ class Transport(Protocol):
             TransportError: they could not be sent now.
         """
 
-    async def heartbeat(self, ttl: float) -> None:
-        """Tell the other nodes this node is alive for the next ``ttl`` seconds.
 
-        Raises:
-            TransportError: it could not be sent now.
-        """
+@runtime_checkable
+class RunRegistry(Protocol):
+    """The cluster's run registry: where each run executes, the runs and owner of a thread, live nodes."""
 
-    async def alive(self, nodes: Sequence[str]) -> set[str]:
-        """Which of ``nodes`` sent a heartbeat that has not expired.
-
-        Raises:
-            TransportError: the registry cannot be reached now.
-        """
+    def register(self, info: RunInfo, *, announce: bool = False) -> None:
+        """Queue a registry update (``announce``: also tell watchers of its thread)."""
 
     async def lookup_run(self, run_id: str) -> RunInfo | None:
         """The registry's entry for ``run_id``.
@@ -267,5 +219,26 @@ class Transport(Protocol):
             TransportError: the registry cannot be reached now.
         """
 
+    async def heartbeat(self, ttl: float) -> None:
+        """Tell the other nodes this node is alive for the next ``ttl`` seconds.
 
-Clock: TypeAlias = Callable[[], float]
+        Raises:
+            TransportError: it could not be sent now.
+        """
+
+    async def alive(self, nodes: Sequence[str]) -> set[str]:
+        """Which of ``nodes`` sent a heartbeat that has not expired.
+
+        Raises:
+            TransportError: the registry cannot be reached now.
+        """
+
+
+@runtime_checkable
+class Transport(FrameTransport, ControlChannel, RunRegistry, Protocol):
+    """Moves frames between nodes and keeps the run registry: what the bridge drives.
+
+    Stable API for code built on the bridge: :attr:`node`, :attr:`name`,
+    :attr:`durable`, :attr:`state`, :attr:`stats`, :meth:`connected`, :meth:`publish`,
+    :meth:`flush`, :meth:`send_control`, :meth:`lookup_run`. The rest is driven by the bridge.
+    """

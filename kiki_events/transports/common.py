@@ -1,9 +1,12 @@
-"""What every transport shares: options, the outbox flusher, frame intake, supervision.
+"""What every transport shares: the outbox flusher, state, supervision, control messages.
 
 :class:`BaseTransport` implements the producer side of the protocol (``publish``
 into the outbox, a supervised task flushing it with backoff while the connection
-is down) and the checks on everything received (size, version, validation, echo
-suppression), so each transport only says how frames are sent and read.
+is down), the transport's state, and sending control messages and replay answers
+as frames; the checks on everything received are its
+:class:`~kiki_events.transports.intake.Intake`. A transport only says how frames
+are sent and read, and how it keeps the run registry (see
+:mod:`~kiki_events.transports.base` for adding one).
 """
 
 from __future__ import annotations
@@ -11,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..codec import encode
 from ..core.tasks import Backoff, stop_tasks, supervise
@@ -22,81 +23,16 @@ from ..errors import TransportError
 from ..events import DoneEvent, StreamEvent
 from ..redaction import redact_text
 from ..topics import topic_of
-from .base import ControlMessage, RunInfo, TransportListener, TransportState, TransportStats
-from .outbox import Outbox, OutboxBatch, chunks
-from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_REPLAY, WireError, pack, unpack
+from .base import ControlMessage, RunInfo, TransportListener, TransportState
+from .frames import control_frame, replay_frames
+from .intake import Intake
+from .options import TransportOptions
+from .outbox import Outbox, OutboxBatch
+from .stats import TransportStats
 
-if TYPE_CHECKING:
-    from ..config import Settings
-
-__all__ = ["BaseTransport", "TransportOptions"]
+__all__ = ["BaseTransport"]
 
 logger = logging.getLogger("kiki_events.bridge")
-
-_HEADER_ROOM = 1024
-"""Bytes kept free in a frame for its header."""
-
-
-@dataclass(frozen=True)
-class TransportOptions:
-    """Knobs every transport reads; :meth:`from_settings` maps them from the YAML."""
-
-    prefix: str = "kiki:"
-    """Key and channel prefix: isolates deployments (tenants) sharing one Redis."""
-    outbox_size: int = 100_000
-    batch_size: int = 256
-    """Most events in one frame."""
-    flush_interval: float = 0.002
-    max_message_bytes: int = 1 << 20
-    """Largest frame sent or accepted."""
-    timeout: float = 5.0
-    """Longest wait for one flush to Redis."""
-    lifecycle: bool = True
-    """Receive lifecycle broadcasts (``eventbus.subscribe.events`` is not empty)."""
-    publish: bool = True
-    """Send this node's events (``eventbus.publish.enabled``)."""
-    run_ttl: float = 7 * 86400.0
-    """How long a finished run's stream and registry entry are kept."""
-    stream_maxlen: int = 10_000
-    """Approximate bound of each run stream, in entries (frames)."""
-    thread_ttl: float = 7 * 86400.0
-    """Least lifetime of a thread's owner after its last registry update (``runs.thread_ttl``)."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TransportOptions:
-        """Options from the ``eventbus`` section (and ``runs.replay_ttl`` for pub/sub retention)."""
-        bus = settings.eventbus
-        persistence = bus.persistence
-        if persistence.run_ttl is not None:
-            run_ttl = persistence.run_ttl
-        elif bus.provider == "redis" and bus.redis.mode == "streams":
-            run_ttl = persistence.retention_days * 86400.0
-        else:
-            # Without streams a run's history lives in its node's memory only.
-            run_ttl = settings.runs.replay_ttl
-        return cls(
-            prefix=bus.redis.channel_prefix,
-            outbox_size=bus.publish.outbox_size,
-            batch_size=bus.publish.batch_size,
-            flush_interval=bus.publish.flush_interval,
-            max_message_bytes=bus.publish.max_message_bytes,
-            timeout=bus.publish.timeout or 5.0,
-            lifecycle=bool(bus.subscribe.events),
-            publish=bus.publish.enabled,
-            run_ttl=max(run_ttl, 1.0),
-            stream_maxlen=persistence.stream_maxlen,
-            thread_ttl=settings.runs.thread_ttl,
-        )
-
-    def owner_ttl(self, entry_ttl: float) -> int:
-        """Seconds a thread's owner is kept from an update whose run entry lives ``entry_ttl``."""
-        return max(int(self.thread_ttl), int(entry_ttl), 1)
-
-    @property
-    def frame_bytes(self) -> int:
-        """Room for events in one frame."""
-        return max(self.max_message_bytes - _HEADER_ROOM, 256)
-
 
 _STOP_GRACE = 0.5
 """Seconds a read loop gets to notice the transport closed before it is cancelled."""
@@ -125,8 +61,7 @@ class BaseTransport:
         self._ever_in = False
         self._overflow_logged = False
         self._outage_logged = False
-        self._rejected_logged: set[str] = set()
-        self._bad_listener_logged = False
+        self._intake = Intake(node, self.stats, options.max_message_bytes)
         self._state_changed: asyncio.Event | None = None
         self._flushed: asyncio.Event | None = None
         """Set (and replaced) when a batch was sent and when closing: wakes :meth:`flush`."""
@@ -180,7 +115,7 @@ class BaseTransport:
     async def start(self, listener: TransportListener) -> None:
         if self._started:
             raise TransportError(f"the {self.name} transport was started already")
-        self._listener = listener
+        self._listener = self._intake.listener = listener
         self._started = True
         self._changed()
         self._tasks.append(supervise(f"kiki-bridge-flush:{self.name}", self._flush_forever))
@@ -355,93 +290,36 @@ class BaseTransport:
         self._changed()
 
     def _receive(self, data: bytes | str, *, live: bool = True) -> str | None:
-        """Validate one frame from outside and hand it to the listener (never raises).
-
-        Returns why it was dropped (counted and logged), or ``None``.
-        """
-        try:
-            message = unpack(data, max_bytes=self.options.max_message_bytes)
-        except WireError as exc:
-            self.stats.drop(exc.reason)
-            self._log_once(exc.reason, "dropped a frame from the transport: %s", exc)
-            return exc.reason
-        if message.sender == self.node:
-            return None  # our own frame: never re-deliver it here
-        listener = self._listener
-        if listener is None:
-            return None
-        kind = message.kind
-        if kind == KIND_CONTROL:
-            op = message.header.get("o")
-            payload = message.header.get("p", {})
-            if not isinstance(op, str) or not op or not isinstance(payload, dict):
-                self.stats.drop("malformed")
-                self._log_once("malformed", "dropped a frame from the transport: %s", "invalid control message")
-                return "malformed"
-            self.stats.messages_in += 1
-            self._safely(listener.on_control, ControlMessage(op, message.sender, payload))
-            return None
-        self.stats.messages_in += 1
-        if kind == KIND_LIFECYCLE:
-            self.stats.lifecycle_in += len(message.events)
-        else:
-            self.stats.events_in += len(message.events)
-        if live and kind in (KIND_BATCH, KIND_LIFECYCLE):
-            self.stats.lag.observe(time.time() - message.sent_at)
-        self._safely(listener.on_frame, message)
-        return None
+        """Validate one frame from outside and hand it to the listener (see :meth:`Intake.receive`)."""
+        return self._intake.receive(data, live=live)
 
     def _safely(self, method: Callable[..., object], *args: object) -> None:
-        try:
-            method(*args)
-        except Exception:
-            self.stats.drop("listener_error")
-            if not self._bad_listener_logged:
-                self._bad_listener_logged = True
-                logger.exception("the bridge failed to handle a frame")
+        self._intake.safely(method, *args)
 
     def _log_once(self, kind: str, message: str, *args: object) -> None:
-        if kind in self._rejected_logged:
-            logger.debug(message, *args)
-            return
-        self._rejected_logged.add(kind)
-        logger.warning(message + " (logged once per kind; see kiki_events_dropped_total)", *args)
+        self._intake.log_once(kind, message, *args)
 
+    # -- control messages ---------------------------------------------------------------------
+    async def send_control(self, message: ControlMessage, node: str | None = None) -> None:
+        """See :meth:`ControlChannel.send_control <kiki_events.transports.base.ControlChannel.send_control>`."""
+        await self._send_control_frames(node, [control_frame(self.node, message)])
 
-def replay_frames(
-    node: str,
-    run_id: str,
-    events: Sequence[bytes],
-    options: TransportOptions,
-    *,
-    first: int | None = None,
-    gone: bool = False,
-) -> list[bytes]:
-    """The frames of a replay answer: ``f`` (first kept seq) on the first, ``e`` (end) on the last."""
-    now = time.time()
-    parts = list(chunks(list(events), options.batch_size, options.frame_bytes)) or [(0, 0)]
-    frames = []
-    for index, (start, stop) in enumerate(parts):
-        header: dict[str, Any] = {}
-        if index == 0 and first is not None:
-            header["f"] = first
-        if index == len(parts) - 1:
-            header["e"] = 1
-            if gone:
-                header["g"] = 1
-        frames.append(pack(KIND_REPLAY, node, events[start:stop], sent_at=now, run_id=run_id, **header))
-    return frames
+    async def send_replay(
+        self, node: str, run_id: str, events: Sequence[bytes], *, first: int | None = None, gone: bool = False
+    ) -> None:
+        """See :meth:`ControlChannel.send_replay <kiki_events.transports.base.ControlChannel.send_replay>`."""
+        frames = replay_frames(self.node, run_id, events, self.options, first=first, gone=gone)
+        await self._send_control_frames(node, frames)
 
+    async def _send_control_frames(self, node: str | None, frames: Sequence[bytes]) -> None:
+        """Send ``frames`` where ``node`` (``None``: every node) reads control messages, in order.
 
-def control_extra(message: ControlMessage) -> Mapping[str, Any]:
-    """Header keys of a control frame."""
-    return {"o": message.op, "p": dict(message.payload)}
+        Raises:
+            TransportError: they could not be sent now.
+        """
+        raise NotImplementedError
 
-
-async def cancel_quietly(task: asyncio.Task[Any] | None) -> None:
-    """Cancel ``task`` and wait for it, whatever it raises."""
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    # -- reading back ------------------------------------------------------------------------
+    async def backfill(self, run_id: str, after: int) -> bool:
+        """Deliver stored events after ``after`` again: only durable transports can (``False`` here)."""
+        return False

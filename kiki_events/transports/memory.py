@@ -10,7 +10,8 @@ availability switch that simulates an outage. Each runtime gets a
         async for event in b.follow(handle.run_id): ...
 
 Frames go through the same encoding and checks as with Redis, and the same
-channel names (so prefixes isolate tenants on one hub). Delivery is at-most-once
+channel names (:class:`~kiki_events.transports.names.Names`, so prefixes isolate
+tenants on one hub). Delivery is at-most-once
 like Redis pub/sub: what is published while the hub is down is lost, and the
 bridge repairs the gap from the owning node.
 """
@@ -24,11 +25,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import TransportError
-from ..redis.client import Keys
-from .base import ControlMessage, RunInfo, ThreadOwner, WatchKind
-from .common import BaseTransport, TransportOptions, control_extra, replay_frames
-from .outbox import OutboxBatch, chunks
-from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, KIND_THREAD, pack
+from .base import RunInfo, ThreadOwner, WatchKind
+from .common import BaseTransport
+from .frames import announcement, framed
+from .names import Names
+from .options import TransportOptions
+from .outbox import OutboxBatch
+from .wire import KIND_BATCH, KIND_LIFECYCLE
 
 __all__ = ["MemoryHub", "MemoryTransport"]
 
@@ -136,7 +139,7 @@ class MemoryTransport(BaseTransport):
     def __init__(self, hub: MemoryHub, *, node: str, options: TransportOptions | None = None) -> None:
         super().__init__(node=node, options=options)
         self.hub = hub
-        self.keys = Keys(self.options.prefix)
+        self.keys = Names(self.options.prefix)
         self._channels: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -191,27 +194,37 @@ class MemoryTransport(BaseTransport):
         hub._check()
         now = time.time()
         for info, announce in batch.registry.values():
-            thread_key = keys.thread_runs(info.thread_id) if info.thread_id else None
-            hub._put_run(keys.run_info(info.run_id), info, thread_key)
-            if info.thread_id:
-                entry_ttl = opts.run_ttl if info.ended else _RUNNING_TTL
-                owner_key = keys.thread_owner(info.thread_id)
-                hub._set_owner_if_absent(owner_key, ThreadOwner(info.principal), opts.owner_ttl(entry_ttl), extend=True)
+            self._put_run(info)
             if announce and info.thread_id:
-                marker = pack(KIND_THREAD, node, sent_at=now, run_id=info.run_id, i=info.to_fields())
-                hub.publish(keys.thread_channel(info.thread_id), marker)
+                hub.publish(keys.thread_channel(info.thread_id), announcement(node, info, sent_at=now))
                 self.stats.messages_out += 1
         for run_id, pending in batch.runs.items():
             channel = keys.run_channel(run_id)
-            events = pending.events
-            for start, stop in chunks(events, opts.batch_size, opts.frame_bytes):
-                hub.publish(channel, pack(KIND_BATCH, node, events[start:stop], sent_at=now, run_id=run_id))
+            for _, _, frame in framed(KIND_BATCH, node, pending.events, opts, sent_at=now, run_id=run_id):
+                hub.publish(channel, frame)
                 self.stats.messages_out += 1
-            self.stats.events_out += len(events)
-        lifecycle = batch.lifecycle
-        for start, stop in chunks(lifecycle, opts.batch_size, opts.frame_bytes):
-            hub.publish(keys.lifecycle_channel(), pack(KIND_LIFECYCLE, node, lifecycle[start:stop], sent_at=now))
+            self.stats.events_out += len(pending.events)
+        for _, _, frame in framed(KIND_LIFECYCLE, node, batch.lifecycle, opts, sent_at=now):
+            hub.publish(keys.lifecycle_channel(), frame)
             self.stats.messages_out += 1
+
+    def _put_run(self, info: RunInfo) -> None:
+        """Store a registry entry (and the owner of its thread, extending it), as Redis does."""
+        keys = self.keys
+        thread_key = keys.thread_runs(info.thread_id) if info.thread_id else None
+        self.hub._put_run(keys.run_info(info.run_id), info, thread_key)
+        if info.thread_id:
+            entry_ttl = self.options.run_ttl if info.ended else _RUNNING_TTL
+            owner_ttl = self.options.owner_ttl(entry_ttl)
+            owner = ThreadOwner(info.principal)
+            self.hub._set_owner_if_absent(keys.thread_owner(info.thread_id), owner, owner_ttl, extend=True)
+
+    async def _send_control_frames(self, node: str | None, frames: Sequence[bytes]) -> None:
+        channel = self.keys.control_channel(node)
+        self.hub._check()
+        for frame in frames:
+            self.hub.publish(channel, frame)
+        self.stats.messages_out += len(frames)
 
     # -- the rest of the protocol ----------------------------------------------------------
     def _channel(self, kind: WatchKind, key: str) -> str:
@@ -223,24 +236,6 @@ class MemoryTransport(BaseTransport):
 
     async def unwatch(self, kind: WatchKind, key: str) -> None:
         self._leave(self._channel(kind, key))
-
-    async def backfill(self, run_id: str, after: int) -> bool:
-        return False
-
-    async def send_control(self, message: ControlMessage, node: str | None = None) -> None:
-        frame = pack(KIND_CONTROL, self.node, sent_at=time.time(), **control_extra(message))
-        self.hub.publish(self.keys.control_channel(node), frame)
-        self.stats.messages_out += 1
-
-    async def send_replay(
-        self, node: str, run_id: str, events: Sequence[bytes], *, first: int | None = None, gone: bool = False
-    ) -> None:
-        channel = self.keys.control_channel(node)
-        frames = replay_frames(self.node, run_id, events, self.options, first=first, gone=gone)
-        self.hub._check()
-        for frame in frames:
-            self.hub.publish(channel, frame)
-        self.stats.messages_out += len(frames)
 
     async def heartbeat(self, ttl: float) -> None:
         self.hub._check()

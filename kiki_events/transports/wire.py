@@ -22,7 +22,7 @@ plus kind-specific keys: ``p`` frames carry ``f`` (first seq the owner still has
 ``t`` frames carry ``i`` (the run's registry fields); ``c`` frames carry ``o`` (the
 operation) and ``p`` (its payload).
 
-:func:`unpack` validates foreign bytes completely and raises :class:`WireError`
+:func:`unpack` validates foreign bytes completely and raises :class:`~kiki_events.errors.WireError`
 with a ``reason`` (``oversized``, ``unknown_version``, ``malformed``) that
 receivers count.
 """
@@ -38,7 +38,7 @@ from typing import Any, Final, Literal, TypeAlias, TypeGuard
 from pydantic import ValidationError
 
 from ..codec import _ADAPTER, decode
-from ..errors import EventDecodeError
+from ..errors import EventDecodeError, WireError
 from ..events import SCHEMA_VERSION, StreamEvent
 from ..topics import topic_of
 
@@ -51,7 +51,6 @@ __all__ = [
     "WIRE_VERSION",
     "DropReason",
     "Message",
-    "WireError",
     "pack",
     "run_frame_of",
     "unpack",
@@ -72,14 +71,6 @@ _MAX_NAME = 256
 DropReason: TypeAlias = Literal["oversized", "unknown_version", "malformed"]
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _validate = _ADAPTER.validate_json
-
-
-class WireError(ValueError):
-    """Bytes that are not an acceptable frame; ``reason`` says which way."""
-
-    def __init__(self, reason: DropReason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason: DropReason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +114,6 @@ def _finite_number(value: object) -> TypeGuard[int | float]:
         return False
 
 
-def frame_size(events: Sequence[bytes]) -> int:
-    """Bytes ``events`` take in a frame, separators included (without the header)."""
-    return sum(len(e) for e in events) + len(events)
-
-
 def run_frame_of(data: object, run_id: str) -> str | None:
     """The sender of ``data`` if it is a run frame (``batch``) of ``run_id``, by its header alone; else ``None``.
 
@@ -158,6 +144,19 @@ def unpack(data: bytes | str, *, max_bytes: int) -> Message:
     if len(data) > max_bytes:
         raise WireError("oversized", f"frame of {len(data)} bytes is larger than the limit of {max_bytes}")
     head, _, body = data.partition(b"\n")
+    header = _header(head)
+    kind, sender, sent_at, run_id = _fields(header)
+    if not body:
+        return Message(kind, sender, float(sent_at), run_id, [], header)
+    if kind not in _RUN_KINDS and kind != KIND_LIFECYCLE:
+        raise WireError("malformed", f"frame of kind {kind!r} carries events")
+    events = _events(body.split(b"\n"), max_bytes)
+    _check_events(kind, run_id, events)
+    return Message(kind, sender, float(sent_at), run_id, events, header)
+
+
+def _header(head: bytes) -> dict[str, Any]:
+    """The header object of a frame, of this wire version."""
     try:
         header = json.loads(head)
     except (ValueError, RecursionError):
@@ -167,6 +166,11 @@ def unpack(data: bytes | str, *, max_bytes: int) -> Message:
     version = header.get("v")
     if version != WIRE_VERSION or type(version) is not int:
         raise WireError("unknown_version", f"frame version {version!r} (this build reads {WIRE_VERSION})")
+    return header
+
+
+def _fields(header: Mapping[str, Any]) -> tuple[str, str, int | float, str | None]:
+    """Kind, sender, publish time and run id of a header, checked."""
     kind = header.get("k")
     sender = header.get("n")
     sent_at = header.get("t")
@@ -181,18 +185,21 @@ def unpack(data: bytes | str, *, max_bytes: int) -> Message:
         raise WireError("malformed", "frame run id is invalid")
     if kind in _RUN_KINDS and run_id is None:
         raise WireError("malformed", "run frame without a run id")
-    if not body:
-        return Message(kind, sender, float(sent_at), run_id, [], header)
-    if kind not in _RUN_KINDS and kind != KIND_LIFECYCLE:
-        raise WireError("malformed", f"frame of kind {kind!r} carries events")
-    lines = body.split(b"\n")
+    return kind, sender, sent_at, run_id
+
+
+def _events(lines: list[bytes], max_bytes: int) -> list[StreamEvent]:
     try:
         # The whole frame is within max_bytes, so each event is: validate them directly.
-        events = [_validate(line) for line in lines]
+        return [_validate(line) for line in lines]
     except ValidationError:
         for line in lines:
             _event(line, max_bytes)  # raises with the reason of the first bad event
         raise WireError("malformed", "frame carries an invalid event") from None  # pragma: no cover
+
+
+def _check_events(kind: str, run_id: str | None, events: list[StreamEvent]) -> None:
+    """Lifecycle frames carry lifecycle events; run frames carry events of their run (never notices)."""
     if kind == KIND_LIFECYCLE:
         for event in events:
             if event.seq < 1 or topic_of(event) is None:
@@ -201,7 +208,6 @@ def unpack(data: bytes | str, *, max_bytes: int) -> Message:
         for event in events:
             if event.run_id != run_id or event.seq < 1:
                 raise WireError("malformed", "frame carries an event of another run, or a notice")
-    return Message(kind, sender, float(sent_at), run_id, events, header)
 
 
 def _event(line: bytes, max_bytes: int) -> StreamEvent:
