@@ -21,7 +21,9 @@ from .config import Settings, load_settings
 from .core.bus import BusStats, EventBus, Overflow, Subscription
 from .core.graphs import GraphRegistry, load_graph
 from .errors import (
+    ArgumentTypeError,
     BusError,
+    CheckFailedError,
     ConfigError,
     EventDecodeError,
     GraphLoadError,
@@ -37,7 +39,9 @@ from .errors import (
     RunNotFoundError,
     SubscriptionOverflowError,
     TransportError,
+    UnknownFormatError,
     UnknownGraphError,
+    WireError,
 )
 from .events import (
     SCHEMA_VERSION,
@@ -65,8 +69,10 @@ __version__ = "0.1.0"
 __all__ = [
     "SCHEMA_VERSION",
     "AgentLifecycleEvent",
+    "ArgumentTypeError",
     "BusError",
     "BusStats",
+    "CheckFailedError",
     "ConfigError",
     "CustomEvent",
     "DoneEvent",
@@ -103,8 +109,10 @@ __all__ = [
     "ToolCallEvent",
     "ToolResultEvent",
     "TransportError",
+    "UnknownFormatError",
     "UnknownGraphError",
     "Usage",
+    "WireError",
     "__version__",
     "decode",
     "decode_sse",

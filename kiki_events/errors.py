@@ -72,6 +72,14 @@ class InvalidArgumentError(KikiEventsError, ValueError):
     """An argument is invalid or conflicts with another (``subscribe(run_id=…, topics=…)``)."""
 
 
+class ArgumentTypeError(KikiEventsError, TypeError):
+    """An argument has a type the call cannot use (the message names what it accepts)."""
+
+
+class CheckFailedError(KikiEventsError, AssertionError):
+    """A check of :mod:`kiki_events.testing` found a stream that breaks the event contract."""
+
+
 class UnknownFormatError(KikiEventsError, LookupError):
     """No wire format is registered under the requested name (see ``kiki_events.formats``)."""
 

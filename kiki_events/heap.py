@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import gc
 
+from .errors import InvalidArgumentError
+
 __all__ = ["SERVING_THRESHOLDS", "freeze_startup_heap", "tune_collector"]
 
 SERVING_THRESHOLDS = (50_000, 20, 10)
@@ -55,7 +57,7 @@ def tune_collector(thresholds: tuple[int, int, int] = SERVING_THRESHOLDS) -> tup
         ValueError: a threshold is not positive.
     """
     if len(thresholds) != 3 or any(value < 1 for value in thresholds):
-        raise ValueError(f"thresholds must be three positive numbers; got {thresholds!r}")
+        raise InvalidArgumentError(f"thresholds must be three positive numbers; got {thresholds!r}")
     previous = gc.get_threshold()
     gc.set_threshold(*thresholds)
     return previous

@@ -16,6 +16,7 @@ from typing import Any
 from langchain_core.runnables import Runnable, RunnableConfig
 
 from .capture.handler import KikiCallbackHandler
+from .errors import CheckFailedError
 from .events import DoneEvent, StreamEvent, TokenEvent, ToolCallEvent, ToolResultEvent
 from .transports.memory import MemoryHub
 
@@ -51,7 +52,7 @@ class CapturedEvents(list[StreamEvent]):
         """The run's ``done`` event (the list must hold exactly one run)."""
         dones = [e for e in self if isinstance(e, DoneEvent)]
         if len(dones) != 1:
-            raise AssertionError(f"expected exactly one done event, found {len(dones)}")
+            raise CheckFailedError(f"expected exactly one done event, found {len(dones)}")
         return dones[0]
 
     def tool_calls(self) -> dict[str, dict[str, Any]]:
@@ -77,15 +78,15 @@ class CapturedEvents(list[StreamEvent]):
             events = self.for_run(run_id)
             seqs = [e.seq for e in events]
             if seqs != list(range(1, len(seqs) + 1)):
-                raise AssertionError(f"run {run_id}: seq is not 1..n without gaps: {seqs[:20]}…")
+                raise CheckFailedError(f"run {run_id}: seq is not 1..n without gaps: {seqs[:20]}…")
             if events[0].type != "status":
-                raise AssertionError(f"run {run_id}: first event is {events[0].type}, not status")
+                raise CheckFailedError(f"run {run_id}: first event is {events[0].type}, not status")
             if [e.type for e in events].count("done") != 1 or events[-1].type != "done":
-                raise AssertionError(f"run {run_id}: expected exactly one done, last")
+                raise CheckFailedError(f"run {run_id}: expected exactly one done, last")
             for call_id, call in events.tool_calls().items():
                 streamed = call["args_text"]
                 if call.get("args") is not None and streamed and json.loads(streamed) != call["args"]:
-                    raise AssertionError(f"tool call {call_id}: streamed args differ from final args")
+                    raise CheckFailedError(f"tool call {call_id}: streamed args differ from final args")
 
 
 async def capture_run(

@@ -70,3 +70,25 @@ def test_docstrings_cite_only_documents_in_the_repository() -> None:
             if not (ROOT / "docs" / name).exists():
                 cited[str(path.relative_to(ROOT))] = f"docs/{name}"
     assert cited == {}, f"these modules cite documents that are not in the repository: {cited}"
+
+
+def test_every_raised_error_derives_from_the_package_base_error() -> None:
+    import builtins
+
+    import kiki_events.errors as errors
+
+    ours = {name for name, value in vars(errors).items() if isinstance(value, type)}
+    builtin = {
+        name for name, value in vars(builtins).items() if isinstance(value, type) and issubclass(value, Exception)
+    }
+    # Protocols that name their exception: a module's __getattr__, an abstract method.
+    allowed = {"AttributeError", "NotImplementedError"}
+    foreign: list[str] = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and isinstance(node.exc.func, ast.Name):
+                name = node.exc.func.id
+                if name in builtin and name not in ours and name not in allowed:
+                    foreign.append(f"{path.relative_to(ROOT)}:{node.lineno} raises {name}")
+    assert foreign == [], "raise a kiki_events.errors class (a KikiEventsError) instead:\n" + "\n".join(foreign)
+    assert all(issubclass(getattr(errors, name), errors.KikiEventsError) for name in errors.__all__)

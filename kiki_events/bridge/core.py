@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..core.tasks import stop_tasks
+from ..errors import KikiEventsError
 from ..events import StreamEvent
 from ..transports.base import ControlMessage, RunInfo, Transport
 from ..transports.wire import KIND_LIFECYCLE, KIND_THREAD, Message
@@ -138,7 +139,7 @@ class Bridge:
     async def start(self) -> None:
         """Attach to the bus and the run store, and start the transport (not waiting for Redis)."""
         if self._state != "new":
-            raise RuntimeError(f"the bridge cannot be started: it is {self._state}")
+            raise KikiEventsError(f"the bridge cannot be started: it is {self._state}")
         self._state = "running"
         self._removers.append(self.bus.add_sink(self._outbound.sink))
         self._removers.append(self.bus.add_interest_listener(self._interest))

@@ -17,6 +17,7 @@ from uuid import UUID
 
 from langgraph.callbacks import GraphCallbackHandler
 
+from ..errors import ArgumentTypeError, InvalidArgumentError
 from ..events import StreamEvent
 from .state import LLMCallState, RunState
 
@@ -68,9 +69,9 @@ class HandlerBase(GraphCallbackHandler):
         publish = getattr(sink, "publish", None)
         emit = publish if callable(publish) else sink
         if not callable(emit):
-            raise TypeError("sink must be an EventBus or a callable taking a StreamEvent")
+            raise ArgumentTypeError("sink must be an EventBus or a callable taking a StreamEvent")
         if max_payload_chars < 16:
-            raise ValueError(f"max_payload_chars must be at least 16; got {max_payload_chars}")
+            raise InvalidArgumentError(f"max_payload_chars must be at least 16; got {max_payload_chars}")
         self._emit: EventSink = emit
         self.node = node
         self.thread_id = thread_id

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import InvalidArgumentError
+
 __all__ = ["RunInfo", "ThreadOwner", "float_of", "int_of", "text_fields", "text_of"]
 
 _INT = re.compile(r"[0-9]{1,18}")
@@ -28,7 +30,7 @@ def int_of(value: Any) -> int:
     """A count or seq stored as text (1 to 18 ASCII digits); ``ValueError`` otherwise."""
     text = text_of(value)
     if not _INT.fullmatch(text):
-        raise ValueError(f"expected an integer, got {text[:40]!r}")
+        raise InvalidArgumentError(f"expected an integer, got {text[:40]!r}")
     return int(text)
 
 
@@ -37,7 +39,7 @@ def float_of(value: Any) -> float:
     text = text_of(value)
     number = float(text) if _FLOAT.fullmatch(text) else math.nan
     if not math.isfinite(number):
-        raise ValueError(f"expected a finite number, got {text[:40]!r}")
+        raise InvalidArgumentError(f"expected a finite number, got {text[:40]!r}")
     return number
 
 

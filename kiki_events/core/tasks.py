@@ -12,6 +12,8 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from ..errors import InvalidArgumentError
+
 __all__ = ["Backoff", "stop_tasks", "supervise"]
 
 logger = logging.getLogger("kiki_events.tasks")
@@ -29,7 +31,7 @@ class Backoff:
 
     def __init__(self, initial: float = 0.05, cap: float = 1.0, *, jitter: bool = True) -> None:
         if initial <= 0 or cap < initial:
-            raise ValueError(f"backoff needs 0 < initial <= cap; got initial={initial}, cap={cap}")
+            raise InvalidArgumentError(f"backoff needs 0 < initial <= cap; got initial={initial}, cap={cap}")
         self.initial = initial
         self.cap = cap
         self.jitter = jitter

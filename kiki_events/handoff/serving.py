@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..capture.handler import KikiCallbackHandler
 from ..core.records import text_of
 from ..core.tasks import stop_tasks
-from ..errors import RunError, RunNotFoundError, UnknownGraphError
+from ..errors import InvalidArgumentError, RunError, RunNotFoundError, UnknownGraphError
 from ..redaction import redact_text
 from ..redis.workqueue import WorkItem
 from .common import _STOP_TIMEOUT, MAX_BLOCK, WIRE_VERSION, HandoffContext, Retry, logger, reraise_if_cancelled
@@ -223,7 +223,7 @@ class Server:
         try:
             payload = item.fields.get("input", "null")
             if len(payload) > context.settings.max_input_bytes:
-                raise ValueError(f"input is {len(payload)} bytes, more than handoff.max_input_bytes")
+                raise InvalidArgumentError(f"input is {len(payload)} bytes, more than handoff.max_input_bytes")
             graph_input = load_payload(json.loads(payload))
         except Exception as exc:
             await context.redis.delete(active.marker)

@@ -21,6 +21,8 @@ from typing import Annotated, Any, TypeAlias
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ..errors import ArgumentTypeError
+
 __all__ = ["AuthDependency", "Principal", "bearer_tokens", "principal_dependency"]
 
 Principal: TypeAlias = str | None
@@ -42,7 +44,7 @@ def principal_dependency(auth: AuthDependency | None) -> Callable[..., Awaitable
         if not principal:
             raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
         if not isinstance(principal, str):
-            raise TypeError(f"the auth dependency must return a str or None, not {type(principal).__name__}")
+            raise ArgumentTypeError(f"the auth dependency must return a str or None, not {type(principal).__name__}")
         return principal
 
     return required

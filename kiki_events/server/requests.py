@@ -14,6 +14,8 @@ import anyio
 from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from ..errors import InvalidArgumentError
+
 __all__ = ["MAX_CURSOR", "MAX_RUN_ID", "RunRequest", "parse_cursor", "parse_run_request", "read_body", "split_cursor"]
 
 ThreadId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._~:-]{1,128}$")]
@@ -59,7 +61,7 @@ class RunRequest(BaseModel):
     @model_validator(mode="after")
     def _one_input(self) -> RunRequest:
         if (self.input is None) == (self.message is None):
-            raise ValueError("give exactly one of 'input' or 'message'")
+            raise InvalidArgumentError("give exactly one of 'input' or 'message'")
         return self
 
     def graph_input(self) -> dict[str, Any]:
@@ -159,15 +161,17 @@ def split_cursor(value: str | None, *, name: str = "Last-Event-ID") -> tuple[str
     if not value:
         return None
     if len(value) > MAX_CURSOR:
-        raise ValueError(f"{name} is {len(value)} characters long, more than the limit of {MAX_CURSOR}")
+        raise InvalidArgumentError(f"{name} is {len(value)} characters long, more than the limit of {MAX_CURSOR}")
     run_id, sep, seq = value.rpartition(":")
     shown = json.dumps(value[:80])
     if sep and not run_id:
-        raise ValueError(f"malformed {name} {shown}: the run id before ':' is empty (expected '<run_id>:<seq>')")
+        raise InvalidArgumentError(
+            f"malformed {name} {shown}: the run id before ':' is empty (expected '<run_id>:<seq>')"
+        )
     if len(run_id) > MAX_RUN_ID:
-        raise ValueError(f"malformed {name} {shown}: the run id is longer than {MAX_RUN_ID} characters")
+        raise InvalidArgumentError(f"malformed {name} {shown}: the run id is longer than {MAX_RUN_ID} characters")
     if not _SEQ.fullmatch(seq):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"malformed {name} {shown}: the seq after the last ':' must be 1 to 18 ASCII digits 0-9"
             " (expected '<run_id>:<seq>')"
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ..errors import InvalidArgumentError
 from .base import RunInfo
 
 __all__ = ["Outbox", "OutboxBatch", "PendingRun", "chunks"]
@@ -44,7 +45,7 @@ class Outbox:
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
-            raise ValueError(f"capacity must be at least 1; got {capacity}")
+            raise InvalidArgumentError(f"capacity must be at least 1; got {capacity}")
         self.capacity = capacity
         self.depth = 0
         """Run events waiting to be taken."""
