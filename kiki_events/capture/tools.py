@@ -153,26 +153,17 @@ class ToolsMixin(HandlerBase):
         tool_call_id = getattr(output, "tool_call_id", None) or tool_call_id
         content = getattr(output, "content", output)
         text, truncated = self._payload(content)
-        if getattr(output, "status", None) == "error":
-            self._send(
-                run,
-                ToolResultEvent,
-                agent=agent,
-                tool_call_id=tool_call_id,
-                name=name,
-                error=text,
-                truncated=truncated or None,
-            )
-        else:
-            self._send(
-                run,
-                ToolResultEvent,
-                agent=agent,
-                tool_call_id=tool_call_id,
-                name=name,
-                output=text,
-                truncated=truncated or None,
-            )
+        # A ToolMessage with status "error" carries the error text as its content.
+        field = "error" if getattr(output, "status", None) == "error" else "output"
+        self._send(
+            run,
+            ToolResultEvent,
+            agent=agent,
+            tool_call_id=tool_call_id,
+            name=name,
+            truncated=truncated or None,
+            **{field: text},
+        )
 
     @guard
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
