@@ -42,35 +42,35 @@ class Frame:
     """
 
     __slots__ = ("_data", "_key", "_more", "event", "first_of_message", "seq")
+    _key: Hashable
+    _data: bytes
+    _more: dict[Hashable, bytes]
 
     def __init__(self, event: StreamEvent, *, first_of_message: bool = True) -> None:
         self.event = event
         self.seq = event.seq
         self.first_of_message = first_of_message
-        # The first format's bytes sit in two slots (the common case: one format
-        # per server); any further format's in a dict made on demand.
-        self._key: Hashable | None = None
-        self._data = b""
-        self._more: dict[Hashable, bytes] | None = None
+        # The memo slots stay unset until a format asks (one frame is built per
+        # event, on the hot path): the first format's bytes then sit in two slots
+        # (the common case: one format per server), any further format's in a dict.
 
     def encoded(self, key: Hashable, build: Callable[[Frame], bytes]) -> bytes:
-        """This frame's bytes in the format ``key`` (not ``None``), built by ``build`` once.
+        """This frame's bytes in the format ``key``, built by ``build`` once.
 
         Every later call with the same ``key`` returns the same bytes object; a
         format whose bytes differ per client must not use this.
         """
-        first = self._key
-        if first is key:
-            return self._data
-        if first is None:
-            data = build(self)
+        try:
+            first = self._key
+        except AttributeError:
+            data = self._data = build(self)
             self._key = key
-            self._data = data
             return data
-        if first == key:
+        if first is key or first == key:
             return self._data
-        more = self._more
-        if more is None:
+        try:
+            more = self._more
+        except AttributeError:
             more = self._more = {}
         cached = more.get(key)
         if cached is None:
