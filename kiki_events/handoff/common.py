@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GROUP",
     "MAX_BLOCK",
+    "STOP_TIMEOUT",
     "WIRE_VERSION",
     "Follow",
     "HandoffContext",
@@ -43,7 +44,7 @@ logger = logging.getLogger("kiki_events.handoff")
 GROUP = "kiki-agents"
 """Consumer group of every work stream."""
 WIRE_VERSION = "1"
-_STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
 """Seconds a handoff loop gets to end once cancelled."""
 
 MAX_BLOCK = 2.0
@@ -62,7 +63,7 @@ def _new_stats() -> dict[str, int]:
 
 @dataclass(eq=False)
 class HandoffContext:
-    """What one Handoff uses of its node: settings, Redis client, run manager, bridge, counters.
+    """What one Handoff uses of its node: settings, Redis client, run manager, follow, bridge, counters.
 
     The composition root builds it and owns (and closes) the Redis client.
     """
@@ -76,10 +77,10 @@ class HandoffContext:
     """Runs the served agents' tasks; its store and graphs are the node's."""
     concurrency: int
     """Tasks of one agent this node runs at once (``handoff.concurrency``, else ``eventbus.subscribe.workers``)."""
+    follow: Follow
+    """How to follow a run from its id wherever it runs (the runtime's ``follow``)."""
     bridge: Bridge | None = None
     """The node's bridge: a requester that gives up cancels the remote run through it."""
-    follow: Follow | None = None
-    """How to follow a run from its id wherever it runs (``None``: this node's store only)."""
     stats: dict[str, int] = field(default_factory=_new_stats)
     """Counters: tasks delegated from here, run here, skipped as already done, …"""
 

@@ -30,7 +30,7 @@ from ..core.records import text_fields, text_of
 from ..core.tasks import stop_tasks
 from ..errors import HandoffError
 from ..redis.client import blocking_command
-from .common import _STOP_TIMEOUT, MAX_BLOCK, Retry, logger, reraise_if_cancelled
+from .common import MAX_BLOCK, STOP_TIMEOUT, Retry, logger, reraise_if_cancelled
 
 if TYPE_CHECKING:
     from ..redis.types import Pipeline, Redis
@@ -126,7 +126,7 @@ class ReplyReader:
         """Stop reading; requests still waiting fail with :class:`HandoffError`."""
         self._closed = True
         task, self._task = self._task, None
-        await stop_tasks((task,), timeout=_STOP_TIMEOUT)
+        await stop_tasks((task,), timeout=STOP_TIMEOUT)
         for inbox in list(self._inboxes.values()):
             inbox.fail(HandoffError("the Handoff was closed while waiting for a reply"))
         self._inboxes.clear()

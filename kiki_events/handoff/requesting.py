@@ -62,11 +62,9 @@ class _Request:
 class Requester:
     """Hands tasks to the agents other nodes serve and waits for their outcome."""
 
-    def __init__(self, context: HandoffContext, state: Callable[[], str], follow: Follow | None = None) -> None:
+    def __init__(self, context: HandoffContext, state: Callable[[], str]) -> None:
         self.context = context
         self._state = state
-        self.follow = follow
-        """Overrides ``context.follow``."""
         self._drain_grace = 3.0
         self.replies = ReplyReader(context.redis, wake_key(context.keys.prefix, context.node), stats=context.stats)
         """Routes the replies of every request waited on here (one connection for all)."""
@@ -124,7 +122,7 @@ class Requester:
                 self.replies.remove(request.inbox)
 
     def _follow_run(self, run_id: str, deadline: float) -> AsyncIterator[StreamEvent]:
-        return follow_run(self.follow or self.context.follow, self.context.runs.store, run_id, deadline)
+        return follow_run(self.context.follow, run_id, deadline)
 
     async def _submit(self, task: Task) -> _Request:
         context = self.context

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from ..capture.handler import KikiCallbackHandler
 from ..errors import HandoffError, KikiEventsError
-from .common import Follow, HandoffContext
+from .common import HandoffContext
 from .requesting import HandoffStream, Requester, Task
 from .results import HandoffResult
 from .serving import Server
@@ -49,13 +49,11 @@ class Handoff:
     otherwise use it as an async context manager, or call :meth:`start` and :meth:`close`.
 
     Args:
-        context: what it uses of its node (settings, Redis client, run manager, bridge);
-            the Redis client stays the caller's to close.
-        follow: how to follow a run from its id (default: ``context.follow``, else
-            this node's own run store).
+        context: what it uses of its node (settings, Redis client, run manager, how
+            to follow a run, bridge); the Redis client stays the caller's to close.
     """
 
-    def __init__(self, context: HandoffContext, *, follow: Follow | None = None) -> None:
+    def __init__(self, context: HandoffContext) -> None:
         self.context = context
         self.node = context.node
         self.settings = context.settings
@@ -65,16 +63,7 @@ class Handoff:
         """Counters: tasks delegated from here, run here, skipped as already done, …"""
         self._state: Literal["new", "running", "draining", "closed"] = "new"
         self._server = Server(context)
-        self._requester = Requester(context, lambda: self._state, follow)
-
-    @property
-    def follow(self) -> Follow | None:
-        """How runs are followed (``None``: ``context.follow``, else the local store)."""
-        return self._requester.follow
-
-    @follow.setter
-    def follow(self, value: Follow | None) -> None:
-        self._requester.follow = value
+        self._requester = Requester(context, lambda: self._state)
 
     # -- lifecycle --------------------------------------------------------------------------
     @property

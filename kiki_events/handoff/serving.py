@@ -24,7 +24,7 @@ from ..core.tasks import stop_tasks
 from ..errors import InvalidArgumentError, RunError, RunNotFoundError, UnknownGraphError
 from ..redaction import redact_text
 from ..redis.workqueue import WorkItem
-from .common import _STOP_TIMEOUT, MAX_BLOCK, WIRE_VERSION, HandoffContext, Retry, logger, reraise_if_cancelled
+from .common import MAX_BLOCK, STOP_TIMEOUT, WIRE_VERSION, HandoffContext, Retry, logger, reraise_if_cancelled
 from .payload import encode_output, load_payload
 from .served import ActiveTask, ResultHandler, ServedAgent, deadline_of
 
@@ -53,7 +53,7 @@ class Server:
         """Stop taking new tasks and stop advertising; tasks already running go on."""
         self.accepting = False
         served = list(self._served.values())
-        await stop_tasks((s.task for s in served), timeout=_STOP_TIMEOUT)
+        await stop_tasks((s.task for s in served), timeout=STOP_TIMEOUT)
         with contextlib.suppress(Exception):
             await self._unadvertise([s.agent for s in served])
 
@@ -62,7 +62,7 @@ class Server:
         running = [t for s in self._served.values() for t in s.running]
         if running:
             await asyncio.gather(*running, return_exceptions=True)
-        await stop_tasks((self._heartbeat,), timeout=_STOP_TIMEOUT)
+        await stop_tasks((self._heartbeat,), timeout=STOP_TIMEOUT)
 
     # -- agents -----------------------------------------------------------------------------
     async def serve(self, agent: str, graph: str) -> None:

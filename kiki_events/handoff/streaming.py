@@ -13,16 +13,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..core.cursors import RunCursor
-from ..core.runlog import Frame
 from ..core.tasks import stop_tasks
 from ..errors import RunNotFoundError
 from ..events import StreamEvent
-from .common import _STOP_TIMEOUT, Follow, logger
+from .common import STOP_TIMEOUT, Follow, logger
 from .results import HandoffResult
 
 if TYPE_CHECKING:
-    from ..core.store import RunStore
+    pass
 
 __all__ = ["HandoffStream", "Relay", "follow_run"]
 
@@ -60,29 +58,13 @@ async def empty_events() -> AsyncIterator[StreamEvent]:
     yield  # pragma: no cover
 
 
-async def _local_follow(store: RunStore, run_id: str, *, after: int = 0) -> AsyncIterator[StreamEvent]:
-    """Follow a run of this node's own store (used without a ``follow``)."""
-    record = store.get(run_id)
-    cursor = RunCursor(record.log, after)
-    while True:
-        items = await cursor.next()
-        if not items:
-            return
-        for item in items:
-            if isinstance(item, Frame):
-                yield item.event
-
-
-async def follow_run(
-    follow: Follow | None, store: RunStore, run_id: str, deadline: float
-) -> AsyncIterator[StreamEvent]:
+async def follow_run(follow: Follow, run_id: str, deadline: float) -> AsyncIterator[StreamEvent]:
     """Every event of ``run_id`` once, in order; retries while the run is not known here yet."""
     after = 0
     delay = 0.01
     while True:
         try:
-            source = follow(run_id, after=after) if follow is not None else _local_follow(store, run_id, after=after)
-            async for event in source:
+            async for event in follow(run_id, after=after):
                 if event.seq == 0 or event.seq <= after:
                     continue
                 after = event.seq
@@ -135,7 +117,7 @@ class Relay:
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name=name)
 
     async def stop(self) -> None:
-        await stop_tasks((self._watcher, self._pump, *self._retired), timeout=_STOP_TIMEOUT)
+        await stop_tasks((self._watcher, self._pump, *self._retired), timeout=STOP_TIMEOUT)
 
     async def next_event(self) -> StreamEvent | None:
         """The next event of the followed run; ``None`` once the result is in and the events ended.

@@ -99,7 +99,7 @@ def create_transport(
 
 
 def create_handoff(
-    settings: Settings, *, node: str, runs: RunManager, bridge: Bridge | None, follow: Follow | None
+    settings: Settings, *, node: str, runs: RunManager, bridge: Bridge | None, follow: Follow
 ) -> Handoff | None:
     """The node's Handoff with ``eventbus.provider: redis`` (else ``None``), known to its runs.
 

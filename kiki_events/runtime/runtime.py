@@ -148,7 +148,7 @@ class KikiRuntime:
         return create_collector(bus=self.bus, store=self.store, runs=self.runs, bridge=self.bridge)
 
     async def start(self) -> None:
-        """Start the bus and the run store's sweeper.
+        """Start the bus, the run store's sweeper, the sinks, the bridge and the handoff.
 
         Raises:
             KikiEventsError: the runtime was started before.
