@@ -33,6 +33,7 @@ __all__ = [
     "EventType",
     "InterruptEvent",
     "InterruptInfo",
+    "LLMCallEvent",
     "RunStatus",
     "StatusEvent",
     "StreamEvent",
@@ -49,6 +50,7 @@ EventType: TypeAlias = Literal[
     "status",
     "agent_lifecycle",
     "token",
+    "llm",
     "tool_call",
     "tool_result",
     "custom",
@@ -160,6 +162,10 @@ class ToolResultEvent(_Event):
     error: str | None = None
     """Redacted error message when the tool failed."""
     truncated: bool | None = None
+    duration_s: float | None = None
+    """Wall time of the tool run, in seconds."""
+    error_type: str | None = None
+    """Exception class name when the tool raised (``error`` holds the redacted message)."""
 
 
 class CustomEvent(_Event):
@@ -197,13 +203,39 @@ class ErrorEvent(_Event):
 
 
 class Usage(BaseModel):
-    """Token usage totals, read from ``on_llm_end``."""
+    """Token counts, read from ``on_llm_end``.
+
+    ``cached_tokens`` are the part of ``input_tokens`` read from the provider's prompt
+    cache, ``reasoning_tokens`` the part of ``output_tokens`` spent on reasoning.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class LLMCallEvent(_Event):
+    """One LLM call ended: its model, timings and token usage (one per call)."""
+
+    type: Literal["llm"] = "llm"
+    message_id: str
+    """The message whose ``token`` events this call streamed."""
+    status: Literal["success", "error", "cancelled"]
+    model: str | None = None
+    """The model name, as the integration reports it (e.g. ``gpt-4o-mini``)."""
+    provider: str | None = None
+    """The provider, as the integration reports it (e.g. ``openai``)."""
+    duration_s: float
+    """Wall time of the call, in seconds."""
+    ttft_s: float | None = None
+    """Time to the first streamed chunk, in seconds (absent when nothing streamed)."""
+    usage: Usage = Usage()
+    error_type: str | None = None
+    """Exception class name when the call failed."""
 
 
 class DoneEvent(_Event):
@@ -270,6 +302,7 @@ StreamEvent: TypeAlias = Annotated[
     StatusEvent
     | AgentLifecycleEvent
     | TokenEvent
+    | LLMCallEvent
     | ToolCallEvent
     | ToolResultEvent
     | CustomEvent

@@ -22,6 +22,7 @@ from kiki_events.events import (
     ErrorEvent,
     InterruptEvent,
     InterruptInfo,
+    LLMCallEvent,
     StatusEvent,
     StreamEvent,
     TokenEvent,
@@ -52,15 +53,34 @@ EXAMPLES: list[StreamEvent] = [
     ToolCallEvent(**ENVELOPE, seq=7, phase="args", tool_call_id="call_1", args_delta='{"query": "re'),
     ToolCallEvent(**ENVELOPE, seq=8, phase="end", tool_call_id="call_1", name="web_search", args={"query": "redis"}),
     ToolResultEvent(**ENVELOPE, seq=9, tool_call_id="call_1", name="web_search", output="3 results", truncated=False),
-    ToolResultEvent(**ENVELOPE, seq=10, tool_call_id="call_2", name="fetch_page", error="TimeoutError: slow"),
+    ToolResultEvent(
+        **ENVELOPE,
+        seq=10,
+        tool_call_id="call_2",
+        name="fetch_page",
+        error="TimeoutError: slow",
+        error_type="TimeoutError",
+        duration_s=2.5,
+    ),
     CustomEvent(**ENVELOPE, seq=11, name="multiagent:sync", data={"progress": 0.5, "steps": [1, 2], "ok": True}),
     InterruptEvent(**ENVELOPE, seq=12, interrupts=(InterruptInfo(id="int-1", value={"question": "Approve?"}),)),
     ErrorEvent(**ENVELOPE, seq=13, message="bad input", error_type="ValueError"),
-    DoneEvent(
+    LLMCallEvent(
         **ENVELOPE,
         seq=14,
+        message_id="msg-1",
         status="success",
-        usage=Usage(input_tokens=120, output_tokens=80, total_tokens=200),
+        model="gpt-4o-mini",
+        provider="openai",
+        duration_s=1.75,
+        ttft_s=0.25,
+        usage=Usage(input_tokens=120, output_tokens=80, total_tokens=200, reasoning_tokens=30, cached_tokens=64),
+    ),
+    DoneEvent(
+        **ENVELOPE,
+        seq=15,
+        status="success",
+        usage=Usage(input_tokens=120, output_tokens=80, total_tokens=200, reasoning_tokens=30, cached_tokens=64),
         duration_s=3.5,
         trace_id="trace-abc",
     ),
@@ -76,7 +96,7 @@ def _ids(events: list[StreamEvent]) -> list[str]:
 
 def test_the_examples_cover_every_event_type() -> None:
     assert {e.type for e in EXAMPLES} == set(EVENT_TYPES)
-    assert len(EVENT_TYPES) == 9
+    assert len(EVENT_TYPES) == 10
 
 
 @pytest.mark.parametrize("event", EXAMPLES, ids=_ids(EXAMPLES))
@@ -348,12 +368,12 @@ def test_events_reject_unknown_fields() -> None:
 # -- JSON schema ----------------------------------------------------------------------
 
 
-def test_event_json_schema_is_a_discriminated_union_of_the_nine_types() -> None:
+def test_event_json_schema_is_a_discriminated_union_of_the_ten_types() -> None:
     schema = event_json_schema()
 
     assert schema["title"] == "StreamEvent"
     variants = schema.get("oneOf") or schema.get("anyOf")
-    assert variants is not None and len(variants) == 9
+    assert variants is not None and len(variants) == 10
     assert schema["discriminator"]["propertyName"] == "type"
     assert set(schema["discriminator"]["mapping"]) == set(EVENT_TYPES)
     assert {v["$ref"] for v in variants} == set(schema["discriminator"]["mapping"].values())

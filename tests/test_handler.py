@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import operator
 from types import ModuleType
@@ -10,7 +11,9 @@ from typing import Annotated, Any
 
 import pytest
 from langchain_core.callbacks import adispatch_custom_event
+from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, BaseMessage, ToolCall
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
@@ -325,7 +328,7 @@ async def test_payloads_are_truncated(scripted: ModuleType) -> None:
 
 
 def _comparable(events: list[StreamEvent]) -> list[dict[str, Any]]:
-    volatile = {"ts", "run_id", "duration_s"}
+    volatile = {"ts", "run_id", "duration_s", "ttft_s"}
     return [e.model_dump(exclude=volatile, exclude_none=True) for e in events]
 
 
@@ -355,3 +358,94 @@ async def test_agent_path_names_nested_agents_without_task_ids() -> None:
     assert agent_path({"langgraph_checkpoint_ns": "", "langgraph_node": "writer"}) == "writer"
     assert agent_path({}) is None
     assert agent_path(None) is None
+
+
+async def test_every_llm_call_reports_model_timings_and_usage_once(research_team: ModuleType) -> None:
+    events = await capture_run(research_team.build_graph(), TASK)
+
+    calls = events.of_type("llm")
+    streamed = {e.message_id for e in events.of_type("token")}  # type: ignore[union-attr]
+    assert calls and {c.message_id for c in calls} >= streamed  # type: ignore[union-attr]
+    assert len({c.message_id for c in calls}) == len(calls)  # type: ignore[union-attr]
+    for call in calls:
+        assert call.status == "success" and call.model == "scripted-1" and call.provider == "kiki"  # type: ignore[union-attr]
+        assert call.ttft_s is not None and 0 <= call.ttft_s <= call.duration_s  # type: ignore[union-attr]
+        # The call's report comes after every token of its message.
+        last_token = max((e.seq for e in events.of_type("token") if e.message_id == call.message_id), default=0)  # type: ignore[union-attr]
+        assert call.seq > last_token
+    done = events.done.usage
+    assert done.input_tokens == sum(c.usage.input_tokens for c in calls) > 0  # type: ignore[union-attr]
+    assert done.output_tokens == sum(c.usage.output_tokens for c in calls) > 0  # type: ignore[union-attr]
+    assert done.total_tokens == sum(c.usage.total_tokens for c in calls)  # type: ignore[union-attr]
+    line = format_event(calls[0])
+    assert " llm m" in line and "scripted-1 success" in line and "ttft=" in line
+
+
+class _FixedReply(BaseChatModel):
+    """Answers every call with ``reply`` as it is, usage included (no streaming)."""
+
+    reply: AIMessage
+
+    @property
+    def _llm_type(self) -> str:
+        return "fixed"
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        return LangSmithParams(ls_provider="acme", ls_model_name="big-1", ls_model_type="chat")
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=self.reply)])
+
+
+async def test_llm_usage_details_and_failures_are_reported(scripted: ModuleType) -> None:
+    reply = AIMessage(
+        "fine",
+        usage_metadata={
+            "input_tokens": 40,
+            "output_tokens": 12,
+            "total_tokens": 52,
+            "input_token_details": {"cache_read": 32},
+            "output_token_details": {"reasoning": 7},
+        },
+    )
+    good = _FixedReply(reply=reply)
+    broken = scripted.ScriptedChatModel(script=lambda messages: 1 / 0, model_name="broken-1")
+
+    async def talk(state: MessagesState) -> dict[str, list[BaseMessage]]:
+        answer = await good.ainvoke("hi")
+        with contextlib.suppress(ZeroDivisionError):
+            await broken.ainvoke("hi")
+        return {"messages": [answer]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("talker", talk)
+    builder.add_edge(START, "talker")
+    builder.add_edge("talker", END)
+    events = await capture_run(builder.compile(), _user("x"))
+
+    events.check_invariants()
+    ok, failed = events.of_type("llm")
+    assert ok.model == "big-1" and ok.provider == "acme" and ok.status == "success" and ok.agent == "talker"  # type: ignore[union-attr]
+    assert ok.ttft_s is None  # nothing streamed
+    assert ok.usage.model_dump() == {  # type: ignore[union-attr]
+        "input_tokens": 40,
+        "output_tokens": 12,
+        "total_tokens": 52,
+        "reasoning_tokens": 7,
+        "cached_tokens": 32,
+    }
+    assert failed.status == "error" and failed.error_type == "ZeroDivisionError" and failed.model == "broken-1"  # type: ignore[union-attr]
+    assert failed.usage.total_tokens == 0 and failed.duration_s >= 0  # type: ignore[union-attr]
+    assert events.done.usage == ok.usage  # type: ignore[union-attr]
+
+
+async def test_tool_results_carry_their_duration_and_error_type(research_team: ModuleType) -> None:
+    events = await capture_run(research_team.build_graph(), _user("Please fail to fetch the Redis docs"))
+
+    results = events.of_type("tool_result")
+    assert results and all(r.duration_s is not None and r.duration_s >= 0 for r in results)  # type: ignore[union-attr]
+    failed = [r for r in results if r.error]  # type: ignore[union-attr]
+    assert len(failed) == 1 and failed[0].error_type  # type: ignore[union-attr]
+    assert all(r.error_type is None for r in results if not r.error)  # type: ignore[union-attr]

@@ -177,6 +177,6 @@ class LifecycleMixin(HandlerBase):
             self._send(
                 run, ErrorEvent, agent=run.failed_agent, message=redact_message(error), error_type=type(error).__name__
             )
-        usage = Usage(input_tokens=run.input_tokens, output_tokens=run.output_tokens, total_tokens=run.total_tokens)
+        usage = Usage(**run.usage)
         duration = round(time.monotonic() - run.started, 6)
         self._send(run, DoneEvent, status=status, usage=usage, duration_s=duration)

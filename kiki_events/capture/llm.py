@@ -1,5 +1,5 @@
-"""LLM calls: streamed tokens (text and reasoning), token usage, and the final
-message of a model that did not stream."""
+"""LLM calls: streamed tokens (text and reasoning), the final message of a model
+that did not stream, and one ``llm`` event per call (model, timings, token usage)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from uuid import UUID
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
-from ..events import trusted_token
-from .base import HIDDEN, guard
+from ..events import LLMCallEvent, Usage, trusted_token
+from .base import CANCELLED, HIDDEN, guard
 from .ids import agent_path
-from .state import LLMCallState, RunState
+from .state import LLMCallState, add_usage
 from .tools import ToolsMixin
 
 __all__ = ["LLMMixin"]
@@ -36,7 +36,7 @@ class LLMMixin(ToolsMixin):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._llm_start(run_id, parent_run_id, tags, metadata)
+        self._llm_start(run_id, parent_run_id, tags, metadata, kwargs)
 
     @guard
     def on_llm_start(
@@ -50,17 +50,23 @@ class LLMMixin(ToolsMixin):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._llm_start(run_id, parent_run_id, tags, metadata)
+        self._llm_start(run_id, parent_run_id, tags, metadata, kwargs)
 
     def _llm_start(
-        self, run_id: UUID, parent_run_id: UUID | None, tags: list[str] | None, metadata: dict[str, Any] | None
+        self,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+        extra: dict[str, Any],
     ) -> None:
         run = self._owner.get(parent_run_id) if parent_run_id is not None else None
         if run is None:
             return
         self._adopt(run, run_id)
         silent = bool(tags) and (_NOSTREAM in tags or HIDDEN in tags)  # type: ignore[operator]
-        call = LLMCallState(run, agent_path(metadata), f"m{next(run.messages)}", silent)
+        call = LLMCallState(run, agent_path(metadata), f"m{next(run.messages)}", silent, time.perf_counter())
+        call.model, call.provider = _model_of(metadata, extra.get("invocation_params"))
         run.llm_calls[run_id] = call
         self._llm_calls[run_id] = call
 
@@ -75,7 +81,11 @@ class LLMMixin(ToolsMixin):
         # The hot path (once per token): no decorator, one lookup, no I/O; a chat
         # chunk with text content makes exactly one call (``_token``).
         call = self._llm_calls.get(run_id)
-        if call is None or call.silent:
+        if call is None:
+            return
+        if not call.first_chunk:
+            call.first_chunk = time.perf_counter()
+        if call.silent:
             return
         try:
             message = getattr(chunk, "message", None)
@@ -90,15 +100,19 @@ class LLMMixin(ToolsMixin):
                 for block in content:
                     self._content_block(call, block)
             if message.additional_kwargs:
-                reasoning = message.additional_kwargs.get("reasoning_content")
-                if isinstance(reasoning, str) and reasoning:
-                    self._token(call, reasoning, "reasoning")
+                self._reasoning_content(call, message.additional_kwargs)
             chunks = getattr(message, "tool_call_chunks", None)
             if chunks:
                 for piece in chunks:
                     self._tool_call_chunk(call, piece)
         except Exception:
             self._failed("on_llm_new_token")
+
+    def _reasoning_content(self, call: LLMCallState, extra: dict[str, Any]) -> None:
+        """Reasoning some integrations put beside the content (``reasoning_content``)."""
+        reasoning = extra.get("reasoning_content")
+        if isinstance(reasoning, str) and reasoning:
+            self._token(call, reasoning, "reasoning")
 
     def _plain_token(self, call: LLMCallState, token: Any) -> None:
         """A token of a (non-chat) LLM: the text itself, no message around it."""
@@ -146,21 +160,48 @@ class LLMMixin(ToolsMixin):
         run = call.run
         self._release(run, run_id)
         message = _final_message(response)
-        _add_usage(run, message, response)
-        if call.silent:
-            return
-        if call.tokens == 0 and message is not None:
-            # The model did not stream: deliver the whole message as one delta.
-            text = message.text if isinstance(message.text, str) else ""
-            if text:
-                self._token(call, text, "text")
-        self._finish_tool_calls(call, message)
+        usage = _usage_of(message, response)
+        add_usage(run, usage)
+        if not call.silent:
+            if call.tokens == 0 and message is not None:
+                # The model did not stream: deliver the whole message as one delta.
+                text = message.text if isinstance(message.text, str) else ""
+                if text:
+                    self._token(call, text, "text")
+            self._finish_tool_calls(call, message)
+        if call.model is None and message is not None:
+            metadata = getattr(message, "response_metadata", None) or {}
+            name = metadata.get("model_name") or metadata.get("model")
+            call.model = name if isinstance(name, str) and name else None
+        self._llm_event(call, "success", usage)
 
     @guard
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         call = self._llm_calls.get(run_id)
-        if call is not None:
-            self._release(call.run, run_id)
+        if call is None:
+            return
+        self._release(call.run, run_id)
+        kind = type(error).__name__
+        if kind in CANCELLED:
+            self._llm_event(call, "cancelled", None)
+        else:
+            self._llm_event(call, "error", None, kind)
+
+    def _llm_event(self, call: LLMCallState, status: str, usage: Usage | None, error_type: str | None = None) -> None:
+        ended = time.perf_counter()
+        self._send(
+            call.run,
+            LLMCallEvent,
+            agent=call.agent,
+            message_id=call.message_id,
+            status=status,
+            model=call.model,
+            provider=call.provider,
+            duration_s=round(ended - call.started, 6),
+            ttft_s=round(call.first_chunk - call.started, 6) if call.first_chunk else None,
+            usage=usage if usage is not None else Usage(),
+            error_type=error_type,
+        )
 
 
 def _final_message(response: LLMResult) -> Any:
@@ -171,16 +212,44 @@ def _final_message(response: LLMResult) -> Any:
     return getattr(generation, "message", None)
 
 
-def _add_usage(run: RunState, message: Any, response: LLMResult) -> None:
-    """Add an LLM call's token usage to its run: the message's ``usage_metadata``, else the provider's."""
+def _model_of(metadata: dict[str, Any] | None, params: Any) -> tuple[str | None, str | None]:
+    """The model and provider of a call, from LangChain's ``ls_*`` metadata or the invocation params."""
+    model = provider = None
+    if metadata:
+        model, provider = metadata.get("ls_model_name"), metadata.get("ls_provider")
+    if not model and isinstance(params, dict):
+        model = params.get("model") or params.get("model_name") or params.get("model_id")
+    return (model if isinstance(model, str) and model else None), (
+        provider if isinstance(provider, str) and provider else None
+    )
+
+
+def _usage_of(message: Any, response: LLMResult) -> Usage:
+    """An LLM call's token usage: the message's ``usage_metadata``, else the provider's ``llm_output``."""
     usage = getattr(message, "usage_metadata", None) if message is not None else None
     if usage:
-        run.input_tokens += int(usage.get("input_tokens") or 0)
-        run.output_tokens += int(usage.get("output_tokens") or 0)
-        run.total_tokens += int(usage.get("total_tokens") or 0)
-    elif isinstance(response.llm_output, dict):
-        raw = response.llm_output.get("token_usage") or response.llm_output.get("usage") or {}
-        if isinstance(raw, dict):
-            run.input_tokens += int(raw.get("prompt_tokens") or raw.get("input_tokens") or 0)
-            run.output_tokens += int(raw.get("completion_tokens") or raw.get("output_tokens") or 0)
-            run.total_tokens += int(raw.get("total_tokens") or 0)
+        given = _count(usage.get("total_tokens"))
+        inputs, outputs = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
+        in_details = usage.get("input_token_details") or {}
+        out_details = usage.get("output_token_details") or {}
+        return Usage(
+            input_tokens=inputs,
+            output_tokens=outputs,
+            total_tokens=given or inputs + outputs,
+            reasoning_tokens=_count(out_details.get("reasoning")),
+            cached_tokens=_count(in_details.get("cache_read")),
+        )
+    raw = response.llm_output.get("token_usage") or response.llm_output.get("usage") if response.llm_output else None
+    if not isinstance(raw, dict):
+        return Usage()
+    inputs = _count(raw.get("prompt_tokens") or raw.get("input_tokens"))
+    outputs = _count(raw.get("completion_tokens") or raw.get("output_tokens"))
+    total = _count(raw.get("total_tokens")) or inputs + outputs
+    return Usage(input_tokens=inputs, output_tokens=outputs, total_tokens=total)
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError):
+        return 0

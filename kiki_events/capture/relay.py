@@ -15,10 +15,11 @@ from uuid import UUID
 from ..events import CustomEvent, DoneEvent, StreamEvent, TokenEvent, trusted_token
 from .base import HandlerBase, guard, now
 from .ids import agent_path
+from .state import add_usage
 
 __all__ = ["RelayMixin"]
 
-_NOT_RELAYED = frozenset({"status", "error", "done", "interrupt"})
+_NOT_RELAYED = frozenset({"status", "error", "done", "interrupt", "llm"})
 
 
 class RelayMixin(HandlerBase):
@@ -72,7 +73,8 @@ class RelayMixin(HandlerBase):
         original event's id, and its agent under ``agent_prefix`` (like a subgraph:
         ``writer`` + ``draft`` → ``writer/draft``). Message and tool call ids are
         renamed so they cannot collide with this run's own. A run's framing events
-        (``status``, ``error``, ``done``, ``interrupt``) and notices are not relayed:
+        (``status``, ``error``, ``done``, ``interrupt``), its ``llm`` call reports and
+        notices are not relayed:
         the relaying node reports the outcome itself. The copy keeps the ``node``
         that produced the original: it is an event of ``run_id``'s run all the same,
         and travels with it (the bridge sends a run's events by the run's owner).
@@ -87,9 +89,7 @@ class RelayMixin(HandlerBase):
         if event.type in _NOT_RELAYED:
             if type(event) is DoneEvent and event.run_id not in run.relayed_usage:
                 run.relayed_usage.add(event.run_id)
-                run.input_tokens += event.usage.input_tokens
-                run.output_tokens += event.usage.output_tokens
-                run.total_tokens += event.usage.total_tokens
+                add_usage(run, event.usage)
             return None
         agent = event.agent
         if agent_prefix:

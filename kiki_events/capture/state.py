@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-__all__ = ["LLMCallState", "NodeState", "RunState", "ToolCallState"]
+from ..events import Usage
+
+__all__ = ["LLMCallState", "NodeState", "RunState", "ToolCallState", "add_usage"]
 
 
 @dataclass
@@ -28,6 +30,12 @@ class LLMCallState:
     agent: str | None
     message_id: str
     silent: bool
+    started: float
+    """``time.perf_counter()`` when the call started."""
+    model: str | None = None
+    provider: str | None = None
+    first_chunk: float = 0.0
+    """``time.perf_counter()`` of the first streamed chunk (0.0 until one arrives)."""
     tokens: int = 0
     tool_calls: dict[Any, ToolCallState] = field(default_factory=dict)
 
@@ -55,12 +63,12 @@ class RunState:
     nodes: dict[UUID, NodeState] = field(default_factory=dict)
     node_namespaces: set[str] = field(default_factory=set)
     llm_calls: dict[UUID, LLMCallState] = field(default_factory=dict)
-    tools: dict[UUID, tuple[str, str, str | None]] = field(default_factory=dict)
+    tools: dict[UUID, tuple[str, str, str | None, float]] = field(default_factory=dict)
+    """Tool runs in progress: (tool_call_id, name, agent, ``perf_counter()`` at start)."""
     pending_tool_calls: list[tuple[str, str, str]] = field(default_factory=list)
     """(tool_call_id, name, canonical args JSON) requested but not yet started."""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    total_tokens: int = 0
+    usage: dict[str, int] = field(default_factory=dict)
+    """Token counts of the run so far, by :class:`~kiki_events.events.Usage` field."""
     interrupted: bool = False
     failed_agent: str | None = None
     error_sent: bool = False
@@ -68,3 +76,11 @@ class RunState:
     """Message ids of relayed runs → message ids in this run (see ``relay``)."""
     relayed_usage: set[str] = field(default_factory=set)
     """Relayed runs whose usage was added to this run's (once each)."""
+
+
+def add_usage(run: RunState, usage: Usage) -> None:
+    """Add ``usage`` to ``run``'s totals."""
+    totals = run.usage
+    for name, count in usage:
+        if count:
+            totals[name] = totals.get(name, 0) + count

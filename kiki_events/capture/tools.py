@@ -4,6 +4,7 @@ end) and the tool runs that answer them (``tool_result``)."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 from uuid import UUID
 
@@ -127,7 +128,7 @@ class ToolsMixin(HandlerBase):
             tool_call_id = self._match_pending(run, name, inputs if inputs is not None else input_str)
         else:
             run.pending_tool_calls = [p for p in run.pending_tool_calls if p[0] != tool_call_id]
-        run.tools[run_id] = (tool_call_id or str(run_id), name, agent_path(metadata))
+        run.tools[run_id] = (tool_call_id or str(run_id), name, agent_path(metadata), time.perf_counter())
 
     def _match_pending(self, run: RunState, name: str, inputs: Any) -> str | None:
         """Without a ``tool_call_id`` (e.g. astream_events), pair by name and arguments."""
@@ -149,7 +150,7 @@ class ToolsMixin(HandlerBase):
         if run is None:
             return
         self._release(run, run_id)
-        tool_call_id, name, agent = run.tools.pop(run_id, (str(run_id), "tool", None))
+        tool_call_id, name, agent, started = run.tools.pop(run_id, (str(run_id), "tool", None, 0.0))
         tool_call_id = getattr(output, "tool_call_id", None) or tool_call_id
         content = getattr(output, "content", output)
         text, truncated = self._payload(content)
@@ -162,6 +163,7 @@ class ToolsMixin(HandlerBase):
             tool_call_id=tool_call_id,
             name=name,
             truncated=truncated or None,
+            duration_s=_since(started),
             **{field: text},
         )
 
@@ -171,13 +173,26 @@ class ToolsMixin(HandlerBase):
         if run is None:
             return
         self._release(run, run_id)
-        tool_call_id, name, agent = run.tools.pop(run_id, (str(run_id), "tool", None))
+        tool_call_id, name, agent, started = run.tools.pop(run_id, (str(run_id), "tool", None, 0.0))
         given = kwargs.get("tool_call_id")
         if isinstance(given, str) and given:
             tool_call_id = given
         if type(error).__name__ in CANCELLED:
             return
-        self._send(run, ToolResultEvent, agent=agent, tool_call_id=tool_call_id, name=name, error=redact_error(error))
+        self._send(
+            run,
+            ToolResultEvent,
+            agent=agent,
+            tool_call_id=tool_call_id,
+            name=name,
+            error=redact_error(error),
+            error_type=type(error).__name__,
+            duration_s=_since(started),
+        )
+
+
+def _since(started: float) -> float | None:
+    return round(time.perf_counter() - started, 6) if started else None
 
 
 def _parse_args(text: str) -> dict[str, Any]:

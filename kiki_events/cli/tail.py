@@ -32,7 +32,19 @@ from typing import IO, TYPE_CHECKING, Any
 from ..codec import encode
 from ..config import HandoffSettings, Settings, load_settings
 from ..errors import ConfigError, MissingDependencyError, RunNotFoundError, TransportError
-from ..events import StatusEvent, StreamEvent
+from ..events import (
+    AgentLifecycleEvent,
+    CustomEvent,
+    DoneEvent,
+    ErrorEvent,
+    InterruptEvent,
+    LLMCallEvent,
+    StatusEvent,
+    StreamEvent,
+    TokenEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+)
 from ..runtime import KikiRuntime, default_node_name
 from ..runtime.observer import Observer, check_redis, redis_location
 from ..topics import topic_matches, topic_of
@@ -54,37 +66,66 @@ def _short(value: Any, limit: int = _TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _token(event: TokenEvent) -> str:
+    text = _short(event.text)
+    return f"{event.message_id} {text!r}" if event.kind == "text" else f"{event.message_id} (reasoning) {text!r}"
+
+
+def _tool_call(event: ToolCallEvent) -> str:
+    detail = event.name or event.args_delta or (_short(event.args) if event.args is not None else "")
+    return f"{event.phase} {event.tool_call_id} {_short(detail or '')}".rstrip()
+
+
+def _tool_result(event: ToolResultEvent) -> str:
+    if event.error is not None:
+        return f"{event.tool_call_id} {event.name or ''} error: {_short(event.error)}"
+    return f"{event.tool_call_id} {event.name or ''} → {_short(event.output or '')}"
+
+
+def _lifecycle(event: AgentLifecycleEvent) -> str:
+    duration = f" {event.duration_s:.3f}s" if event.duration_s is not None else ""
+    error = f" {_short(event.error)}" if event.error else ""
+    return f"{event.phase}{duration}{error}"
+
+
+def _llm(event: LLMCallEvent) -> str:
+    model = event.model or "?"
+    usage = event.usage
+    first = f" ttft={event.ttft_s:.3f}s" if event.ttft_s is not None else ""
+    failed = f" {event.error_type}" if event.error_type else ""
+    return (
+        f"{event.message_id} {model} {event.status}{failed} {event.duration_s:.3f}s{first}"
+        f" tokens in={usage.input_tokens} out={usage.output_tokens}"
+    )
+
+
+def _error(event: ErrorEvent) -> str:
+    # The type once: ``message`` leaves it out (a node of an older version put it in front).
+    message = event.message.removeprefix(f"{event.error_type}: ")
+    return f"{event.error_type}: {_short(message)}" if message else event.error_type
+
+
+def _done(event: DoneEvent) -> str:
+    usage = event.usage
+    return f"{event.status} {event.duration_s:.3f}s tokens in={usage.input_tokens} out={usage.output_tokens}"
+
+
+_PAYLOADS: dict[type[Any], Callable[[Any], str]] = {
+    TokenEvent: _token,
+    ToolCallEvent: _tool_call,
+    ToolResultEvent: _tool_result,
+    AgentLifecycleEvent: _lifecycle,
+    LLMCallEvent: _llm,
+    StatusEvent: lambda event: f"{event.status} {_short(event.graph or event.detail or '')}".rstrip(),
+    CustomEvent: lambda event: f"{event.name} {_short(event.data)}",
+    InterruptEvent: lambda event: f"{len(event.interrupts)} interrupt(s)",
+    ErrorEvent: _error,
+    DoneEvent: _done,
+}
+
+
 def _payload(event: StreamEvent) -> str:
-    kind = event.type
-    if kind == "token":
-        text = _short(event.text)  # type: ignore[union-attr]
-        return f"{event.message_id} {text!r}" if event.kind == "text" else f"{event.message_id} (reasoning) {text!r}"  # type: ignore[union-attr]
-    if kind == "tool_call":
-        detail = event.name or event.args_delta or (_short(event.args) if event.args is not None else "")  # type: ignore[union-attr]
-        return f"{event.phase} {event.tool_call_id} {_short(detail or '')}".rstrip()  # type: ignore[union-attr]
-    if kind == "tool_result":
-        if event.error is not None:  # type: ignore[union-attr]
-            return f"{event.tool_call_id} {event.name or ''} error: {_short(event.error)}"  # type: ignore[union-attr]
-        return f"{event.tool_call_id} {event.name or ''} → {_short(event.output or '')}"  # type: ignore[union-attr]
-    if kind == "agent_lifecycle":
-        duration = f" {event.duration_s:.3f}s" if event.duration_s is not None else ""  # type: ignore[union-attr]
-        error = f" {_short(event.error)}" if event.error else ""  # type: ignore[union-attr]
-        return f"{event.phase}{duration}{error}"  # type: ignore[union-attr]
-    if kind == "status":
-        extra = event.graph or event.detail or ""  # type: ignore[union-attr]
-        return f"{event.status} {_short(extra)}".rstrip()  # type: ignore[union-attr]
-    if kind == "custom":
-        return f"{event.name} {_short(event.data)}"  # type: ignore[union-attr]
-    if kind == "interrupt":
-        return f"{len(event.interrupts)} interrupt(s)"  # type: ignore[union-attr]
-    if kind == "error":
-        # The type once: ``message`` leaves it out (a node of an older version put it in front).
-        message = event.message.removeprefix(f"{event.error_type}: ")  # type: ignore[union-attr]
-        return f"{event.error_type}: {_short(message)}" if message else event.error_type  # type: ignore[union-attr]
-    if kind == "done":
-        usage = event.usage  # type: ignore[union-attr]
-        return f"{event.status} {event.duration_s:.3f}s tokens in={usage.input_tokens} out={usage.output_tokens}"  # type: ignore[union-attr]
-    return ""  # pragma: no cover - every type is handled above
+    return _PAYLOADS[type(event)](event)
 
 
 def format_event(event: StreamEvent) -> str:

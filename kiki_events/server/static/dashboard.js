@@ -4,7 +4,7 @@
 (() => {
   "use strict";
 
-  const EVENT_TYPES = ["status", "agent_lifecycle", "token", "tool_call", "tool_result",
+  const EVENT_TYPES = ["status", "agent_lifecycle", "token", "llm", "tool_call", "tool_result",
     "custom", "interrupt", "error", "done"];
   const NOTICE_STATUSES = new Set(["gap", "lagging", "missed"]);
   const MAX_MANUAL_RETRIES = 5;
@@ -25,7 +25,7 @@
   function newState(runId) {
     return {
       runId, threadId: null, graph: null, lastSeq: 0, status: "idle", connection: "idle", reconnects: 0,
-      agents: {}, toolCalls: {}, duplicates: 0, notices: [], warnings: [],
+      agents: {}, toolCalls: {}, llmCalls: [], duplicates: 0, notices: [], warnings: [],
       errors: [], interrupts: [], custom: [], usage: null, durationS: null,
     };
   }
@@ -241,6 +241,19 @@
       msg.span.firstChild.appendData(d.text);
       state.agents[name][kind] += d.text;
       follow(entry.feed);
+    },
+
+    llm(d) {
+      // One per LLM call: its model and timings, shown on the message it streamed.
+      state.llmCalls.push({
+        message_id: d.message_id, agent: d.agent || null, model: d.model || null, status: d.status,
+        duration_s: d.duration_s, ttft_s: d.ttft_s ?? null, usage: d.usage || {},
+      });
+      const msg = view.messages.get(d.message_id);
+      if (msg) {
+        const first = d.ttft_s != null ? `, first token after ${d.ttft_s.toFixed(3)} s` : "";
+        msg.node.title = `${d.model || "LLM"}: ${d.status} in ${d.duration_s.toFixed(3)} s${first}`;
+      }
     },
 
     tool_call(d) {
