@@ -97,7 +97,6 @@ class PrometheusServer:
             f"--config.file={self.config}",
             f"--storage.tsdb.path={self.directory / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
-            "--web.enable-lifecycle",
         ]
         self.process = subprocess.Popen(dying_with_us(command), stdout=self._log_file, stderr=subprocess.STDOUT)
         wait_for(self._ready, timeout, "prometheus to be ready")
