@@ -11,9 +11,10 @@ from types import ModuleType
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from tests.prometheus import prometheus_server
 from tests.redis_server import key_prefix, redis_server, redis_url
 
-__all__ = ["key_prefix", "redis_server", "redis_url"]
+__all__ = ["key_prefix", "prometheus_server", "redis_server", "redis_url"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
