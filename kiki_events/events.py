@@ -246,7 +246,7 @@ class DoneEvent(_Event):
     usage: Usage = Usage()
     duration_s: float = 0.0
     trace_id: str | None = None
-    """Tracing id of the run, when known (reserved: nothing in this package sets it yet)."""
+    """The run's trace id when the runtime traces its runs (Langfuse's, with ``langfuse`` on), else ``None``."""
 
 
 _TOKEN_FIELDS = frozenset(TokenEvent.model_fields)

@@ -220,12 +220,14 @@ def test_the_lag_histogram_is_cumulative() -> None:
 def test_run_info_survives_a_redis_hash() -> None:
     info = RunInfo("r1", "node-a", "success", "t1", "team", "alice", 10.5, 12.0, 99)
     fields = {k.encode(): v.encode() for k, v in info.to_fields().items()}
-    delegate = RunInfo("r2", "node-b", "running", "t1", "writer", "alice", 11.0, relayed_into="r1")
+    delegate = RunInfo("r2", "node-b", "running", "t1", "writer", "alice", 11.0, relayed_into="r1", trace_id="ab" * 16)
     delegate_fields = {k.encode(): v.encode() for k, v in delegate.to_fields().items()}
 
     assert RunInfo.from_fields("r1", fields) == info
     assert RunInfo.from_fields("r2", delegate_fields) == delegate
     assert "relayed_into" not in info.to_fields()
+    assert "trace_id" not in info.to_fields()
+    assert delegate.public()["trace_id"] == "ab" * 16
     assert RunInfo.from_fields("r1", {b"status": b"running"}) is None
     assert RunInfo.from_fields("r1", {b"node": b"a", b"created_at": b"soon"}) is None
     assert "alice" not in json.dumps(info.public())

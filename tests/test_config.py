@@ -302,12 +302,25 @@ def test_a_bad_password_type_names_the_key_but_never_the_value(tmp_path: Path) -
     assert "langfuse.secret_key" in langfuse and "abcdef123456" not in langfuse
 
 
-def test_langfuse_cannot_be_enabled_before_tracing_exists(tmp_path: Path) -> None:
-    message = config_error(write(tmp_path, "langfuse:\n  enabled: true\n"))
+def test_langfuse_settings_load_and_bad_values_name_their_key(tmp_path: Path) -> None:
+    text = "langfuse:\n  enabled: true\n  tags: [kiki, prod]\n  sample_rate: 0.25\n  environment: staging\n"
+    loaded = load_settings(write(tmp_path, text), environ={}).langfuse
 
-    assert message.startswith(f"{tmp_path / 'kiki.yaml'}: langfuse.enabled: ")
-    assert "not available yet" in message
+    assert (loaded.enabled, loaded.tags, loaded.sample_rate, loaded.environment) == (
+        True,
+        ("kiki", "prod"),
+        0.25,
+        "staging",
+    )
+    assert (loaded.trace_name, loaded.global_tracer_provider, loaded.public_key) == (None, False, None)
     assert load_settings(write(tmp_path, "langfuse: {enabled: false}\n"), environ={}).langfuse.enabled is False
+    for body, key in [
+        ("sample_rate: 1.5", "langfuse.sample_rate"),
+        ("tags: ['']", "langfuse.tags"),
+        ("environment: Langfuse-prod", "langfuse.environment"),
+        ("trace_name: 'caf\u00e9'", "langfuse.trace_name"),
+    ]:
+        assert key in config_error(write(tmp_path, f"langfuse:\n  {body}\n")), body
 
 
 def test_every_key_is_in_the_configuration_reference() -> None:

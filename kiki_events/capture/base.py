@@ -78,6 +78,8 @@ class HandlerBase(GraphCallbackHandler):
         self.graph_name = graph_name
         self.max_payload_chars = max_payload_chars
         self.causation_id = causation_id
+        self.trace_id: str | None = None
+        """The tracing id put on the ``done`` of the runs it reports (a run manager sets it per run)."""
         self.errors = 0
         """Internal failures (logged and swallowed)."""
         self.dropped = 0

@@ -179,4 +179,4 @@ class LifecycleMixin(HandlerBase):
             )
         usage = Usage(**run.usage)
         duration = round(time.monotonic() - run.started, 6)
-        self._send(run, DoneEvent, status=status, usage=usage, duration_s=duration)
+        self._send(run, DoneEvent, status=status, usage=usage, duration_s=duration, trace_id=self.trace_id)

@@ -15,6 +15,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -29,6 +30,7 @@ from .graphs import GraphRegistry
 from .runrecord import RunRecord
 from .store import RunStore
 from .threads import new_thread_id
+from .tracing import RunTrace, RunTracing, TracedRun
 
 __all__ = ["RunHandle", "RunManager", "ensure_done", "execute_run"]
 
@@ -36,16 +38,28 @@ logger = logging.getLogger("kiki_events.runs")
 
 
 async def execute_run(
-    graph: Any, input: Any, config: Mapping[str, Any], handler: KikiCallbackHandler, run_id: str, *, label: str
+    graph: Any,
+    input: Any,
+    config: Mapping[str, Any],
+    handler: KikiCallbackHandler,
+    run_id: str,
+    *,
+    label: str,
+    scope: Callable[[], AbstractContextManager[object]] | None = None,
 ) -> RunStatus:
     """Run ``graph`` and make sure ``run_id`` ends with exactly one ``done``.
 
     The graph's exception is logged with its traceback here and becomes the run's
     ``error`` status (its client sees only the redacted message); cancellation
-    becomes ``cancelled`` and is re-raised.
+    becomes ``cancelled`` and is re-raised. ``scope`` (a run's tracing,
+    :attr:`.RunTrace.scope`) is entered around the graph, in this task.
     """
     try:
-        await graph.ainvoke(input, config=dict(config))
+        if scope is None:
+            await graph.ainvoke(input, config=dict(config))
+        else:
+            with scope():
+                await graph.ainvoke(input, config=dict(config))
     except asyncio.CancelledError:
         handler.finish_run(run_id, "cancelled")
         raise
@@ -103,6 +117,7 @@ class RunManager:
         settings: RunSettings | None = None,
         handler_settings: HandlerSettings | None = None,
         node: str | None = None,
+        tracing: RunTracing | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -110,6 +125,8 @@ class RunManager:
         self.settings = settings or RunSettings()
         self.handler_settings = handler_settings or HandlerSettings()
         self.node = node
+        self.tracing = tracing
+        """Traces every run this manager starts (:mod:`.tracing`); ``None``: no tracing."""
         self.started = 0
         """Runs started since creation."""
         self.finished: dict[str, int] = {}
@@ -154,6 +171,7 @@ class RunManager:
         graph = self._admit(graph_name)
         thread_id = thread_id or new_thread_id()
         run_uuid, run_id = new_run_id()
+        trace = self._trace(TracedRun(run_id, thread_id, graph_name, principal))
         record = self.store.create(
             run_id,
             thread_id=thread_id,
@@ -161,6 +179,7 @@ class RunManager:
             principal=principal,
             node=self.node,
             relayed_into=relayed_into,
+            trace_id=trace.trace_id,
         )
         handler = handler_factory(
             self.bus,
@@ -169,14 +188,26 @@ class RunManager:
             graph_name=graph_name,
             max_payload_chars=self.handler_settings.max_payload_chars,
         )
-        config = _run_config(handler, run_uuid, run_id, thread_id, metadata, self.configurable)
+        handler.trace_id = trace.trace_id
+        config = _run_config(handler, run_uuid, run_id, thread_id, metadata, self.configurable, trace)
+        scope = trace.scope if self.tracing is not None else None
         task = asyncio.get_running_loop().create_task(
-            execute_run(graph, input, config, handler, run_id, label=graph_name), name=f"kiki-run:{run_id}"
+            execute_run(graph, input, config, handler, run_id, label=graph_name, scope=scope), name=f"kiki-run:{run_id}"
         )
         self._tasks[run_id] = task
         self.started += 1
         task.add_done_callback(lambda t: self._finished_task(run_id, record, handler, t))
         return RunHandle(run_id, thread_id, graph_name, record, task)
+
+    def _trace(self, run: TracedRun) -> RunTrace:
+        """The tracing of ``run``; a failing backend costs the run its trace, never the run."""
+        if self.tracing is None:
+            return _UNTRACED
+        try:
+            return self.tracing.trace(run)
+        except Exception:
+            logger.exception("%s could not trace run %s; the run goes on untraced", self.tracing.name, run.run_id)
+            return _UNTRACED
 
     def _admit(self, graph_name: str) -> Any:
         """The graph registered as ``graph_name``, if a new run of it may start now.
@@ -251,6 +282,9 @@ class RunManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+_UNTRACED = RunTrace()
+
+
 def _run_config(
     handler: KikiCallbackHandler,
     run_uuid: UUID,
@@ -258,11 +292,12 @@ def _run_config(
     thread_id: str,
     metadata: Mapping[str, Any] | None,
     configurable: Mapping[str, Any],
+    trace: RunTrace = _UNTRACED,
 ) -> dict[str, Any]:
-    """The LangGraph config of a run: its callback handler, ids and metadata."""
+    """The LangGraph config of a run: its callback handlers, ids and metadata."""
     return {
-        "callbacks": [handler],
+        "callbacks": [handler, *trace.callbacks],
         "run_id": run_uuid,
         "configurable": {**configurable, "thread_id": thread_id},
-        "metadata": {**(metadata or {}), "kiki_run_id": run_id, "thread_id": thread_id},
+        "metadata": {**(metadata or {}), **trace.metadata, "kiki_run_id": run_id, "thread_id": thread_id},
     }

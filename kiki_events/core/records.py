@@ -66,6 +66,8 @@ class RunInfo:
     """Seq of the run's last event, once it ended."""
     relayed_into: str | None = None
     """The run that relays this one's events (its delegate's caller); not listed on its thread."""
+    trace_id: str | None = None
+    """The run's tracing id (``None``: not traced)."""
 
     @property
     def ended(self) -> bool:
@@ -86,6 +88,8 @@ class RunInfo:
             fields["last_seq"] = str(self.last_seq)
         if self.relayed_into is not None:
             fields["relayed_into"] = self.relayed_into
+        if self.trace_id is not None:
+            fields["trace_id"] = self.trace_id
         return fields
 
     @classmethod
@@ -108,6 +112,7 @@ class RunInfo:
                 ended_at=float_of(ended) if ended else None,
                 last_seq=int_of(text.get("last_seq") or "0"),
                 relayed_into=text.get("relayed_into") or None,
+                trace_id=text.get("trace_id") or None,
             )
         except ValueError:
             return None
@@ -124,6 +129,7 @@ class RunInfo:
             "ended_at": self.ended_at,
             "last_seq": self.last_seq,
             "relayed_into": self.relayed_into,
+            "trace_id": self.trace_id,
         }
 
 

@@ -32,6 +32,8 @@ class RunRecord:
     relayed_into: str | None = None
     """The run that relays this one's events (this run is its delegate): the thread
     shows this run's work there, not as a run of its own."""
+    trace_id: str | None = None
+    """The run's tracing id (:mod:`.tracing`), or the one its ``done`` carried."""
 
     @property
     def status(self) -> RunState:
@@ -60,4 +62,5 @@ class RunRecord:
             ended_at=self.ended_at,
             last_seq=self.log.last_seq,
             relayed_into=self.relayed_into,
+            trace_id=self.trace_id,
         )

@@ -138,13 +138,19 @@ class RunStore:
             if record.graph is None:
                 record.graph = event.graph  # type: ignore[union-attr]
         elif kind == "done":
-            record.ended_at = time.time()
-            if record.thread_id is not None:
-                self.threads.touch(record.thread_id)
+            self._ended(record, event)
         if record.thread_id is not None:
             thread = self._threads.get(record.thread_id)
             if thread is not None:
                 thread.changed.notify()
+
+    def _ended(self, record: RunRecord, done: StreamEvent) -> None:
+        """``record``'s run ended with ``done``."""
+        record.ended_at = time.time()
+        if record.trace_id is None:
+            record.trace_id = done.trace_id  # type: ignore[union-attr]
+        if record.thread_id is not None:
+            self.threads.touch(record.thread_id)
 
     # -- records ---------------------------------------------------------------------------
     def create(
@@ -156,6 +162,7 @@ class RunStore:
         principal: str | None = None,
         node: str | None = None,
         relayed_into: str | None = None,
+        trace_id: str | None = None,
     ) -> RunRecord:
         """Register a run before its first event, so it can be joined at once.
 
@@ -173,6 +180,7 @@ class RunStore:
         record = self._admit(
             run_id, thread_id=thread_id, graph=graph, principal=principal, node=node, relayed_into=relayed_into
         )
+        record.trace_id = trace_id
         for listener in self.on_created:
             try:
                 listener(record)

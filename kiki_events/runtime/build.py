@@ -12,7 +12,8 @@ The Redis client is created from ``eventbus.redis`` (and owned by the transport)
 unless one is given. ``create_handoff`` builds the node's
 :class:`~kiki_events.handoff.Handoff` (Redis provider only) with a Redis client of
 its own, which the runtime closes after the Handoff. ``build_sinks`` builds the per-event sinks registered in
-:data:`kiki_events.sinks.SINKS`; ``create_collector`` the Prometheus collector.
+:data:`kiki_events.sinks.SINKS`; ``create_collector`` the Prometheus collector; ``create_tracing``
+the tracing of every run (``langfuse``, see :mod:`kiki_events.core.tracing`).
 
 Adding a transport: its file (see :mod:`kiki_events.transports`), a builder here
 and its line in :data:`PROVIDERS`; the provider's name is listed in
@@ -36,10 +37,19 @@ if TYPE_CHECKING:
     from ..core.bus import EventBus
     from ..core.manager import RunManager
     from ..core.store import RunStore
+    from ..core.tracing import RunTracing
     from ..redis.types import Redis
     from ..sinks.metrics import BridgeView, RuntimeCollector
 
-__all__ = ["PROVIDERS", "TransportBuilder", "build_sinks", "create_collector", "create_handoff", "create_transport"]
+__all__ = [
+    "PROVIDERS",
+    "TransportBuilder",
+    "build_sinks",
+    "create_collector",
+    "create_handoff",
+    "create_tracing",
+    "create_transport",
+]
 
 
 class TransportBuilder(Protocol):
@@ -130,6 +140,15 @@ def create_handoff(
     handoff = Handoff(context)
     runs.configurable[CONFIG_KEY] = handoff
     return handoff
+
+
+def create_tracing(settings: Settings) -> RunTracing | None:
+    """The tracing of every run the settings turn on (``langfuse``), else ``None`` (imports ``langfuse`` only then)."""
+    if not settings.langfuse.enabled:
+        return None
+    from ..sinks import langfuse
+
+    return langfuse.create(settings)
 
 
 def build_sinks(settings: Settings) -> SinkSet:

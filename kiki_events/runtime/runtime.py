@@ -36,11 +36,12 @@ from ..core.threads import new_thread_id
 from ..errors import KikiEventsError, RunNotFoundError
 from ..events import StreamEvent
 from ..transports import MemoryHub, Transport
-from .build import build_sinks, create_collector, create_handoff, create_transport
+from .build import build_sinks, create_collector, create_handoff, create_tracing, create_transport
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from ..core.tracing import RunTracing
     from ..handoff import Handoff
     from ..redis.types import Redis
     from ..sinks.metrics import RuntimeCollector
@@ -74,6 +75,8 @@ class KikiRuntime:
         hub: connect to the other runtimes of this process sharing ``hub``
             (with ``eventbus.provider: memory``).
         transport: a transport of your own (overrides ``redis`` and ``hub``).
+        tracing: how every run is traced (:class:`~kiki_events.core.tracing.RunTracing`;
+            default: as ``langfuse`` asks, or not at all).
 
     Raises:
         GraphLoadError: a graph reference cannot be loaded.
@@ -90,6 +93,7 @@ class KikiRuntime:
         redis: Redis | None = None,
         hub: MemoryHub | None = None,
         transport: Transport | None = None,
+        tracing: RunTracing | None = None,
     ) -> None:
         self.settings = settings = settings or Settings()
         self.node = settings.node or default_node_name()
@@ -107,6 +111,7 @@ class KikiRuntime:
             settings=settings.runs,
             handler_settings=settings.handler,
             node=self.node,
+            tracing=tracing if tracing is not None else create_tracing(settings),
         )
         if transport is None and settings.eventbus.enabled:
             transport = create_transport(settings, node=self.node, redis=redis, hub=hub)
@@ -204,12 +209,22 @@ class KikiRuntime:
                 # Every run ended by now: their last events leave before the bridge closes.
                 await self.bridge.close(timeout=self.settings.eventbus.publish.timeout or 5.0)
             await self.sinks.detach()
+            await self._close_tracing()
             if self._remove_sink is not None:
                 self._remove_sink()
             await self.store.close()
             await self.bus.close()
             self._state = "closed"
             logger.info("kiki runtime stopped")
+
+    async def _close_tracing(self) -> None:
+        """Send the runs' buffered traces (in a worker thread: it may wait on the network)."""
+        tracing = self.runs.tracing
+        if tracing is not None:
+            try:
+                await asyncio.to_thread(tracing.close)
+            except Exception:
+                logger.exception("closing the tracing (%s) failed", tracing.name)
 
     async def start_run(
         self,

@@ -48,6 +48,8 @@ class RunStatus(BaseModel):
     ended_at: float | None
     last_seq: int = Field(ge=0)
     """Seq of the last event produced so far."""
+    trace_id: str | None = None
+    """The run's trace id (with ``langfuse`` tracing on, as on its ``done``); null when it is not traced."""
 
 
 class CancelResult(BaseModel):
