@@ -118,7 +118,7 @@ def test_a_client_that_reads_nothing_is_reset_after_the_send_timeout(tokens: int
         wait_for(lambda: not srv.server.server_state.connections, what="uvicorn to forget the connection")
         health = httpx.get(f"{srv.url}/healthz").json()
         assert health["sse"]["stalled"] == 1
-        assert "kiki_sse_stalled_clients_total 1.0" in httpx.get(f"{srv.url}/metrics").text
+        assert 'kiki_sse_disconnects_total{reason="stalled"} 1.0' in httpx.get(f"{srv.url}/metrics").text
 
 
 # -- a request body that never completes ----------------------------------------------------------------------

@@ -14,7 +14,15 @@ __all__ = ["LangfuseSettings", "LoggingSettings", "MetricsSettings"]
 
 class MetricsSettings(Section):
     enabled: bool = True
+    """Define the ``kiki_`` Prometheus metrics and serve them at ``path``."""
     path: str = "/metrics"
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ConfigError(f"metrics.path must start with '/'; got {value!r}")
+        return value
 
 
 class LangfuseSettings(Section):

@@ -65,6 +65,8 @@ class RunStore:
         """Streaming clients connected now (maintained by the server)."""
         self.connections = 0
         """Streaming clients connected since start (maintained by the server)."""
+        self.disconnects: dict[str, int] = {}
+        """Streaming connections ended, by reason (maintained by the server)."""
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
         self.threads = ThreadIndex(ttl=thread_ttl, max_threads=max_threads)
         """The threads of the runs kept here, and their owners."""
@@ -353,6 +355,10 @@ class RunStore:
     def count_stalled(self) -> None:
         """Count a client dropped for accepting nothing for ``sse.send_timeout``."""
         self.stalled += 1
+
+    def count_disconnect(self, reason: str) -> None:
+        """Count a streaming connection that ended, and why (``completed``, ``client``, ``slow_client`` …)."""
+        self.disconnects[reason] = self.disconnects.get(reason, 0) + 1
 
     @property
     def readers(self) -> int:
