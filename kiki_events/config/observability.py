@@ -21,7 +21,7 @@ class MetricsSettings(Section):
     @classmethod
     def _absolute_path(cls, value: str) -> str:
         if not value.startswith("/"):
-            raise ConfigError(f"metrics.path must start with '/'; got {value!r}")
+            raise ConfigError("must start with '/', e.g. /metrics")
         return value
 
 

@@ -169,8 +169,7 @@ class KikiRuntime:
             raise KikiEventsError("metrics are off (metrics.enabled: false)")
         from ..sinks.metrics import exposition
 
-        self._parts.refresh()
-        return exposition(self.metrics_registry)
+        return exposition(self._parts.metrics)
 
     async def start(self) -> None:
         """Start the bus, the run store's sweeper, the sinks, the bridge and the handoff.
@@ -234,7 +233,7 @@ class KikiRuntime:
             await self.sinks.detach()
             await stop_tasks([self._metrics_task])
             if self._parts is not None:
-                self._parts.refresh()
+                self._parts.metrics.refresh()
                 self._parts.release()
             if self._remove_sink is not None:
                 self._remove_sink()

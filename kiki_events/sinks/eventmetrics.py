@@ -1,8 +1,10 @@
 """The per-event sink that keeps the event-fed Prometheus metrics.
 
 It runs on the event loop for every event of the local bus, tokens included, so a
-token costs one dict lookup (is its run one of this node's?) and one increment;
-every label child is resolved once and kept in a dict.
+token costs one dict lookup (is its run one of this node's?) and one integer
+increment: tokens are added to ``kiki_events_published_total{type="token"}`` when
+the metrics are refreshed (every scrape) and at each run's end, not one by one.
+Every label child is resolved once and kept in a dict.
 
 What is counted, so that a sum over the nodes of a cluster counts each thing once:
 
@@ -90,6 +92,10 @@ class EventMetrics(Sink):
         self._runs: dict[str, _Run] = {}
         published = metrics.published
         self._token = published.labels("token")
+        self._tokens = 0
+        """Token events counted (on the loop only)."""
+        self._tokens_added = 0
+        """Of those, added to the counter (by :meth:`flush` only)."""
         self._published: dict[str, Any] = {}
         self._handlers: dict[str, Callable[[Any, _Run], None]] = {
             "llm": self._llm,
@@ -100,6 +106,7 @@ class EventMetrics(Sink):
         }
         self._children: dict[tuple[Any, ...], Any] = {}
         self._published_child = published.labels
+        metrics.add_refresher(self.flush)
 
     def __call__(self, event: StreamEvent) -> None:
         run = self._runs.get(event.run_id)
@@ -109,7 +116,7 @@ class EventMetrics(Sink):
             return
         kind = event.type
         if kind == "token":
-            self._token.inc()
+            self._tokens += 1
             return
         child = self._published.get(kind)
         if child is None:
@@ -119,6 +126,13 @@ class EventMetrics(Sink):
         # A relayed copy (another causation) counts as published only; ``done`` is never relayed.
         if handler is not None and (event.causation_id == run.causation or kind == "done"):
             handler(event, run)
+
+    def flush(self) -> None:
+        """Add the token events counted since the last flush (any thread; the metrics serialise refreshes)."""
+        seen = self._tokens
+        if seen > self._tokens_added:
+            self._token.inc(seen - self._tokens_added)
+            self._tokens_added = seen
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """The child of ``metric`` with ``labels``, resolved once."""
@@ -205,6 +219,7 @@ class EventMetrics(Sink):
         m = self.metrics
         self._runs.pop(event.run_id, None)
         self._close(run)
+        self.flush()
         self._child(m.runs, run.graph, event.status).inc()
         self._child(m.run_duration, run.graph).observe(event.duration_s)
         if event.status == "error":

@@ -14,8 +14,12 @@ composition root only when metrics are on.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from ..errors import ConfigError
 
@@ -62,11 +66,12 @@ def multiprocess_dir() -> str | None:
     return path
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
-    """The text of ``GET /metrics``: ``registry``, or every worker's values in multiprocess mode."""
+def exposition(metrics: KikiMetrics) -> bytes:
+    """The text of ``GET /metrics``: the metrics' registry, or every worker's values in multiprocess mode."""
     path = multiprocess_dir()
     if path is None:
-        return generate_latest(registry)
+        return generate_latest(metrics.registry)  # brings the values up to date first (_Refresh)
+    metrics.refresh()
     from prometheus_client.multiprocess import MultiProcessCollector
 
     merged = CollectorRegistry()
@@ -74,8 +79,30 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(merged)
 
 
+class _Refresh(Collector):
+    """Registered first: brings the values up to date whenever the registry is collected.
+
+    So an application that serves the registry itself (``generate_latest(registry)``)
+    gets current values too. It yields no metric.
+    """
+
+    def __init__(self, metrics: KikiMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        self.metrics.refresh()
+        return iter(())
+
+
 class KikiMetrics:
     """Every ``kiki_`` metric, defined on ``registry``.
+
+    Some values are kept cheaply elsewhere and brought in by :meth:`refresh` (the
+    runtime parts' counters, the token count of the event sink): each keeper adds
+    its function with :meth:`add_refresher`. Collecting the registry refreshes.
 
     Raises:
         ConfigError: ``registry`` holds kiki metrics already (give each runtime its own).
@@ -83,13 +110,28 @@ class KikiMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._refreshers: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        refresh = _Refresh(self)
+        registry.register(refresh)  # first, so it runs before the metrics are read
         try:
             self._events(registry)
             self._parts(registry)
         except ValueError as exc:  # prometheus_client: "Duplicated timeseries in CollectorRegistry"
+            registry.unregister(refresh)
             raise ConfigError(
                 f"this Prometheus registry holds kiki metrics already ({exc}); give each runtime its own registry"
             ) from None
+
+    def add_refresher(self, refresh: Callable[[], None]) -> None:
+        """Have :meth:`refresh` call ``refresh`` (it copies values kept elsewhere into the metrics)."""
+        self._refreshers.append(refresh)
+
+    def refresh(self) -> None:
+        """Bring every value kept elsewhere into the metrics (one caller at a time: scrapes may run in threads)."""
+        with self._lock:
+            for refresh in self._refreshers:
+                refresh()
 
     def _events(self, r: CollectorRegistry) -> None:
         """The metrics the per-event sink updates."""

@@ -70,7 +70,8 @@ class PartsMetrics:
         self._last: dict[tuple[str, ...], float] = {}
 
     def connect(self) -> None:
-        """Have the bridge's transport observe delivery lag into ``kiki_bridge_delivery_lag_seconds``."""
+        """Copy on every refresh of the metrics; have the bridge's transport observe its delivery lag."""
+        self.metrics.add_refresher(self.refresh)
         if self.bridge is not None:
             self.bridge.transport.stats.on_lag = self.metrics.bridge_lag.observe
 
@@ -126,9 +127,9 @@ class PartsMetrics:
         m.queue_depth.labels("outbox").set(0)
 
     async def refresh_every(self, interval: float = REFRESH_INTERVAL) -> None:
-        """Copy every ``interval`` seconds until cancelled (run it supervised)."""
+        """Refresh the metrics (this copy and every other) every ``interval`` seconds until cancelled."""
         while True:
-            self.refresh()
+            self.metrics.refresh()
             await asyncio.sleep(interval)
 
 
