@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from ..errors import ConfigError
 
 __all__ = [
+    "DISCONNECT_REASONS",
     "LAG_BUCKETS",
     "LLM_BUCKETS",
     "MULTIPROC_ENV",
@@ -42,6 +43,9 @@ LAG_BUCKETS: tuple[float, ...] = tuple(0.0005 * 2**k for k in range(15))
 
 LIVE = "livesum"
 """Multiprocess mode of the gauges: the sum over the worker processes alive."""
+
+DISCONNECT_REASONS = ("completed", "client", "slow_client", "stalled", "shutdown", "error")
+"""Why a streaming connection ended (``kiki_sse_disconnects_total{reason}``)."""
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """Set (to an empty directory) before the process starts to aggregate several worker processes."""
@@ -249,3 +253,12 @@ class KikiMetrics:
         self.thread_owners_evicted = Counter(
             "kiki_thread_owners_evicted", "Thread owners forgotten early because of runs.max_threads.", registry=r
         )
+        # The fixed label values exist from the start, at 0, so that rates and alerts see them.
+        for direction in ("in", "out"):
+            self.bridge_messages.labels(direction)
+            self.bridge_events.labels(direction)
+        for outcome in ("repaired", "missed"):
+            self.bridge_gaps.labels(outcome)
+        for reason in DISCONNECT_REASONS:
+            self.sse_disconnects.labels(reason)
+        self.queue_depth.labels("outbox")
