@@ -191,6 +191,39 @@ async def test_a_run_of_another_node_is_counted_by_its_own_node_only(research_te
             assert not samples(b.metrics_registry, name), name
 
 
+@pytest.mark.asyncio
+async def test_failing_sinks_and_handler_callbacks_are_errors_by_type(research_team: ModuleType) -> None:
+    from kiki_events.capture.handler import KikiCallbackHandler
+
+    class Failing(KikiCallbackHandler):
+        def _payload(self, value: Any) -> tuple[str, bool]:
+            raise ValueError("cannot encode")  # every tool result fails inside the handler
+
+    def broken_sink(event: StreamEvent) -> None:
+        if event.type == "done":
+            raise KeyError(event.type)
+
+    async with _runtime(research_team) as runtime:
+        runtime.bus.add_sink(broken_sink)
+        handler: list[Failing] = []
+
+        def make(*args: Any, **kwargs: Any) -> Failing:
+            handler.append(Failing(*args, **kwargs))
+            return handler[-1]
+
+        handle = runtime.runs.start("team", _user("Compare Redis streams and pub/sub"), handler_factory=make)
+        await asyncio.wait_for(asyncio.shield(handle.task), TIMEOUT)
+        await async_wait_for(lambda: runtime.runs.handler_errors, TIMEOUT)
+        errors = samples(runtime.metrics_registry, "kiki_errors_total")
+
+        assert handler[0].errors >= 2  # web_search and fetch_page
+        assert errors == {
+            (("component", "handler"), ("error_type", "ValueError")): handler[0].errors,
+            (("component", "sink"), ("error_type", "KeyError")): 1,
+        }
+        assert samples(runtime.metrics_registry, "kiki_bus_handler_errors_total") == {(): 1}
+
+
 # -- the sink on its own -------------------------------------------------------------------------------------
 
 

@@ -191,6 +191,8 @@ def test_a_client_that_falls_behind_gets_the_slow_client_policy_and_the_others_g
                 wait_for(lambda last=seq - 1: fast_frames[-1].seq >= last, what=f"the fast client to get seq {seq - 1}")
             slow_frames.extend(slow_iter)
         reader.join(10)
+        ended = {"completed": 2} if policy == "skip" else {"completed": 1, "slow_client": 1}
+        wait_for(lambda: runtime.store.disconnects == ended, what=f"the disconnects {ended}")
 
     last = tokens + 2
     assert _continuous(fast_frames, 1) and fast_frames[-1].seq == last, "the fast client lost events"
