@@ -130,7 +130,8 @@ class KikiRuntime:
                 self.metrics, bus=self.bus, store=self.store, runs=self.runs, bridge=self.bridge
             )
         self._metrics_task: asyncio.Task[None] | None = None
-        context = SinkContext(settings, node=self.node, registry=self._registry, metrics=self.metrics)
+        registry = self._registry if self.metrics is not None else None
+        context = SinkContext(settings, node=self.node, registry=registry, metrics=self.metrics)
         self.sinks = build_sinks(context)
         """Per-event sinks (:mod:`kiki_events.sinks`), attached to the bus while the runtime runs."""
         # Agents across nodes (kiki_events.handoff): delegate to and serve agents
