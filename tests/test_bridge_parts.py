@@ -23,7 +23,7 @@ from kiki_events.errors import ConfigError, WireError
 from kiki_events.events import DoneEvent, StatusEvent, TokenEvent
 from kiki_events.transports import RunInfo
 from kiki_events.transports.outbox import Outbox, chunks
-from kiki_events.transports.stats import LagHistogram
+from kiki_events.transports.stats import TransportStats
 from kiki_events.transports.wire import KIND_BATCH, KIND_LIFECYCLE, Message, pack, unpack
 from tests.redis_server import free_port
 from tests.servers import live_server, read_stream, wait_for
@@ -208,13 +208,15 @@ def test_chunks_respect_both_the_event_and_the_byte_limit() -> None:
     assert list(chunks([], 10, 20)) == []
 
 
-def test_the_lag_histogram_is_cumulative() -> None:
-    histogram = LagHistogram((0.001, 0.01))
-    for seconds in (0.0005, 0.002, 0.002, 5.0, -1.0):
-        histogram.observe(seconds)
+def test_delivery_lag_goes_to_the_connected_observer_and_is_never_negative() -> None:
+    stats = TransportStats()
+    stats.observe_lag(0.5)  # nobody listening: nothing kept, nothing raised
+    seen: list[float] = []
+    stats.on_lag = seen.append
+    for seconds in (0.0005, 0.002, -1.0):
+        stats.observe_lag(seconds)
 
-    assert histogram.cumulative() == [("0.001", 2), ("0.01", 4), ("+Inf", 5)]
-    assert histogram.count == 5
+    assert seen == [0.0005, 0.002, 0.0]
 
 
 def test_run_info_survives_a_redis_hash() -> None:
@@ -428,7 +430,7 @@ def test_the_redis_password_never_appears_in_healthz_metrics_or_logs(
     assert bridge["url"] == f"redis://kiki@127.0.0.1:{port}/0"
     assert secret not in health.text
     assert secret not in metrics
-    assert "kiki_bridge_up 0.0" in metrics
+    assert 'kiki_bridge_up{transport="redis-pubsub"} 0.0' in metrics
     assert all(secret not in record.getMessage() for record in caplog.records)
     assert any("cannot publish" in record.getMessage() for record in caplog.records)
 

@@ -418,7 +418,7 @@ def test_healthz_metrics_graphs_and_dashboard(research_team: ModuleType) -> None
     assert secret not in health.text
     assert metrics.status_code == 200
     assert "kiki_events_published_total" in metrics.text
-    assert 'kiki_agent_runs_total{status="success"} 1.0' in metrics.text
+    assert 'kiki_runs_total{graph="team",status="success"} 1.0' in metrics.text
     assert secret not in metrics.text
     assert graphs.json() == {"graphs": ["team"]}
     assert page.status_code == 200

@@ -9,7 +9,7 @@ import pytest
 from kiki_events.config import Settings
 from kiki_events.events import StreamEvent, TokenEvent
 from kiki_events.runtime import KikiRuntime, build
-from kiki_events.sinks import Sink, SinkSet
+from kiki_events.sinks import Sink, SinkContext, SinkSet
 
 
 class Recorder(Sink):
@@ -51,31 +51,31 @@ def test_a_sink_follows_the_protocol() -> None:
 def test_build_sinks_calls_every_registered_factory_and_skips_the_ones_turned_off(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seen: list[Settings] = []
+    seen: list[SinkContext] = []
 
-    def on(settings: Settings) -> Sink:
-        seen.append(settings)
+    def on(context: SinkContext) -> Sink:
+        seen.append(context)
         return Recorder("on")
 
-    def off(settings: Settings) -> Sink | None:
+    def off(context: SinkContext) -> Sink | None:
         return None
 
-    monkeypatch.setattr(build, "SINKS", (on, off, lambda settings: Plain()))
-    settings = Settings()
+    monkeypatch.setattr(build, "SINKS", (on, off, lambda context: Plain()))
+    context = SinkContext(Settings(), node="node-a")
 
-    sinks = build.build_sinks(settings)
+    sinks = build.build_sinks(context)
 
     assert sinks.names() == ["on", "plain"]
-    assert seen == [settings]
-    assert len(build.build_sinks(settings)) == 2
+    assert seen == [context]
+    assert len(build.build_sinks(context)) == 2
     monkeypatch.setattr(build, "SINKS", ())
-    assert len(build.build_sinks(settings)) == 0
+    assert len(build.build_sinks(context)) == 0
 
 
 @pytest.mark.asyncio
 async def test_the_runtime_attaches_its_sinks_while_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = Recorder()
-    monkeypatch.setattr(build, "SINKS", (lambda settings: recorder, lambda settings: Plain()))
+    monkeypatch.setattr(build, "SINKS", (lambda context: recorder, lambda context: Plain()))
     runtime = KikiRuntime(Settings())
     assert runtime.sinks.names() == ["recorder", "plain"]
 

@@ -118,7 +118,7 @@ def test_a_client_that_reads_nothing_is_reset_after_the_send_timeout(tokens: int
         wait_for(lambda: not srv.server.server_state.connections, what="uvicorn to forget the connection")
         health = httpx.get(f"{srv.url}/healthz").json()
         assert health["sse"]["stalled"] == 1
-        assert "kiki_sse_stalled_clients_total 1.0" in httpx.get(f"{srv.url}/metrics").text
+        assert 'kiki_sse_disconnects_total{reason="stalled"} 1.0' in httpx.get(f"{srv.url}/metrics").text
 
 
 # -- a request body that never completes ----------------------------------------------------------------------
@@ -191,6 +191,8 @@ def test_a_client_that_falls_behind_gets_the_slow_client_policy_and_the_others_g
                 wait_for(lambda last=seq - 1: fast_frames[-1].seq >= last, what=f"the fast client to get seq {seq - 1}")
             slow_frames.extend(slow_iter)
         reader.join(10)
+        ended = {"completed": 2} if policy == "skip" else {"completed": 1, "slow_client": 1}
+        wait_for(lambda: runtime.store.disconnects == ended, what=f"the disconnects {ended}")
 
     last = tokens + 2
     assert _continuous(fast_frames, 1) and fast_frames[-1].seq == last, "the fast client lost events"

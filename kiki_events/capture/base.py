@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -82,6 +83,8 @@ class HandlerBase(GraphCallbackHandler):
         """The tracing id put on the ``done`` of the runs it reports (a run manager sets it per run)."""
         self.errors = 0
         """Internal failures (logged and swallowed)."""
+        self.error_types: dict[str, int] = {}
+        """``errors`` by exception class name."""
         self.dropped = 0
         """Events the sink refused (full queue or bus not running)."""
         self._runs: dict[str, RunState] = {}
@@ -97,6 +100,9 @@ class HandlerBase(GraphCallbackHandler):
     def _failed(self, callback: str) -> None:
         """Count a failure inside ``callback`` (call it in an ``except`` block); log the first and every 1000th."""
         self.errors += 1
+        error = sys.exc_info()[1]
+        kind = type(error).__name__ if error is not None else "unknown"
+        self.error_types[kind] = self.error_types.get(kind, 0) + 1
         if self.errors == 1 or self.errors % 1000 == 0:
             logger.exception("KikiCallbackHandler.%s failed (%d so far); the run continues", callback, self.errors)
 

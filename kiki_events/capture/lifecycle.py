@@ -25,7 +25,7 @@ from ..events import (
     Usage,
 )
 from ..redaction import redact_error, redact_message
-from .base import CANCELLED, HIDDEN, HandlerBase, guard, logger
+from .base import CANCELLED, HIDDEN, HandlerBase, guard
 from .ids import agent_path, runnable_name, short_run_id
 from .state import NodeState, RunState
 
@@ -148,8 +148,7 @@ class LifecycleMixin(HandlerBase):
             agent = "/".join(p.split(":", 1)[0] for p in event.checkpoint_ns) or None
             self._send(run, InterruptEvent, agent=agent, interrupts=infos)
         except Exception:
-            self.errors += 1
-            logger.exception("KikiCallbackHandler.on_interrupt failed; the run continues")
+            self._failed("on_interrupt")
 
     def _start_run(self, root: UUID, metadata: dict[str, Any] | None, name: str | None) -> None:
         run_id = short_run_id(root)

@@ -15,7 +15,15 @@ __all__ = ["LangfuseSettings", "LoggingSettings", "MetricsSettings"]
 
 class MetricsSettings(Section):
     enabled: bool = True
+    """Define the ``kiki_`` Prometheus metrics and serve them at ``path``."""
     path: str = "/metrics"
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ConfigError("must start with '/', e.g. /metrics")
+        return value
 
 
 _TRACE_TEXT = 200

@@ -153,8 +153,8 @@ class EventBus:
         for sink in self._sinks:
             try:
                 sink(event)
-            except Exception:
-                self.stats.handler_errors += 1
+            except Exception as exc:
+                self.stats.handler_failed(exc)
                 logger.exception("event sink %r raised", sink)
         for sub in self._all:
             sub._offer(event)
@@ -307,8 +307,8 @@ class EventBus:
         for listener in self._interest:
             try:
                 listener(kind, key, present)
-            except Exception:
-                self.stats.handler_errors += 1
+            except Exception as exc:
+                self.stats.handler_failed(exc)
                 logger.exception("interest listener %r raised", listener)
 
     def add_sink(self, sink: Sink) -> Callable[[], None]:

@@ -88,6 +88,8 @@ class RunCursor:
         """Last seq delivered."""
         self.finished = False
         """Everything was delivered (the run ended), or the client must be dropped."""
+        self.dropped = False
+        """The client fell behind and must be dropped (the ``disconnect`` policy)."""
         self._thread_id = thread_id
         self._slow_client = slow_client
         self._on_lag = on_lag
@@ -124,7 +126,7 @@ class RunCursor:
                 if self._on_lag is not None:
                     self._on_lag()
                 if self._slow_client == "disconnect":
-                    self.finished = True
+                    self.finished = self.dropped = True
                     return items
         self._started = True
         notices = self.log.notices
@@ -217,6 +219,8 @@ class ThreadCursor:
         self._cursors: dict[str, RunCursor] = {}
         self._done: set[str] = set()
         self.finished = False
+        self.dropped = False
+        """The client fell behind and must be dropped (the ``disconnect`` policy)."""
         self._pending: list[Item] = []
         if resume is not None:
             self._resume(*resume)
@@ -273,7 +277,7 @@ class ThreadCursor:
             items.extend(cursor.poll(limit - len(items)))
             if cursor.finished:
                 if not cursor.caught_up:  # dropped for being slow
-                    self.finished = True
+                    self.finished = self.dropped = True
                     return items
                 self._done.add(run_id)
                 del self._cursors[run_id]

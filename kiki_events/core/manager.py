@@ -131,6 +131,8 @@ class RunManager:
         """Runs started since creation."""
         self.finished: dict[str, int] = {}
         """Runs ended on this node, by final status."""
+        self.handler_errors: dict[str, int] = {}
+        """Failures inside the callback handlers of ended runs, by exception class name."""
         self.configurable: dict[str, Any] = {}
         """Entries added to every run's ``configurable`` (the composition root adds what graph nodes look up)."""
         self._tasks: dict[str, asyncio.Task[RunStatus]] = {}
@@ -237,6 +239,8 @@ class RunManager:
             record.ended_at = time.time()
         status = record.status
         self.finished[status] = self.finished.get(status, 0) + 1
+        for kind, count in handler.error_types.items():
+            self.handler_errors[kind] = self.handler_errors.get(kind, 0) + count
 
     def get(self, run_id: str, principal: str | None = None) -> RunRecord:
         """See :meth:`RunStore.get`."""

@@ -57,14 +57,11 @@ class RunStore:
         self.max_runs = max_runs
         self.evicted = 0
         """Runs forgotten (expired or pushed out by ``max_runs``)."""
-        self.lagging = 0
-        """Clients that fell behind (see ``sse.slow_client``, ``sse.max_backlog``)."""
-        self.stalled = 0
-        """Clients dropped for accepting nothing for ``sse.send_timeout``."""
-        self.clients = 0
-        """Streaming clients connected now (maintained by the server)."""
-        self.connections = 0
-        """Streaming clients connected since start (maintained by the server)."""
+        # Streaming clients, counted by the server: fell behind (``sse.slow_client``), dropped
+        # for accepting nothing for ``sse.send_timeout``, connected now, connected since start,
+        # and connections ended by reason (``completed``, ``client``, ``slow_client`` …).
+        self.lagging = self.stalled = self.clients = self.connections = 0
+        self.disconnects: dict[str, int] = {}
         self._runs: OrderedDict[str, RunRecord] = OrderedDict()
         self.threads = ThreadIndex(ttl=thread_ttl, max_threads=max_threads)
         """The threads of the runs kept here, and their owners."""
@@ -361,6 +358,10 @@ class RunStore:
     def count_stalled(self) -> None:
         """Count a client dropped for accepting nothing for ``sse.send_timeout``."""
         self.stalled += 1
+
+    def count_disconnect(self, reason: str) -> None:
+        """Count a streaming connection that ended, and why (``completed``, ``client``, ``slow_client`` …)."""
+        self.disconnects[reason] = self.disconnects.get(reason, 0) + 1
 
     @property
     def readers(self) -> int:

@@ -39,9 +39,17 @@ class BusStats:
     dropped: dict[str, int] = field(default_factory=dict)
     """Events not delivered, by reason (``inbox_full``, ``queue_full``, ``closed`` …)."""
     handler_errors: int = 0
+    handler_error_types: dict[str, int] = field(default_factory=dict)
+    """``handler_errors`` by exception class name."""
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+    def handler_failed(self, error: BaseException) -> None:
+        """Count an exception raised by a sink or a handler."""
+        self.handler_errors += 1
+        kind = type(error).__name__
+        self.handler_error_types[kind] = self.handler_error_types.get(kind, 0) + 1
 
 
 class Subscription:
@@ -212,14 +220,14 @@ class Subscription:
                         await result
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    self._handler_failed()
+                except Exception as exc:
+                    self._handler_failed(exc)
             if not self._queue:
                 idle.set()
 
-    def _handler_failed(self) -> None:
+    def _handler_failed(self, error: Exception) -> None:
         self.errors += 1
-        self._stats.handler_errors += 1
+        self._stats.handler_failed(error)
         if self.errors == 1:
             logger.exception("event handler %r raised; isolating it", self.name)
         else:

@@ -11,8 +11,10 @@ One function per part, called by :class:`~kiki_events.runtime.KikiRuntime` only.
 The Redis client is created from ``eventbus.redis`` (and owned by the transport)
 unless one is given. ``create_handoff`` builds the node's
 :class:`~kiki_events.handoff.Handoff` (Redis provider only) with a Redis client of
-its own, which the runtime closes after the Handoff. ``build_sinks`` builds the per-event sinks registered in
-:data:`kiki_events.sinks.SINKS`; ``create_collector`` the Prometheus collector; ``create_tracing``
+its own, which the runtime closes after the Handoff. ``create_metrics`` defines the
+Prometheus metrics on the runtime's registry, ``build_sinks`` builds the per-event
+sinks registered in :data:`kiki_events.sinks.SINKS` (the metrics sink among them)
+and ``create_parts_metrics`` what copies the parts' counters into the metrics; ``create_tracing``
 the tracing of every run (``langfuse``, see :mod:`kiki_events.core.tracing`).
 
 Adding a transport: its file (see :mod:`kiki_events.transports`), a builder here
@@ -28,10 +30,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..config import PROVIDERS as PROVIDER_NAMES
 from ..handoff import CONFIG_KEY, Follow, Handoff, HandoffContext, client_name
-from ..sinks import SINKS, SinkSet
+from ..sinks import SINKS, SinkContext, SinkSet
 from ..transports import MemoryHub, MemoryTransport, Transport, TransportOptions
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from ..bridge import Bridge
     from ..config import Settings
     from ..core.bus import EventBus
@@ -39,14 +43,16 @@ if TYPE_CHECKING:
     from ..core.store import RunStore
     from ..core.tracing import RunTracing
     from ..redis.types import Redis
-    from ..sinks.metrics import BridgeView, RuntimeCollector
+    from ..sinks.metrics import KikiMetrics
+    from ..sinks.parts import BridgeView, PartsMetrics
 
 __all__ = [
     "PROVIDERS",
     "TransportBuilder",
     "build_sinks",
-    "create_collector",
     "create_handoff",
+    "create_metrics",
+    "create_parts_metrics",
     "create_tracing",
     "create_transport",
 ]
@@ -151,15 +157,30 @@ def create_tracing(settings: Settings) -> RunTracing | None:
     return langfuse.create(settings)
 
 
-def build_sinks(settings: Settings) -> SinkSet:
+def create_metrics(registry: CollectorRegistry) -> KikiMetrics:
+    """Every ``kiki_`` metric, defined on ``registry`` (imports ``prometheus_client``).
+
+    Raises:
+        ConfigError: ``registry`` holds kiki metrics already, or ``PROMETHEUS_MULTIPROC_DIR``
+            is set but unusable (set after ``prometheus_client`` was imported, or not a directory).
+    """
+    from ..sinks.metrics import KikiMetrics, multiprocess_dir
+
+    multiprocess_dir()
+    return KikiMetrics(registry)
+
+
+def build_sinks(context: SinkContext) -> SinkSet:
     """The per-event sinks the settings turn on, in the order of :data:`~kiki_events.sinks.SINKS`."""
-    return SinkSet(sink for factory in SINKS if (sink := factory(settings)) is not None)
+    return SinkSet(sink for factory in SINKS if (sink := factory(context)) is not None)
 
 
-def create_collector(
-    *, bus: EventBus, store: RunStore, runs: RunManager, bridge: BridgeView | None
-) -> RuntimeCollector:
-    """The Prometheus collector of these parts, read at scrape time (imports ``prometheus_client`` on first use)."""
-    from ..sinks.metrics import RuntimeCollector
+def create_parts_metrics(
+    metrics: KikiMetrics, *, bus: EventBus, store: RunStore, runs: RunManager, bridge: BridgeView | None
+) -> PartsMetrics:
+    """What copies the counters of these parts into ``metrics`` (and connects the bridge's lag)."""
+    from ..sinks.parts import PartsMetrics
 
-    return RuntimeCollector(bus=bus, store=store, runs=runs, bridge=bridge)
+    parts = PartsMetrics(metrics, bus=bus, store=store, runs=runs, bridge=bridge)
+    parts.connect()
+    return parts

@@ -32,11 +32,20 @@ from ..core.manager import RunHandle, RunManager
 from ..core.runlog import Frame
 from ..core.runrecord import RunRecord
 from ..core.store import RunStore
+from ..core.tasks import stop_tasks, supervise
 from ..core.threads import new_thread_id
 from ..errors import KikiEventsError, RunNotFoundError
 from ..events import StreamEvent
+from ..sinks import SinkContext
 from ..transports import MemoryHub, Transport
-from .build import build_sinks, create_collector, create_handoff, create_tracing, create_transport
+from .build import (
+    build_sinks,
+    create_handoff,
+    create_metrics,
+    create_parts_metrics,
+    create_tracing,
+    create_transport,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -44,7 +53,8 @@ if TYPE_CHECKING:
     from ..core.tracing import RunTracing
     from ..handoff import Handoff
     from ..redis.types import Redis
-    from ..sinks.metrics import RuntimeCollector
+    from ..sinks.metrics import KikiMetrics
+    from ..sinks.parts import PartsMetrics
 
 __all__ = ["KikiRuntime", "default_node_name"]
 
@@ -67,8 +77,10 @@ class KikiRuntime:
     Args:
         settings: the configuration (default: built-in defaults).
         graphs: graph name → compiled graph, in addition to ``settings.graphs``.
-        registry: Prometheus registry for the runtime's metrics (default: a new
-            private one, created on first use; never the global registry).
+        registry: Prometheus registry the runtime defines its ``kiki_`` metrics on
+            (with ``metrics.enabled``; default: a new private one, never the global
+            registry). Pass your own to serve them from your application's
+            ``/metrics``; one runtime per registry.
         base_dir: directory that relative graph paths resolve against.
         redis: Redis client for the bridge (default: one made from
             ``eventbus.redis`` when ``eventbus.provider`` is ``redis``).
@@ -80,7 +92,8 @@ class KikiRuntime:
 
     Raises:
         GraphLoadError: a graph reference cannot be loaded.
-        ConfigError: the Redis address is invalid.
+        ConfigError: the Redis address is invalid; ``registry`` holds kiki metrics
+            already; ``PROMETHEUS_MULTIPROC_DIR`` is set but unusable.
     """
 
     def __init__(
@@ -119,9 +132,20 @@ class KikiRuntime:
         """Connection to the other nodes; ``None`` without a transport (flag off: nothing changes)."""
         if transport is not None:
             self.bridge = Bridge(transport, bus=self.bus, store=self.store, runs=self.runs, settings=settings.eventbus)
-        self.sinks = build_sinks(settings)
-        """Per-event sinks (:mod:`kiki_events.sinks`), attached to the bus while the runtime runs."""
         self._registry = registry
+        self.metrics: KikiMetrics | None = None
+        """The ``kiki_`` Prometheus metrics on :attr:`metrics_registry` (``None`` with ``metrics.enabled: false``)."""
+        self._parts: PartsMetrics | None = None
+        if settings.metrics.enabled:
+            self.metrics = create_metrics(self.metrics_registry)
+            self._parts = create_parts_metrics(
+                self.metrics, bus=self.bus, store=self.store, runs=self.runs, bridge=self.bridge
+            )
+        self._metrics_task: asyncio.Task[None] | None = None
+        registry = self._registry if self.metrics is not None else None
+        context = SinkContext(settings, node=self.node, registry=registry, metrics=self.metrics)
+        self.sinks = build_sinks(context)
+        """Per-event sinks (:mod:`kiki_events.sinks`), attached to the bus while the runtime runs."""
         # Agents across nodes (kiki_events.handoff): delegate to and serve agents
         # through Redis; None with another provider.
         self.handoff: Handoff | None = create_handoff(
@@ -145,12 +169,20 @@ class KikiRuntime:
             self._registry = CollectorRegistry(auto_describe=True)
         return self._registry
 
-    def metrics_collector(self) -> RuntimeCollector:
-        """A new Prometheus collector of this runtime's counters, read at scrape time.
+    def metrics_text(self) -> bytes:
+        """The Prometheus text exposition of the metrics (what ``GET /metrics`` answers).
 
-        Register it on :attr:`metrics_registry` (the server does so while it runs).
+        The parts' counters are copied in first. With ``PROMETHEUS_MULTIPROC_DIR``
+        it holds the values of every worker process writing to that directory.
+
+        Raises:
+            KikiEventsError: metrics are off (``metrics.enabled: false``).
         """
-        return create_collector(bus=self.bus, store=self.store, runs=self.runs, bridge=self.bridge)
+        if self._parts is None:
+            raise KikiEventsError("metrics are off (metrics.enabled: false)")
+        from ..sinks.metrics import exposition
+
+        return exposition(self._parts.metrics)
 
     async def start(self) -> None:
         """Start the bus, the run store's sweeper, the sinks, the bridge and the handoff.
@@ -168,6 +200,9 @@ class KikiRuntime:
             await self.bridge.start()  # after the store's sink: it reads run records
         if self.handoff is not None:
             await self.handoff.start()
+        if self._parts is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Another worker may answer the scrape: keep this process's copy current.
+            self._metrics_task = supervise("kiki-metrics", self._parts.refresh_every)
         self._state = "running"
         logger.info(
             "kiki runtime started on node %s with graphs %s", self.node, ", ".join(self.graphs.names()) or "(none)"
@@ -210,6 +245,10 @@ class KikiRuntime:
                 await self.bridge.close(timeout=self.settings.eventbus.publish.timeout or 5.0)
             await self.sinks.detach()
             await self._close_tracing()
+            await stop_tasks([self._metrics_task])
+            if self._parts is not None:
+                self._parts.metrics.refresh()
+                self._parts.release()
             if self._remove_sink is not None:
                 self._remove_sink()
             await self.store.close()

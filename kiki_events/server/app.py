@@ -86,17 +86,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if owned:
             await runtime.start()
-        collector = None
-        registry = None
-        if cfg.metrics.enabled:
-            registry = runtime.metrics_registry
-            collector = runtime.metrics_collector()
-            registry.register(collector)
         try:
             yield
         finally:
-            if registry is not None and collector is not None:
-                registry.unregister(collector)
             if owned:
                 await runtime.close()
 
@@ -107,7 +99,7 @@ def create_app(
     app.include_router(create_router(runtime, auth=auth))
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unexpected)
-    if cfg.metrics.enabled:
+    if runtime.metrics is not None:
         _add_metrics(app, runtime, cfg.metrics.path)
     if cfg.server.dashboard:
         _add_dashboard(app)
@@ -158,9 +150,9 @@ def _add_metrics(app: FastAPI, runtime: KikiRuntime, path: str) -> None:
     # An explicit route: mounting prometheus' ASGI app answers ``/metrics`` with a redirect.
     @app.get(path, include_in_schema=False)
     async def metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(generate_latest(runtime.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(runtime.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _add_dashboard(app: FastAPI) -> None:

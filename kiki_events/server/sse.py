@@ -127,30 +127,51 @@ async def cursor_body(
 
 
 class _EventStream(EventSourceResponse):
-    """An ``EventSourceResponse`` that resets the connection of a stalled client."""
+    """An ``EventSourceResponse`` that resets the connection of a stalled client.
 
-    def __init__(self, *args: Any, on_stalled: Callable[[], object] | None = None, **kwargs: Any) -> None:
+    ``on_end`` is told why the stream ended: ``completed`` (the body ended and its
+    last bytes were sent), ``client`` (the client went away), ``stalled``,
+    ``shutdown`` (the server began shutting down while it was open) or ``error``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        on_stalled: Callable[[], object] | None = None,
+        on_end: Callable[[str], object] | None = None,
+        exit_hook: _ExitHook | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # sse-starlette only ever calls ``set()`` on it, when it sees the server exit.
+        kwargs["shutdown_event"] = exit_hook
         super().__init__(*args, **kwargs)
         self._on_stalled = on_stalled
+        self._on_end = on_end
+        self._exit_hook = exit_hook
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         timeout = self.send_timeout
+        ended = "client"
 
         async def send_bounded(message: Message) -> None:
+            nonlocal ended
             # sse-starlette bounds data and keep-alive sends, not the one that ends
             # the body: a client stalled when its run ended would hold it forever.
             final = message["type"] == "http.response.body" and not message.get("more_body", False)
             if timeout is None or not final:
                 await send(message)
-                return
-            with anyio.move_on_after(timeout) as waited:
-                await send(message)
-            if waited.cancelled_caught:
-                raise SendTimeoutError
+            else:
+                with anyio.move_on_after(timeout) as waited:
+                    await send(message)
+                if waited.cancelled_caught:
+                    raise SendTimeoutError
+            if final:
+                ended = "completed"
 
         try:
             await super().__call__(scope, receive, send_bounded)
         except SendTimeoutError:
+            ended = "stalled"
             _count_stalled(self._on_stalled)
             transport = scope.get(TRANSPORT_KEY)
             if transport is None:
@@ -159,6 +180,13 @@ class _EventStream(EventSourceResponse):
             # Let the server see the connection lost before this response returns
             # unfinished, so it does not report an incomplete response.
             await asyncio.sleep(0)
+        except Exception:
+            ended = "error"
+            raise
+        finally:
+            if self._on_end is not None:
+                exiting = self._exit_hook is not None and self._exit_hook.fired
+                self._on_end("shutdown" if exiting and ended in ("completed", "client") else ended)
 
 
 class _ExitHook:
@@ -167,12 +195,14 @@ class _ExitHook:
     Cheaper than an event and a task per connection waiting for it.
     """
 
-    __slots__ = ("_hook",)
+    __slots__ = ("_hook", "fired")
 
     def __init__(self, hook: Callable[[], object] | None) -> None:
         self._hook = hook
+        self.fired = False
 
     def set(self) -> None:
+        self.fired = True
         if self._hook is not None:
             self._hook()
 
@@ -198,6 +228,7 @@ def sse_response(
     exit_grace: float = 0.0,
     on_stalled: Callable[[], object] | None = None,
     wire_format: Format | None = None,
+    on_end: Callable[[str], object] | None = None,
 ) -> EventSourceResponse:
     """An ``EventSourceResponse`` with our headers and keep-alive, of ``wire_format``'s media type.
 
@@ -205,7 +236,8 @@ def sse_response(
     stream is open; the stream then has ``exit_grace`` seconds to end by itself
     (runs finish or are cancelled, so the client gets its final ``done``).
     ``on_stalled`` is called when the client is dropped for accepting nothing
-    for ``send_timeout``.
+    for ``send_timeout``. ``on_end`` is told why the stream ended (``completed``,
+    ``client``, ``stalled``, ``shutdown`` or ``error``).
     """
     return _EventStream(
         body,
@@ -215,10 +247,10 @@ def sse_response(
         sep=_SEP,
         ping_message_factory=_ping,
         send_timeout=settings.send_timeout,
-        # sse-starlette only ever calls ``set()`` on it, when it sees the server exit.
-        shutdown_event=_ExitHook(on_server_exit),
+        exit_hook=_ExitHook(on_server_exit),
         shutdown_grace_period=exit_grace,
         on_stalled=on_stalled,
+        on_end=on_end,
     )
 
 

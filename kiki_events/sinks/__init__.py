@@ -5,21 +5,24 @@ Two kinds live here:
 * per-event sinks (:class:`~.base.Sink`): the bus calls them for every event
   published on this node; the composition root builds the ones the settings turn
   on (:func:`kiki_events.runtime.build.build_sinks`), attaches them when the
-  runtime starts and detaches and closes them when it stops;
-* the Prometheus collector (:mod:`.metrics`), read at scrape time and never per
-  event; the server registers it (``KikiRuntime.metrics_collector()``).
+  runtime starts and detaches and closes them when it stops. Ours is
+  :mod:`.eventmetrics`, which keeps the event-fed Prometheus metrics;
+* the Prometheus metrics themselves (:mod:`.metrics`, defined on the runtime's
+  registry) and the copy of the runtime parts' counters into them (:mod:`.parts`).
 
 Add a sink: one new file in ``sinks/`` with a class following :class:`~.base.Sink`
-and a factory ``create(settings) -> Sink | None`` (``None`` when its settings turn
-it off; import heavy dependencies inside it), and one registration line in
-:data:`SINKS` below. Nothing else changes.
+and a factory ``create(context: SinkContext) -> Sink | None`` (``None`` when its
+settings turn it off; import heavy dependencies inside it), and one registration
+line in :data:`SINKS` below. Nothing else changes.
 """
 
-from .base import Sink, SinkFactory, SinkSet
+from . import eventmetrics
+from .base import Sink, SinkContext, SinkFactory, SinkSet
 
-__all__ = ["SINKS", "Sink", "SinkFactory", "SinkSet"]
+__all__ = ["SINKS", "Sink", "SinkContext", "SinkFactory", "SinkSet"]
 
 SINKS: tuple[SinkFactory, ...] = (
     # One line per sink, in attach order, e.g. ``stdout.create,``.
+    eventmetrics.create,
 )
 """The factories of every per-event sink, in the order their sinks are attached."""

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 from ..events import StreamEvent
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from ..config import Settings
     from ..core.bus import EventBus
+    from .metrics import KikiMetrics
 
-__all__ = ["Sink", "SinkFactory", "SinkSet"]
+__all__ = ["Sink", "SinkContext", "SinkFactory", "SinkSet"]
 
 logger = logging.getLogger("kiki_events.sinks")
 
@@ -50,8 +54,22 @@ class Sink(Protocol):
         return
 
 
-SinkFactory: TypeAlias = "Callable[[Settings], Sink | None]"
-"""Builds a sink from the settings, or ``None`` when the settings turn it off."""
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink factory is given by the composition root."""
+
+    settings: Settings
+    """The runtime's settings."""
+    node: str | None = None
+    """This node's name (the ``node`` of the events its runs produce)."""
+    registry: CollectorRegistry | None = None
+    """The runtime's Prometheus registry, for a sink with metrics of its own (``None``: metrics off)."""
+    metrics: KikiMetrics | None = None
+    """The runtime's ``kiki_`` metrics on that registry (``None``: metrics off)."""
+
+
+SinkFactory: TypeAlias = "Callable[[SinkContext], Sink | None]"
+"""Builds a sink from its context, or ``None`` when the settings turn it off."""
 
 
 class SinkSet:

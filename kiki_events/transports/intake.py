@@ -60,7 +60,7 @@ class Intake:
         else:
             stats.events_in += len(message.events)
         if live and kind in (KIND_BATCH, KIND_LIFECYCLE):
-            stats.lag.observe(time.time() - message.sent_at)
+            stats.observe_lag(time.time() - message.sent_at)
         self.safely(listener.on_frame, message)
         return None
 

@@ -1,50 +1,17 @@
 """What a transport counts: frames and events in and out, drops by reason, delivery lag.
 
-The Prometheus collector (:mod:`kiki_events.sinks.metrics`) and ``/healthz`` read
-these; a transport only increments them.
+``/healthz`` and the Prometheus metrics (:mod:`kiki_events.sinks.parts`) read these;
+a transport only increments them. Delivery lag is not kept here: it is handed, one
+observation per live frame, to the observer the composition root connects
+(``on_lag``: the ``kiki_bridge_delivery_lag_seconds`` histogram).
 """
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["LAG_BUCKETS", "LagHistogram", "TransportStats"]
-
-LAG_BUCKETS: tuple[float, ...] = tuple(0.0005 * 2**i for i in range(15))
-"""Upper bounds of the delivery-lag histogram: 0.5 ms doubling to ~8 s.
-
-Bridge lag is milliseconds, not the seconds of an LLM call, so the buckets start
-lower than the LLM-duration buckets of the metrics while keeping their shape.
-"""
-
-
-class LagHistogram:
-    """Publish-to-receipt delay of live frames (cumulative buckets read at scrape time)."""
-
-    __slots__ = ("buckets", "count", "counts", "sum")
-
-    def __init__(self, buckets: Sequence[float] = LAG_BUCKETS) -> None:
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        seconds = max(seconds, 0.0)
-        self.counts[bisect.bisect_left(self.buckets, seconds)] += 1
-        self.count += 1
-        self.sum += seconds
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """``(upper bound, count)`` pairs as Prometheus wants them, ``+Inf`` last."""
-        total = 0
-        out: list[tuple[str, int]] = []
-        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
-            total += count
-            out.append((bound, total))
-        return out
+__all__ = ["TransportStats"]
 
 
 @dataclass
@@ -65,7 +32,14 @@ class TransportStats:
     """Connections re-established after a loss."""
     dropped: dict[str, int] = field(default_factory=dict)
     """Events or frames lost, by reason (``outbox_full``, ``malformed``, ``oversized`` …)."""
-    lag: LagHistogram = field(default_factory=LagHistogram)
+    on_lag: Callable[[float], object] | None = None
+    """Called with the publish-to-receipt delay, in seconds, of each live frame received."""
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+    def observe_lag(self, seconds: float) -> None:
+        """Report the delay of one live frame (clock skew between nodes can make it negative: 0)."""
+        on_lag = self.on_lag
+        if on_lag is not None:
+            on_lag(max(seconds, 0.0))

@@ -121,6 +121,9 @@ class RouteContext:
             # Enough for runs to finish or be cancelled and for their ``done`` to go out.
             exit_grace=settings.runs.shutdown_grace + 5.0,
             on_stalled=self.store.count_stalled,
+            on_end=lambda reason: self.store.count_disconnect(
+                "slow_client" if reason == "completed" and cursor.dropped else reason
+            ),
         )
 
     def run_cursor(self, log: RunLog, after: int, thread_id: str | None) -> RunCursor:
