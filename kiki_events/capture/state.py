@@ -69,6 +69,8 @@ class RunState:
     """(tool_call_id, name, canonical args JSON) requested but not yet started."""
     usage: dict[str, int] = field(default_factory=dict)
     """Token counts of the run so far, by :class:`~kiki_events.events.Usage` field."""
+    checked: bool = False
+    """A validated event of this run was built: its envelope (run, thread, causation, node) is valid."""
     interrupted: bool = False
     failed_agent: str | None = None
     error_sent: bool = False

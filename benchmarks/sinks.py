@@ -1,0 +1,210 @@
+"""What each sink and JSON logging cost per token, measured on P1 (README.md, "Performance").
+
+In the same run, in rotating order, on the long graph of ``benchmarks/capture.py``
+(two LLM nodes, ``--tokens`` each; ``--runs`` runs per sample):
+
+* ``messages``     – the P1 anchor, ``graph.astream(stream_mode="messages")``;
+* ``kiki``         – P1's kiki variant with no sink on the bus;
+* ``kiki+NAME``    – the same with one sink attached to the bus: each sink that a
+  factory of :data:`kiki_events.sinks.SINKS` builds from the settings (defaults, or
+  ``--settings FILE``), and each ``--sink module:attribute`` (any callable taking an
+  event, e.g. ``kiki_events.codec:encode``);
+* ``kiki+json-logs`` – no sink, and a handler with the server's JSON formatter on the
+  ``kiki_events`` logger at INFO (nothing is logged per token: its records per run
+  are counted and reported).
+
+Each is reported as extra microseconds per token against ``kiki`` (median over rounds
+of the per-round difference, divided by the tokens of a sample) and as its P1 ratio.
+
+    python3 scripts/dev.py run python benchmarks/sinks.py [--rounds 7] [--tokens 2000] [--runs 1]
+        [--settings FILE] [--sink module:attribute ...] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import median, write_results
+from benchmarks.capture import INPUT, Shape, Variant, long_shape, measure, ratios, via_messages
+from kiki_events import EventBus, KikiCallbackHandler, StreamEvent
+from kiki_events.cli.logs import JsonFormatter
+from kiki_events.config import Settings, load_settings
+from kiki_events.sinks import SINKS
+
+EventCallable = Callable[[StreamEvent], object]
+
+
+def kiki_with(sink: EventCallable | None) -> Variant:
+    """P1's kiki variant, with ``sink`` (if any) on the bus."""
+
+    async def run(graph: Any, runs: int) -> int:
+        seen = 0
+
+        def consume(event: StreamEvent) -> None:
+            nonlocal seen
+            seen += 1
+
+        async with EventBus() as bus:
+            if sink is not None:
+                bus.add_sink(sink)  # type: ignore[arg-type]
+            bus.subscribe(consume, name="consumer")
+            for _ in range(runs):
+                await graph.ainvoke(INPUT, {"callbacks": [KikiCallbackHandler(bus)]})
+            await bus.drain()
+        return seen
+
+    return run
+
+
+class _Counting(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records += 1
+        return True
+
+
+@contextmanager
+def json_logging(counter: _Counting) -> Iterator[None]:
+    """A JSON-formatting handler on ``kiki_events`` at INFO (to /dev/null), counting its records."""
+    logger = logging.getLogger("kiki_events")
+    with open(os.devnull, "w", encoding="utf-8") as devnull:
+        handler = logging.StreamHandler(devnull)
+        handler.setFormatter(JsonFormatter())
+        handler.addFilter(counter)
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+
+def with_json_logging(counter: _Counting) -> Variant:
+    inner = kiki_with(None)
+
+    async def run(graph: Any, runs: int) -> int:
+        with json_logging(counter):
+            return await inner(graph, runs)
+
+    return run
+
+
+def load_callable(reference: str) -> tuple[str, EventCallable]:
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"--sink must look like module:attribute; got {reference!r}")
+    target = getattr(importlib.import_module(module_name), attribute)
+    if not callable(target):
+        raise SystemExit(f"--sink {reference} is not callable")
+    return attribute, target
+
+
+def build_sinks(settings: Settings) -> tuple[list[Any], list[str]]:
+    """The sinks ``SINKS`` builds from ``settings``, and the factories that built none."""
+    built, off = [], []
+    for factory in SINKS:
+        sink = factory(settings)
+        if sink is None:
+            off.append(f"{factory.__module__}.{factory.__qualname__}")
+        else:
+            built.append(sink)
+    return built, off
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    settings = load_settings(args.settings) if args.settings else Settings()
+    sinks, off = build_sinks(settings)
+    for sink in sinks:
+        await sink.start()
+    variants: dict[str, Variant] = {"kiki": kiki_with(None), "messages": via_messages}
+    for sink in sinks:
+        variants[f"kiki+{sink.name}"] = kiki_with(sink)
+    for reference in args.sink:
+        name, target = load_callable(reference)
+        variants[f"kiki+{name}"] = kiki_with(target)
+    counter = _Counting()
+    variants["kiki+json-logs"] = with_json_logging(counter)
+    shape = replace(long_shape(args.tokens), runs=args.runs)
+    try:
+        measured = await measure(shape, args.rounds, variants)
+    finally:
+        for sink in sinks:
+            await sink.close()
+    return report(shape, measured, counter, off, args)
+
+
+def report(shape: Shape, measured: dict[str, Any], counter: _Counting, off: list[str], args: Any) -> dict[str, Any]:
+    times = measured["times"]
+    tokens = shape.llm_calls * shape.tokens_per_call * shape.runs
+    rows: dict[str, Any] = {}
+    for name in times:
+        if name == "messages":
+            continue
+        extra = [(ours - base) / tokens * 1e6 for ours, base in zip(times[name], times["kiki"], strict=True)]
+        p1 = ratios(times, name, "messages")
+        rows[name] = {
+            "extra_us_per_token": round(median(extra), 3),
+            "extra_us_per_token_range": [round(min(extra), 3), round(max(extra), 3)],
+            "P1": round(median(p1), 3),
+            "P1_range": [round(min(p1), 3), round(max(p1), 3)],
+            "ms_per_run_median": round(median(times[name]) / shape.runs * 1000, 3),
+        }
+    # Warm-up and every round ran the json-logs variant: runs it made = (rounds + 1) samples.
+    logged_runs = (args.rounds * shape.runs) + 1
+    return {
+        "shape": shape.describe,
+        "tokens_per_sample": tokens,
+        "rounds": args.rounds,
+        "messages_ms_per_run_median": round(median(times["messages"]) / shape.runs * 1000, 3),
+        "variants": rows,
+        "json_logs_records": counter.records,
+        "json_logs_records_per_run": round(counter.records / logged_runs, 3),
+        "sinks_off_in_settings": off,
+        "items_per_sample": measured["counts"],
+    }
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--tokens", type=int, default=2000, help="tokens per LLM call (two calls per run)")
+    parser.add_argument("--runs", type=int, default=1, help="runs per timed sample")
+    parser.add_argument("--settings", help="settings file whose sinks to measure (default: the defaults)")
+    parser.add_argument("--sink", action="append", default=[], help="module:attribute of a callable sink to add")
+    parser.add_argument("--out", help="JSON output file (default benchmarks/results/sinks.json)")
+    args = parser.parse_args()
+    results = asyncio.run(main(args))
+    path = write_results("sinks", results, args.out)
+    print(f"sink cost per token: {results['shape']}, {args.rounds} rounds (medians)")
+    print(f"  messages (anchor)      {results['messages_ms_per_run_median']:9.3f} ms/run")
+    for name, row in results["variants"].items():
+        low, high = row["extra_us_per_token_range"]
+        print(
+            f"  {name:<22} {row['ms_per_run_median']:9.3f} ms/run  {row['extra_us_per_token']:+7.3f} us/token"
+            f" (rounds {low:+.3f} to {high:+.3f})  P1 {row['P1']:.3f}x"
+        )
+    print(f"  json logging: {results['json_logs_records']} records in all ({results['json_logs_records_per_run']}/run)")
+    for factory in results["sinks_off_in_settings"]:
+        print(f"  {factory}: off in these settings (not measured)")
+    print(f"  written to {path}")
+
+
+if __name__ == "__main__":
+    cli()
