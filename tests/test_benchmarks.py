@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import gc
 import json
 import os
@@ -13,7 +15,10 @@ from typing import Any
 
 import pytest
 
+from kiki_events.config import Settings
+from kiki_events.events import StreamEvent
 from kiki_events.heap import SERVING_THRESHOLDS, freeze_startup_heap, tune_collector
+from kiki_events.sinks import Sink
 from tests.processes import dying_with_us
 from tests.redis_server import REQUIRE_ENV
 from tests.servers import wait_for
@@ -248,3 +253,42 @@ def test_sinks_benchmark_prices_every_sink_and_json_logging_per_token(tmp_path: 
     assert len({count for name, count in counts.items() if name.startswith("kiki")}) == 1
     assert figures["json_logs_records"] == 0  # nothing is logged per token (nor per run)
     assert "kiki+json-logs" in result.stdout and "us/token" in result.stdout
+
+
+class _CountingSink(Sink):
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.started = self.closed = False
+
+    def __call__(self, event: StreamEvent) -> None:
+        self.events += 1
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sinks_benchmark_measures_each_sink_that_sinks_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import sinks as bench
+
+    built = _CountingSink()
+
+    def off(settings: Settings) -> None:
+        return None
+
+    monkeypatch.setattr(bench, "SINKS", (lambda settings: built, off))
+    args = argparse.Namespace(rounds=2, tokens=20, runs=1, settings=None, sink=[])
+
+    figures = asyncio.run(bench.main(args))
+
+    assert "kiki+counting" in figures["variants"]
+    assert built.started and built.closed
+    # Warm-up and two rounds, each one run of 1 + 2 * 2 + 2 + 2 * 20 + 1 events.
+    assert built.events == 3 * 48 == figures["items_per_sample"]["kiki+counting"] * 3
+    assert figures["sinks_off_in_settings"] == [f"{off.__module__}.{off.__qualname__}"]
