@@ -12,15 +12,16 @@ P1 and P1b are measured on two graph shapes (``--graph long|short|both``, defaul
   chunks; per-token costs dominate.
 * ``short`` – a supervisor loop (supervisor → worker 1 → supervisor → … → worker
   ``--workers`` → supervisor → end), every LLM call streaming ``--short-tokens``
-  chunks; per-run, per-node and per-LLM-call costs dominate. One sample is
-  ``--runs`` runs.
+  chunks; per-run, per-node and per-LLM-call costs dominate. A round is
+  ``--runs`` runs of each variant.
 
-Every model is the scripted one with zero delay. Every round runs all three
-variants (in rotating order); the kiki variant keeps one bus (with its
-subscriber) per sample and one handler per run, as the server does. Figures are
+Every model is the scripted one with zero delay. In every round the three
+variants take turns run by run (in an order that rotates from round to round);
+the kiki variant keeps one bus (with its subscriber) per round and one handler
+per run, as the server does (the bus's start and stop are not timed). Figures are
 medians over rounds of the per-round ratios of wall time (the bar); P1 is also
 given in this process's CPU time, which other processes on a busy machine
-disturb less, and as the ratio of each variant's fastest sample.
+disturb less, and as the ratio of each variant's fastest round.
 
     python3 scripts/dev.py run python benchmarks/capture.py [--rounds 7] [--graph both] [--tokens 2000]
         [--workers 3] [--short-tokens 10] [--runs 20] [--out FILE]
@@ -34,7 +35,8 @@ import gc
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,13 +53,15 @@ from kiki_events.formats.kiki import FORMAT
 
 INPUT = {"messages": [{"role": "user", "content": "Write the report."}]}
 
-Variant = Callable[[Any, int], Awaitable[int]]
-"""Runs ``graph`` that many times; returns the items (or events) it saw."""
+Once = Callable[[Any], Awaitable[int]]
+"""Runs ``graph`` once; returns the items (or events) it saw."""
+Variant = Callable[[], AbstractAsyncContextManager[Once]]
+"""A session of one variant for one round: what lives across runs (the kiki bus) lives in it."""
 
 
 @dataclass(frozen=True)
 class Shape:
-    """One graph to measure and how many runs make one timed sample."""
+    """One graph to measure and how many runs of each variant make one round."""
 
     name: str
     graph: Any
@@ -69,13 +73,13 @@ class Shape:
 
 def long_shape(tokens: int) -> Shape:
     graph = load_demo("research_team").build_benchmark_graph(tokens)
-    return Shape("long", graph, 1, 2, tokens, f"2 LLM nodes x {tokens} tokens, 1 run per sample")
+    return Shape("long", graph, 1, 2, tokens, f"2 LLM nodes x {tokens} tokens, 1 run per round")
 
 
 def short_shape(workers: int, tokens: int, runs: int) -> Shape:
     graph = build_supervisor_graph(workers, tokens)
     calls = 2 * workers + 1
-    describe = f"supervisor loop, {workers} workers: {calls} LLM calls x {tokens} tokens, {runs} runs per sample"
+    describe = f"supervisor loop, {workers} workers: {calls} LLM calls x {tokens} tokens, {runs} runs per round"
     return Shape("short", graph, runs, calls, tokens, describe)
 
 
@@ -100,23 +104,33 @@ def build_supervisor_graph(workers: int, tokens: int) -> Any:
     return graph.compile(name="supervisor_loop")
 
 
-async def via_messages(graph: Any, runs: int) -> int:
+async def messages_once(graph: Any) -> int:
     count = 0
-    for _ in range(runs):
-        async for _ in graph.astream(INPUT, stream_mode="messages"):
-            count += 1
+    async for _ in graph.astream(INPUT, stream_mode="messages"):
+        count += 1
     return count
 
 
-async def via_astream_events(graph: Any, runs: int) -> int:
+async def astream_events_once(graph: Any) -> int:
     count = 0
-    for _ in range(runs):
-        async for _ in graph.astream_events(INPUT, version="v2"):
-            count += 1
+    async for _ in graph.astream_events(INPUT, version="v2"):
+        count += 1
     return count
 
 
-async def via_kiki(graph: Any, runs: int) -> int:
+@asynccontextmanager
+async def via_messages() -> AsyncIterator[Once]:
+    yield messages_once
+
+
+@asynccontextmanager
+async def via_astream_events() -> AsyncIterator[Once]:
+    yield astream_events_once
+
+
+@asynccontextmanager
+async def kiki_session(sink: Callable[[StreamEvent], object] | None = None) -> AsyncIterator[Once]:
+    """One bus with one consuming subscriber (and ``sink``, if any); one handler per run."""
     seen = 0
 
     def consume(event: StreamEvent) -> None:
@@ -124,39 +138,53 @@ async def via_kiki(graph: Any, runs: int) -> int:
         seen += 1
 
     async with EventBus() as bus:
+        if sink is not None:
+            bus.add_sink(sink)  # type: ignore[arg-type]
         bus.subscribe(consume, name="consumer")
-        for _ in range(runs):
+
+        async def once(graph: Any) -> int:
+            before = seen
             await graph.ainvoke(INPUT, {"callbacks": [KikiCallbackHandler(bus)]})
-        await bus.drain()
-    return seen
+            await bus.drain()
+            return seen - before
+
+        yield once
 
 
-VARIANTS: dict[str, Variant] = {"kiki": via_kiki, "messages": via_messages, "astream_events": via_astream_events}
-
-
-async def timed(fn: Variant, shape: Shape) -> tuple[float, float, int]:
-    """Wall and CPU seconds of one sample, and what it saw."""
-    gc.collect()
-    cpu = time.process_time()
-    start = time.perf_counter()
-    count = await fn(shape.graph, shape.runs)
-    return time.perf_counter() - start, time.process_time() - cpu, count
+VARIANTS: dict[str, Variant] = {"kiki": kiki_session, "messages": via_messages, "astream_events": via_astream_events}
 
 
 async def measure(shape: Shape, rounds: int, variants: Mapping[str, Variant] = VARIANTS) -> dict[str, Any]:
-    """Time every variant on ``shape`` in rotating order: wall and CPU seconds per sample, by variant."""
-    for fn in variants.values():  # warm-up
-        await fn(shape.graph, 1)
+    """Time every variant on ``shape``: wall and CPU seconds per round (``shape.runs`` runs each), by variant.
+
+    Within a round the variants take turns run by run (in an order that rotates from
+    round to round), so a change in the machine's load falls on all of them alike.
+    """
     names = list(variants)
+    async with AsyncExitStack() as stack:
+        for name in names:  # warm-up
+            await (await stack.enter_async_context(variants[name]()))(shape.graph)
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     counts: dict[str, int] = {}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            elapsed, used, counts[name] = await timed(variants[name], shape)
-            times[name].append(elapsed)
-            cpu[name].append(used)
+        wall = dict.fromkeys(names, 0.0)
+        used = dict.fromkeys(names, 0.0)
+        seen = dict.fromkeys(names, 0)
+        async with AsyncExitStack() as stack:
+            sessions = {name: await stack.enter_async_context(variants[name]()) for name in names}
+            gc.collect()
+            for _ in range(shape.runs):
+                for name in order:
+                    cpu_start, start = time.process_time(), time.perf_counter()
+                    seen[name] += await sessions[name](shape.graph)
+                    wall[name] += time.perf_counter() - start
+                    used[name] += time.process_time() - cpu_start
+        for name in names:
+            times[name].append(wall[name])
+            cpu[name].append(used[name])
+            counts[name] = seen[name]
     return {"times": times, "cpu": cpu, "counts": counts}
 
 
@@ -173,7 +201,7 @@ def summary(shape: Shape, measured: Mapping[str, Any]) -> dict[str, Any]:
         "shape": shape.describe,
         "llm_calls_per_run": shape.llm_calls,
         "tokens_per_call": shape.tokens_per_call,
-        "runs_per_sample": shape.runs,
+        "runs_per_round": shape.runs,
         "ms_per_run_median": {name: round(median(v) / shape.runs * 1000, 4) for name, v in times.items()},
         "items_per_run": {name: count // shape.runs for name, count in measured["counts"].items()},
         "P1": {
@@ -256,7 +284,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokens", type=int, default=2000, help="tokens per LLM call of the long graph")
     parser.add_argument("--workers", type=int, default=3, help="workers of the short graph's supervisor loop")
     parser.add_argument("--short-tokens", type=int, default=10, help="tokens per LLM call of the short graph")
-    parser.add_argument("--runs", type=int, default=20, help="runs per timed sample of the short graph")
+    parser.add_argument("--runs", type=int, default=20, help="runs of each variant per round, short graph")
     parser.add_argument("--out", help="JSON output file (default benchmarks/results/capture.json)")
     return parser
 

@@ -1,7 +1,7 @@
 """What each sink and JSON logging cost per token, measured on P1 (README.md, "Performance").
 
 In the same run, in rotating order, on the long graph of ``benchmarks/capture.py``
-(two LLM nodes, ``--tokens`` each; ``--runs`` runs per sample):
+(two LLM nodes, ``--tokens`` each; ``--runs`` runs of each variant per round):
 
 * ``messages``     – the P1 anchor, ``graph.astream(stream_mode="messages")``;
 * ``kiki``         – P1's kiki variant with no sink on the bus;
@@ -14,7 +14,7 @@ In the same run, in rotating order, on the long graph of ``benchmarks/capture.py
   are counted and reported).
 
 Each is reported as extra microseconds per token against ``kiki`` (median over rounds
-of the per-round difference, divided by the tokens of a sample) and as its P1 ratio.
+of the per-round difference, divided by the tokens of a round) and as its P1 ratio.
 
     python3 scripts/dev.py run python benchmarks/sinks.py [--rounds 7] [--tokens 2000] [--runs 1]
         [--settings FILE] [--sink module:attribute ...] [--out FILE]
@@ -28,17 +28,18 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import median, write_results
-from benchmarks.capture import INPUT, Shape, Variant, long_shape, measure, ratios, via_messages
-from kiki_events import EventBus, KikiCallbackHandler, StreamEvent
+from benchmarks.capture import Once, Shape, Variant, kiki_session, long_shape, measure, ratios, via_messages
+from kiki_events import StreamEvent
 from kiki_events.cli.logs import JsonFormatter
 from kiki_events.config import Settings, load_settings
 from kiki_events.sinks import SINKS
@@ -48,24 +49,7 @@ EventCallable = Callable[[StreamEvent], object]
 
 def kiki_with(sink: EventCallable | None) -> Variant:
     """P1's kiki variant, with ``sink`` (if any) on the bus."""
-
-    async def run(graph: Any, runs: int) -> int:
-        seen = 0
-
-        def consume(event: StreamEvent) -> None:
-            nonlocal seen
-            seen += 1
-
-        async with EventBus() as bus:
-            if sink is not None:
-                bus.add_sink(sink)  # type: ignore[arg-type]
-            bus.subscribe(consume, name="consumer")
-            for _ in range(runs):
-                await graph.ainvoke(INPUT, {"callbacks": [KikiCallbackHandler(bus)]})
-            await bus.drain()
-        return seen
-
-    return run
+    return partial(kiki_session, sink)
 
 
 class _Counting(logging.Filter):
@@ -97,13 +81,13 @@ def json_logging(counter: _Counting) -> Iterator[None]:
 
 
 def with_json_logging(counter: _Counting) -> Variant:
-    inner = kiki_with(None)
-
-    async def run(graph: Any, runs: int) -> int:
+    @asynccontextmanager
+    async def session() -> AsyncIterator[Once]:
         with json_logging(counter):
-            return await inner(graph, runs)
+            async with kiki_session() as once:
+                yield once
 
-    return run
+    return session
 
 
 def load_callable(reference: str) -> tuple[str, EventCallable]:
@@ -166,18 +150,17 @@ def report(shape: Shape, measured: dict[str, Any], counter: _Counting, off: list
             "P1_range": [round(min(p1), 3), round(max(p1), 3)],
             "ms_per_run_median": round(median(times[name]) / shape.runs * 1000, 3),
         }
-    # Warm-up and every round ran the json-logs variant: runs it made = (rounds + 1) samples.
-    logged_runs = (args.rounds * shape.runs) + 1
+    logged_runs = args.rounds * shape.runs + 1  # and one warm-up run
     return {
         "shape": shape.describe,
-        "tokens_per_sample": tokens,
+        "tokens_per_round": tokens,
         "rounds": args.rounds,
         "messages_ms_per_run_median": round(median(times["messages"]) / shape.runs * 1000, 3),
         "variants": rows,
         "json_logs_records": counter.records,
         "json_logs_records_per_run": round(counter.records / logged_runs, 3),
         "sinks_off_in_settings": off,
-        "items_per_sample": measured["counts"],
+        "items_per_round": measured["counts"],
     }
 
 
@@ -185,7 +168,7 @@ def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tokens", type=int, default=2000, help="tokens per LLM call (two calls per run)")
-    parser.add_argument("--runs", type=int, default=1, help="runs per timed sample")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each variant per round")
     parser.add_argument("--settings", help="settings file whose sinks to measure (default: the defaults)")
     parser.add_argument("--sink", action="append", default=[], help="module:attribute of a callable sink to add")
     parser.add_argument("--out", help="JSON output file (default benchmarks/results/sinks.json)")

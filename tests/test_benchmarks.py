@@ -205,8 +205,8 @@ def test_capture_benchmark_measures_p1_on_both_graph_shapes(tmp_path: Path) -> N
 
     figures = json.loads(out.read_text())
     long, short = figures["graphs"]["long"], figures["graphs"]["short"]
-    assert (long["llm_calls_per_run"], long["tokens_per_call"], long["runs_per_sample"]) == (2, 50, 1)
-    assert (short["llm_calls_per_run"], short["tokens_per_call"], short["runs_per_sample"]) == (5, 5, 2)
+    assert (long["llm_calls_per_run"], long["tokens_per_call"], long["runs_per_round"]) == (2, 50, 1)
+    assert (short["llm_calls_per_run"], short["tokens_per_call"], short["runs_per_round"]) == (5, 5, 2)
     # messages: one item per streamed chunk (the text chunks and the final usage chunk of each call).
     assert long["items_per_run"]["messages"] == 2 * (50 + 1)
     assert short["items_per_run"]["messages"] == 5 * (5 + 1)
@@ -241,7 +241,7 @@ def test_sinks_benchmark_prices_every_sink_and_json_logging_per_token(tmp_path: 
 
     figures = json.loads(out.read_text())
     variants = figures["variants"]
-    assert figures["tokens_per_sample"] == 200
+    assert figures["tokens_per_round"] == 200
     assert {"kiki", "kiki+encode", "kiki+json-logs"} <= set(variants)
     assert variants["kiki"]["extra_us_per_token"] == 0
     for name, row in variants.items():
@@ -249,7 +249,7 @@ def test_sinks_benchmark_prices_every_sink_and_json_logging_per_token(tmp_path: 
         assert low <= row["extra_us_per_token"] <= high, name
         assert row["P1"] > 0 and row["ms_per_run_median"] > 0, name
     # Every variant saw every event of every run: the sinks on the bus take nothing from the subscriber.
-    counts = figures["items_per_sample"]
+    counts = figures["items_per_round"]
     assert len({count for name, count in counts.items() if name.startswith("kiki")}) == 1
     assert figures["json_logs_records"] == 0  # nothing is logged per token (nor per run)
     assert "kiki+json-logs" in result.stdout and "us/token" in result.stdout
@@ -290,5 +290,5 @@ def test_sinks_benchmark_measures_each_sink_that_sinks_builds(monkeypatch: pytes
     assert "kiki+counting" in figures["variants"]
     assert built.started and built.closed
     # Warm-up and two rounds, each one run of 1 + 2 * 2 + 2 + 2 * 20 + 1 events.
-    assert built.events == 3 * 48 == figures["items_per_sample"]["kiki+counting"] * 3
+    assert built.events == 3 * 48 == figures["items_per_round"]["kiki+counting"] * 3
     assert figures["sinks_off_in_settings"] == [f"{off.__module__}.{off.__qualname__}"]
