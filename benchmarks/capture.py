@@ -24,7 +24,7 @@ given in this process's CPU time, which other processes on a busy machine
 disturb less, and as the ratio of each variant's fastest round.
 
     python3 scripts/dev.py run python benchmarks/capture.py [--rounds 7] [--graph both] [--tokens 2000]
-        [--workers 3] [--short-tokens 10] [--runs 20] [--out FILE]
+        [--workers 3] [--short-tokens 10] [--runs 20] [--breakdown] [--out FILE]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import gc
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from langchain_core.messages import AIMessage
+from langgraph.callbacks import GraphCallbackHandler
 from langgraph.graph import END, START, StateGraph
 
 from benchmarks._common import load_demo, median, verdict, write_results
@@ -154,6 +155,56 @@ async def kiki_session(sink: Callable[[StreamEvent], object] | None = None) -> A
 VARIANTS: dict[str, Variant] = {"kiki": kiki_session, "messages": via_messages, "astream_events": via_astream_events}
 
 
+class NoopHandler(GraphCallbackHandler):
+    """A handler that does nothing but make chat models stream, as ours and ``messages`` mode do."""
+
+    run_inline = True
+    raise_error = False
+
+    def tap_output_aiter(self, run_id: Any, output: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return output
+
+    def tap_output_iter(self, run_id: Any, output: Iterator[Any]) -> Iterator[Any]:
+        return output
+
+
+async def ainvoke_once(graph: Any, config: Any = None) -> int:
+    await graph.ainvoke(INPUT, config)
+    return 0
+
+
+@asynccontextmanager
+async def via_no_handler() -> AsyncIterator[Once]:
+    yield ainvoke_once
+
+
+@asynccontextmanager
+async def via_noop_handler() -> AsyncIterator[Once]:
+    async def once(graph: Any) -> int:
+        return await ainvoke_once(graph, {"callbacks": [NoopHandler()]})
+
+    yield once
+
+
+@asynccontextmanager
+async def via_kiki_no_bus() -> AsyncIterator[Once]:
+    async def once(graph: Any) -> int:
+        events: list[StreamEvent] = []
+        await graph.ainvoke(INPUT, {"callbacks": [KikiCallbackHandler(events.append)]})
+        return len(events)
+
+    yield once
+
+
+BREAKDOWN: dict[str, Variant] = {
+    "no_handler": via_no_handler,
+    "noop_handler": via_noop_handler,
+    "kiki_no_bus": via_kiki_no_bus,
+}
+"""``--breakdown``: ``ainvoke`` alone (models do not stream), with a handler that does
+nothing (what LangChain spends to call any streaming handler), our handler into a list."""
+
+
 async def measure(shape: Shape, rounds: int, variants: Mapping[str, Variant] = VARIANTS) -> dict[str, Any]:
     """Time every variant on ``shape``: wall and CPU seconds per round (``shape.runs`` runs each), by variant.
 
@@ -203,6 +254,7 @@ def summary(shape: Shape, measured: Mapping[str, Any]) -> dict[str, Any]:
         "tokens_per_call": shape.tokens_per_call,
         "runs_per_round": shape.runs,
         "ms_per_run_median": {name: round(median(v) / shape.runs * 1000, 4) for name, v in times.items()},
+        "vs_messages": {name: round(median(ratios(times, name, "messages")), 3) for name in times},
         "items_per_run": {name: count // shape.runs for name, count in measured["counts"].items()},
         "P1": {
             "ratio": round(median(p1), 3),
@@ -271,7 +323,8 @@ def shapes(args: argparse.Namespace) -> list[Shape]:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     graphs: dict[str, Any] = {}
     for shape in shapes(args):
-        graphs[shape.name] = summary(shape, await measure(shape, args.rounds))
+        variants = {**VARIANTS, **BREAKDOWN} if args.breakdown else VARIANTS
+        graphs[shape.name] = summary(shape, await measure(shape, args.rounds, variants))
     wire = await wire_sizes(load_demo("research_team").build_benchmark_graph(args.tokens))
     p5 = {**wire, "bar": 0.15, "anchor": "LangGraph Server messages tuple frame"}
     return {"rounds": args.rounds, "graphs": graphs, "P5": p5}
@@ -285,6 +338,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=3, help="workers of the short graph's supervisor loop")
     parser.add_argument("--short-tokens", type=int, default=10, help="tokens per LLM call of the short graph")
     parser.add_argument("--runs", type=int, default=20, help="runs of each variant per round, short graph")
+    parser.add_argument("--breakdown", action="store_true", help="also time the variants of BREAKDOWN (see there)")
     parser.add_argument("--out", help="JSON output file (default benchmarks/results/capture.json)")
     return parser
 
@@ -292,7 +346,8 @@ def parser() -> argparse.ArgumentParser:
 def print_graph(name: str, figures: Mapping[str, Any]) -> None:
     print(f"  [{name}] {figures['shape']}")
     for variant, ms in figures["ms_per_run_median"].items():
-        print(f"    {variant:<15} {ms:8.3f} ms/run   ({figures['items_per_run'][variant]} items/run)")
+        items, ratio = figures["items_per_run"][variant], figures["vs_messages"][variant]
+        print(f"    {variant:<15} {ms:8.3f} ms/run  {ratio:6.3f}x messages  ({items} items/run)")
     p1, p1b = figures["P1"], figures["P1b"]
     low, high = p1["range"]
     print(

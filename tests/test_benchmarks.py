@@ -224,10 +224,15 @@ def test_capture_benchmark_measures_p1_on_both_graph_shapes(tmp_path: Path) -> N
 
     only_short = tmp_path / "short.json"
     command = [sys.executable, "benchmarks/capture.py", "--rounds", "1", "--graph", "short", "--tokens", "20",
-               "--runs", "1", "--out", str(only_short)]  # fmt: skip
+               "--runs", "1", "--breakdown", "--out", str(only_short)]  # fmt: skip
     result = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert list(json.loads(only_short.read_text())["graphs"]) == ["short"]
+    graphs = json.loads(only_short.read_text())["graphs"]
+    assert list(graphs) == ["short"]
+    items = graphs["short"]["items_per_run"]
+    assert items["kiki_no_bus"] == items["kiki"] == 1 + 2 * 7 + 7 + 7 * 10 + 1
+    assert items["no_handler"] == items["noop_handler"] == 0
+    assert graphs["short"]["vs_messages"]["messages"] == 1.0
 
 
 @pytest.mark.slow
