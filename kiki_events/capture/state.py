@@ -83,6 +83,6 @@ class RunState:
 def add_usage(run: RunState, usage: Usage) -> None:
     """Add ``usage`` to ``run``'s totals."""
     totals = run.usage
-    for name, count in usage:
+    for name, count in usage.__dict__.items():  # the five counts (no extras: extra="forbid")
         if count:
             totals[name] = totals.get(name, 0) + count
