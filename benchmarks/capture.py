@@ -18,13 +18,15 @@ P1 and P1b are measured on two graph shapes (``--graph long|short|both``, defaul
 Every model is the scripted one with zero delay. In every round the three
 variants take turns run by run (in an order that rotates from round to round);
 the kiki variant keeps one bus (with its subscriber) per round and one handler
-per run, as the server does (the bus's start and stop are not timed). Figures are
+per run, as the server does (the bus's start and stop are not timed). After the
+warm-up the process settles its heap and collector as ``kiki-events serve`` does
+(``--no-freeze``: not). Figures are
 medians over rounds of the per-round ratios of wall time (the bar); P1 is also
 given in this process's CPU time, which other processes on a busy machine
 disturb less, and as the ratio of each variant's fastest round.
 
     python3 scripts/dev.py run python benchmarks/capture.py [--rounds 7] [--graph both] [--tokens 2000]
-        [--workers 3] [--short-tokens 10] [--runs 20] [--breakdown] [--out FILE]
+        [--workers 3] [--short-tokens 10] [--runs 20] [--breakdown] [--no-freeze] [--out FILE]
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from benchmarks._common import load_demo, median, verdict, write_results
 from kiki_events import EventBus, KikiCallbackHandler, StreamEvent
 from kiki_events.core.runlog import RunLog
 from kiki_events.formats.kiki import FORMAT
+from kiki_events.heap import freeze_startup_heap, tune_collector
 
 INPUT = {"messages": [{"role": "user", "content": "Write the report."}]}
 
@@ -205,16 +208,36 @@ BREAKDOWN: dict[str, Variant] = {
 nothing (what LangChain spends to call any streaming handler), our handler into a list."""
 
 
-async def measure(shape: Shape, rounds: int, variants: Mapping[str, Variant] = VARIANTS) -> dict[str, Any]:
+async def measure(
+    shape: Shape, rounds: int, variants: Mapping[str, Variant] = VARIANTS, *, settle: bool = True
+) -> dict[str, Any]:
     """Time every variant on ``shape``: wall and CPU seconds per round (``shape.runs`` runs each), by variant.
 
     Within a round the variants take turns run by run (in an order that rotates from
     round to round), so a change in the machine's load falls on all of them alike.
+    ``settle``: after the warm-up, freeze the heap and tune the collector as
+    ``kiki-events serve`` does (undone at the end). Otherwise a full collection walks
+    every object LangGraph and pydantic made at start-up (tens of ms, more than a
+    short run) in whichever run happens to trigger it.
     """
     names = list(variants)
     async with AsyncExitStack() as stack:
         for name in names:  # warm-up
             await (await stack.enter_async_context(variants[name]()))(shape.graph)
+    thresholds = gc.get_threshold()
+    if settle:
+        tune_collector()
+        freeze_startup_heap()
+    try:
+        return await _rounds(shape, rounds, variants)
+    finally:
+        if settle:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
+
+
+async def _rounds(shape: Shape, rounds: int, variants: Mapping[str, Variant]) -> dict[str, Any]:
+    names = list(variants)
     times: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, list[float]] = {name: [] for name in names}
     counts: dict[str, int] = {}
@@ -324,10 +347,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     graphs: dict[str, Any] = {}
     for shape in shapes(args):
         variants = {**VARIANTS, **BREAKDOWN} if args.breakdown else VARIANTS
-        graphs[shape.name] = summary(shape, await measure(shape, args.rounds, variants))
+        graphs[shape.name] = summary(shape, await measure(shape, args.rounds, variants, settle=not args.no_freeze))
     wire = await wire_sizes(load_demo("research_team").build_benchmark_graph(args.tokens))
     p5 = {**wire, "bar": 0.15, "anchor": "LangGraph Server messages tuple frame"}
-    return {"rounds": args.rounds, "graphs": graphs, "P5": p5}
+    return {"rounds": args.rounds, "heap_frozen": not args.no_freeze, "graphs": graphs, "P5": p5}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -338,6 +361,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=3, help="workers of the short graph's supervisor loop")
     parser.add_argument("--short-tokens", type=int, default=10, help="tokens per LLM call of the short graph")
     parser.add_argument("--runs", type=int, default=20, help="runs of each variant per round, short graph")
+    parser.add_argument("--no-freeze", action="store_true", help="leave the collector as Python starts it")
     parser.add_argument("--breakdown", action="store_true", help="also time the variants of BREAKDOWN (see there)")
     parser.add_argument("--out", help="JSON output file (default benchmarks/results/capture.json)")
     return parser

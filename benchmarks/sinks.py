@@ -16,8 +16,8 @@ In the same run, in rotating order, on the long graph of ``benchmarks/capture.py
 Each is reported as extra microseconds per token against ``kiki`` (median over rounds
 of the per-round difference, divided by the tokens of a round) and as its P1 ratio.
 
-    python3 scripts/dev.py run python benchmarks/sinks.py [--rounds 7] [--tokens 2000] [--runs 1]
-        [--settings FILE] [--sink module:attribute ...] [--out FILE]
+    python3 scripts/dev.py run python benchmarks/sinks.py [--rounds 7] [--tokens 500] [--runs 4]
+        [--settings FILE] [--sink module:attribute ...] [--no-freeze] [--out FILE]
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     variants["kiki+json-logs"] = with_json_logging(counter)
     shape = replace(long_shape(args.tokens), runs=args.runs)
     try:
-        measured = await measure(shape, args.rounds, variants)
+        measured = await measure(shape, args.rounds, variants, settle=not args.no_freeze)
     finally:
         for sink in sinks:
             await sink.close()
@@ -154,6 +154,7 @@ def report(shape: Shape, measured: dict[str, Any], counter: _Counting, off: list
     return {
         "shape": shape.describe,
         "tokens_per_round": tokens,
+        "heap_frozen": not args.no_freeze,
         "rounds": args.rounds,
         "messages_ms_per_run_median": round(median(times["messages"]) / shape.runs * 1000, 3),
         "variants": rows,
@@ -167,10 +168,11 @@ def report(shape: Shape, measured: dict[str, Any], counter: _Counting, off: list
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--tokens", type=int, default=2000, help="tokens per LLM call (two calls per run)")
-    parser.add_argument("--runs", type=int, default=1, help="runs of each variant per round")
+    parser.add_argument("--tokens", type=int, default=500, help="tokens per LLM call (two calls per run)")
+    parser.add_argument("--runs", type=int, default=4, help="runs of each variant per round")
     parser.add_argument("--settings", help="settings file whose sinks to measure (default: the defaults)")
     parser.add_argument("--sink", action="append", default=[], help="module:attribute of a callable sink to add")
+    parser.add_argument("--no-freeze", action="store_true", help="leave the collector as Python starts it")
     parser.add_argument("--out", help="JSON output file (default benchmarks/results/sinks.json)")
     args = parser.parse_args()
     results = asyncio.run(main(args))

@@ -288,10 +288,12 @@ def test_sinks_benchmark_measures_each_sink_that_sinks_builds(monkeypatch: pytes
         return None
 
     monkeypatch.setattr(bench, "SINKS", (lambda settings: built, off))
-    args = argparse.Namespace(rounds=2, tokens=20, runs=1, settings=None, sink=[])
+    args = argparse.Namespace(rounds=2, tokens=20, runs=1, settings=None, sink=[], no_freeze=False)
+    thresholds = gc.get_threshold()
 
     figures = asyncio.run(bench.main(args))
 
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds  # the settled heap is undone
     assert "kiki+counting" in figures["variants"]
     assert built.started and built.closed
     # Warm-up and two rounds, each one run of 1 + 2 * 2 + 2 + 2 * 20 + 1 events.
