@@ -239,7 +239,7 @@ def test_capture_benchmark_measures_p1_on_both_graph_shapes(tmp_path: Path) -> N
 @pytest.mark.timeout(180)
 def test_sinks_benchmark_prices_every_sink_and_json_logging_per_token(tmp_path: Path) -> None:
     out = tmp_path / "sinks.json"
-    command = [sys.executable, "benchmarks/sinks.py", "--rounds", "2", "--tokens", "100",
+    command = [sys.executable, "benchmarks/sinks.py", "--rounds", "2", "--tokens", "100", "--runs", "1",
                "--sink", "kiki_events.codec:encode", "--out", str(out)]  # fmt: skip
     result = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
