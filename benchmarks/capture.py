@@ -75,9 +75,9 @@ class Shape:
     describe: str
 
 
-def long_shape(tokens: int) -> Shape:
+def long_shape(tokens: int, runs: int = 1) -> Shape:
     graph = load_demo("research_team").build_benchmark_graph(tokens)
-    return Shape("long", graph, 1, 2, tokens, f"2 LLM nodes x {tokens} tokens, 1 run per round")
+    return Shape("long", graph, runs, 2, tokens, f"2 LLM nodes x {tokens} tokens, {runs} run(s) per round")
 
 
 def short_shape(workers: int, tokens: int, runs: int) -> Shape:

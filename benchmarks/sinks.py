@@ -14,7 +14,9 @@ In the same run, in rotating order, on the long graph of ``benchmarks/capture.py
   are counted and reported).
 
 Each is reported as extra microseconds per token against ``kiki`` (median over rounds
-of the per-round difference, divided by the tokens of a round) and as its P1 ratio.
+of the per-round difference, divided by the tokens of a round) and as its P1 ratio;
+each sink also by the microseconds per event of calling it alone on one run's events
+(fastest of several passes), a figure a busy machine disturbs far less.
 
     python3 scripts/dev.py run python benchmarks/sinks.py [--rounds 7] [--tokens 500] [--runs 4]
         [--settings FILE] [--sink module:attribute ...] [--no-freeze] [--out FILE]
@@ -28,9 +30,9 @@ import importlib
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import median, write_results
-from benchmarks.capture import Once, Shape, Variant, kiki_session, long_shape, measure, ratios, via_messages
-from kiki_events import StreamEvent
+from benchmarks.capture import INPUT, Once, Shape, Variant, kiki_session, long_shape, measure, ratios, via_messages
+from kiki_events import KikiCallbackHandler, StreamEvent
 from kiki_events.cli.logs import JsonFormatter
 from kiki_events.config import Settings, load_settings
 from kiki_events.sinks import SINKS
@@ -100,6 +102,26 @@ def load_callable(reference: str) -> tuple[str, EventCallable]:
     return attribute, target
 
 
+async def direct_cost(graph: Any, sinks: dict[str, EventCallable], repeats: int = 15) -> dict[str, float]:
+    """Microseconds per event of calling each sink alone on one run's events (fastest of ``repeats``).
+
+    Steadier than the difference of two timed runs on a busy machine; the events are
+    mostly tokens, so it is close to the cost per token.
+    """
+    events: list[StreamEvent] = []
+    await graph.ainvoke(INPUT, {"callbacks": [KikiCallbackHandler(events.append)]})
+    costs = {}
+    for name, sink in sinks.items():
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for event in events:
+                sink(event)
+            best = min(best, time.perf_counter() - start)
+        costs[name] = round(best / len(events) * 1e6, 3)
+    return costs
+
+
 def build_sinks(settings: Settings) -> tuple[list[Any], list[str]]:
     """The sinks ``SINKS`` builds from ``settings``, and the factories that built none."""
     built, off = [], []
@@ -118,20 +140,27 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     for sink in sinks:
         await sink.start()
     variants: dict[str, Variant] = {"kiki": kiki_with(None), "messages": via_messages}
+    callables: dict[str, EventCallable] = {}
     for sink in sinks:
-        variants[f"kiki+{sink.name}"] = kiki_with(sink)
+        callables[f"kiki+{sink.name}"] = sink
     for reference in args.sink:
         name, target = load_callable(reference)
-        variants[f"kiki+{name}"] = kiki_with(target)
+        callables[f"kiki+{name}"] = target
+    for name, target in callables.items():
+        variants[name] = kiki_with(target)
     counter = _Counting()
     variants["kiki+json-logs"] = with_json_logging(counter)
-    shape = replace(long_shape(args.tokens), runs=args.runs)
+    shape = long_shape(args.tokens, args.runs)
     try:
         measured = await measure(shape, args.rounds, variants, settle=not args.no_freeze)
+        direct = await direct_cost(shape.graph, callables)
     finally:
         for sink in sinks:
             await sink.close()
-    return report(shape, measured, counter, off, args)
+    figures = report(shape, measured, counter, off, args)
+    for name, cost in direct.items():
+        figures["variants"][name]["alone_us_per_event"] = cost
+    return figures
 
 
 def report(shape: Shape, measured: dict[str, Any], counter: _Counting, off: list[str], args: Any) -> dict[str, Any]:
@@ -184,6 +213,7 @@ def cli() -> None:
         print(
             f"  {name:<22} {row['ms_per_run_median']:9.3f} ms/run  {row['extra_us_per_token']:+7.3f} us/token"
             f" (rounds {low:+.3f} to {high:+.3f})  P1 {row['P1']:.3f}x"
+            + (f"  alone: {row['alone_us_per_event']:.3f} us/event" if "alone_us_per_event" in row else "")
         )
     print(f"  json logging: {results['json_logs_records']} records in all ({results['json_logs_records_per_run']}/run)")
     for factory in results["sinks_off_in_settings"]:
