@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import gc
 import json
 import os
@@ -13,7 +15,10 @@ from typing import Any
 
 import pytest
 
+from kiki_events.config import Settings
+from kiki_events.events import StreamEvent
 from kiki_events.heap import SERVING_THRESHOLDS, freeze_startup_heap, tune_collector
+from kiki_events.sinks import Sink
 from tests.processes import dying_with_us
 from tests.redis_server import REQUIRE_ENV
 from tests.servers import wait_for
@@ -187,3 +192,113 @@ def test_load_benchmark_completes_runs_without_errors_and_retries_after_429(tmp_
     assert figures["ratio_p50"] == pytest.approx(load["p50_s"] / figures["alone_s"], rel=0.02)
     assert load["cpu"]["server_s"] > 0 and load["cpu"]["clients_s"] > 0
     assert "p50 under load / alone" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_capture_benchmark_measures_p1_on_both_graph_shapes(tmp_path: Path) -> None:
+    out = tmp_path / "capture.json"
+    command = [sys.executable, "benchmarks/capture.py", "--rounds", "2", "--tokens", "50", "--workers", "2",
+               "--short-tokens", "5", "--runs", "2", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    figures = json.loads(out.read_text())
+    long, short = figures["graphs"]["long"], figures["graphs"]["short"]
+    assert (long["llm_calls_per_run"], long["tokens_per_call"], long["runs_per_round"]) == (2, 50, 1)
+    assert (short["llm_calls_per_run"], short["tokens_per_call"], short["runs_per_round"]) == (5, 5, 2)
+    # messages: one item per streamed chunk (the text chunks and the final usage chunk of each call).
+    assert long["items_per_run"]["messages"] == 2 * (50 + 1)
+    assert short["items_per_run"]["messages"] == 5 * (5 + 1)
+    # kiki: started + 2 lifecycle events per node + one llm event per call + the tokens + done.
+    assert long["items_per_run"]["kiki"] == 1 + 2 * 2 + 2 + 2 * 50 + 1
+    assert short["items_per_run"]["kiki"] == 1 + 2 * 5 + 5 + 5 * 5 + 1
+    for shape in (long, short):
+        p1 = shape["P1"]
+        assert len(p1["per_round"]) == 2
+        assert p1["range"][0] <= p1["ratio"] <= p1["range"][1]
+        assert p1["cpu_range"][0] <= p1["cpu_ratio"] <= p1["cpu_range"][1]
+        assert all(ms > 0 for ms in shape["ms_per_run_median"].values())
+    assert 0 < figures["P5"]["ratio"] < 1
+    assert result.stdout.count("P1  kiki / messages") == 2 and "[short] supervisor loop, 2 workers" in result.stdout
+
+    only_short = tmp_path / "short.json"
+    command = [sys.executable, "benchmarks/capture.py", "--rounds", "1", "--graph", "short", "--tokens", "20",
+               "--runs", "1", "--breakdown", "--out", str(only_short)]  # fmt: skip
+    result = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    graphs = json.loads(only_short.read_text())["graphs"]
+    assert list(graphs) == ["short"]
+    items = graphs["short"]["items_per_run"]
+    assert items["kiki_no_bus"] == items["kiki"] == 1 + 2 * 7 + 7 + 7 * 10 + 1
+    assert items["no_handler"] == items["noop_handler"] == 0
+    assert graphs["short"]["vs_messages"]["messages"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_sinks_benchmark_prices_every_sink_and_json_logging_per_token(tmp_path: Path) -> None:
+    out = tmp_path / "sinks.json"
+    command = [sys.executable, "benchmarks/sinks.py", "--rounds", "2", "--tokens", "100", "--runs", "1",
+               "--sink", "kiki_events.codec:encode", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=160, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    figures = json.loads(out.read_text())
+    variants = figures["variants"]
+    assert figures["tokens_per_round"] == 200
+    assert {"kiki", "kiki+encode", "kiki+json-logs"} <= set(variants)
+    assert variants["kiki+encode"]["alone_us_per_event"] > 0
+    assert variants["kiki"]["extra_us_per_token"] == 0
+    for name, row in variants.items():
+        low, high = row["extra_us_per_token_range"]
+        assert low <= row["extra_us_per_token"] <= high, name
+        assert row["P1"] > 0 and row["ms_per_run_median"] > 0, name
+    # Every variant saw every event of every run: the sinks on the bus take nothing from the subscriber.
+    counts = figures["items_per_round"]
+    assert len({count for name, count in counts.items() if name.startswith("kiki")}) == 1
+    assert figures["json_logs_records"] == 0  # nothing is logged per token (nor per run)
+    assert "kiki+json-logs" in result.stdout and "us/token" in result.stdout
+
+
+class _CountingSink(Sink):
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.started = self.closed = False
+
+    def __call__(self, event: StreamEvent) -> None:
+        self.events += 1
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sinks_benchmark_measures_each_sink_that_sinks_builds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import sinks as bench
+
+    built = _CountingSink()
+
+    def off(settings: Settings) -> None:
+        return None
+
+    monkeypatch.setattr(bench, "SINKS", (lambda settings: built, off))
+    args = argparse.Namespace(rounds=2, tokens=20, runs=1, settings=None, sink=[], no_freeze=False)
+    thresholds = gc.get_threshold()
+
+    figures = asyncio.run(bench.main(args))
+
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds  # the settled heap is undone
+    assert "kiki+counting" in figures["variants"]
+    assert figures["variants"]["kiki+counting"]["alone_us_per_event"] > 0
+    assert built.started and built.closed
+    # Warm-up and two rounds, each one run of 1 + 2 * 2 + 2 + 2 * 20 + 1 events, then 15 passes over one run alone.
+    assert figures["items_per_round"]["kiki+counting"] == 48
+    assert built.events == 3 * 48 + 15 * 48
+    assert figures["sinks_off_in_settings"] == [f"{off.__module__}.{off.__qualname__}"]

@@ -29,6 +29,7 @@ from kiki_events.events import (
     ToolCallEvent,
     ToolResultEvent,
     Usage,
+    trusted,
     trusted_token,
 )
 from kiki_events.formats.kiki import decode_sse, sse_data
@@ -349,6 +350,57 @@ def test_trusted_token_equals_the_validated_token(kind: Any) -> None:
     assert trusted.model_fields_set == validated.model_fields_set | {"v", "type", "kind"}
     assert repr(trusted) == repr(validated)
     assert decode(encode(trusted)) == trusted
+
+
+_ENVELOPE: dict[str, Any] = {
+    "run_id": RUN,
+    "seq": 7,
+    "ts": 1718000000.125,
+    "thread_id": "thread-42",
+    "causation_id": "other:3",
+    "node": "api-1",
+}
+_USAGE = {"input_tokens": 12, "output_tokens": 30, "total_tokens": 42, "reasoning_tokens": 5, "cached_tokens": 2}
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        (AgentLifecycleEvent, {"agent": "research/researcher", "phase": "started"}),
+        (AgentLifecycleEvent, {"agent": "writer", "phase": "completed", "duration_s": 0.25}),
+        (Usage, _USAGE),
+        (Usage, {**_USAGE, "reasoning_tokens": 0}),
+        (
+            LLMCallEvent,
+            {"agent": "writer", "message_id": "m3", "status": "success", "model": "gpt-x", "provider": "openai",
+             "duration_s": 1.5, "ttft_s": 0.125, "usage": Usage(**_USAGE), "error_type": None},
+        ),
+        (
+            LLMCallEvent,
+            {"agent": None, "message_id": "m4", "status": "error", "model": None, "provider": None,
+             "duration_s": 0.5, "ttft_s": None, "usage": Usage(), "error_type": "TimeoutError"},
+        ),
+    ],
+)  # fmt: skip
+def test_trusted_models_equal_the_validated_ones(kind: Any, fields: dict[str, Any]) -> None:
+    given = {**_ENVELOPE, **fields} if kind is not Usage else fields
+    validated = kind(**given)
+
+    built = trusted(kind, dict(given))
+
+    assert type(built) is kind
+    assert built == validated
+    assert list(built.__dict__) == list(validated.__dict__)  # the order JSON is written in
+    assert built.model_fields_set == validated.model_fields_set
+    assert built.model_dump() == validated.model_dump()
+    assert repr(built) == repr(validated)
+    if kind is not Usage:
+        assert encode(built) == encode(validated)
+        assert sse_data(built) == sse_data(validated)
+        assert decode(encode(built)) == built
+    name = next(iter(fields))
+    with pytest.raises(ValidationError, match="frozen"):
+        setattr(built, name, getattr(built, name))
 
 
 @pytest.mark.parametrize("event", [*EXAMPLES, trusted_token(RUN, 1, 1.0, None, None, None, None, "m", "x")])

@@ -25,6 +25,7 @@ from typing_extensions import TypedDict
 from kiki_events import EventBus, KikiCallbackHandler
 from kiki_events.capture.astream_events import events_from_astream_events
 from kiki_events.cli.tail import format_event
+from kiki_events.codec import encode
 from kiki_events.events import StreamEvent
 from kiki_events.testing import CapturedEvents, capture_run
 
@@ -449,3 +450,33 @@ async def test_tool_results_carry_their_duration_and_error_type(research_team: M
     failed = [r for r in results if r.error]  # type: ignore[union-attr]
     assert len(failed) == 1 and failed[0].error_type  # type: ignore[union-attr]
     assert all(r.error_type is None for r in results if not r.error)  # type: ignore[union-attr]
+
+
+async def test_events_built_without_validation_equal_their_validated_rebuild(research_team: ModuleType) -> None:
+    """Agent steps, LLM calls and their usage are built unchecked (``events.trusted``): same models exactly."""
+    events = await capture_run(research_team.build_graph(), TASK, {"configurable": {"thread_id": "t-1"}})
+
+    kinds = {e.type for e in events}
+    assert {"agent_lifecycle", "llm"} <= kinds
+    assert any(e.usage.total_tokens for e in events.of_type("llm"))  # type: ignore[union-attr]
+    for event in events:
+        # Validated from exactly the fields the handler's call set (model_validate would mark all set).
+        rebuilt = type(event)(**{name: getattr(event, name) for name in event.model_fields_set})
+        assert rebuilt == event
+        assert list(rebuilt.__dict__) == list(event.__dict__), event.type
+        assert rebuilt.model_fields_set == event.model_fields_set, event.type
+        assert encode(rebuilt) == encode(event)
+        assert repr(rebuilt) == repr(event)
+
+
+async def test_a_run_whose_envelope_fails_validation_sends_no_unchecked_agent_or_llm_event(
+    research_team: ModuleType,
+) -> None:
+    """Unchecked building starts only after a validated event of the run: a bad envelope still fails each."""
+    events: list[StreamEvent] = []
+    handler = KikiCallbackHandler(events.append, causation_id=12345)  # type: ignore[arg-type]
+
+    await research_team.build_benchmark_graph(3).ainvoke(_user("go"), {"callbacks": [handler]})
+
+    assert handler.errors == 1 + 2 * 2 + 2 + 1  # started, 2 x (agent started, completed), 2 llm, done
+    assert {e.type for e in events} <= {"token"}  # tokens are built unchecked per token, as always

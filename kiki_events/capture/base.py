@@ -19,7 +19,7 @@ from uuid import UUID
 from langgraph.callbacks import GraphCallbackHandler
 
 from ..errors import ArgumentTypeError, InvalidArgumentError
-from ..events import StreamEvent
+from ..events import StreamEvent, trusted
 from .state import LLMCallState, RunState
 
 __all__ = ["CANCELLED", "HIDDEN", "EventSink", "HandlerBase", "guard", "logger", "now"]
@@ -126,7 +126,26 @@ class HandlerBase(GraphCallbackHandler):
             node=self.node,
             **fields,
         )
+        run.checked = True
         if self._emit(event) is False:
+            self.dropped += 1
+
+    def _send_own(self, run: RunState, kind: type[StreamEvent], fields: dict[str, Any]) -> None:
+        """:meth:`_send` for an event whose own ``fields`` the handler made and checked itself.
+
+        Once an event of ``run`` was validated (its ``started`` status), the envelope is
+        known to be valid, and the event is built without validation (:func:`trusted`).
+        """
+        if not run.checked:
+            self._send(run, kind, **fields)
+            return
+        fields["run_id"] = run.run_id
+        fields["seq"] = next(run.seq)
+        fields["ts"] = now()
+        fields["thread_id"] = run.thread_id
+        fields["causation_id"] = run.causation_id
+        fields["node"] = self.node
+        if self._emit(trusted(kind, fields)) is False:
             self.dropped += 1
 
     def _payload(self, value: Any) -> tuple[str, bool]:

@@ -93,7 +93,7 @@ class LifecycleMixin(HandlerBase):
         run.node_namespaces.add(ns)
         agent = agent_path(metadata) or node
         run.nodes[run_id] = NodeState(agent, time.monotonic())
-        self._send(run, AgentLifecycleEvent, agent=agent, phase="started")
+        self._send_own(run, AgentLifecycleEvent, {"agent": agent, "phase": "started"})
 
     @guard
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -107,7 +107,8 @@ class LifecycleMixin(HandlerBase):
         node = run.nodes.pop(run_id, None)
         if node is not None:
             duration = round(time.monotonic() - node.started, 6)
-            self._send(run, AgentLifecycleEvent, agent=node.agent, phase="completed", duration_s=duration)
+            fields = {"agent": node.agent, "phase": "completed", "duration_s": duration}
+            self._send_own(run, AgentLifecycleEvent, fields)
 
     @guard
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:

@@ -10,7 +10,7 @@ from uuid import UUID
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, GenerationChunk, LLMResult
 
-from ..events import LLMCallEvent, Usage, trusted_token
+from ..events import LLMCallEvent, Usage, trusted, trusted_token
 from .base import CANCELLED, HIDDEN, guard
 from .ids import agent_path
 from .state import LLMCallState, add_usage
@@ -19,6 +19,7 @@ from .tools import ToolsMixin
 __all__ = ["LLMMixin"]
 
 _NOSTREAM = "nostream"
+_NO_USAGE = Usage()
 
 
 class LLMMixin(ToolsMixin):
@@ -189,19 +190,18 @@ class LLMMixin(ToolsMixin):
 
     def _llm_event(self, call: LLMCallState, status: str, usage: Usage | None, error_type: str | None = None) -> None:
         ended = time.perf_counter()
-        self._send(
-            call.run,
-            LLMCallEvent,
-            agent=call.agent,
-            message_id=call.message_id,
-            status=status,
-            model=call.model,
-            provider=call.provider,
-            duration_s=round(ended - call.started, 6),
-            ttft_s=round(call.first_chunk - call.started, 6) if call.first_chunk else None,
-            usage=usage if usage is not None else Usage(),
-            error_type=error_type,
-        )
+        fields = {
+            "agent": call.agent,
+            "message_id": call.message_id,
+            "status": status,
+            "model": call.model,
+            "provider": call.provider,
+            "duration_s": round(ended - call.started, 6),
+            "ttft_s": round(call.first_chunk - call.started, 6) if call.first_chunk else None,
+            "usage": usage if usage is not None else _NO_USAGE,
+            "error_type": error_type,
+        }
+        self._send_own(call.run, LLMCallEvent, fields)
 
 
 def _final_message(response: LLMResult) -> Any:
@@ -232,13 +232,14 @@ def _usage_of(message: Any, response: LLMResult) -> Usage:
         inputs, outputs = _count(usage.get("input_tokens")), _count(usage.get("output_tokens"))
         in_details = usage.get("input_token_details") or {}
         out_details = usage.get("output_token_details") or {}
-        return Usage(
-            input_tokens=inputs,
-            output_tokens=outputs,
-            total_tokens=given or inputs + outputs,
-            reasoning_tokens=_count(out_details.get("reasoning")),
-            cached_tokens=_count(in_details.get("cache_read")),
-        )
+        counts = {
+            "input_tokens": inputs,
+            "output_tokens": outputs,
+            "total_tokens": given or inputs + outputs,
+            "reasoning_tokens": _count(out_details.get("reasoning")),
+            "cached_tokens": _count(in_details.get("cache_read")),
+        }
+        return trusted(Usage, counts)  # every count is an int >= 0 (``_count``)
     raw = response.llm_output.get("token_usage") or response.llm_output.get("usage") if response.llm_output else None
     if not isinstance(raw, dict):
         return Usage()

@@ -69,6 +69,8 @@ class RunState:
     """(tool_call_id, name, canonical args JSON) requested but not yet started."""
     usage: dict[str, int] = field(default_factory=dict)
     """Token counts of the run so far, by :class:`~kiki_events.events.Usage` field."""
+    checked: bool = False
+    """A validated event of this run was built: its envelope (run, thread, causation, node) is valid."""
     interrupted: bool = False
     failed_agent: str | None = None
     error_sent: bool = False
@@ -81,6 +83,6 @@ class RunState:
 def add_usage(run: RunState, usage: Usage) -> None:
     """Add ``usage`` to ``run``'s totals."""
     totals = run.usage
-    for name, count in usage:
+    for name, count in usage.__dict__.items():  # the five counts (no extras: extra="forbid")
         if count:
             totals[name] = totals.get(name, 0) + count

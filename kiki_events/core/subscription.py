@@ -216,7 +216,7 @@ class Subscription:
             for event in batch:
                 try:
                     result = handler(event)
-                    if inspect.isawaitable(result):
+                    if result is not None and inspect.isawaitable(result):  # a plain None: skip the ABC check
                         await result
                 except asyncio.CancelledError:
                     raise
