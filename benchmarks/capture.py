@@ -133,8 +133,8 @@ async def via_astream_events() -> AsyncIterator[Once]:
 
 
 @asynccontextmanager
-async def kiki_session(sink: Callable[[StreamEvent], object] | None = None) -> AsyncIterator[Once]:
-    """One bus with one consuming subscriber (and ``sink``, if any); one handler per run."""
+async def kiki_session(*sinks: Callable[[StreamEvent], object] | None) -> AsyncIterator[Once]:
+    """One bus with one consuming subscriber (and ``sinks``, if any); one handler per run."""
     seen = 0
 
     def consume(event: StreamEvent) -> None:
@@ -142,8 +142,9 @@ async def kiki_session(sink: Callable[[StreamEvent], object] | None = None) -> A
         seen += 1
 
     async with EventBus() as bus:
-        if sink is not None:
-            bus.add_sink(sink)  # type: ignore[arg-type]
+        for sink in sinks:
+            if sink is not None:
+                bus.add_sink(sink)  # type: ignore[arg-type]
         bus.subscribe(consume, name="consumer")
 
         async def once(graph: Any) -> int:

@@ -245,20 +245,26 @@ def test_sinks_benchmark_prices_every_sink_and_json_logging_per_token(tmp_path: 
     assert result.returncode == 0, result.stderr[-3000:]
 
     figures = json.loads(out.read_text())
-    variants = figures["variants"]
-    assert figures["tokens_per_round"] == 200
-    assert {"kiki", "kiki+encode", "kiki+json-logs"} <= set(variants)
-    assert variants["kiki+encode"]["alone_us_per_event"] > 0
-    assert variants["kiki"]["extra_us_per_token"] == 0
-    for name, row in variants.items():
-        low, high = row["extra_us_per_token_range"]
-        assert low <= row["extra_us_per_token"] <= high, name
-        assert row["P1"] > 0 and row["ms_per_run_median"] > 0, name
-    # Every variant saw every event of every run: the sinks on the bus take nothing from the subscriber.
-    counts = figures["items_per_round"]
-    assert len({count for name, count in counts.items() if name.startswith("kiki")}) == 1
-    assert figures["json_logs_records"] == 0  # nothing is logged per token (nor per run)
-    assert "kiki+json-logs" in result.stdout and "us/token" in result.stdout
+    # The default settings turn the Prometheus metrics on: their sink is measured, alone and with the rest.
+    assert figures["sinks"] == ["metrics"] and figures["sinks_off_in_settings"] == []
+    assert set(figures["graphs"]) == {"long", "short"}
+    assert figures["graphs"]["long"]["tokens_per_round"] == 200
+    assert figures["graphs"]["short"]["tokens_per_round"] == 7 * 10 * 5
+    for shape in figures["graphs"].values():
+        variants = shape["variants"]
+        assert {"kiki", "kiki+encode", "kiki+metrics", "kiki+json-logs", "kiki+all"} <= set(variants)
+        assert variants["kiki+encode"]["alone_us_per_event"] > 0
+        assert variants["kiki+metrics"]["alone_us_per_event"] > 0
+        assert variants["kiki"]["extra_us_per_token"] == 0
+        for name, row in variants.items():
+            low, high = row["extra_us_per_token_range"]
+            assert low <= row["extra_us_per_token"] <= high, name
+            assert row["P1"] > 0 and row["ms_per_run_median"] > 0, name
+        # Every variant saw every event of every run: the sinks on the bus take nothing from the subscriber.
+        counts = shape["items_per_round"]
+        assert len({count for name, count in counts.items() if name.startswith("kiki")}) == 1
+        assert shape["json_logs_records"] == 0  # nothing is logged per token (nor per run)
+    assert "kiki+all" in result.stdout and "us/token" in result.stdout
 
 
 class _CountingSink(Sink):
@@ -289,16 +295,18 @@ def test_sinks_benchmark_measures_each_sink_that_sinks_builds(monkeypatch: pytes
         return None
 
     monkeypatch.setattr(bench, "SINKS", (lambda settings: built, off))
-    args = argparse.Namespace(rounds=2, tokens=20, runs=1, settings=None, sink=[], no_freeze=False)
+    args = argparse.Namespace(graph="long", rounds=2, tokens=20, runs=1, settings=None, sink=[], no_freeze=False)
     thresholds = gc.get_threshold()
 
     figures = asyncio.run(bench.main(args))
 
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == thresholds  # the settled heap is undone
-    assert "kiki+counting" in figures["variants"]
-    assert figures["variants"]["kiki+counting"]["alone_us_per_event"] > 0
+    long = figures["graphs"]["long"]
+    assert "kiki+counting" in long["variants"] and "kiki+all" in long["variants"]
+    assert long["variants"]["kiki+counting"]["alone_us_per_event"] > 0
     assert built.started and built.closed
-    # Warm-up and two rounds, each one run of 1 + 2 * 2 + 2 + 2 * 20 + 1 events, then 15 passes over one run alone.
-    assert figures["items_per_round"]["kiki+counting"] == 48
-    assert built.events == 3 * 48 + 15 * 48
+    # Warm-up and two rounds, each one run of 1 + 2 * 2 + 2 + 2 * 20 + 1 events, for kiki+counting and for
+    # kiki+all, then 15 passes over one run alone.
+    assert long["items_per_round"]["kiki+counting"] == 48
+    assert built.events == 2 * 3 * 48 + 15 * 48
     assert figures["sinks_off_in_settings"] == [f"{off.__module__}.{off.__qualname__}"]
