@@ -61,6 +61,7 @@ from .events import (
 )
 from .formats.kiki import SSEDecoder, decode_sse, sse_data
 from .handoff import Handoff, HandoffResult, remote_agent_node
+from .log import get_logger
 from .redaction import redact_error, redact_text
 from .runtime import KikiRuntime
 
@@ -131,4 +132,4 @@ __all__ = [
 ]
 
 # A library never configures logging; this only silences "no handler" warnings.
-logging.getLogger("kiki_events").addHandler(logging.NullHandler())
+get_logger().addHandler(logging.NullHandler())

@@ -11,9 +11,7 @@ ends with exactly one ``done`` event, whatever happened to its task
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +21,7 @@ from ..capture.handler import KikiCallbackHandler, new_run_id
 from ..config import HandlerSettings, RunSettings
 from ..errors import RunError, RunLimitError
 from ..events import RunStatus
-from ..redaction import redact_text
+from ..log import bind, get_logger
 from .bus import EventBus
 from .graphs import GraphRegistry
 from .runrecord import RunRecord
@@ -32,7 +30,7 @@ from .threads import new_thread_id
 
 __all__ = ["RunHandle", "RunManager", "ensure_done", "execute_run"]
 
-logger = logging.getLogger("kiki_events.runs")
+logger = get_logger("kiki_events.runs")
 
 
 async def execute_run(
@@ -44,6 +42,14 @@ async def execute_run(
     ``error`` status (its client sees only the redacted message); cancellation
     becomes ``cancelled`` and is re-raised.
     """
+    # The task's own context: every record logged while the run executes carries its ids.
+    with bind(run_id=run_id, thread_id=handler.thread_id):
+        return await _execute(graph, input, config, handler, run_id, label)
+
+
+async def _execute(
+    graph: Any, input: Any, config: Mapping[str, Any], handler: KikiCallbackHandler, run_id: str, label: str
+) -> RunStatus:
     try:
         await graph.ainvoke(input, config=dict(config))
     except asyncio.CancelledError:
@@ -52,8 +58,7 @@ async def execute_run(
     except Exception as exc:
         # The whole traceback goes to the server log, with secrets in its text
         # masked; the client gets only the handler's redacted one-line message.
-        trace = redact_text("".join(traceback.format_exception(exc)).rstrip())
-        logger.error("run %s of graph %r failed\n%s", run_id, label, trace)
+        logger.error("run %s of graph %r failed", run_id, label, exc_info=exc)
         handler.finish_run(run_id, "error", exc)
         return "error"
     except BaseException:
@@ -74,7 +79,7 @@ def ensure_done(task: asyncio.Task[RunStatus], handler: KikiCallbackHandler, run
         return
     error = task.exception()
     if error is not None:  # execute_run handles Exception; this is a BaseException
-        logger.error("run %s task crashed", run_id, exc_info=error)
+        logger.error("run %s task crashed", run_id, exc_info=error, extra={"run_id": run_id})
         handler.finish_run(run_id, "error", error)
     else:
         handler.finish_run(run_id, task.result())
@@ -201,7 +206,9 @@ class RunManager:
         if not record.ended:
             # The final ``done`` never reached the store (bus full or closed):
             # still end the record so readers stop waiting.
-            logger.warning("run %s ended without its done event reaching the run store", run_id)
+            logger.warning(
+                "run %s ended without its done event reaching the run store", run_id, extra={"run_id": run_id}
+            )
             record.log.close()
             record.ended_at = time.time()
         status = record.status
