@@ -12,6 +12,7 @@ from kiki_events.log import get_logger
 
 
 def _log_failure(stream: io.StringIO, fmt: str) -> str:
+    level = logging.getLogger().level
     handler = configure_logging(LoggingSettings(format=fmt), stream=stream)  # type: ignore[arg-type]
     try:
         try:
@@ -20,6 +21,7 @@ def _log_failure(stream: io.StringIO, fmt: str) -> str:
             get_logger("kiki_events.test").exception("run failed", extra={"run_id": "r-1"})
     finally:
         logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)
     return stream.getvalue()
 
 
@@ -39,6 +41,7 @@ def test_text_lines_mask_secrets() -> None:
 
 
 def test_configuring_twice_keeps_one_handler() -> None:
+    level = logging.getLogger().level
     first = configure_logging(LoggingSettings(), stream=io.StringIO())
     second = configure_logging(LoggingSettings(), stream=io.StringIO())
     try:
@@ -47,3 +50,4 @@ def test_configuring_twice_keeps_one_handler() -> None:
     finally:
         logging.getLogger().removeHandler(first)
         logging.getLogger().removeHandler(second)
+        logging.getLogger().setLevel(level)
