@@ -61,7 +61,7 @@ from .events import (
 )
 from .formats.kiki import SSEDecoder, decode_sse, sse_data
 from .handoff import Handoff, HandoffResult, remote_agent_node
-from .log import get_logger
+from .log import get_logger as _get_logger
 from .redaction import redact_error, redact_text
 from .runtime import KikiRuntime
 
@@ -132,4 +132,4 @@ __all__ = [
 ]
 
 # A library never configures logging; this only silences "no handler" warnings.
-get_logger().addHandler(logging.NullHandler())
+_get_logger().addHandler(logging.NullHandler())

@@ -51,11 +51,14 @@ _DONE = "_kiki_clean"
 """Set on a record once the filter has treated it (a logger's and a handler's filter both see it)."""
 
 
+def _given(run_id: str | None, thread_id: str | None, agent: str | None) -> dict[str, str]:
+    return {k: v for k, v in zip(ID_FIELDS, (run_id, thread_id, agent), strict=True) if v is not None}
+
+
 @contextmanager
 def bind(*, run_id: str | None = None, thread_id: str | None = None, agent: str | None = None) -> Iterator[None]:
     """Within the block (and tasks created in it), records carry these ids; ``None`` leaves an id as it was."""
-    given = {k: v for k, v in (("run_id", run_id), ("thread_id", thread_id), ("agent", agent)) if v is not None}
-    token = _IDS.set(MappingProxyType({**_IDS.get(), **given}))
+    token = _IDS.set(MappingProxyType({**_IDS.get(), **_given(run_id, thread_id, agent)}))
     try:
         yield
     finally:
@@ -67,23 +70,37 @@ def bound_ids() -> dict[str, str]:
     return dict(_IDS.get())
 
 
-async def bound_stream(stream: AsyncGenerator[T, None], **ids: str | None) -> AsyncGenerator[T, None]:
+async def bound_stream(
+    stream: AsyncGenerator[T, None],
+    *,
+    run_id: str | None = None,
+    thread_id: str | None = None,
+    agent: str | None = None,
+) -> AsyncGenerator[T, None]:
     """``stream``, with ``ids`` bound while it runs (including its clean-up), not while its reader does.
 
     A ``with bind(…)`` around ``yield`` would leak the ids into the reader between
-    items, and could end in another task than it began.
+    items, and could end in another task than it began. The ids are merged once, with
+    what is bound where the stream starts; each step costs one set and one reset.
     """
+    bound = MappingProxyType({**_IDS.get(), **_given(run_id, thread_id, agent)})
+    step = stream.__anext__
     try:
         while True:
-            with bind(**ids):
-                try:
-                    item = await anext(stream)
-                except StopAsyncIteration:
-                    return
+            token = _IDS.set(bound)
+            try:
+                item = await step()
+            except StopAsyncIteration:
+                return
+            finally:
+                _IDS.reset(token)
             yield item
     finally:
-        with bind(**ids):
+        token = _IDS.set(bound)
+        try:
             await stream.aclose()
+        finally:
+            _IDS.reset(token)
 
 
 def redact_record(record: logging.LogRecord) -> None:
