@@ -332,8 +332,10 @@ def test_the_server_writes_json_lines_without_secrets(json_server: ServeProcess)
         wait_for(lambda: client.get(f"/runs/{run_id}").json()["status"] == "error", what="the run to fail")
         # A client that leaves mid-stream, and one that leaves mid-body.
         with client.stream("POST", "/runs/stream", json={"graph": "team", "message": "Compare queues"}) as stream:
+            streamed = stream.headers["X-Kiki-Run-Id"]
             for _ in zip(range(3), stream.iter_lines(), strict=False):
                 pass
+        wait_for(lambda: "gone before the end" in json_server.log.read_text(), what="the mid-stream line")
         _leave_mid_body(json_server.port)
         wait_for(lambda: "client went away" in json_server.log.read_text(), what="the mid-body line")
     output = json_server.stop()
@@ -351,3 +353,5 @@ def test_the_server_writes_json_lines_without_secrets(json_server: ServeProcess)
     left = [e for e in entries if "client went away" in e["message"]]
     assert len(left) == 1 and left[0]["level"] == "info" and left[0]["logger"] == "kiki_events.server"
     assert "POST /runs" in left[0]["message"]
+    gone = [e for e in entries if "gone before the end of its stream" in e["message"]]
+    assert [(e["level"], e["logger"], e["run_id"]) for e in gone] == [("info", "kiki_events.server", streamed)]

@@ -97,8 +97,9 @@ def cursor_body(
     client is dropped), with what the format sends last. ``on_abandon`` runs if
     the body stops before that, i.e. the client went away (the ``on_disconnect:
     cancel`` policy). ``store`` gets the client counted while connected.
-    ``wire_format``: how items become bytes (default: ours). What the body logs
-    carries the run's (or the thread's) id.
+    ``wire_format``: how items become bytes (default: ours). A client gone before
+    the end is logged as one INFO line; what the body logs carries the run's (or
+    the thread's) id.
     """
     body = _cursor_body(cursor, retry=retry, store=store, on_abandon=on_abandon, wire_format=wire_format)
     if isinstance(cursor, RunCursor):
@@ -134,11 +135,14 @@ async def _cursor_body(
     finally:
         if store is not None:
             store.clients -= 1
-        if on_abandon is not None and not cursor.finished:
-            try:
-                on_abandon()
-            except Exception:
-                logger.exception("on-disconnect action failed")
+        if not cursor.finished:
+            # The usual way a reader leaves: one line (with the run's or thread's id), no error.
+            logger.info("SSE client gone before the end of its stream")
+            if on_abandon is not None:
+                try:
+                    on_abandon()
+                except Exception:
+                    logger.exception("on-disconnect action failed")
 
 
 class _EventStream(EventSourceResponse):
