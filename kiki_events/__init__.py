@@ -62,6 +62,7 @@ from .events import (
 )
 from .formats.kiki import SSEDecoder, decode_sse, sse_data
 from .handoff import Handoff, HandoffResult, remote_agent_node
+from .log import get_logger as _get_logger
 from .redaction import redact_error, redact_text
 from .runtime import KikiRuntime
 
@@ -133,4 +134,4 @@ __all__ = [
 ]
 
 # A library never configures logging; this only silences "no handler" warnings.
-logging.getLogger("kiki_events").addHandler(logging.NullHandler())
+_get_logger().addHandler(logging.NullHandler())

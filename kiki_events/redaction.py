@@ -16,12 +16,13 @@ _PATTERNS = (
     # Authorization: Bearer xyz / Basic xyz
     re.compile(r"(?i)\b(bearer|basic)(\s+)([A-Za-z0-9._~+/=-]{6,})"),
     # key=value / key: value pairs whose key names a secret; a quoted value is masked up
-    # to its closing quote (spaces included). "tokens: 42" and "author: x" are not secrets.
+    # to its closing quote (spaces included), an unquoted one with its scheme
+    # ("Authorization: Bearer xyz" becomes "Authorization: ***"). "tokens: 42" and "author: x" are not secrets.
     re.compile(
         r"(?i)\b((?:[a-z0-9_-]*?)(?:password|passwd|pwd|secret|token(?!s)|api[_-]?key|apikey|access[_-]?key|"
         r"private[_-]?key|credential|auth(?!ors?\b|orit)|session[_-]?id|cookie)[a-z0-9_-]*)"
         r"([\"']?\s*[=:]\s*(?P<quote>[\"'])?)"
-        r"((?(quote)(?:(?!(?P=quote))[^\n])+|[^\s,;&\"'}]+))"
+        r"((?(quote)(?:(?!(?P=quote))[^\n])+|(?:(?:bearer|basic|digest)\s+)?[^\s,;&\"'}]+))"
     ),
     # scheme://user:password@host
     re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]*)(:)([^/\s@]+)(?=@)"),

@@ -11,6 +11,7 @@ from types import ModuleType
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from tests import log_capture
 from tests.prometheus import prometheus_server
 from tests.redis_server import key_prefix, redis_server, redis_url
 
@@ -24,6 +25,13 @@ hypothesis_settings.register_profile("kiki", derandomize=True)
 hypothesis_settings.register_profile("explore", derandomize=False)
 hypothesis_settings.load_profile(os.environ.get("KIKI_HYPOTHESIS", "kiki"))
 _loaded: dict[str, ModuleType] = {}
+_secret_scan: log_capture.SecretScan | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Scan every log line of the run for the tests' fake credentials (tests/log_capture.py)."""
+    global _secret_scan
+    _secret_scan = log_capture.install()
 
 
 def load_demo(stem: str) -> ModuleType:
@@ -80,7 +88,9 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Every process a test started must have died with it: a leftover fails the run."""
+    """No secret in any log line, and every process a test started died with it; either fails the run."""
+    if _secret_scan is not None:
+        log_capture.report(session, _secret_scan)
     if not Path("/proc/self/stat").exists():
         return
     import time

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from tests.log_capture import scan_output
 from tests.servers import wait_for
 
 __all__ = ["ServeProcess", "dying_with_us"]
@@ -97,4 +98,6 @@ class ServeProcess:
                 self.process.kill()
                 self.process.wait(10)
         self._log_file.close()
-        return self.log.read_text()
+        output = self.log.read_text()
+        scan_output(self.name, output)
+        return output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -143,11 +144,16 @@ def test_serve_settles_the_heap_and_tunes_the_collector_before_it_serves(monkeyp
     monkeypatch.setattr(uvicorn, "run", run)
     monkeypatch.chdir(ROOT)
     before = gc.get_threshold()
+    root = logging.getLogger()
+    level = root.level
     try:
         assert main(["serve", "--config", "config/eventbus.yaml", "--port", "0"]) == 0
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+        # serve configured the process's logging: undo it for the tests that follow
+        root.handlers = [h for h in root.handlers if not getattr(h, "_kiki", False)]
+        root.setLevel(level)
     assert seen["port"] == 0
     assert seen["threshold"] == SERVING_THRESHOLDS
     assert seen["frozen"] > 0

@@ -8,17 +8,20 @@ import logging
 
 from kiki_events.cli.logs import configure_logging
 from kiki_events.config import LoggingSettings
+from kiki_events.log import get_logger
 
 
 def _log_failure(stream: io.StringIO, fmt: str) -> str:
+    level = logging.getLogger().level
     handler = configure_logging(LoggingSettings(format=fmt), stream=stream)  # type: ignore[arg-type]
     try:
         try:
             raise RuntimeError("connect redis://app:s3cret@db failed")
         except RuntimeError:
-            logging.getLogger("kiki_events.test").exception("run failed", extra={"run_id": "r-1"})
+            get_logger("kiki_events.test").exception("run failed", extra={"run_id": "r-1"})
     finally:
         logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(level)
     return stream.getvalue()
 
 
@@ -26,8 +29,8 @@ def test_json_lines_mask_secrets_and_keep_the_traceback() -> None:
     out = _log_failure(io.StringIO(), "json")
     entry = json.loads(out.strip().splitlines()[-1])
     assert entry["level"] == "error" and entry["logger"] == "kiki_events.test"
-    assert entry["msg"] == "run failed" and entry["run_id"] == "r-1"
-    assert "Traceback" in entry["exc"] and "RuntimeError" in entry["exc"]
+    assert entry["message"] == "run failed" and entry["run_id"] == "r-1"
+    assert "Traceback" in entry["exception"] and "RuntimeError" in entry["exception"]
     assert "s3cret" not in out
 
 
@@ -38,6 +41,7 @@ def test_text_lines_mask_secrets() -> None:
 
 
 def test_configuring_twice_keeps_one_handler() -> None:
+    level = logging.getLogger().level
     first = configure_logging(LoggingSettings(), stream=io.StringIO())
     second = configure_logging(LoggingSettings(), stream=io.StringIO())
     try:
@@ -46,3 +50,4 @@ def test_configuring_twice_keeps_one_handler() -> None:
     finally:
         logging.getLogger().removeHandler(first)
         logging.getLogger().removeHandler(second)
+        logging.getLogger().setLevel(level)

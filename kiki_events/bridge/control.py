@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ..codec import encode
+from ..log import get_logger
 from ..transports.base import ControlMessage, RunInfo
 from .context import BridgeContext
 from .follow import Following
@@ -22,7 +22,7 @@ from .repair import OP_REPLAY
 
 __all__ = ["OP_CANCEL", "Control", "ControlHandler"]
 
-logger = logging.getLogger("kiki_events.bridge")
+logger = get_logger("kiki_events.bridge")
 
 ControlHandler = Callable[[ControlMessage], Awaitable[object] | object]
 """Handles a control message; may be async. Exceptions are logged, never propagated."""
@@ -113,7 +113,7 @@ class Control:
         ctx = self.ctx
         record = ctx.store.peek(run_id)
         if record is not None and ctx.runs.is_local(run_id) and not record.ended:
-            logger.info("cancelling run %s at the request of node %s", run_id, message.sender)
+            logger.info("cancelling run %s at the request of node %s", run_id, message.sender, extra={"run_id": run_id})
             ctx.runs.cancel(run_id, record.principal)
 
     async def _handle_replay(self, message: ControlMessage) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..core.tasks import stop_tasks
 from ..errors import KikiEventsError
 from ..events import StreamEvent
+from ..log import get_logger
 from ..transports.base import ControlMessage, RunInfo, Transport
 from ..transports.wire import KIND_LIFECYCLE, KIND_THREAD, Message
 from .context import BridgeContext, BridgeStats
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Bridge", "BridgeStats"]
 
-logger = logging.getLogger("kiki_events.bridge")
+logger = get_logger("kiki_events.bridge")
 
 
 class Bridge:

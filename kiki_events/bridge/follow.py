@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from typing import TYPE_CHECKING
 
 from ..errors import RunNotFoundError, TransportError
+from ..log import get_logger
 from ..transports.base import RunInfo
 from ..transports.wire import KIND_REPLAY, Message
 from .context import BridgeContext
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Following"]
 
-logger = logging.getLogger("kiki_events.bridge")
+logger = get_logger("kiki_events.bridge")
 
 
 class Following:

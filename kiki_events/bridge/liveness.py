@@ -13,11 +13,11 @@ remote runs nobody here follows any more.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import TransportError
+from ..log import get_logger
 from .context import BridgeContext
 from .follow import Following
 from .repair import Repair
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Liveness"]
 
-logger = logging.getLogger("kiki_events.bridge")
+logger = get_logger("kiki_events.bridge")
 
 _TICK = 0.1
 _HEARTBEAT_EVERY = 5.0
@@ -116,7 +116,12 @@ class Liveness:
             record = remote.record
             if info is None or not info.ended or record is None or record.ended or remote.final is not None:
                 continue
-            logger.info("run %s ended on %s without its end reaching here; fetching the rest", remote.run_id, info.node)
+            logger.info(
+                "run %s ended on %s without its end reaching here; fetching the rest",
+                remote.run_id,
+                info.node,
+                extra={"run_id": remote.run_id},
+            )
             self.following.ended_elsewhere(remote, info)
             self.repair.fetch_end(remote)
 
@@ -125,7 +130,10 @@ class Liveness:
         if record is None or record.ended:
             return
         logger.warning(
-            "node %s stopped while running run %s; its readers here are told and released", remote.owner, remote.run_id
+            "node %s stopped while running run %s; its readers here are told and released",
+            remote.owner,
+            remote.run_id,
+            extra={"run_id": remote.run_id},
         )
         detail = f"the node running this run ({remote.owner}) stopped; it will not continue"
         self.repair.end_here(remote, detail)

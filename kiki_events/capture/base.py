@@ -8,7 +8,6 @@ call with no collaborator lookups in between.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
 from collections import OrderedDict
@@ -20,11 +19,12 @@ from langgraph.callbacks import GraphCallbackHandler
 
 from ..errors import ArgumentTypeError, InvalidArgumentError
 from ..events import StreamEvent, trusted
+from ..log import get_logger
 from .state import LLMCallState, RunState
 
 __all__ = ["CANCELLED", "HIDDEN", "EventSink", "HandlerBase", "guard", "logger", "now"]
 
-logger = logging.getLogger("kiki_events.handler")
+logger = get_logger("kiki_events.handler")
 
 EventSink = Callable[[StreamEvent], object]
 

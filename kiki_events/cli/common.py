@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..redaction import redact_text
+
 __all__ = ["DEFAULT_CONFIG", "PROG", "config_file", "fail"]
 
 PROG = "kiki-events"
@@ -21,6 +23,9 @@ def config_file(given: Path | None) -> Path | None:
 
 
 def fail(message: str) -> int:
-    """Print ``message`` as the command's one line on stderr; the exit code of a bad configuration (2)."""
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    """Print ``message`` (credentials masked) as the command's one line on stderr.
+
+    Returns the exit code of a bad configuration (2).
+    """
+    print(f"{PROG}: error: {redact_text(message)}", file=sys.stderr)
     return 2

@@ -21,7 +21,6 @@ Subscriptions, their overflow policies and the bus's counters live in
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -29,12 +28,13 @@ from typing import Literal, TypeAlias
 
 from ..errors import BusError, InvalidArgumentError
 from ..events import EVENT_TYPES, StreamEvent
+from ..log import get_logger
 from ..topics import topic_matches, topic_of
 from .subscription import OVERFLOWS, BusStats, EventHandler, Overflow, Subscription
 
 __all__ = ["BusStats", "EventBus", "EventHandler", "InterestListener", "Overflow", "Subscription"]
 
-logger = logging.getLogger("kiki_events.bus")
+logger = get_logger("kiki_events.bus")
 
 Sink: TypeAlias = Callable[[StreamEvent], object]
 InterestListener: TypeAlias = Callable[[Literal["run", "thread"], str, bool], object]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GraphLoadError, InvalidArgumentError, UnknownGraphError
+from ..redaction import redact_text
 
 __all__ = ["GraphRegistry", "is_runnable_graph", "load_graph", "load_graphs"]
 
@@ -87,7 +88,7 @@ def _load_file(ref: str, target: str, base_dir: str | os.PathLike[str] | None) -
         sys.modules.pop(name, None)
         if not isinstance(exc, Exception):
             raise
-        raise GraphLoadError(f"graph reference {ref!r}: importing {path} raised {type(exc).__name__}: {exc}") from exc
+        raise GraphLoadError(f"graph reference {ref!r}: importing {path} raised {_raised(exc)}") from exc
     return module
 
 
@@ -97,9 +98,14 @@ def _import_module(ref: str, target: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
             raise GraphLoadError(f"graph reference {ref!r}: module {target!r} not found") from exc
-        raise GraphLoadError(f"graph reference {ref!r}: importing {target} raised {type(exc).__name__}: {exc}") from exc
+        raise GraphLoadError(f"graph reference {ref!r}: importing {target} raised {_raised(exc)}") from exc
     except Exception as exc:
-        raise GraphLoadError(f"graph reference {ref!r}: importing {target} raised {type(exc).__name__}: {exc}") from exc
+        raise GraphLoadError(f"graph reference {ref!r}: importing {target} raised {_raised(exc)}") from exc
+
+
+def _raised(exc: BaseException) -> str:
+    """``Type: message``, credentials masked (the message may quote a URL with its password)."""
+    return f"{type(exc).__name__}: {redact_text(str(exc))}"
 
 
 def _as_graph(label: str, obj: object) -> Any:
@@ -110,7 +116,7 @@ def _as_graph(label: str, obj: object) -> Any:
         try:
             compiled = compile_()
         except Exception as exc:
-            raise GraphLoadError(f"{label}: compiling it raised {type(exc).__name__}: {exc}") from exc
+            raise GraphLoadError(f"{label}: compiling it raised {_raised(exc)}") from exc
         if is_runnable_graph(compiled):
             return compiled
     raise GraphLoadError(f"{label} is a {type(obj).__name__}, not a compiled graph (it has no ainvoke)")

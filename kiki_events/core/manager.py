@@ -11,9 +11,7 @@ ends with exactly one ``done`` event, whatever happened to its task
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from ..capture.handler import KikiCallbackHandler, new_run_id
 from ..config import HandlerSettings, RunSettings
 from ..errors import RunError, RunLimitError
 from ..events import RunStatus
-from ..redaction import redact_text
+from ..log import bind, get_logger
 from .bus import EventBus
 from .graphs import GraphRegistry
 from .runrecord import RunRecord
@@ -34,7 +32,7 @@ from .tracing import RunTrace, RunTracing, TracedRun
 
 __all__ = ["RunHandle", "RunManager", "ensure_done", "execute_run"]
 
-logger = logging.getLogger("kiki_events.runs")
+logger = get_logger("kiki_events.runs")
 
 
 async def execute_run(
@@ -54,6 +52,20 @@ async def execute_run(
     becomes ``cancelled`` and is re-raised. ``scope`` (a run's tracing,
     :attr:`.RunTrace.scope`) is entered around the graph, in this task.
     """
+    # The task's own context: every record logged while the run executes carries its ids.
+    with bind(run_id=run_id, thread_id=handler.thread_id):
+        return await _execute(graph, input, config, handler, run_id, label, scope)
+
+
+async def _execute(
+    graph: Any,
+    input: Any,
+    config: Mapping[str, Any],
+    handler: KikiCallbackHandler,
+    run_id: str,
+    label: str,
+    scope: Callable[[], AbstractContextManager[object]] | None,
+) -> RunStatus:
     try:
         if scope is None:
             await graph.ainvoke(input, config=dict(config))
@@ -66,8 +78,7 @@ async def execute_run(
     except Exception as exc:
         # The whole traceback goes to the server log, with secrets in its text
         # masked; the client gets only the handler's redacted one-line message.
-        trace = redact_text("".join(traceback.format_exception(exc)).rstrip())
-        logger.error("run %s of graph %r failed\n%s", run_id, label, trace)
+        logger.error("run %s of graph %r failed", run_id, label, exc_info=exc)
         handler.finish_run(run_id, "error", exc)
         return "error"
     except BaseException:
@@ -88,7 +99,7 @@ def ensure_done(task: asyncio.Task[RunStatus], handler: KikiCallbackHandler, run
         return
     error = task.exception()
     if error is not None:  # execute_run handles Exception; this is a BaseException
-        logger.error("run %s task crashed", run_id, exc_info=error)
+        logger.error("run %s task crashed", run_id, exc_info=error, extra={"run_id": run_id})
         handler.finish_run(run_id, "error", error)
     else:
         handler.finish_run(run_id, task.result())
@@ -234,7 +245,9 @@ class RunManager:
         if not record.ended:
             # The final ``done`` never reached the store (bus full or closed):
             # still end the record so readers stop waiting.
-            logger.warning("run %s ended without its done event reaching the run store", run_id)
+            logger.warning(
+                "run %s ended without its done event reaching the run store", run_id, extra={"run_id": run_id}
+            )
             record.log.close()
             record.ended_at = time.time()
         status = record.status

@@ -16,15 +16,16 @@ records what the cluster said, and wins over what this node believed.
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Container
 from dataclasses import dataclass
 
+from ..log import get_logger
+
 __all__ = ["Owner", "ThreadOwners"]
 
-logger = logging.getLogger("kiki_events.runs")
+logger = get_logger("kiki_events.runs")
 
 
 @dataclass(eq=False, slots=True)

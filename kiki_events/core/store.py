@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,13 +22,14 @@ from collections.abc import Callable
 from ..config import RunSettings
 from ..errors import RunError, RunNotFoundError
 from ..events import StatusEvent, StreamEvent
+from ..log import get_logger
 from .runlog import RunLog
 from .runrecord import RunRecord
 from .threads import ThreadIndex, ThreadRecord
 
 __all__ = ["RunStore"]
 
-logger = logging.getLogger("kiki_events.runs")
+logger = get_logger("kiki_events.runs")
 
 
 class RunStore:

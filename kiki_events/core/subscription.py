@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,10 +17,11 @@ from typing import Literal, TypeAlias, get_args
 
 from ..errors import SubscriptionOverflowError
 from ..events import StreamEvent
+from ..log import get_logger
 
 __all__ = ["OVERFLOWS", "BusStats", "EventHandler", "Overflow", "Subscription"]
 
-logger = logging.getLogger("kiki_events.bus")
+logger = get_logger("kiki_events.bus")
 
 Overflow: TypeAlias = Literal["drop_oldest", "drop_newest", "disconnect"]
 """What a full subscription queue does with the next event."""

@@ -7,16 +7,16 @@ loop restarts the same way after a crash and every shutdown has a deadline.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..errors import InvalidArgumentError
+from ..log import get_logger
 
 __all__ = ["Backoff", "stop_tasks", "supervise"]
 
-logger = logging.getLogger("kiki_events.tasks")
+logger = get_logger("kiki_events.tasks")
 
 _RECANCEL = 0.2
 """Seconds between cancellations of a task that has not ended yet."""

@@ -8,7 +8,6 @@ of the node it runs on; the composition root
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from ..core.records import text_of
 from ..core.tasks import Backoff
 from ..events import StreamEvent
+from ..log import get_logger
 from ..redaction import redact_text
 from ..redis.workqueue import WorkQueue
 
@@ -39,7 +39,7 @@ __all__ = [
     "reraise_if_cancelled",
 ]
 
-logger = logging.getLogger("kiki_events.handoff")
+logger = get_logger("kiki_events.handoff")
 
 GROUP = "kiki-agents"
 """Consumer group of every work stream."""

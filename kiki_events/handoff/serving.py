@@ -22,6 +22,7 @@ from ..capture.handler import KikiCallbackHandler
 from ..core.records import text_of
 from ..core.tasks import stop_tasks
 from ..errors import InvalidArgumentError, RunError, RunNotFoundError, UnknownGraphError
+from ..log import bind
 from ..redaction import redact_text
 from ..redis.workqueue import WorkItem
 from .common import MAX_BLOCK, STOP_TIMEOUT, WIRE_VERSION, HandoffContext, Retry, logger, reraise_if_cancelled
@@ -147,7 +148,13 @@ class Server:
         if active.cancelled or active.run_id is None:
             return
         active.cancelled = True
-        logger.info("cancelling run %s of request %s: %s", active.run_id, active.request_id, why)
+        logger.info(
+            "cancelling run %s of request %s: %s",
+            active.run_id,
+            active.request_id,
+            why,
+            extra={"run_id": active.run_id, "agent": active.agent},
+        )
         with contextlib.suppress(RunNotFoundError):
             self.context.runs.cancel(active.run_id)
 
@@ -199,15 +206,17 @@ class Server:
                 task.add_done_callback(served.running.discard)
 
     async def _handle(self, served: ServedAgent, item: WorkItem) -> None:
-        try:
-            await self._handle_item(served, item)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # Redis trouble mid-task: it stays pending and is reclaimed later
-            self.context.stats["redis_errors"] += 1
-            logger.warning("task %s of agent %r failed (%s); it will be retried", item.id, served.agent, exc)
-        finally:
-            served.active.pop(item.id, None)
+        # The task's own context: what it logs, and the run it starts, carry the agent.
+        with bind(agent=served.agent, thread_id=item.fields.get("thread_id") or None):
+            try:
+                await self._handle_item(served, item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis trouble mid-task: it stays pending and is reclaimed later
+                self.context.stats["redis_errors"] += 1
+                logger.warning("task %s of agent %r failed (%s); it will be retried", item.id, served.agent, exc)
+            finally:
+                served.active.pop(item.id, None)
 
     # -- running one task -------------------------------------------------------------------
     async def _handle_item(self, served: ServedAgent, item: WorkItem) -> None:

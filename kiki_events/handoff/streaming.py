@@ -175,6 +175,12 @@ class Relay:
             async for event in self._follow(run_id):
                 await self._out.put(("event", event))
         except Exception as exc:  # the result still arrives through the reply stream
-            logger.debug("following run %s of request %s stopped: %r", run_id, self.holder.request_id, exc)
+            logger.debug(
+                "following run %s of request %s stopped: %r",
+                run_id,
+                self.holder.request_id,
+                exc,
+                extra={"run_id": run_id},
+            )
         finally:
             await self._out.put(("followed", run_id))

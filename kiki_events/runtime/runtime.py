@@ -15,7 +15,6 @@ nodes: :meth:`KikiRuntime.follow` then reads a run wherever it executes.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -36,6 +35,7 @@ from ..core.tasks import stop_tasks, supervise
 from ..core.threads import new_thread_id
 from ..errors import KikiEventsError, RunNotFoundError
 from ..events import StreamEvent
+from ..log import get_logger
 from ..sinks import SinkContext
 from ..transports import MemoryHub, Transport
 from .build import (
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = ["KikiRuntime", "default_node_name"]
 
-logger = logging.getLogger("kiki_events.runtime")
+logger = get_logger("kiki_events.runtime")
 
 
 def default_node_name() -> str:

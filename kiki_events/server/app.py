@@ -7,7 +7,6 @@ lists origins.
 
 # No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
 
-import logging
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -22,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..config import Settings
 from ..errors import ConfigError
+from ..log import get_logger
 from ..runtime import KikiRuntime
 from .auth import AuthDependency, bearer_tokens
 from .router import create_router
@@ -29,7 +29,7 @@ from .sse import keep_transport
 
 __all__ = ["STATIC_DIR", "create_app"]
 
-logger = logging.getLogger("kiki_events.server")
+logger = get_logger("kiki_events.server")
 
 STATIC_DIR = Path(__file__).parent / "static"
 """Files of the live dashboard (``index.html`` is served at ``/``)."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 import struct
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -44,10 +43,11 @@ from ..core.store import RunStore
 from ..errors import BusError
 from ..events import StreamEvent
 from ..formats import Format, get_format
+from ..log import bound_stream, get_logger
 
 __all__ = ["TRANSPORT_KEY", "cursor_body", "keep_transport", "sse_response", "stream_agent_sse"]
 
-logger = logging.getLogger("kiki_events.server")
+logger = get_logger("kiki_events.server")
 
 _SEP = "\n"
 _BATCH = 512
@@ -83,7 +83,7 @@ def _ping() -> ServerSentEvent:
     return ServerSentEvent(comment="ping", sep=_SEP)
 
 
-async def cursor_body(
+def cursor_body(
     cursor: RunCursor | ThreadCursor,
     *,
     retry: float,
@@ -97,8 +97,24 @@ async def cursor_body(
     client is dropped), with what the format sends last. ``on_abandon`` runs if
     the body stops before that, i.e. the client went away (the ``on_disconnect:
     cancel`` policy). ``store`` gets the client counted while connected.
-    ``wire_format``: how items become bytes (default: ours).
+    ``wire_format``: how items become bytes (default: ours). A client gone before
+    the end is logged as one INFO line; what the body logs carries the run's (or
+    the thread's) id.
     """
+    body = _cursor_body(cursor, retry=retry, store=store, on_abandon=on_abandon, wire_format=wire_format)
+    if isinstance(cursor, RunCursor):
+        return bound_stream(body, run_id=cursor.log.run_id)
+    return bound_stream(body, thread_id=cursor.thread_id)
+
+
+async def _cursor_body(
+    cursor: RunCursor | ThreadCursor,
+    *,
+    retry: float,
+    store: RunStore | None,
+    on_abandon: Callable[[], object] | None,
+    wire_format: Format | None,
+) -> AsyncGenerator[bytes, None]:
     fmt = wire_format or get_format()
     encoder = fmt.encoder()
     if store is not None:
@@ -119,11 +135,14 @@ async def cursor_body(
     finally:
         if store is not None:
             store.clients -= 1
-        if on_abandon is not None and not cursor.finished:
-            try:
-                on_abandon()
-            except Exception:
-                logger.exception("on-disconnect action failed")
+        if not cursor.finished:
+            # The usual way a reader leaves: one line (with the run's or thread's id), no error.
+            logger.info("SSE client gone before the end of its stream")
+            if on_abandon is not None:
+                try:
+                    on_abandon()
+                except Exception:
+                    logger.exception("on-disconnect action failed")
 
 
 class _EventStream(EventSourceResponse):

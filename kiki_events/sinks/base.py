@@ -9,12 +9,12 @@ that for the sinks of one runtime.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
 
 from ..events import StreamEvent
+from ..log import get_logger
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Sink", "SinkContext", "SinkFactory", "SinkSet"]
 
-logger = logging.getLogger("kiki_events.sinks")
+logger = get_logger("kiki_events.sinks")
 
 
 @runtime_checkable

@@ -25,7 +25,6 @@ kept: past that the oldest is forgotten and its in-progress gauges released.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,7 @@ from ..events import (
     StreamEvent,
     ToolResultEvent,
 )
+from ..log import get_logger
 from .base import Sink, SinkContext
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_RUNS", "NOT_ERRORS", "EventMetrics", "create"]
 
-logger = logging.getLogger("kiki_events.sinks")
+logger = get_logger("kiki_events.sinks")
 
 MAX_RUNS = 10_000
 """Runs tracked at once; past that the oldest is forgotten (its gauges released)."""

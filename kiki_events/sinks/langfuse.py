@@ -20,19 +20,19 @@ alone. ``langfuse`` and ``opentelemetry`` are imported inside :func:`create`.
 
 from __future__ import annotations
 
-import logging
 import os
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from ..core.tracing import RunTrace, TracedRun
+from ..log import get_logger
 
 if TYPE_CHECKING:
     from ..config import LangfuseSettings, Settings
 
 __all__ = ["LangfuseTracing", "create"]
 
-logger = logging.getLogger("kiki_events.langfuse")
+logger = get_logger("kiki_events.langfuse")
 
 
 def create(settings: Settings, *, tracer_provider: Any = None, span_exporter: Any = None) -> LangfuseTracing | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ from ..codec import encode
 from ..core.tasks import Backoff, stop_tasks, supervise
 from ..errors import TransportError
 from ..events import DoneEvent, StreamEvent
+from ..log import get_logger
 from ..redaction import redact_text
 from ..topics import topic_of
 from .base import ControlMessage, RunInfo, TransportListener, TransportState
@@ -32,7 +32,7 @@ from .stats import TransportStats
 
 __all__ = ["BaseTransport"]
 
-logger = logging.getLogger("kiki_events.bridge")
+logger = get_logger("kiki_events.bridge")
 
 _STOP_GRACE = 0.5
 """Seconds a read loop gets to notice the transport closed before it is cancelled."""

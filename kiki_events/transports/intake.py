@@ -8,18 +8,18 @@ kind.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
 from ..errors import WireError
+from ..log import get_logger
 from .base import ControlMessage, TransportListener
 from .stats import TransportStats
 from .wire import KIND_BATCH, KIND_CONTROL, KIND_LIFECYCLE, Message, unpack
 
 __all__ = ["Intake"]
 
-logger = logging.getLogger("kiki_events.bridge")
+logger = get_logger("kiki_events.bridge")
 
 
 class Intake:
