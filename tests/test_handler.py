@@ -22,7 +22,7 @@ from langgraph.prebuilt import ToolNode
 from langgraph.types import Command, Send, interrupt
 from typing_extensions import TypedDict
 
-from kiki_events import EventBus, KikiCallbackHandler
+from kiki_events import ArgumentTypeError, EventBus, KikiCallbackHandler
 from kiki_events.capture.astream_events import events_from_astream_events
 from kiki_events.cli.tail import format_event
 from kiki_events.codec import encode
@@ -469,14 +469,8 @@ async def test_events_built_without_validation_equal_their_validated_rebuild(res
         assert repr(rebuilt) == repr(event)
 
 
-async def test_a_run_whose_envelope_fails_validation_sends_no_unchecked_agent_or_llm_event(
-    research_team: ModuleType,
-) -> None:
-    """Unchecked building starts only after a validated event of the run: a bad envelope still fails each."""
-    events: list[StreamEvent] = []
-    handler = KikiCallbackHandler(events.append, causation_id=12345)  # type: ignore[arg-type]
-
-    await research_team.build_benchmark_graph(3).ainvoke(_user("go"), {"callbacks": [handler]})
-
-    assert handler.errors == 1 + 2 * 2 + 2 + 1  # started, 2 x (agent started, completed), 2 llm, done
-    assert {e.type for e in events} <= {"token"}  # tokens are built unchecked per token, as always
+@pytest.mark.parametrize("argument", ["node", "thread_id", "graph_name", "causation_id"])
+async def test_the_envelope_arguments_are_checked_when_the_handler_is_made(argument: str) -> None:
+    """Tokens and the agent and ``llm`` events are built unchecked: their envelope is checked once, here."""
+    with pytest.raises(ArgumentTypeError, match=f"^{argument} must be a string or None; got int$"):
+        KikiCallbackHandler([].append, **{argument: 12345})

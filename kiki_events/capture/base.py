@@ -73,6 +73,10 @@ class HandlerBase(GraphCallbackHandler):
             raise ArgumentTypeError("sink must be an EventBus or a callable taking a StreamEvent")
         if max_payload_chars < 16:
             raise InvalidArgumentError(f"max_payload_chars must be at least 16; got {max_payload_chars}")
+        named = {"node": node, "thread_id": thread_id, "graph_name": graph_name, "causation_id": causation_id}
+        for name, value in named.items():
+            if value is not None and not isinstance(value, str):
+                raise ArgumentTypeError(f"{name} must be a string or None; got {type(value).__name__}")
         self._emit: EventSink = emit
         self.node = node
         self.thread_id = thread_id
