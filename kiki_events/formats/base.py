@@ -21,6 +21,12 @@ the format-neutral facts an encoder may need (such as
 be remembered per stream lives in the encoder, which is why there is one per
 stream (a stateless format may hand out one shared encoder).
 
+A stream's response carries the format's :attr:`Format.media_type` and its
+:attr:`Format.headers` (e.g. a protocol version header its clients check). A
+client picks a format by name (the ``format`` query parameter of the stream
+endpoints) or by media type in ``Accept`` (:attr:`Format.accepts`, see
+:func:`~kiki_events.formats.select_format`).
+
 A new format is one module in this folder that defines a ``FORMAT`` instance of
 a :class:`Format` subclass, plus one line in the registry of
 :mod:`kiki_events.formats`. Formats import nothing from the web framework: the
@@ -30,7 +36,8 @@ server frames nothing itself, it writes what the encoder returns.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import ClassVar
 
 from ..core.runlog import Item
@@ -65,6 +72,16 @@ class Format(ABC):
     """The response's media type, e.g. ``text/event-stream``."""
     cacheable: ClassVar[bool] = True
     """Whether an event's bytes are the same for every client, so frames may memoise them."""
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    """Extra response headers every stream of this format carries (none by default)."""
+    accepts: ClassVar[tuple[str, ...]] = ()
+    """Further media types (lowercase ``type/subtype``) an ``Accept`` header may name to pick this
+    format, besides :attr:`media_type`; a media type two formats share picks the one registered first."""
+
+    @property
+    def media_types(self) -> tuple[str, ...]:
+        """Every media type that picks this format in ``Accept``: :attr:`media_type`, then :attr:`accepts`."""
+        return (self.media_type, *self.accepts)
 
     @abstractmethod
     def encoder(self) -> Encoder:

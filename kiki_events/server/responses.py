@@ -63,12 +63,13 @@ class CancelResult(BaseModel):
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}}
 
 ERRORS: dict[int, dict[str, Any]] = {
-    400: {"description": "malformed `Last-Event-ID` (header or `last_event_id`) or `Content-Length`"},
+    400: {"description": "malformed `Last-Event-ID` (header or `last_event_id`) or `Content-Length`, unknown `format`"},
     401: {
         "description": "no principal (only with an auth hook)",
         "headers": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
     },
     404: {"description": "unknown graph, run or thread (also someone else's)"},
+    406: {"description": "no wire format answers to `Accept` (the message lists the known formats)"},
     408: {"description": "the body did not arrive within `server.body_timeout` (the connection is closed)"},
     413: {"description": "the body is larger than `sse.max_body_bytes`"},
     422: {"description": "the body is not a valid run request (the message names the field)"},

@@ -249,7 +249,7 @@ def sse_response(
     wire_format: Format | None = None,
     on_end: Callable[[str], object] | None = None,
 ) -> EventSourceResponse:
-    """An ``EventSourceResponse`` with our headers and keep-alive, of ``wire_format``'s media type.
+    """An ``EventSourceResponse`` with our headers and keep-alive, of ``wire_format``'s media type and headers.
 
     ``on_server_exit`` is called when the server starts shutting down while this
     stream is open; the stream then has ``exit_grace`` seconds to end by itself
@@ -258,10 +258,11 @@ def sse_response(
     for ``send_timeout``. ``on_end`` is told why the stream ended (``completed``,
     ``client``, ``stalled``, ``shutdown`` or ``error``).
     """
+    fmt = wire_format or get_format()
     return _EventStream(
         body,
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **(headers or {})},
-        media_type=(wire_format or get_format()).media_type,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no", **fmt.headers, **(headers or {})},
+        media_type=fmt.media_type,
         ping=settings.keepalive,
         sep=_SEP,
         ping_message_factory=_ping,

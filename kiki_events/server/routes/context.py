@@ -4,15 +4,23 @@ and the SSE response of a cursor."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-from fastapi import HTTPException, Request, Response
+from fastapi import HTTPException, Query, Request, Response
 
 from ...core.cursors import RunCursor, ThreadCursor
 from ...core.manager import RunHandle
 from ...core.runlog import RunLog
 from ...core.runrecord import RunRecord
-from ...errors import KikiEventsError, RunLimitError, RunNotFoundError, TransportError, UnknownGraphError
+from ...errors import (
+    KikiEventsError,
+    RunLimitError,
+    RunNotFoundError,
+    TransportError,
+    UnknownFormatError,
+    UnknownGraphError,
+)
+from ...formats import Format, format_for_accept, format_names, get_format
 from ..auth import AuthDependency, Principal, principal_dependency
 from ..requests import RunRequest
 from ..sse import cursor_body, sse_response
@@ -21,7 +29,7 @@ if TYPE_CHECKING:
     from ...bridge import Lease
     from ...runtime import KikiRuntime
 
-__all__ = ["RouteContext", "raise_http"]
+__all__ = ["RouteContext", "pick_format", "raise_http"]
 
 _RUN_SCHEMA = RunRequest.model_json_schema()
 
@@ -32,6 +40,38 @@ def _run_body_doc(graphs: list[str]) -> dict[str, Any]:
     if graphs:
         body["example"] = {"graph": graphs[0], "message": "Compare Redis streams and pub/sub"}
     return {"requestBody": {"required": True, "content": {"application/json": body}}}
+
+
+def _format_param() -> Any:
+    """The ``format`` query parameter, documented with the formats registered when the router is built."""
+    names = format_names()
+    return Annotated[
+        str | None,
+        Query(
+            alias="format",
+            description=(
+                "the wire format of the stream, by name (wins over `Accept`; "
+                f"default `{names[0]}`); an unknown name is a 400 listing the known ones"
+            ),
+            json_schema_extra={"enum": names, "maxLength": 64},
+        ),
+    ]
+
+
+def pick_format(request: Request, name: str | None) -> Format:
+    """The format a stream request asks for: ``name`` (the query), else its ``Accept`` header.
+
+    An unknown name is a 400, an ``Accept`` no format answers to a 406; both list the known formats.
+    """
+    if name is not None:
+        try:
+            return get_format(name)
+        except UnknownFormatError as exc:
+            raise HTTPException(400, f"format: {exc}") from None
+    try:
+        return format_for_accept(request.headers.get("accept"))
+    except UnknownFormatError as exc:
+        raise HTTPException(406, str(exc)) from None
 
 
 def raise_http(exc: KikiEventsError) -> NoReturn:
@@ -73,6 +113,8 @@ class RouteContext:
         """The dependency giving a route its caller: ``Annotated[Principal, Depends(ctx.principal)]``."""
         self.run_body_doc = _run_body_doc(runtime.graphs.names())
         """``openapi_extra`` of the routes that take a run body."""
+        self.format_param: Any = _format_param()
+        """The annotation of a stream's ``format`` query parameter (resolve it with :func:`pick_format`)."""
 
     async def start(self, body: RunRequest, principal: Principal) -> RunHandle:
         """Start the run ``body`` asks for; 503 unless the runtime is running, else as :func:`raise_http`."""
@@ -102,14 +144,15 @@ class RouteContext:
         run_id: str | None = None,
         on_abandon: Callable[[], object] | None = None,
         lease: Callable[[], Lease] | None = None,
+        wire_format: Format | None = None,
     ) -> Response:
-        """The SSE response reading ``cursor`` (``lease`` held while the body is sent)."""
+        """The response reading ``cursor`` in ``wire_format`` (default: ours), ``lease`` held while it is sent."""
         settings = self.settings
         headers = {"Content-Location": location}
         if run_id is not None:
             headers["X-Kiki-Run-Id"] = run_id
         body: AsyncIterator[bytes] = cursor_body(
-            cursor, retry=settings.sse.retry, store=self.store, on_abandon=on_abandon
+            cursor, retry=settings.sse.retry, store=self.store, on_abandon=on_abandon, wire_format=wire_format
         )
         if lease is not None:
             body = _leased(body, lease)
@@ -117,6 +160,7 @@ class RouteContext:
             body,
             settings.sse,
             headers=headers,
+            wire_format=wire_format,
             on_server_exit=self.runtime.request_shutdown,
             # Enough for runs to finish or be cancelled and for their ``done`` to go out.
             exit_grace=settings.runs.shutdown_grace + 5.0,

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from ..auth import Principal
 from ..requests import MAX_CURSOR, MAX_RUN_ID, parse_cursor, parse_run_request
 from ..responses import SSE_OK, errors
-from .context import RouteContext
+from .context import RouteContext, pick_format
 
 __all__ = ["add_join_run_stream", "add_start_run_stream"]
 
@@ -65,6 +65,7 @@ def _resume_after(request: Request, run_id: str, last_event_id: str | None) -> i
 def add_join_run_stream(router: APIRouter, ctx: RouteContext) -> None:
     """``GET /runs/{run_id}/stream``: join or resume a run (200 SSE, 204 if nothing is left)."""
     Caller = Annotated[Principal, Depends(ctx.principal)]
+    FormatName = ctx.format_param
 
     @router.get(
         "/runs/{run_id}/stream",
@@ -74,13 +75,18 @@ def add_join_run_stream(router: APIRouter, ctx: RouteContext) -> None:
         responses={
             **SSE_OK,
             204: {"description": "the client has every event of the run"},
-            **errors(400, 401, 404, 422, 503),
+            **errors(400, 401, 404, 406, 422, 503),
         },
     )
     async def join_run_stream(
-        request: Request, run_id: str, principal: Caller, last_event_id: RunLastEventId = None
+        request: Request,
+        run_id: str,
+        principal: Caller,
+        last_event_id: RunLastEventId = None,
+        wire_format: FormatName = None,
     ) -> Response:
-        """Join a live or recently finished run, resuming after ``Last-Event-ID``."""
+        """Join a live or recently finished run, resuming after ``Last-Event-ID``, in the format asked for."""
+        fmt = pick_format(request, wire_format)
         record = await ctx.find_run(run_id, principal)
         after = _resume_after(request, run_id, last_event_id)
         if record.ended and after >= record.log.last_seq:
@@ -93,4 +99,4 @@ def add_join_run_stream(router: APIRouter, ctx: RouteContext) -> None:
         if bridge is not None and ctx.is_remote(record) and not record.ended:
             lease = lambda: bridge.watch_run(run_id)  # noqa: E731 - taken when the body starts
         cursor = ctx.run_cursor(record.log, after, record.thread_id)
-        return ctx.stream(request, cursor, ctx.run_url(request, run_id), run_id, lease=lease)
+        return ctx.stream(request, cursor, ctx.run_url(request, run_id), run_id, lease=lease, wire_format=fmt)

@@ -13,7 +13,7 @@ from ...errors import KikiEventsError
 from ..auth import Principal
 from ..requests import MAX_CURSOR, MAX_RUN_ID, parse_cursor
 from ..responses import SSE_OK, errors
-from .context import RouteContext, raise_http
+from .context import RouteContext, pick_format, raise_http
 
 __all__ = ["add_thread_stream"]
 
@@ -45,18 +45,24 @@ def add_thread_stream(router: APIRouter, ctx: RouteContext) -> None:
     Caller = Annotated[Principal, Depends(ctx.principal)]
     store = ctx.store
     settings = ctx.settings
+    FormatName = ctx.format_param
 
     @router.get(
         "/threads/{thread_id}/stream",
         operation_id="thread_stream",
         name="thread_stream",
         response_class=Response,
-        responses={**SSE_OK, **errors(400, 401, 404, 422, 503)},
+        responses={**SSE_OK, **errors(400, 401, 404, 406, 422, 503)},
     )
     async def thread_stream(
-        request: Request, thread_id: str, principal: Caller, last_event_id: ThreadLastEventId = None
+        request: Request,
+        thread_id: str,
+        principal: Caller,
+        last_event_id: ThreadLastEventId = None,
+        wire_format: FormatName = None,
     ) -> Response:
-        """Every run of a thread (on any node), oldest first, then new runs as they start."""
+        """Every run of a thread (on any node), oldest first, then new runs as they start, in the format asked for."""
+        fmt = pick_format(request, wire_format)
         thread = await _find_thread(ctx, thread_id, principal)
         header = request.headers.get("last-event-id")
         resume = parse_cursor(header) if header else parse_cursor(last_event_id, name="last_event_id")
@@ -77,4 +83,4 @@ def add_thread_stream(router: APIRouter, ctx: RouteContext) -> None:
         lease = None
         if bridge is not None:
             lease = lambda: bridge.watch_thread(thread_id)  # noqa: E731 - taken when the body starts
-        return ctx.stream(request, cursor, location, lease=lease)
+        return ctx.stream(request, cursor, location, lease=lease, wire_format=fmt)
