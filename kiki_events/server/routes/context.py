@@ -20,7 +20,7 @@ from ...errors import (
     UnknownFormatError,
     UnknownGraphError,
 )
-from ...formats import Format, format_for_accept, format_names, get_format
+from ...formats import DEFAULT_FORMAT, Format, format_for_accept, format_names, get_format
 from ..auth import AuthDependency, Principal, principal_dependency
 from ..requests import RunRequest
 from ..sse import cursor_body, sse_response
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ...bridge import Lease
     from ...runtime import KikiRuntime
 
-__all__ = ["RouteContext", "pick_format", "raise_http"]
+__all__ = ["FormatName", "RouteContext", "pick_format", "raise_http"]
 
 _RUN_SCHEMA = RunRequest.model_json_schema()
 
@@ -42,20 +42,24 @@ def _run_body_doc(graphs: list[str]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": body}}}
 
 
-def _format_param() -> Any:
-    """The ``format`` query parameter, documented with the formats registered when the router is built."""
-    names = format_names()
-    return Annotated[
-        str | None,
-        Query(
-            alias="format",
-            description=(
-                "the wire format of the stream, by name (wins over `Accept`; "
-                f"default `{names[0]}`); an unknown name is a 400 listing the known ones"
-            ),
-            json_schema_extra={"enum": names, "maxLength": 64},
+def _list_formats(schema: dict[str, Any]) -> None:
+    """Fill the ``format`` parameter's schema when the document is built: every format registered by then."""
+    schema["enum"] = format_names()
+    schema["maxLength"] = 64
+
+
+FormatName = Annotated[
+    str | None,
+    Query(
+        alias="format",
+        description=(
+            f"the wire format of the stream, by name (wins over `Accept`; default `{DEFAULT_FORMAT}`); "
+            "an unknown name is a 400 listing the known ones"
         ),
-    ]
+        json_schema_extra=_list_formats,
+    ),
+]
+"""A stream's ``format`` query parameter (resolve it with :func:`pick_format`)."""
 
 
 def pick_format(request: Request, name: str | None) -> Format:
@@ -113,8 +117,6 @@ class RouteContext:
         """The dependency giving a route its caller: ``Annotated[Principal, Depends(ctx.principal)]``."""
         self.run_body_doc = _run_body_doc(runtime.graphs.names())
         """``openapi_extra`` of the routes that take a run body."""
-        self.format_param: Any = _format_param()
-        """The annotation of a stream's ``format`` query parameter (resolve it with :func:`pick_format`)."""
 
     async def start(self, body: RunRequest, principal: Principal) -> RunHandle:
         """Start the run ``body`` asks for; 503 unless the runtime is running, else as :func:`raise_http`."""

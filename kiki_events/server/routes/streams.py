@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from ..auth import Principal
 from ..requests import MAX_CURSOR, MAX_RUN_ID, parse_cursor, parse_run_request
 from ..responses import SSE_OK, errors
-from .context import RouteContext, pick_format
+from .context import FormatName, RouteContext, pick_format
 
 __all__ = ["add_join_run_stream", "add_start_run_stream"]
 
@@ -65,7 +65,6 @@ def _resume_after(request: Request, run_id: str, last_event_id: str | None) -> i
 def add_join_run_stream(router: APIRouter, ctx: RouteContext) -> None:
     """``GET /runs/{run_id}/stream``: join or resume a run (200 SSE, 204 if nothing is left)."""
     Caller = Annotated[Principal, Depends(ctx.principal)]
-    FormatName = ctx.format_param
 
     @router.get(
         "/runs/{run_id}/stream",

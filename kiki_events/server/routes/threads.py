@@ -13,7 +13,7 @@ from ...errors import KikiEventsError
 from ..auth import Principal
 from ..requests import MAX_CURSOR, MAX_RUN_ID, parse_cursor
 from ..responses import SSE_OK, errors
-from .context import RouteContext, pick_format, raise_http
+from .context import FormatName, RouteContext, pick_format, raise_http
 
 __all__ = ["add_thread_stream"]
 
@@ -45,7 +45,6 @@ def add_thread_stream(router: APIRouter, ctx: RouteContext) -> None:
     Caller = Annotated[Principal, Depends(ctx.principal)]
     store = ctx.store
     settings = ctx.settings
-    FormatName = ctx.format_param
 
     @router.get(
         "/threads/{thread_id}/stream",
