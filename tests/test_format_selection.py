@@ -2,7 +2,8 @@
 
 A second, test-only format (JSON in SSE ``data:`` lines, with a response header and
 a terminal frame counting what its stream sent) is registered next to ours; one run
-is watched at once by clients of both formats through a real uvicorn server.
+is watched at once by clients of both formats through a real uvicorn server, and across
+two nodes sharing a Redis.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import ClassVar
 import httpx
 import pytest
 
+from kiki_events.config import Settings
 from kiki_events.core.runlog import Frame, Item, RunLog
 from kiki_events.errors import InvalidArgumentError, UnknownFormatError
 from kiki_events.events import TokenEvent
@@ -285,3 +287,52 @@ def test_the_schema_documents_the_format_parameter(lines: LinesFormat) -> None:
         assert param["in"] == "query" and not param["required"]
         assert param["schema"]["enum"] == ["kiki", "lines"]
         assert "406" in operation["responses"]
+
+
+# -- across nodes ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_a_run_on_one_node_is_watched_and_resumed_on_another_in_either_format(
+    lines: LinesFormat, research_team: object, redis_url: str, key_prefix: str
+) -> None:
+    gate = Gate()
+
+    def node(name: str) -> object:
+        settings = Settings.from_mapping(
+            {
+                "node": name,
+                "eventbus": {"provider": "redis", "redis": {"url": redis_url, "channel_prefix": key_prefix}},
+            }
+        )
+        return create_app(settings, graphs={"gated": gated_graph(research_team, gate, tokens=10)})
+
+    try:
+        with (
+            live_server(node("fmt-a")) as a,
+            live_server(node("fmt-b")) as b,
+            httpx.Client(base_url=a.url, timeout=30) as on_a,
+            httpx.Client(base_url=b.url, timeout=30) as on_b,
+        ):
+            run_id = on_a.post("/runs", json={"graph": "gated", "message": "x"}).json()["run_id"]
+            url = f"/runs/{run_id}/stream"
+            assert gate.reached.wait(30)
+            assert on_b.get(f"/runs/{run_id}").json()["node"] == "fmt-a"
+            with on_b.stream("GET", url, params={"format": "lines"}) as theirs, on_b.stream("GET", url) as ours:
+                gate.open()
+                theirs_raw, ours_raw = _read(theirs), _read(ours)
+                assert theirs.headers["x-test-lines-stream"] == "v1"
+            with on_a.stream("GET", url) as home:
+                home_blocks = _blocks(_read(home))
+            with on_b.stream("GET", url, params={"format": "lines"}, headers={"Last-Event-ID": f"{run_id}:3"}) as r:
+                resumed, resumed_end = _lines(_read(r))
+    finally:
+        gate.open()
+
+    assert _blocks(ours_raw) == home_blocks  # the other node serves our format byte for byte
+    seqs = [parse_frame(block).seq for block in home_blocks[1:]]
+    events, end = _lines(theirs_raw)
+    assert [e["seq"] for e in events] == seqs == list(range(1, len(seqs) + 1))
+    assert end == f"[END {len(seqs)}]"
+    assert [e["seq"] for e in resumed] == seqs[3:]
+    assert resumed_end == f"[END {len(seqs) - 3}]"

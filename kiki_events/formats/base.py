@@ -25,7 +25,7 @@ A stream's response carries the format's :attr:`Format.media_type` and its
 :attr:`Format.headers` (e.g. a protocol version header its clients check). A
 client picks a format by name (the ``format`` query parameter of the stream
 endpoints) or by media type in ``Accept`` (:attr:`Format.accepts`, see
-:func:`~kiki_events.formats.select_format`).
+:func:`~kiki_events.formats.format_for_accept`).
 
 A new format is one module in this folder that defines a ``FORMAT`` instance of
 a :class:`Format` subclass, plus one line in the registry of
