@@ -59,6 +59,9 @@ class _LinesEncoder(Encoder):
             return item.encoded(LINES, _line)
         return f"data: {json.dumps({'notice': item.status})}\n\n".encode()
 
+    def start(self) -> bytes:
+        return b"data: [BEGIN]\n\n"
+
     def finish(self) -> bytes:
         return f"data: [END {self.count}]\n\n".encode()
 
@@ -174,10 +177,11 @@ def _blocks(raw: bytes) -> list[bytes]:
 
 
 def _lines(raw: bytes) -> tuple[list[dict[str, object]], str]:
-    """The events of a ``lines`` body and its terminal frame."""
+    """The events of a ``lines`` body (checked to open with its start frame) and its terminal frame."""
     frames = [parse_frame(block) for block in _blocks(raw)]
+    assert frames[0].data == "[BEGIN]", raw[:200]
     assert frames[-1].data is not None
-    return [frame.json for frame in frames[:-1]], frames[-1].data
+    return [frame.json for frame in frames[1:-1]], frames[-1].data
 
 
 def _read(response: httpx.Response) -> bytes:
@@ -252,7 +256,7 @@ def test_a_thread_stream_in_the_other_format(server: tuple[LiveServer, Gate]) ->
             assert response.headers["x-test-lines-stream"] == "v1"
             seen = []
             for frame in iter_frames(response, events_only=False):
-                if frame.data is None:
+                if frame.data is None or frame.data == "[BEGIN]":
                     continue
                 seen.append(frame.json)
                 if seen[-1].get("type") == "done":

@@ -51,7 +51,9 @@ def test_our_encoder_writes_the_frames_of_the_sse_functions() -> None:
     assert notice_frame(notice).startswith(b'event: status\ndata: {"run_id":"r"')
     items: list[Item] = [frames[0], notice, *frames[1:]]
     assert encoder.encode_all(items) == b"".join(encoder.encode(item) for item in items)
-    assert encoder.finish() == b""
+    assert encoder.start() == encoder.finish() == b""
+    assert FORMAT.headers == {}
+    assert FORMAT.media_types == ("text/event-stream",)
     assert FORMAT.retry_frame(2.5) == retry_frame(2.5) == b"retry: 2500\n\n"
     assert FORMAT.media_type == "text/event-stream"
     assert FORMAT.cacheable

@@ -6,7 +6,9 @@ stored :class:`~kiki_events.core.runlog.Frame` objects and connection-level
 body. For each stream the server asks the format for an :class:`Encoder` and
 writes, in order:
 
-1. :meth:`Format.retry_frame` (when the format has one and it is not empty),
+1. :meth:`Format.retry_frame` (when the format has one and it is not empty), then
+   ``encoder.start()`` (what opens a stream, e.g. a "start" message; empty for most
+   formats), in one chunk,
 2. every item's ``encoder.encode(item)``, coalesced into one chunk per wake-up
    (:meth:`Encoder.encode_all`, which a format may override for speed),
 3. ``encoder.finish()`` once the cursor is finished (the run ended, or a slow
@@ -57,6 +59,10 @@ class Encoder(ABC):
     def encode_all(self, items: Sequence[Item], /) -> bytes:
         """The bytes of ``items``, in order: what :meth:`encode` gives for each, joined."""
         return b"".join(map(self.encode, items))
+
+    def start(self) -> bytes:
+        """What to send before the first item, after ``retry_frame`` (empty when the format needs nothing)."""
+        return b""
 
     def finish(self) -> bytes:
         """What to send after the last item (empty when the format needs nothing)."""

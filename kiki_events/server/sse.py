@@ -91,7 +91,7 @@ def cursor_body(
     on_abandon: Callable[[], object] | None = None,
     wire_format: Format | None = None,
 ) -> AsyncGenerator[bytes, None]:
-    """The body of an SSE response: the format's ``retry:`` first, then coalesced frames.
+    """The body of an SSE response: the format's ``retry:`` and its encoder's ``start()`` first, then coalesced frames.
 
     Ends when the cursor is finished (the run's ``done`` was sent, or a slow
     client is dropped), with what the format sends last. ``on_abandon`` runs if
@@ -121,7 +121,7 @@ async def _cursor_body(
         store.clients += 1
         store.connections += 1
     try:
-        first = fmt.retry_frame(retry)
+        first = fmt.retry_frame(retry) + encoder.start()
         if first:
             yield first
         while True:
