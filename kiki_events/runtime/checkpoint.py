@@ -57,14 +57,23 @@ async def _sqlite(path: str, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
         from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
     except ImportError as exc:
         raise _missing("sqlite", exc) from exc
-    if path != ":memory:" and not Path(path).expanduser().parent.is_dir():
-        raise ConfigError(f"runs.checkpointer.path: the directory of {path!r} does not exist")
+    file = _sqlite_file(path)
     try:
-        saver = await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(str(Path(path).expanduser())))
+        saver = await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(file))
         await saver.setup()
     except Exception as exc:
         raise CheckpointerError(f"cannot open the SQLite checkpointer {path!r}: {_raised(exc)}") from exc
     return saver
+
+
+def _sqlite_file(path: str) -> str:
+    """``path`` with ``~`` expanded; its directory must exist (SQLite creates only the file)."""
+    if path == ":memory:":
+        return path
+    file = Path(path).expanduser()
+    if not file.parent.is_dir():
+        raise ConfigError(f"runs.checkpointer.path: the directory of {path!r} does not exist")
+    return str(file)
 
 
 async def _postgres(dsn: str, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
