@@ -256,12 +256,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "topic"
 
 
+def _turn(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """The current turn of the conversation: from the last human message on.
+
+    With a checkpointer a thread keeps its history, so the next message on the
+    thread starts a new turn: the team researches and answers it afresh.
+    """
+    for index in range(len(messages) - 1, -1, -1):
+        if isinstance(messages[index], HumanMessage):
+            return messages[index:]
+    return messages
+
+
 def _task(messages: list[BaseMessage]) -> str:
-    """The user's request: the first human message."""
-    for message in messages:
-        if isinstance(message, HumanMessage):
-            return message.text.strip()
-    return ""
+    """The user's request: the last human message."""
+    turn = _turn(messages)
+    return turn[0].text.strip() if turn and isinstance(turn[0], HumanMessage) else ""
 
 
 def _topic(task: str) -> str:
@@ -278,7 +288,8 @@ def _by(messages: list[BaseMessage], name: str) -> list[AIMessage]:
 
 
 def _next_step(messages: list[BaseMessage]) -> str:
-    """The supervisor's routing rule."""
+    """The supervisor's routing rule (for the current turn)."""
+    messages = _turn(messages)
     if not any(not m.tool_calls for m in _by(messages, "researcher")):
         return "research"
     if not _by(messages, "writer"):
@@ -339,7 +350,7 @@ def _researcher_script(messages: list[BaseMessage]) -> AIMessage:
 def _writer_script(messages: list[BaseMessage]) -> AIMessage:
     task = _task(messages)
     topic = _topic(task)
-    results = [m for m in messages if isinstance(m, ToolMessage)]
+    results = [m for m in _turn(messages) if isinstance(m, ToolMessage)]
     failed = [m for m in results if m.status == "error"]
     snippets = [
         line.strip()

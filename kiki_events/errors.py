@@ -14,6 +14,7 @@ working for callers who do not know this library::
     │   └── SubscriptionOverflowError       a ``disconnect`` subscription fell behind
     ├── GraphLoadError (ImportError)        ``path.py:attr`` cannot be loaded
     ├── TransportError (ConnectionError)    the cross-node transport (Redis) cannot be reached
+    ├── CheckpointerError (ConnectionError) the checkpointer's database cannot be opened
     ├── WireError (ValueError)              bytes from another node are not an acceptable frame
     ├── RunError (RuntimeError)
     │   ├── RunNotFoundError (LookupError)  unknown (or someone else's) run
@@ -31,6 +32,7 @@ from typing import Literal
 
 __all__ = [
     "BusError",
+    "CheckpointerError",
     "ConfigError",
     "EventDecodeError",
     "GraphLoadError",
@@ -98,6 +100,10 @@ class GraphLoadError(KikiEventsError, ImportError):
 
 class TransportError(KikiEventsError, ConnectionError):
     """The cross-node transport (Redis) cannot be reached or refused a command."""
+
+
+class CheckpointerError(KikiEventsError, ConnectionError):
+    """The checkpointer's database (``runs.checkpointer``) cannot be opened or set up."""
 
 
 class WireError(KikiEventsError, ValueError):

@@ -31,7 +31,7 @@ from .eventbus import (
 )
 from .loading import ENV_PREFIX, describe, read_settings_data
 from .observability import LangfuseSettings, LoggingSettings, MetricsSettings
-from .runs import HandlerSettings, HandoffSettings, RunSettings, resolve_concurrency
+from .runs import CheckpointerSettings, HandlerSettings, HandoffSettings, RunSettings, resolve_concurrency
 from .server import AuthSettings, ServerSettings, SSESettings
 from .values import Duration, KeyProblem, Section, parse_duration
 
@@ -39,6 +39,7 @@ __all__ = [
     "ENV_PREFIX",
     "PROVIDERS",
     "AuthSettings",
+    "CheckpointerSettings",
     "Duration",
     "EventBusSettings",
     "HandlerSettings",

@@ -23,7 +23,7 @@ __all__ = ["ENV_PREFIX", "describe", "read_settings_data"]
 ENV_PREFIX = "KIKI__"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_SECRET_KEYS = frozenset({"password", "secret_key", "url", "bearer_tokens"})
+_SECRET_KEYS = frozenset({"password", "secret_key", "url", "dsn", "bearer_tokens"})
 """Keys whose invalid values are never quoted back in an error message (they may hold credentials)."""
 _MAX_VALUES = 10_000
 """Values a settings document may hold once YAML aliases are followed."""

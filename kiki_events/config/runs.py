@@ -4,15 +4,41 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import ConfigError
-from .values import Duration, Section
+from .values import Duration, KeyProblem, Section
 
 if TYPE_CHECKING:
     from .eventbus import EventBusSettings
 
-__all__ = ["HandlerSettings", "HandoffSettings", "RunSettings", "resolve_concurrency"]
+__all__ = ["CheckpointerSettings", "HandlerSettings", "HandoffSettings", "RunSettings", "resolve_concurrency"]
+
+
+class CheckpointerSettings(Section):
+    """Where threads keep their state between runs (given to every served graph that has no checkpointer)."""
+
+    kind: Literal["memory", "sqlite", "postgres"] = "memory"
+    """``memory`` (this process, lost at exit), ``sqlite`` (a file) or ``postgres`` (a database)."""
+    path: str | None = None
+    """The SQLite file (``kind: sqlite``)."""
+    dsn: str | None = Field(default=None, repr=False)
+    """The PostgreSQL connection string (``kind: postgres``); never shown in ``repr``."""
+
+    @field_validator("path", "dsn", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _kind_needs_its_key(self) -> CheckpointerSettings:
+        needed = {"sqlite": "path", "postgres": "dsn"}
+        for kind, key in needed.items():
+            if self.kind == kind and getattr(self, key) is None:
+                raise KeyProblem(key, f"a checkpointer of kind {kind} needs {key}")
+            if self.kind != kind and getattr(self, key) is not None:
+                raise KeyProblem(key, f"{key} is only read with kind: {kind} (kind is {self.kind})")
+        return self
 
 
 class RunSettings(Section):
@@ -32,6 +58,8 @@ class RunSettings(Section):
     keeps a thread. With a bridge it is also the least lifetime of the thread's owner in Redis."""
     max_threads: int = Field(default=100_000, ge=1)
     """Thread owners a node remembers; beyond it the threads idle longest are forgotten first."""
+    checkpointer: CheckpointerSettings = CheckpointerSettings()
+    """What keeps a thread's state between its runs."""
 
 
 class HandlerSettings(Section):

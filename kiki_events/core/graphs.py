@@ -122,6 +122,18 @@ def _as_graph(label: str, obj: object) -> Any:
     raise GraphLoadError(f"{label} is a {type(obj).__name__}, not a compiled graph (it has no ainvoke)")
 
 
+def _lend(graph: Any, checkpointer: object) -> Any:
+    """``graph``, or a copy of it holding ``checkpointer`` if it was compiled without one.
+
+    Only LangGraph's ``Pregel`` (a compiled graph, with ``copy``) can be lent one;
+    anything else runnable is served as it is.
+    """
+    copy = getattr(graph, "copy", None)
+    if checkpointer is None or getattr(graph, "checkpointer", False) is not None or not callable(copy):
+        return graph
+    return copy(update={"checkpointer": checkpointer})
+
+
 def load_graphs(refs: Mapping[str, str], *, base_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Load every ``name → reference`` of ``refs``; see :func:`load_graph`."""
     return {name: load_graph(ref, base_dir=base_dir) for name, ref in refs.items()}
@@ -132,8 +144,23 @@ class GraphRegistry:
 
     def __init__(self, graphs: Mapping[str, object] | None = None) -> None:
         self._graphs: dict[str, Any] = {}
+        """The graphs as registered (never changed)."""
+        self._served: dict[str, Any] = {}
+        """The graphs runs use: those without a checkpointer of their own lent :attr:`checkpointer`."""
+        self.checkpointer: Any = None
+        """The checkpointer lent to graphs compiled without one (:meth:`use_checkpointer`)."""
         for name, graph in (graphs or {}).items():
             self.register(name, graph)
+
+    def use_checkpointer(self, checkpointer: object) -> None:
+        """Give ``checkpointer`` to every graph compiled without one, now and when registered later.
+
+        Each such graph is served as a copy holding it (the registered graph object
+        is left as it is); a graph with a checkpointer of its own (or ``checkpointer=False``)
+        keeps it. ``None`` takes it back.
+        """
+        self.checkpointer = checkpointer
+        self._served = {name: _lend(graph, checkpointer) for name, graph in self._graphs.items()}
 
     def register(self, name: str, graph: object) -> None:
         """Register ``graph`` under ``name`` (replacing any graph of that name).
@@ -144,7 +171,9 @@ class GraphRegistry:
         """
         if not name:
             raise InvalidArgumentError("a graph name cannot be empty")
-        self._graphs[name] = _as_graph(f"graph {name!r}", graph)
+        compiled = _as_graph(f"graph {name!r}", graph)
+        self._graphs[name] = compiled
+        self._served[name] = _lend(compiled, self.checkpointer)
 
     def get(self, name: str) -> Any:
         """The graph registered under ``name``.
@@ -153,7 +182,7 @@ class GraphRegistry:
             UnknownGraphError: nothing is registered under ``name``.
         """
         try:
-            return self._graphs[name]
+            return self._served[name]
         except KeyError:
             known = ", ".join(sorted(self._graphs)) or "none"
             raise UnknownGraphError(f"no graph named {name!r} (known graphs: {known})") from None

@@ -18,6 +18,7 @@ import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,6 +47,7 @@ from .build import (
     create_tracing,
     create_transport,
 )
+from .checkpoint import open_checkpointer
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -151,6 +153,7 @@ class KikiRuntime:
         self.handoff: Handoff | None = create_handoff(
             settings, node=self.node, runs=self.runs, bridge=self.bridge, follow=self.follow
         )
+        self._checkpointer = AsyncExitStack()  # closes runs.checkpointer (opened at start)
         self._state: Literal["new", "running", "stopping", "closed"] = "new"
         self._remove_sink: Callable[[], None] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -185,13 +188,21 @@ class KikiRuntime:
         return exposition(self._parts.metrics)
 
     async def start(self) -> None:
-        """Start the bus, the run store's sweeper, the sinks, the bridge and the handoff.
+        """Open the checkpointer, start the bus, the run store's sweeper, the sinks, the bridge and the handoff.
+
+        The checkpointer (``runs.checkpointer``) is given to every graph compiled without one.
 
         Raises:
             KikiEventsError: the runtime was started before.
+            MissingDependencyError, ConfigError, CheckpointerError: the checkpointer cannot be opened.
         """
         if self._state != "new":
             raise KikiEventsError(f"this KikiRuntime cannot be started: it is {self._state} (create a new one)")
+        try:
+            self.graphs.use_checkpointer(await open_checkpointer(self.settings.runs.checkpointer, self._checkpointer))
+        except BaseException:
+            await self._checkpointer.aclose()
+            raise
         await self.bus.start()
         self._remove_sink = self.bus.add_sink(self.store.sink)
         await self.sinks.attach(self.bus)
@@ -253,6 +264,7 @@ class KikiRuntime:
                 self._remove_sink()
             await self.store.close()
             await self.bus.close()
+            await self._checkpointer.aclose()  # every run ended: nothing writes to it any more
             self._state = "closed"
             logger.info("kiki runtime stopped")
 

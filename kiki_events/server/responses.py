@@ -14,7 +14,18 @@ from pydantic import BaseModel, Field
 from ..core.runrecord import RunState
 from ..events import EVENT_TYPES
 
-__all__ = ["ERRORS", "SSE_EVENT", "SSE_OK", "CancelResult", "ErrorBody", "RunAccepted", "RunStatus", "errors"]
+__all__ = [
+    "ERRORS",
+    "SSE_EVENT",
+    "SSE_OK",
+    "CancelResult",
+    "ErrorBody",
+    "PendingInterrupt",
+    "RunAccepted",
+    "RunStatus",
+    "ThreadState",
+    "errors",
+]
 
 
 class ErrorBody(BaseModel):
@@ -58,6 +69,31 @@ class CancelResult(BaseModel):
     run_id: str
     status: RunState
     detail: str | None = None
+
+
+class PendingInterrupt(BaseModel):
+    """An ``interrupt()`` of the thread's graph waiting for an answer."""
+
+    id: str
+    value: Any = None
+    """What the graph passed to ``interrupt()`` (JSON-safe)."""
+
+
+class ThreadState(BaseModel):
+    """``GET /threads/{thread_id}/state``: the thread's latest checkpoint (``runs.checkpointer``)."""
+
+    thread_id: str
+    graph: str
+    """The graph of the thread's latest run, whose checkpointer was read."""
+    values: Any = Field(default_factory=dict)
+    """The state's values; messages as dicts (``type``, ``content``, ``id``, ``name``, …)."""
+    next: list[str] = Field(default_factory=list)
+    """Nodes that run next when the thread continues (empty: the last run finished)."""
+    interrupts: list[PendingInterrupt] = Field(default_factory=list)
+    checkpoint_id: str | None = None
+    """The checkpoint read; null if the thread has none yet."""
+    created_at: str | None = None
+    """When that checkpoint was written (ISO 8601)."""
 
 
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "string"}}}

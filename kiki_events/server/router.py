@@ -7,6 +7,7 @@
 ``GET  /runs/{run_id}``                run status (200)
 ``POST /runs/{run_id}/cancel``         cancel (200 when ended, 202 while stopping)
 ``GET  /threads/{thread_id}/stream``   every run of a thread, live (200, SSE)
+``GET  /threads/{thread_id}/state``    the thread's latest checkpoint (200)
 ``GET  /graphs``                       registered graph names
 ``GET  /healthz``                      liveness and counters, never secrets
 =====================================  ==============================================
@@ -53,6 +54,7 @@ _ROUTES: tuple[Callable[[APIRouter, RouteContext], None], ...] = (
     runs.add_run_status,
     runs.add_cancel_run,
     threads.add_thread_stream,
+    threads.add_thread_state,
     service.add_graphs,
     service.add_healthz,
 )

@@ -31,6 +31,7 @@ _RUN_LINKS = {
         ("join", "join_run_stream", "run_id"),
         ("cancel", "cancel_run", "run_id"),
         ("thread", "thread_stream", "thread_id"),
+        ("state", "thread_state", "thread_id"),
     )
 }
 

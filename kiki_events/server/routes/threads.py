@@ -1,21 +1,23 @@
 """``GET /threads/{thread_id}/stream``: every run of a thread, live (200, SSE); README.md,
-"Watch, join, resume and cancel a run from any node"."""
+"Watch, join, resume and cancel a run from any node". ``GET /threads/{thread_id}/state``:
+the thread's latest checkpoint (README.md, "HTTP API")."""
 
 # No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from ...core.cursors import ThreadCursor
 from ...core.threads import ThreadRecord
+from ...core.threadstate import read_thread_state
 from ...errors import KikiEventsError
 from ..auth import Principal
 from ..requests import MAX_CURSOR, MAX_RUN_ID, parse_cursor
-from ..responses import SSE_OK, errors
+from ..responses import SSE_OK, ThreadState, errors
 from .context import FormatName, RouteContext, pick_format, raise_http
 
-__all__ = ["add_thread_stream"]
+__all__ = ["add_thread_state", "add_thread_stream"]
 
 # What parse_cursor accepts on a thread stream, for the schema: ``<run_id>:<seq>`` only.
 _THREAD_CURSOR = rf"^(?:[\s\S]{{1,{MAX_RUN_ID}}}:[0-9]{{1,18}})?$"
@@ -83,3 +85,36 @@ def add_thread_stream(router: APIRouter, ctx: RouteContext) -> None:
         if bridge is not None:
             lease = lambda: bridge.watch_thread(thread_id)  # noqa: E731 - taken when the body starts
         return ctx.stream(request, cursor, location, lease=lease, wire_format=fmt)
+
+
+def _latest_graph(ctx: RouteContext, thread: ThreadRecord) -> str:
+    """The graph of the thread's latest run still known (its owner's); 404 if none is served here."""
+    for run_id in reversed(thread.runs):
+        record = ctx.store.peek(run_id)
+        if record is not None and record.principal == thread.principal and record.graph is not None:
+            if record.graph not in ctx.runtime.graphs:
+                raise HTTPException(404, f"thread {thread.thread_id!r} ran graph {record.graph!r}, not served here")
+            return record.graph
+    raise HTTPException(404, f"thread {thread.thread_id!r} has no run whose graph is known here")
+
+
+def add_thread_state(router: APIRouter, ctx: RouteContext) -> None:
+    """``GET /threads/{thread_id}/state``."""
+    Caller = Annotated[Principal, Depends(ctx.principal)]
+
+    @router.get(
+        "/threads/{thread_id}/state",
+        operation_id="thread_state",
+        name="thread_state",
+        response_model=ThreadState,
+        responses=errors(401, 404, 422, 503),
+    )
+    async def thread_state(thread_id: str, principal: Caller) -> dict[str, Any]:
+        """The thread's state as its checkpointer keeps it: values, next nodes and pending interrupts."""
+        thread = await _find_thread(ctx, thread_id, principal)
+        graph = _latest_graph(ctx, thread)
+        try:
+            state = await read_thread_state(ctx.runtime.graphs.get(graph), thread_id)
+        except KikiEventsError as exc:
+            raise_http(exc)
+        return {"thread_id": thread_id, "graph": graph, **state}

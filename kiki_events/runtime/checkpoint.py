@@ -1,0 +1,94 @@
+"""The checkpointer ``runs.checkpointer`` asks for: where threads keep their state.
+
+:func:`open_checkpointer` opens it when the runtime starts; the runtime gives it
+to every served graph compiled without a checkpointer
+(:meth:`.GraphRegistry.use_checkpointer`) and closes it when it stops::
+
+    memory    → LangGraph's InMemorySaver (this process; lost at exit)
+    sqlite    → AsyncSqliteSaver on ``path``      (extra ``kiki-events[sqlite]``)
+    postgres  → AsyncPostgresSaver on ``dsn``     (extra ``kiki-events[postgres]``),
+                its tables created or migrated at start
+
+The database packages are imported only for their kind.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CheckpointerError, ConfigError, MissingDependencyError
+from ..redaction import redact_text
+
+if TYPE_CHECKING:
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+
+    from ..config import CheckpointerSettings
+
+__all__ = ["open_checkpointer"]
+
+
+async def open_checkpointer(settings: CheckpointerSettings, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
+    """The checkpointer of ``settings``, open; ``stack`` closes it.
+
+    Raises:
+        MissingDependencyError: the kind's package is not installed (the message names the extra).
+        ConfigError: the SQLite file's directory does not exist.
+        CheckpointerError: the database cannot be opened or its tables cannot be set up.
+    """
+    if settings.kind == "sqlite":
+        return await _sqlite(settings.path or "", stack)
+    if settings.kind == "postgres":
+        return await _postgres(settings.dsn or "", stack)
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    return InMemorySaver()
+
+
+def _missing(kind: str, exc: ImportError) -> MissingDependencyError:
+    return MissingDependencyError(
+        f"runs.checkpointer.kind: {kind} needs the {kind} extra: pip install 'kiki-events[{kind}]' ({exc})"
+    )
+
+
+async def _sqlite(path: str, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
+    try:
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+    except ImportError as exc:
+        raise _missing("sqlite", exc) from exc
+    file = _sqlite_file(path)
+    try:
+        saver = await stack.enter_async_context(AsyncSqliteSaver.from_conn_string(file))
+        await saver.setup()
+    except Exception as exc:
+        raise CheckpointerError(f"cannot open the SQLite checkpointer {path!r}: {_raised(exc)}") from exc
+    return saver
+
+
+def _sqlite_file(path: str) -> str:
+    """``path`` with ``~`` expanded; its directory must exist (SQLite creates only the file)."""
+    if path == ":memory:":
+        return path
+    file = Path(path).expanduser()
+    if not file.parent.is_dir():
+        raise ConfigError(f"runs.checkpointer.path: the directory of {path!r} does not exist")
+    return str(file)
+
+
+async def _postgres(dsn: str, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
+    try:
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+    except ImportError as exc:
+        raise _missing("postgres", exc) from exc
+    try:
+        saver = await stack.enter_async_context(AsyncPostgresSaver.from_conn_string(dsn))
+        await saver.setup()
+    except Exception as exc:
+        # The message may quote the DSN with its password.
+        raise CheckpointerError(f"cannot open the PostgreSQL checkpointer: {_raised(exc)}") from None
+    return saver
+
+
+def _raised(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {redact_text(str(exc))}"
