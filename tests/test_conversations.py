@@ -23,7 +23,7 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.types import interrupt
 
 from kiki_events.config import Settings
-from kiki_events.errors import CheckpointerError, ConfigError, MissingDependencyError
+from kiki_events.errors import CheckpointerError, ConfigError, MissingDependencyError, RunNotFoundError
 from kiki_events.runtime import KikiRuntime
 from kiki_events.server import bearer_tokens, create_app
 from tests.servers import live_server, read_stream
@@ -201,6 +201,53 @@ async def test_sqlite_two_runtimes_one_after_another_share_the_file(tmp_path: Pa
             assert await handle.task == "success"
 
     assert echo.received == [["one"], ["one", "heard 1: one", "two"]]
+
+
+@pytest.mark.asyncio
+async def test_sqlite_the_owner_of_a_thread_outlives_a_restart(tmp_path: Path) -> None:
+    """After a restart nobody here knows the thread; its checkpoints still name its owner."""
+    settings = _settings(kind="sqlite", path=str(tmp_path / "owners.sqlite"))
+    echo = Echo()
+    async with KikiRuntime(settings, graphs={"echo": echo.graph()}) as runtime:
+        handle = await runtime.start_run("echo", {"messages": [("user", "mine")]}, thread_id="t", principal="alice")
+        assert await handle.task == "success"
+
+    async with KikiRuntime(settings, graphs={"echo": echo.graph()}) as runtime:
+        assert runtime.store.owners.get("t") is None
+        with pytest.raises(RunNotFoundError, match="thread 't' not found"):
+            await runtime.start_run("echo", {"messages": [("user", "let me read")]}, thread_id="t", principal="bob")
+        with pytest.raises(RunNotFoundError):
+            await runtime.start_run("echo", {"messages": [("user", "anonymous")]}, thread_id="t")
+        handle = await runtime.start_run("echo", {"messages": [("user", "again")]}, thread_id="t", principal="alice")
+        assert await handle.task == "success"
+        # A client's metadata cannot name the owner its checkpoints record.
+        other = await runtime.start_run(
+            "echo", {"messages": [("user", "x")]}, thread_id="u", principal="carol", metadata={"kiki_principal": "eve"}
+        )
+        assert await other.task == "success"
+
+    async with KikiRuntime(settings, graphs={"echo": echo.graph()}) as runtime:
+        with pytest.raises(RunNotFoundError):
+            await runtime.start_run("echo", {"messages": [("user", "x")]}, thread_id="u", principal="eve")
+
+    assert echo.received[:2] == [["mine"], ["mine", "heard 1: mine", "again"]]
+
+
+@pytest.mark.asyncio
+async def test_work_done_for_another_run_on_its_thread_keeps_out_of_the_thread_s_state() -> None:
+    """A handoff's served run (``checkpointed=False``) neither reads nor writes the thread's checkpoints."""
+    echo = Echo()
+    async with KikiRuntime(_settings(), graphs={"echo": echo.graph()}) as runtime:
+        own = await runtime.start_run("echo", {"messages": [("user", "first")]}, thread_id="t")
+        assert await own.task == "success"
+        served = runtime.runs.start(
+            "echo", {"messages": [("user", "for the caller")]}, thread_id="t", checkpointed=False
+        )
+        assert await served.task == "success"
+        again = await runtime.start_run("echo", {"messages": [("user", "second")]}, thread_id="t")
+        assert await again.task == "success"
+
+    assert echo.received == [["first"], ["for the caller"], ["first", "heard 1: first", "second"]]
 
 
 # -- postgres ------------------------------------------------------------------------------------------------

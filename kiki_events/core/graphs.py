@@ -175,14 +175,14 @@ class GraphRegistry:
         self._graphs[name] = compiled
         self._served[name] = _lend(compiled, self.checkpointer)
 
-    def get(self, name: str) -> Any:
-        """The graph registered under ``name``.
+    def get(self, name: str, *, lent: bool = True) -> Any:
+        """The graph registered under ``name`` (``lent=False``: as registered, without the lent checkpointer).
 
         Raises:
             UnknownGraphError: nothing is registered under ``name``.
         """
         try:
-            return self._served[name]
+            return (self._served if lent else self._graphs)[name]
         except KeyError:
             known = ", ".join(sorted(self._graphs)) or "none"
             raise UnknownGraphError(f"no graph named {name!r} (known graphs: {known})") from None

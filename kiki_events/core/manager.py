@@ -169,8 +169,14 @@ class RunManager:
         principal: str | None = None,
         handler_factory: Callable[..., KikiCallbackHandler] = KikiCallbackHandler,
         relayed_into: str | None = None,
+        checkpointed: bool = True,
     ) -> RunHandle:
         """Start a run of the graph registered as ``graph_name``; returns at once.
+
+        ``checkpointed=False`` runs the graph as it was registered, without the
+        checkpointer the registry lends (``runs.checkpointer``): for work done for
+        another run on its thread (a handoff), whose state must not mix with the
+        thread's own conversation.
 
         ``relayed_into``: the run whose stream carries this run's events (it
         delegated the work and relays it); the thread then lists only that run.
@@ -181,7 +187,7 @@ class RunManager:
             RunNotFoundError: ``thread_id`` belongs to another principal.
             RunError: the manager is shutting down.
         """
-        graph = self._admit(graph_name)
+        graph = self._admit(graph_name, checkpointed)
         thread_id = thread_id or new_thread_id()
         run_uuid, run_id = new_run_id()
         trace = self._trace(TracedRun(run_id, thread_id, graph_name, principal))
@@ -202,7 +208,7 @@ class RunManager:
             max_payload_chars=self.handler_settings.max_payload_chars,
         )
         handler.trace_id = trace.trace_id
-        config = _run_config(handler, run_uuid, run_id, thread_id, metadata, self.configurable, trace)
+        config = _run_config(handler, run_uuid, run_id, thread_id, metadata, self.configurable, trace, principal)
         scope = trace.scope if self.tracing is not None else None
         task = asyncio.get_running_loop().create_task(
             execute_run(graph, input, config, handler, run_id, label=graph_name, scope=scope), name=f"kiki-run:{run_id}"
@@ -222,7 +228,7 @@ class RunManager:
             logger.exception("%s could not trace run %s; the run goes on untraced", self.tracing.name, run.run_id)
             return _UNTRACED
 
-    def _admit(self, graph_name: str) -> Any:
+    def _admit(self, graph_name: str, checkpointed: bool = True) -> Any:
         """The graph registered as ``graph_name``, if a new run of it may start now.
 
         Raises:
@@ -232,7 +238,7 @@ class RunManager:
         """
         if self._closing:
             raise RunError("the server is shutting down; no new runs are accepted")
-        graph = self.graphs.get(graph_name)
+        graph = self.graphs.get(graph_name, lent=checkpointed)
         if len(self._tasks) >= self.settings.max_active:
             raise RunLimitError(f"{self.settings.max_active} runs are executing already (runs.max_active); retry later")
         return graph
@@ -310,11 +316,22 @@ def _run_config(
     metadata: Mapping[str, Any] | None,
     configurable: Mapping[str, Any],
     trace: RunTrace = _UNTRACED,
+    principal: str | None = None,
 ) -> dict[str, Any]:
-    """The LangGraph config of a run: its callback handlers, ids and metadata."""
+    """The LangGraph config of a run: its callback handlers, ids and metadata.
+
+    ``kiki_principal`` (after the client's metadata, which cannot set it) lands in the
+    checkpoints the run writes: it names the thread's owner after a restart.
+    """
     return {
         "callbacks": [handler, *trace.callbacks],
         "run_id": run_uuid,
         "configurable": {**configurable, "thread_id": thread_id},
-        "metadata": {**(metadata or {}), **trace.metadata, "kiki_run_id": run_id, "thread_id": thread_id},
+        "metadata": {
+            **(metadata or {}),
+            **trace.metadata,
+            "kiki_run_id": run_id,
+            "thread_id": thread_id,
+            "kiki_principal": principal,
+        },
     }

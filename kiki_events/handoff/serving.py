@@ -297,6 +297,7 @@ class Server:
                 principal=fields.get("principal") or None,
                 handler_factory=make_handler,
                 relayed_into=fields.get("relayed_into") or None,
+                checkpointed=False,  # the caller's thread: its conversation is the caller's graph's
             )
         except (UnknownGraphError, RunNotFoundError) as exc:
             await self._finish(served, active, {"status": "error", "error": str(exc)})

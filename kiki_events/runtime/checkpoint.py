@@ -10,6 +10,11 @@ to every served graph compiled without a checkpointer
                 its tables created or migrated at start
 
 The database packages are imported only for their kind.
+
+Each run records its principal in its checkpoints' metadata (``kiki_principal``, set
+by the run manager after the client's metadata, so a client cannot choose it):
+:func:`recorded_owner` reads it back, so a thread's owner outlives a restart of a
+node whose checkpointer does.
 """
 
 from __future__ import annotations
@@ -26,7 +31,10 @@ if TYPE_CHECKING:
 
     from ..config import CheckpointerSettings
 
-__all__ = ["open_checkpointer"]
+__all__ = ["OWNER_KEY", "open_checkpointer", "recorded_owner"]
+
+OWNER_KEY = "kiki_principal"
+"""The checkpoint metadata key holding the principal of the run that wrote it."""
 
 
 async def open_checkpointer(settings: CheckpointerSettings, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
@@ -92,3 +100,21 @@ async def _postgres(dsn: str, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]
 
 def _raised(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {redact_text(str(exc))}"
+
+
+async def recorded_owner(saver: BaseCheckpointSaver[Any], thread_id: str) -> tuple[bool, str | None]:
+    """``(True, principal)`` when ``thread_id``'s latest checkpoint names the principal of its run,
+    else ``(False, None)`` (no checkpoint, or one written without an owner).
+
+    Raises:
+        CheckpointerError: the checkpointer cannot be read.
+    """
+    try:
+        found = await saver.aget_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+    except Exception as exc:
+        reason = redact_text(str(exc))
+        raise CheckpointerError(f"cannot read the checkpoints of thread {thread_id!r}: {reason}") from exc
+    if found is None or OWNER_KEY not in (found.metadata or {}):
+        return False, None
+    owner = found.metadata[OWNER_KEY]  # type: ignore[literal-required]
+    return True, owner if isinstance(owner, str) else None

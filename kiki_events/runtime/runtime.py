@@ -47,9 +47,10 @@ from .build import (
     create_tracing,
     create_transport,
 )
-from .checkpoint import open_checkpointer
+from .checkpoint import open_checkpointer, recorded_owner
 
 if TYPE_CHECKING:
+    from langgraph.checkpoint.base import BaseCheckpointSaver
     from prometheus_client import CollectorRegistry
 
     from ..core.tracing import RunTracing
@@ -154,6 +155,8 @@ class KikiRuntime:
             settings, node=self.node, runs=self.runs, bridge=self.bridge, follow=self.follow
         )
         self._checkpointer = AsyncExitStack()  # closes runs.checkpointer (opened at start)
+        self.checkpointer: BaseCheckpointSaver[Any] | None = None
+        """The checkpointer of ``runs.checkpointer``, open while the runtime runs."""
         self._state: Literal["new", "running", "stopping", "closed"] = "new"
         self._remove_sink: Callable[[], None] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -199,7 +202,8 @@ class KikiRuntime:
         if self._state != "new":
             raise KikiEventsError(f"this KikiRuntime cannot be started: it is {self._state} (create a new one)")
         try:
-            self.graphs.use_checkpointer(await open_checkpointer(self.settings.runs.checkpointer, self._checkpointer))
+            self.checkpointer = await open_checkpointer(self.settings.runs.checkpointer, self._checkpointer)
+            self.graphs.use_checkpointer(self.checkpointer)
         except BaseException:
             await self._checkpointer.aclose()
             raise
@@ -277,6 +281,14 @@ class KikiRuntime:
             except Exception:
                 logger.exception("closing the tracing (%s) failed", tracing.name)
 
+    async def _check_recorded_owner(self, thread_id: str, principal: str | None) -> None:
+        """Refuse a thread not known here whose checkpoints name another owner (e.g. after a restart)."""
+        if self.checkpointer is None or self.store.owners.get(thread_id) is not None:
+            return
+        recorded, owner = await recorded_owner(self.checkpointer, thread_id)
+        if recorded and owner != principal:
+            raise RunNotFoundError(f"thread {thread_id!r} not found")
+
     async def start_run(
         self,
         graph_name: str,
@@ -307,8 +319,10 @@ class KikiRuntime:
         if thread_id is None:
             thread_id = new_thread_id()
             self.store.claim_thread(thread_id, principal, confirmed=True)
-        elif self.bridge is not None:
-            await self.bridge.claim_thread(thread_id, principal)
+        else:
+            await self._check_recorded_owner(thread_id, principal)
+            if self.bridge is not None:
+                await self.bridge.claim_thread(thread_id, principal)
         return self.runs.start(
             graph_name,
             input,
