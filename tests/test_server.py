@@ -298,8 +298,10 @@ def test_too_many_active_runs_is_429(research_team: ModuleType, gate: Gate) -> N
     ("body", "status", "fragment"),
     [
         ({"graph": "team", "message": "x", "extra": 1}, 422, "extra: unknown field"),
-        ({"graph": "team"}, 422, "exactly one of 'input' or 'message'"),
-        ({"graph": "team", "message": "x", "input": {}}, 422, "exactly one of 'input' or 'message'"),
+        ({"graph": "team"}, 422, "exactly one of 'input', 'message' or 'resume'"),
+        ({"graph": "team", "message": "x", "input": {}}, 422, "exactly one of 'input', 'message' or 'resume'"),
+        ({"graph": "team", "resume": "yes"}, 422, "'resume' answers an interrupted thread: give its 'thread_id' too"),
+        ({"graph": "team", "resume": "yes", "message": "x", "thread_id": "t"}, 422, "exactly one of"),
         ({"message": "x"}, 422, "graph: field required"),
         ({"graph": "team", "message": 3}, 422, "message:"),
         ({"graph": "team", "message": "x", "thread_id": "a/b"}, 422, "thread_id:"),

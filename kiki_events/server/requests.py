@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import HTTPException, Request
+from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from starlette.requests import ClientDisconnect
 
@@ -34,17 +35,26 @@ _SEQ = re.compile(r"[0-9]{1,18}")
 _LENGTH = re.compile(r"[0-9]+")
 
 
+def _absent(*names: str) -> dict[str, Any]:
+    return {name: {"type": "null"} for name in names}
+
+
 class RunRequest(BaseModel):
     """Body of ``POST /runs`` and ``POST /runs/stream``."""
 
-    # Exactly one of ``input`` and ``message`` (a ``null`` one counts as absent), in the schema too.
+    # Exactly one of ``input``, ``message`` and ``resume`` (a ``null`` one counts as absent), in the
+    # schema too; ``resume`` continues an interrupted thread, so it needs ``thread_id``.
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
         json_schema_extra={
             "oneOf": [
-                {"required": ["message"], "properties": {"message": {"type": "string"}, "input": {"type": "null"}}},
-                {"required": ["input"], "properties": {"input": {"type": "object"}, "message": {"type": "null"}}},
+                {"required": ["message"], "properties": {"message": {"type": "string"}, **_absent("input", "resume")}},
+                {"required": ["input"], "properties": {"input": {"type": "object"}, **_absent("message", "resume")}},
+                {
+                    "required": ["resume", "thread_id"],
+                    "properties": {"resume": {"not": {"type": "null"}}, **_absent("input", "message")},
+                },
             ]
         },
     )
@@ -55,6 +65,10 @@ class RunRequest(BaseModel):
     """The graph's input, as given."""
     message: str | None = None
     """Shortcut for ``{"messages": [{"role": "user", "content": message}]}``."""
+    resume: Any = None
+    """The answer to the thread's pending ``interrupt()``: the graph continues with
+    ``Command(resume=resume)``. With several pending interrupts, an object mapping each
+    interrupt's id (``GET /threads/{id}/state``, or the ``interrupt`` event) to its answer."""
     thread_id: ThreadId | None = None
     """Conversation to run on (letters, digits, ``._~:-``; default: a new one)."""
     metadata: dict[Annotated[str, Field(max_length=200)], MetadataValue] | None = None
@@ -64,12 +78,17 @@ class RunRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_input(self) -> RunRequest:
-        if (self.input is None) == (self.message is None):
-            raise InvalidArgumentError("give exactly one of 'input' or 'message'")
+        given = [name for name in ("input", "message", "resume") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise InvalidArgumentError("give exactly one of 'input', 'message' or 'resume'")
+        if self.resume is not None and self.thread_id is None:
+            raise InvalidArgumentError("'resume' answers an interrupted thread: give its 'thread_id' too")
         return self
 
-    def graph_input(self) -> dict[str, Any]:
-        """The input to pass to the graph."""
+    def graph_input(self) -> Any:
+        """The input to pass to the graph (a ``Command`` when resuming)."""
+        if self.resume is not None:
+            return Command(resume=self.resume)
         if self.input is not None:
             return self.input
         return {"messages": [{"role": "user", "content": self.message}]}
