@@ -46,6 +46,7 @@ DEFAULT_FORMAT = "kiki"
 
 _MODULES: dict[str, str] = {
     "kiki": ".kiki",  # the default
+    "agui": ".agui",
 }
 """Format name → the module (relative to this package) that defines its ``FORMAT``."""
 
