@@ -53,7 +53,11 @@ class RunRequest(BaseModel):
                 {"required": ["input"], "properties": {"input": {"type": "object"}, **_absent("message", "resume")}},
                 {
                     "required": ["resume", "thread_id"],
-                    "properties": {"resume": {"not": {"type": "null"}}, **_absent("input", "message")},
+                    "properties": {
+                        "resume": {"not": {"type": "null"}},
+                        "thread_id": {"type": "string"},
+                        **_absent("input", "message"),
+                    },
                 },
             ]
         },
