@@ -12,6 +12,7 @@ this folder and one line below::
     _MODULES = {
         "kiki": ".kiki",  # the default
         "agui": ".agui",
+        "aisdk": ".aisdk",
     }
 
 A format defined elsewhere (an application's own, or a test's) is registered as
@@ -47,6 +48,7 @@ DEFAULT_FORMAT = "kiki"
 _MODULES: dict[str, str] = {
     "kiki": ".kiki",  # the default
     "agui": ".agui",
+    "aisdk": ".aisdk",
 }
 """Format name → the module (relative to this package) that defines its ``FORMAT``."""
 

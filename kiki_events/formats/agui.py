@@ -57,7 +57,6 @@ The encoder remembers what is open per stream, so the format is not
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -77,6 +76,10 @@ from ..events import (
 )
 from ..redaction import redact_text
 from .base import Encoder, Format
+from .jsondata import data_frame as _frame
+from .jsondata import dumps as _dumps
+from .jsondata import event_json as _event_json
+from .jsondata import text_of as _text_of
 
 __all__ = ["FORMAT", "PROTOCOL_LEGACY", "PROTOCOL_V1", "AGUIEncoder", "AGUIFormat"]
 
@@ -84,20 +87,6 @@ PROTOCOL_V1 = "1.0"
 """The protocol version whose events this format sends by default."""
 PROTOCOL_LEGACY = "0.0"
 """Clients that declare no version, or a 0.x one: no 1.0-only events or fields."""
-
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _frame(fields: dict[str, Any]) -> bytes:
-    return b"data: " + _dumps(fields).encode() + b"\n\n"
-
-
-def _event_json(event: StreamEvent) -> Any:
-    return json.loads(type(event).__pydantic_serializer__.to_json(event, exclude_none=True))
-
-
-def _text_of(value: Any) -> str:
-    return value if isinstance(value, str) else _dumps(value)
 
 
 class AGUIEncoder(Encoder):
