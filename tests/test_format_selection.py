@@ -93,7 +93,7 @@ def lines() -> Iterator[LinesFormat]:
 
 
 def test_a_registered_format_is_listed_after_ours_and_removed_again(lines: LinesFormat) -> None:
-    assert format_names() == ["kiki", "agui", "lines"]
+    assert format_names() == ["kiki", "agui", "aisdk", "lines"]
     assert get_format("lines") is lines
     register_format(lines)  # the same instance again: nothing changes
 
@@ -107,7 +107,7 @@ def test_a_registered_format_is_listed_after_ours_and_removed_again(lines: Lines
     with pytest.raises(UnknownFormatError, match="register_format"):
         unregister_format("kiki")
     unregister_format("lines")
-    assert format_names() == ["kiki", "agui"]
+    assert format_names() == ["kiki", "agui", "aisdk"]
     with pytest.raises(UnknownFormatError, match="'lines'"):
         get_format("lines")
     register_format(lines)  # for the fixture to remove
@@ -277,7 +277,7 @@ def test_an_unknown_format_is_refused_naming_the_known_ones(server: tuple[LiveSe
         name_wins = client.get(url, params={"format": "nope"}, headers={"Accept": LINES_TYPE})
 
     assert by_name.status_code == 400 == name_wins.status_code
-    assert "'nope'" in by_name.json()["detail"] and "kiki, agui, lines" in by_name.json()["detail"]
+    assert "'nope'" in by_name.json()["detail"] and "kiki, agui, aisdk, lines" in by_name.json()["detail"]
     assert by_accept.status_code == 406
     detail = by_accept.json()["detail"]
     assert "'application/xml'" in detail and "kiki (text/event-stream)" in detail and "lines (" in detail
@@ -289,7 +289,7 @@ def test_the_schema_documents_the_format_parameter(lines: LinesFormat) -> None:
         operation = paths[path]["get"]
         (param,) = [p for p in operation["parameters"] if p["name"] == "format"]
         assert param["in"] == "query" and not param["required"]
-        assert param["schema"]["enum"] == ["kiki", "agui", "lines"]
+        assert param["schema"]["enum"] == ["kiki", "agui", "aisdk", "lines"]
         assert "406" in operation["responses"]
 
 
