@@ -52,11 +52,11 @@ STRINGS = {"messageId", "id", "delta", "toolCallId", "toolName", "inputTextDelta
 TERMINAL = {"finish", "abort"}
 
 
-def _user(text: str) -> dict[str, Any]:
+def user(text: str) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": text}]}
 
 
-def _frames(events: Iterable[StreamEvent]) -> list[Frame]:
+def frames_of(events: Iterable[StreamEvent]) -> list[Frame]:
     events = list(events)
     log = RunLog(events[0].run_id, len(events) + 1)
     for event in events:
@@ -65,7 +65,7 @@ def _frames(events: Iterable[StreamEvent]) -> list[Frame]:
     return frames
 
 
-def _parse(body: bytes) -> list[dict[str, Any]]:
+def parse_body(body: bytes) -> list[dict[str, Any]]:
     """The chunks of a body: every block exactly ``data: <json>``, the last one ``data: [DONE]``."""
     assert body.endswith(b"data: [DONE]\n\n") and b"\r" not in body, body[-200:]
     blocks = body[:-2].split(b"\n\n")
@@ -143,7 +143,7 @@ def _verify_order(out: list[dict[str, Any]]) -> None:
 
 def _check(items: Sequence[Item]) -> list[dict[str, Any]]:
     encoder = FORMAT.encoder()
-    out = _parse(encoder.encode_all(items) + encoder.finish())
+    out = parse_body(encoder.encode_all(items) + encoder.finish())
     assert encoder.encode_all(items) == b"" and encoder.finish() == b""  # nothing after [DONE]
     _validate(out)
     _verify_order(out)
@@ -157,9 +157,9 @@ def _of(out: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 @pytest.mark.asyncio
 async def test_a_demo_run_maps_text_agents_and_parallel_tool_calls(research_team: ModuleType) -> None:
     events = await capture_run(
-        research_team.build_graph(), _user("Compare Redis streams and pub/sub"), {"configurable": {"thread_id": "t-1"}}
+        research_team.build_graph(), user("Compare Redis streams and pub/sub"), {"configurable": {"thread_id": "t-1"}}
     )
-    out = _check(_frames(events))
+    out = _check(frames_of(events))
 
     run_id = events.runs()[0]
     assert out[:2] == [{"type": "start", "messageId": run_id}, {"type": "start-step"}]
@@ -188,8 +188,8 @@ async def test_a_demo_run_maps_text_agents_and_parallel_tool_calls(research_team
 
 @pytest.mark.asyncio
 async def test_a_failed_tool_is_an_output_error(research_team: ModuleType) -> None:
-    events = await capture_run(research_team.build_graph(), _user("Please fail to fetch the Redis docs"))
-    out = _check(_frames(events))
+    events = await capture_run(research_team.build_graph(), user("Please fail to fetch the Redis docs"))
+    out = _check(frames_of(events))
 
     [failed_id] = [i for i, c in events.tool_calls().items() if c.get("error")]
     [error] = _of(out, "tool-output-error")
@@ -205,8 +205,8 @@ async def test_a_failed_tool_is_an_output_error(research_team: ModuleType) -> No
 
 @pytest.mark.asyncio
 async def test_a_crash_sends_one_redacted_error_then_finish(research_team: ModuleType) -> None:
-    events = await capture_run(research_team.build_graph(), _user("Compare queues and crash"))
-    out = _check(_frames(events))
+    events = await capture_run(research_team.build_graph(), user("Compare queues and crash"))
+    out = _check(frames_of(events))
 
     [error] = events.of_type("error")
     assert out[-3:] == [
@@ -218,8 +218,9 @@ async def test_a_crash_sends_one_redacted_error_then_finish(research_team: Modul
     assert b"hunter2" not in json.dumps(out).encode()
 
 
-@pytest.mark.asyncio
-async def test_an_interrupt_is_a_data_part_then_finish() -> None:
+async def interrupted_run() -> CapturedEvents:
+    """A run that stops at an interrupt asking "Publish the report?"."""
+
     def ask(state: MessagesState) -> dict[str, Any]:
         answer = interrupt("Publish the report?")
         return {"messages": [AIMessage(content=f"answer: {answer}")]}
@@ -229,9 +230,14 @@ async def test_an_interrupt_is_a_data_part_then_finish() -> None:
     builder.add_edge(START, "approve")
     builder.add_edge("approve", END)
     config: RunnableConfig = {"configurable": {"thread_id": "hitl"}}
-    events = await capture_run(builder.compile(checkpointer=InMemorySaver()), _user("go"), config)
+    return await capture_run(builder.compile(checkpointer=InMemorySaver()), user("go"), config)
+
+
+@pytest.mark.asyncio
+async def test_an_interrupt_is_a_data_part_then_finish() -> None:
+    events = await interrupted_run()
     assert events.done.status == "interrupted"
-    out = _check(_frames(events))
+    out = _check(frames_of(events))
 
     [carried] = _of(out, "data-kiki-interrupt")
     assert carried["data"]["interrupts"][0]["value"] == "Publish the report?"
@@ -259,13 +265,13 @@ async def test_a_cancelled_run_closes_its_text_and_aborts(scripted: ModuleType) 
     builder.add_node("talker", talk)
     builder.add_edge(START, "talker")
     builder.add_edge("talker", END)
-    task = asyncio.create_task(builder.compile().ainvoke(_user("hi"), {"callbacks": [KikiCallbackHandler(sink)]}))
+    task = asyncio.create_task(builder.compile().ainvoke(user("hi"), {"callbacks": [KikiCallbackHandler(sink)]}))
     await asyncio.wait_for(first_token.wait(), 30)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert events.done.status == "cancelled"
-    out = _check(_frames(events))
+    out = _check(frames_of(events))
 
     assert _of(out, "text-end") and out[-1] == {"type": "abort"} and not _of(out, "finish")
 
@@ -276,8 +282,8 @@ def lookup(key: str) -> str:
     return f"found {key}"
 
 
-@pytest.mark.asyncio
-async def test_tool_calls_in_one_chunk_go_straight_to_available(scripted: ModuleType) -> None:
+async def one_chunk_run(scripted: ModuleType) -> CapturedEvents:
+    """Two tool calls whose names and arguments come in one chunk each, then an answer."""
     calls = [ToolCall(name="lookup", args={"key": key}, id=f"call-{key}") for key in ("a", "b")]
     model = scripted.ScriptedChatModel(
         script=[AIMessage(content="Checking.", tool_calls=calls), AIMessage(content="Done.")],
@@ -297,8 +303,13 @@ async def test_tool_calls_in_one_chunk_go_straight_to_available(scripted: Module
     builder.add_edge(START, "agent")
     builder.add_conditional_edges("agent", route, ["tools", END])
     builder.add_edge("tools", "agent")
-    events = await capture_run(builder.compile(), _user("hi"))
-    out = _check(_frames(events))
+    return await capture_run(builder.compile(), user("hi"))
+
+
+@pytest.mark.asyncio
+async def test_tool_calls_in_one_chunk_go_straight_to_available(scripted: ModuleType) -> None:
+    events = await one_chunk_run(scripted)
+    out = _check(frames_of(events))
 
     assert [c["toolCallId"] for c in _of(out, "tool-input-start")] == ["call-a", "call-b"]
     assert {c["toolCallId"]: c["input"] for c in _of(out, "tool-input-available")} == {
@@ -373,7 +384,7 @@ def test_a_run_streamed_over_http_in_the_aisdk_format(research_team: ModuleType)
     # Keep-alives, if any, are comment blocks the client skips; everything else is a chunk.
     kept = b"".join(block + b"\n\n" for block in body.split(b"\n\n") if block and not block.startswith(b":"))
     assert kept.endswith(b"data: [DONE]\n\n")
-    out = _parse(kept)
+    out = parse_body(kept)
     _validate(out)
     _verify_order(out)
     assert out[0] == {"type": "start", "messageId": run_id} and out[-1] == {"type": "finish"}
