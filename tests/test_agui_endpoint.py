@@ -7,18 +7,27 @@ from types import ModuleType
 from typing import Any
 
 import httpx
+import pytest
 from ag_ui import core as agui
+from fastapi import HTTPException
 from langchain_core.messages import AIMessage
 from langgraph.graph import START, MessagesState, StateGraph
 from pydantic import TypeAdapter
 
 from kiki_events.config import Settings
 from kiki_events.server import bearer_tokens, create_app
+from kiki_events.server.routes import agui as agui_route
 from tests.servers import iter_frames, live_server
-from tests.test_resume import _approval_graph
+from tests.test_resume import _approval_graph, _two_reviewers_graph
 
 EVENT = TypeAdapter(agui.Event)
-ONLY_V1 = {"REASONING_START", "REASONING_MESSAGE_START", "REASONING_MESSAGE_CONTENT", "REASONING_MESSAGE_END"}
+ONLY_V1 = {
+    "REASONING_START",
+    "REASONING_MESSAGE_START",
+    "REASONING_MESSAGE_CONTENT",
+    "REASONING_MESSAGE_END",
+    "REASONING_END",
+}
 OPENERS = {"TEXT_MESSAGE_START": "TEXT_MESSAGE_END", "TOOL_CALL_START": "TOOL_CALL_END"}
 AUTH = {"Authorization": "Bearer token-a"}
 
@@ -200,3 +209,44 @@ def test_another_principal_bad_bodies_and_unknown_graphs_are_refused() -> None:
     assert no_user.status_code == 422 and no_user.json()["detail"].startswith("messages:"), no_user.json()
     assert (not_json.status_code, not_json.json()["detail"]) == (422, "the body is not valid JSON")
     assert big.status_code == 413
+
+
+def test_several_interrupts_are_answered_by_id_in_one_post() -> None:
+    app = _app({"reviewers": _two_reviewers_graph()})
+    with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        with client.stream(
+            "POST",
+            "/runs/stream",
+            json={"graph": "reviewers", "input": {"answers": []}, "thread_id": "rev-a"},
+            headers=AUTH,
+        ) as response:
+            interrupt = [f for f in iter_frames(response) if f.event == "interrupt"][-1].json
+        asked = {i["value"]["reviewer"]: i["id"] for i in interrupt["interrupts"]}
+        resume = [
+            {"interruptId": asked["legal"], "status": "resolved", "payload": "fine by legal"},
+            {"interruptId": asked["style"], "status": "resolved", "payload": "needs commas"},
+        ]
+        events = _run(client, "reviewers", _input("rev-a", "r2", resume=resume))
+        state = client.get("/threads/rev-a/state", headers=AUTH).json()
+
+    assert events[-1]["outcome"] == {"type": "success"}, events[-1]
+    assert sorted(state["values"]["answers"]) == ["legal: fine by legal", "style: needs commas"]
+
+
+def test_without_the_ag_ui_package_the_servers_own_model_reads_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agui_route, "_OFFICIAL", None)
+    # Fields the server does not read, and message shapes it does not need, are accepted and ignored.
+    body = {
+        "threadId": "t-1",
+        "runId": "r",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    }
+    parsed = agui_route.parse_agent_input(json.dumps({**body, "tools": [{"any": 1}], "newField": True}).encode())
+    request = agui_route.run_request("echo", parsed)
+    assert (request.message, request.thread_id, request.metadata) == ("hi", "t-1", {"kiki_agui_run_id": "r"})
+    with pytest.raises(HTTPException) as bad_thread:
+        agui_route.parse_agent_input(json.dumps({**body, "threadId": "a b"}).encode())
+    assert bad_thread.value.status_code == 422 and str(bad_thread.value.detail).startswith("threadId:")
+    with pytest.raises(HTTPException) as bad_resume:
+        agui_route.parse_agent_input(json.dumps({**body, "resume": [{"interruptId": "i", "status": "maybe"}]}).encode())
+    assert str(bad_resume.value.detail).startswith("resume.0.status:")
