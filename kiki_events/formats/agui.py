@@ -52,7 +52,8 @@ to follow the run. A stream that sent nothing sends nothing at its end.
 
 The encoder remembers what is open per stream, so the format is not
 :attr:`~kiki_events.formats.base.Format.cacheable`. :data:`FORMAT` speaks protocol
-1.0; :meth:`AGUIFormat.encoder_for` picks the version a client declared.
+1.0; :meth:`AGUIFormat.encoder_for` picks the version a client declared and may put
+the client's own ``runId`` / ``threadId`` on the run's events (``POST /ag-ui/{graph}``).
 """
 
 from __future__ import annotations
@@ -99,14 +100,20 @@ class AGUIEncoder(Encoder):
         "_messages",
         "_parents",
         "_run_id",
+        "_run_override",
         "_steps",
         "_thread_id",
+        "_thread_override",
         "_tools",
         "finished",
         "v1",
     )
 
-    def __init__(self, protocol_version: str = PROTOCOL_V1) -> None:
+    def __init__(
+        self, protocol_version: str = PROTOCOL_V1, *, run_id: str | None = None, thread_id: str | None = None
+    ) -> None:
+        self._run_override = run_id
+        self._thread_override = thread_id
         self.v1 = protocol_version != PROTOCOL_LEGACY
         """Whether 1.0-only events and fields may be sent."""
         self.finished = False
@@ -141,8 +148,8 @@ class AGUIEncoder(Encoder):
         event: StreamEvent = item.event if isinstance(item, Frame) else item
         out: list[dict[str, Any]] = []
         if not self._run_id:
-            self._run_id = event.run_id
-            self._thread_id = event.thread_id or event.run_id
+            self._run_id = self._run_override or event.run_id
+            self._thread_id = self._thread_override or event.thread_id or event.run_id
             out.append(self._with_version({"type": "RUN_STARTED", "threadId": self._thread_id, "runId": self._run_id}))
         self._handlers[type(event)](event, out)
         return b"".join(map(_frame, out))
@@ -349,15 +356,21 @@ class AGUIFormat(Format):
     def encoder(self) -> Encoder:
         return AGUIEncoder(PROTOCOL_V1)
 
-    def encoder_for(self, protocol_version: str | None) -> AGUIEncoder:
+    def encoder_for(
+        self, protocol_version: str | None, *, run_id: str | None = None, thread_id: str | None = None
+    ) -> AGUIEncoder:
         """An encoder for a client that declared ``protocol_version`` (``RunAgentInput.protocolVersion``).
 
         No declaration, or one whose major version is 0, gets the 0.0.x events;
         anything else (1.0, a newer or an unreadable version) gets protocol 1.0.
+        ``run_id`` / ``thread_id``, when given, are the ``runId`` / ``threadId`` of
+        ``RUN_STARTED`` and ``RUN_FINISHED`` instead of the run's own (the ids the
+        client sent in its ``RunAgentInput``); the ``kiki.*`` events keep ours.
         """
+        version = PROTOCOL_V1
         if protocol_version is None or protocol_version.strip().split(".", 1)[0] == "0":
-            return AGUIEncoder(PROTOCOL_LEGACY)
-        return AGUIEncoder(PROTOCOL_V1)
+            version = PROTOCOL_LEGACY
+        return AGUIEncoder(version, run_id=run_id, thread_id=thread_id)
 
 
 FORMAT = AGUIFormat()

@@ -8,6 +8,7 @@
 ``POST /runs/{run_id}/cancel``         cancel (200 when ended, 202 while stopping)
 ``GET  /threads/{thread_id}/stream``   every run of a thread, live (200, SSE)
 ``GET  /threads/{thread_id}/state``    the thread's latest checkpoint (200)
+``POST /ag-ui/{graph}``                an AG-UI agent: ``RunAgentInput`` in, AG-UI events out (200, SSE)
 ``GET  /graphs``                       registered graph names
 ``GET  /healthz``                      liveness and counters, never secrets
 =====================================  ==============================================
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter
 
 from .auth import AuthDependency
-from .routes import runs, service, streams, threads
+from .routes import agui, runs, service, streams, threads
 from .routes.context import RouteContext
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ _ROUTES: tuple[Callable[[APIRouter, RouteContext], None], ...] = (
     runs.add_cancel_run,
     threads.add_thread_stream,
     threads.add_thread_state,
+    agui.add_agui_run,
     service.add_graphs,
     service.add_healthz,
 )
