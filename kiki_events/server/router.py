@@ -9,6 +9,8 @@
 ``GET  /threads/{thread_id}/stream``   every run of a thread, live (200, SSE)
 ``GET  /threads/{thread_id}/state``    the thread's latest checkpoint (200)
 ``POST /ag-ui/{graph}``                an AG-UI agent: ``RunAgentInput`` in, AG-UI events out (200, SSE)
+``POST /ai-sdk/{graph}``               an AI SDK ``useChat`` endpoint: UI message stream out (200, SSE)
+``GET  /ai-sdk/{graph}/{id}/stream``   the chat's active run, from its start (200 SSE, 204 if none)
 ``GET  /graphs``                       registered graph names
 ``GET  /healthz``                      liveness and counters, never secrets
 =====================================  ==============================================
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter
 
 from .auth import AuthDependency
-from .routes import agui, runs, service, streams, threads
+from .routes import agui, aisdk, runs, service, streams, threads
 from .routes.context import RouteContext
 
 if TYPE_CHECKING:
@@ -57,6 +59,8 @@ _ROUTES: tuple[Callable[[APIRouter, RouteContext], None], ...] = (
     threads.add_thread_stream,
     threads.add_thread_state,
     agui.add_agui_run,
+    aisdk.add_aisdk_chat,
+    aisdk.add_aisdk_reconnect,
     service.add_graphs,
     service.add_healthz,
 )

@@ -1,0 +1,292 @@
+"""``POST /ai-sdk/{graph}`` and ``GET /ai-sdk/{graph}/{chat_id}/stream``: a graph as the
+chat endpoint of the Vercel AI SDK's ``useChat`` (README.md, "AI SDK frontends").
+
+``useChat`` (``DefaultChatTransport``, ``ai`` 5 and 6) POSTs ``{id, messages, trigger,
+messageId?, …}`` and reads the answer as a UI message stream (docs/sse.md, section
+Vercel AI SDK):
+
+* ``id`` (the chat id) is the run's thread, with the ownership rules of ``POST /runs``
+  (a thread is its first principal's, a 404 for anyone else);
+* the graph's input is the LAST message's text when it is a user message,
+  ``{"messages": [{"role": "user", "content": text}]}`` (text parts joined); earlier
+  turns come from the thread's checkpoints (``runs.checkpointer``), so the client's
+  copy of them is not replayed;
+* a ``resume`` field in the body (``useChat`` sends the app's extra ``body`` fields)
+  answers the thread's pending interrupt instead: ``Command(resume=resume)``, as in
+  ``POST /runs``;
+* a last message from the assistant with one tool part in state ``approval-responded``
+  (the SDK's tool approval answer) resumes too, with ``Command(resume={"approved":
+  bool, "reason": text})`` (``reason`` only when given); several such parts are a 422.
+
+``GET /ai-sdk/{graph}/{chat_id}/stream`` is the SDK's reconnect request
+(``resumeStream()``, ``useChat({resume: true})``): the thread's latest run that has not
+ended, from its start, or a 204 when none is running (also for a chat id never used);
+a thread that is someone else's is a 404.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ...core.runrecord import RunRecord
+from ...errors import KikiEventsError, RunNotFoundError
+from ...formats.aisdk import FORMAT as AISDK
+from ...formats.aisdk import STREAM_HEADER
+from ..auth import Principal
+from ..requests import RunRequest, ThreadId, read_body
+from ..responses import errors
+from .context import RouteContext, raise_http
+
+__all__ = ["ChatRequest", "add_aisdk_chat", "add_aisdk_reconnect"]
+
+
+class Approval(BaseModel):
+    """A person's answer to a tool approval request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    approved: bool
+    reason: str | None = None
+
+
+class UIPart(BaseModel):
+    """One part of a message (``text``, ``tool-<name>``, ``dynamic-tool`` …; only some fields are read)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    type: Annotated[str, Field(min_length=1)]
+    text: str | None = None
+    state: str | None = None
+    tool_call_id: str | None = Field(default=None, alias="toolCallId")
+    approval: Approval | None = None
+
+
+class UIMessage(BaseModel):
+    """One message of the chat as the client has it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    role: Literal["user", "assistant", "system"]
+    parts: list[UIPart]
+
+
+class ChatRequest(BaseModel):
+    """What the server reads of a ``useChat`` request body (other fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: ThreadId
+    """The chat id: the thread the run goes on."""
+    messages: list[UIMessage] = Field(min_length=1)
+    """The whole conversation as the client has it; only the last message is read."""
+    trigger: Literal["submit-message", "regenerate-message"] | None = None
+    message_id: str | None = Field(default=None, alias="messageId")
+    resume: Any = None
+    """An app's answer to the thread's pending interrupt (an extra ``body`` field): ``Command(resume=resume)``."""
+
+
+def _describe(exc: ValidationError) -> str:
+    errors_ = exc.errors(include_url=False)
+    first = errors_[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "json_invalid":
+        message = "the body is not valid JSON"
+    elif first["type"] == "model_type" and not loc:
+        message = "the body must be a JSON object (a useChat request)"
+    else:
+        text = first["msg"].removeprefix("Value error, ")
+        message = f"{loc}: {text}" if loc else text
+    if len(errors_) > 1:
+        message += f" (and {len(errors_) - 1} more problem{'s' if len(errors_) > 2 else ''})"
+    return message
+
+
+def parse_chat_request(raw: bytes) -> ChatRequest:
+    """Validate a ``useChat`` body; 422 naming the field."""
+    try:
+        return ChatRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise HTTPException(422, _describe(exc)) from None
+
+
+def _approval_answer(body: ChatRequest) -> dict[str, Any] | None:
+    """The resume value of an ``approval-responded`` tool part of the last message, if it is the assistant's."""
+    index = len(body.messages) - 1
+    last = body.messages[index]
+    if last.role != "assistant":
+        return None
+    answered = [
+        (number, part)
+        for number, part in enumerate(last.parts)
+        if part.state == "approval-responded" and part.approval is not None
+    ]
+    if not answered:
+        return None
+    if len(answered) > 1:
+        raise HTTPException(
+            422,
+            f"messages.{index}.parts: {len(answered)} tool approvals answered at once; "
+            "answer one at a time, or send 'resume' with the answers",
+        )
+    approval = answered[0][1].approval
+    assert approval is not None  # noqa: S101 - filtered above
+    answer: dict[str, Any] = {"approved": approval.approved}
+    if approval.reason is not None:
+        answer["reason"] = approval.reason
+    return answer
+
+
+def run_request(graph: str, body: ChatRequest) -> RunRequest:
+    """The run a ``useChat`` request asks for (see the module docstring); 422 naming the problem."""
+    common: dict[str, Any] = {"graph": graph, "thread_id": body.id}
+    answer = body.resume if body.resume is not None else _approval_answer(body)
+    if answer is not None:
+        common["resume"] = answer
+    else:
+        index = len(body.messages) - 1
+        last = body.messages[index]
+        if last.role != "user":
+            raise HTTPException(
+                422, f"messages.{index}.role: the last message is the {last.role}'s; nothing to answer (and no resume)"
+            )
+        text = "".join(part.text for part in last.parts if part.type == "text" and part.text)
+        if not text:
+            raise HTTPException(422, f"messages.{index}.parts: the last user message has no text part")
+        common["message"] = text
+    try:
+        return RunRequest.model_validate(common)
+    except ValidationError as exc:
+        raise HTTPException(422, _describe(exc)) from None
+
+
+_STREAM_OK: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the AI SDK UI message stream (`data: <json>` chunks, `start` first, `finish` or `abort` "
+        "last, then `data: [DONE]`), with the header `x-vercel-ai-ui-message-stream: v1`",
+        "headers": {STREAM_HEADER: {"schema": {"type": "string", "const": "v1"}}},
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {"data": {"type": "string"}},
+                }
+            }
+        },
+    }
+}
+
+
+def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
+    """``schema`` with every ``$ref`` to its ``$defs`` replaced by the definition (the document has no ``$defs``)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
+        return {key: _inlined(value, defs) for key, value in schema.items() if key != "$defs"}
+    if isinstance(schema, list):
+        return [_inlined(item, defs) for item in schema]
+    return schema
+
+
+_SCHEMA = ChatRequest.model_json_schema(by_alias=True)
+
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": _inlined(_SCHEMA, _SCHEMA.get("$defs", {})),
+                "example": {
+                    "id": "chat-1",
+                    "trigger": "submit-message",
+                    "messages": [
+                        {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "Compare Redis streams"}]}
+                    ],
+                },
+            }
+        },
+    }
+}
+
+
+def add_aisdk_chat(router: APIRouter, ctx: RouteContext) -> None:
+    """``POST /ai-sdk/{graph}``: run ``graph`` for ``useChat`` and stream the UI message stream (200, SSE)."""
+    Caller = Annotated[Principal, Depends(ctx.principal)]
+    settings = ctx.settings
+
+    @router.post(
+        "/ai-sdk/{graph}",
+        operation_id="run_aisdk_chat",
+        openapi_extra=_BODY_DOC,
+        response_class=Response,
+        responses={**_STREAM_OK, **errors(400, 401, 404, 408, 413, 422, 429, 503)},
+    )
+    async def run_aisdk_chat(request: Request, graph: str, principal: Caller) -> Response:
+        """Run ``graph`` on the chat's thread for a ``useChat`` request and stream the AI SDK UI message stream."""
+        raw = await read_body(request, settings.sse.max_body_bytes, settings.server.body_timeout)
+        if graph not in ctx.runtime.graphs.names():
+            raise HTTPException(404, f"unknown graph {graph!r}")
+        handle = await ctx.start(run_request(graph, parse_chat_request(raw)), principal)
+        on_abandon = None
+        if settings.runs.on_disconnect == "cancel":
+            on_abandon = lambda: ctx.runs.cancel(handle.run_id, principal)  # noqa: E731
+        cursor = ctx.run_cursor(handle.record.log, 0, handle.thread_id)
+        location = ctx.run_url(request, handle.run_id)
+        return ctx.stream(request, cursor, location, handle.run_id, on_abandon, wire_format=AISDK)
+
+
+async def _active_run(ctx: RouteContext, chat_id: str, principal: Principal) -> RunRecord | None:
+    """The thread's latest run that has not ended (``None``: none); 404 if the thread is someone else's."""
+    try:
+        if ctx.bridge is None:
+            thread = ctx.store.thread(chat_id, principal)
+        else:
+            thread = await ctx.bridge.open_thread(chat_id, principal)
+    except RunNotFoundError:
+        if not ctx.store.threads.owns(chat_id, principal):
+            raise HTTPException(404, f"chat {chat_id!r} not found") from None
+        return None  # never used (or forgotten): nothing is running
+    except KikiEventsError as exc:
+        raise_http(exc)
+    for run_id in reversed(thread.runs):
+        record = ctx.store.peek(run_id)
+        if record is not None and record.principal == thread.principal and not record.ended:
+            return await ctx.find_run(run_id, principal)
+    return None
+
+
+def add_aisdk_reconnect(router: APIRouter, ctx: RouteContext) -> None:
+    """``GET /ai-sdk/{graph}/{chat_id}/stream``: the chat's running answer from its start (200 SSE, 204 if none)."""
+    Caller = Annotated[Principal, Depends(ctx.principal)]
+
+    @router.get(
+        "/ai-sdk/{graph}/{chat_id}/stream",
+        operation_id="reconnect_aisdk_chat",
+        response_class=Response,
+        responses={
+            **_STREAM_OK,
+            204: {"description": "no run of the chat is active: nothing to reconnect to"},
+            **errors(401, 404, 422, 503),
+        },
+    )
+    async def reconnect_aisdk_chat(request: Request, graph: str, chat_id: ThreadId, principal: Caller) -> Response:
+        """The chat's active run, streamed from its start as a UI message stream; 204 when none is running."""
+        if graph not in ctx.runtime.graphs.names():
+            raise HTTPException(404, f"unknown graph {graph!r}")
+        record = await _active_run(ctx, chat_id, principal)
+        if record is None:
+            return Response(status_code=204)
+        bridge = ctx.bridge
+        lease = None
+        if bridge is not None and ctx.is_remote(record) and not record.ended:
+            run_id = record.run_id
+            lease = lambda: bridge.watch_run(run_id)  # noqa: E731 - taken when the body starts
+        cursor = ctx.run_cursor(record.log, 0, record.thread_id)
+        location = ctx.run_url(request, record.run_id)
+        return ctx.stream(request, cursor, location, record.run_id, lease=lease, wire_format=AISDK)
