@@ -191,6 +191,8 @@ def test_the_schema_declares_every_status_the_api_answers_with() -> None:
         ("GET", "/threads/{thread_id}/stream"): {"200", "400", "401", "404", "406", "422", "503"},
         ("GET", "/threads/{thread_id}/state"): {"200", "401", "404", "422", "503"},
         ("POST", "/ag-ui/{graph}"): {"200", "400", "401", "404", "408", "413", "422", "429", "503"},
+        ("POST", "/ai-sdk/{graph}"): {"200", "400", "401", "404", "408", "413", "422", "429", "503"},
+        ("GET", "/ai-sdk/{graph}/{chat_id}/stream"): {"200", "204", "401", "404", "422", "503"},
         ("GET", "/graphs"): {"200", "401"},
         ("GET", "/healthz"): {"200"},
     }

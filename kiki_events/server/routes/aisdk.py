@@ -120,11 +120,7 @@ def _approval_answer(body: ChatRequest) -> dict[str, Any] | None:
     last = body.messages[index]
     if last.role != "assistant":
         return None
-    answered = [
-        (number, part)
-        for number, part in enumerate(last.parts)
-        if part.state == "approval-responded" and part.approval is not None
-    ]
+    answered = [part.approval for part in last.parts if part.state == "approval-responded" and part.approval]
     if not answered:
         return None
     if len(answered) > 1:
@@ -133,8 +129,7 @@ def _approval_answer(body: ChatRequest) -> dict[str, Any] | None:
             f"messages.{index}.parts: {len(answered)} tool approvals answered at once; "
             "answer one at a time, or send 'resume' with the answers",
         )
-    approval = answered[0][1].approval
-    assert approval is not None  # noqa: S101 - filtered above
+    approval = answered[0]
     answer: dict[str, Any] = {"approved": approval.approved}
     if approval.reason is not None:
         answer["reason"] = approval.reason
