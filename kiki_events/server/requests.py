@@ -19,7 +19,17 @@ from starlette.requests import ClientDisconnect
 from ..errors import InvalidArgumentError
 from ..log import get_logger
 
-__all__ = ["MAX_CURSOR", "MAX_RUN_ID", "RunRequest", "parse_cursor", "parse_run_request", "read_body", "split_cursor"]
+__all__ = [
+    "MAX_CURSOR",
+    "MAX_RUN_ID",
+    "RunRequest",
+    "describe_body_error",
+    "inlined_schema",
+    "parse_cursor",
+    "parse_run_request",
+    "read_body",
+    "split_cursor",
+]
 
 logger = get_logger("kiki_events.server")
 
@@ -215,3 +225,46 @@ def split_cursor(value: str | None, *, name: str = "Last-Event-ID") -> tuple[str
             " (expected '<run_id>:<seq>')"
         )
     return run_id, int(seq)
+
+
+def describe_body_error(exc: ValidationError, expected: str) -> str:
+    """One line naming the first problem of a JSON body (and how many more), for a 422.
+
+    ``expected`` names what the body must be when it is not a JSON object, e.g.
+    ``"an AG-UI RunAgentInput"``.
+    """
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "json_invalid":
+        message = "the body is not valid JSON"
+    elif first["type"] == "model_type" and not loc:
+        message = f"the body must be a JSON object ({expected})"
+    else:
+        text = first["msg"].removeprefix("Value error, ")
+        message = f"{loc}: {text}" if loc else text
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return message
+
+
+def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema (by alias) with every ``$ref`` replaced by its definition.
+
+    For request bodies documented by hand: the OpenAPI document has no ``$defs``.
+    """
+    schema = model.model_json_schema(by_alias=True)
+    defs = schema.get("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items() if key != "$defs"}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ...formats import Encoder, Format
 from ...formats.agui import FORMAT as AGUI
 from ..auth import Principal
-from ..requests import RunRequest, ThreadId, read_body
+from ..requests import RunRequest, ThreadId, describe_body_error, inlined_schema, read_body
 from ..responses import errors
 from .context import RouteContext
 
@@ -105,22 +105,6 @@ class _AGUIStream(Format):
         return AGUI.encoder_for(body.protocol_version, run_id=body.run_id, thread_id=body.thread_id)
 
 
-def _describe(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "json_invalid":
-        message = "the body is not valid JSON"
-    elif first["type"] == "model_type" and not loc:
-        message = "the body must be a JSON object (an AG-UI RunAgentInput)"
-    else:
-        text = first["msg"].removeprefix("Value error, ")
-        message = f"{loc}: {text}" if loc else text
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return message
-
-
 def parse_agent_input(raw: bytes) -> AgentInput:
     """Validate a ``RunAgentInput`` body; 422 naming the field."""
     try:
@@ -128,7 +112,7 @@ def parse_agent_input(raw: bytes) -> AgentInput:
             _OFFICIAL.model_validate_json(raw)
         return AgentInput.model_validate_json(raw)
     except ValidationError as exc:
-        raise HTTPException(422, _describe(exc)) from None
+        raise HTTPException(422, describe_body_error(exc, "an AG-UI RunAgentInput")) from None
 
 
 def _text(message: InputMessage) -> str:
@@ -174,7 +158,7 @@ def run_request(graph: str, body: AgentInput) -> RunRequest:
     try:
         return RunRequest.model_validate(common)
     except ValidationError as exc:
-        raise HTTPException(422, _describe(exc)) from None
+        raise HTTPException(422, describe_body_error(exc, "an AG-UI RunAgentInput")) from None
 
 
 _SSE_AGUI: dict[int | str, dict[str, Any]] = {
@@ -194,26 +178,14 @@ _SSE_AGUI: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
-    """``schema`` with every ``$ref`` to its ``$defs`` replaced by the definition (the document has no ``$defs``)."""
-    if isinstance(schema, dict):
-        ref = schema.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/"):
-            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
-        return {key: _inlined(value, defs) for key, value in schema.items() if key != "$defs"}
-    if isinstance(schema, list):
-        return [_inlined(item, defs) for item in schema]
-    return schema
-
-
-_SCHEMA = AgentInput.model_json_schema(by_alias=True)
+_SCHEMA = inlined_schema(AgentInput)
 
 _BODY_DOC = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {
-                "schema": _inlined(_SCHEMA, _SCHEMA.get("$defs", {})),
+                "schema": _SCHEMA,
                 "example": {
                     "threadId": "chat-1",
                     "runId": "run-1",
@@ -249,9 +221,4 @@ def add_agui_run(router: APIRouter, ctx: RouteContext) -> None:
             raise HTTPException(404, f"unknown graph {graph!r}")
         body = parse_agent_input(raw)
         handle = await ctx.start(run_request(graph, body), principal)
-        on_abandon = None
-        if settings.runs.on_disconnect == "cancel":
-            on_abandon = lambda: ctx.runs.cancel(handle.run_id, principal)  # noqa: E731
-        cursor = ctx.run_cursor(handle.record.log, 0, handle.thread_id)
-        location = ctx.run_url(request, handle.run_id)
-        return ctx.stream(request, cursor, location, handle.run_id, on_abandon, wire_format=_AGUIStream(body))
+        return ctx.stream_started(request, handle, principal, wire_format=_AGUIStream(body))

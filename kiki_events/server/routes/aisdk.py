@@ -36,7 +36,7 @@ from ...errors import KikiEventsError, RunNotFoundError
 from ...formats.aisdk import FORMAT as AISDK
 from ...formats.aisdk import STREAM_HEADER
 from ..auth import Principal
-from ..requests import RunRequest, ThreadId, read_body
+from ..requests import RunRequest, ThreadId, describe_body_error, inlined_schema, read_body
 from ..responses import errors
 from .context import RouteContext, raise_http
 
@@ -90,28 +90,12 @@ class ChatRequest(BaseModel):
     """An app's answer to the thread's pending interrupt (an extra ``body`` field): ``Command(resume=resume)``."""
 
 
-def _describe(exc: ValidationError) -> str:
-    errors_ = exc.errors(include_url=False)
-    first = errors_[0]
-    loc = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "json_invalid":
-        message = "the body is not valid JSON"
-    elif first["type"] == "model_type" and not loc:
-        message = "the body must be a JSON object (a useChat request)"
-    else:
-        text = first["msg"].removeprefix("Value error, ")
-        message = f"{loc}: {text}" if loc else text
-    if len(errors_) > 1:
-        message += f" (and {len(errors_) - 1} more problem{'s' if len(errors_) > 2 else ''})"
-    return message
-
-
 def parse_chat_request(raw: bytes) -> ChatRequest:
     """Validate a ``useChat`` body; 422 naming the field."""
     try:
         return ChatRequest.model_validate_json(raw)
     except ValidationError as exc:
-        raise HTTPException(422, _describe(exc)) from None
+        raise HTTPException(422, describe_body_error(exc, "a useChat request")) from None
 
 
 def _approval_answer(body: ChatRequest) -> dict[str, Any] | None:
@@ -156,7 +140,7 @@ def run_request(graph: str, body: ChatRequest) -> RunRequest:
     try:
         return RunRequest.model_validate(common)
     except ValidationError as exc:
-        raise HTTPException(422, _describe(exc)) from None
+        raise HTTPException(422, describe_body_error(exc, "a useChat request")) from None
 
 
 _STREAM_OK: dict[int | str, dict[str, Any]] = {
@@ -177,26 +161,14 @@ _STREAM_OK: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _inlined(schema: Any, defs: dict[str, Any]) -> Any:
-    """``schema`` with every ``$ref`` to its ``$defs`` replaced by the definition (the document has no ``$defs``)."""
-    if isinstance(schema, dict):
-        ref = schema.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/"):
-            return _inlined(defs[ref.removeprefix("#/$defs/")], defs)
-        return {key: _inlined(value, defs) for key, value in schema.items() if key != "$defs"}
-    if isinstance(schema, list):
-        return [_inlined(item, defs) for item in schema]
-    return schema
-
-
-_SCHEMA = ChatRequest.model_json_schema(by_alias=True)
+_SCHEMA = inlined_schema(ChatRequest)
 
 _BODY_DOC = {
     "requestBody": {
         "required": True,
         "content": {
             "application/json": {
-                "schema": _inlined(_SCHEMA, _SCHEMA.get("$defs", {})),
+                "schema": _SCHEMA,
                 "example": {
                     "id": "chat-1",
                     "trigger": "submit-message",
@@ -228,12 +200,7 @@ def add_aisdk_chat(router: APIRouter, ctx: RouteContext) -> None:
         if graph not in ctx.runtime.graphs.names():
             raise HTTPException(404, f"unknown graph {graph!r}")
         handle = await ctx.start(run_request(graph, parse_chat_request(raw)), principal)
-        on_abandon = None
-        if settings.runs.on_disconnect == "cancel":
-            on_abandon = lambda: ctx.runs.cancel(handle.run_id, principal)  # noqa: E731
-        cursor = ctx.run_cursor(handle.record.log, 0, handle.thread_id)
-        location = ctx.run_url(request, handle.run_id)
-        return ctx.stream(request, cursor, location, handle.run_id, on_abandon, wire_format=AISDK)
+        return ctx.stream_started(request, handle, principal, wire_format=AISDK)
 
 
 async def _active_run(ctx: RouteContext, chat_id: str, principal: Principal) -> RunRecord | None:

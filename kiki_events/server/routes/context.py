@@ -138,6 +138,25 @@ class RouteContext:
         except KikiEventsError as exc:
             raise_http(exc)
 
+    def stream_started(
+        self,
+        request: Request,
+        handle: RunHandle,
+        principal: Principal,
+        on_disconnect: str | None = None,
+        wire_format: Format | None = None,
+    ) -> Response:
+        """The response streaming a run this request just started, from its first event.
+
+        ``on_disconnect`` (default ``runs.on_disconnect``): ``cancel`` cancels the run
+        when the client goes away before its end.
+        """
+        policy = on_disconnect or self.settings.runs.on_disconnect
+        on_abandon = (lambda: self.runs.cancel(handle.run_id, principal)) if policy == "cancel" else None
+        cursor = self.run_cursor(handle.record.log, 0, handle.thread_id)
+        location = self.run_url(request, handle.run_id)
+        return self.stream(request, cursor, location, handle.run_id, on_abandon, wire_format=wire_format)
+
     def stream(
         self,
         request: Request,

@@ -44,10 +44,7 @@ def add_start_run_stream(router: APIRouter, ctx: RouteContext) -> None:
         """Start a run and stream its events; the last frame is ``done``."""
         body = await parse_run_request(request, settings.sse.max_body_bytes, settings.server.body_timeout)
         handle = await ctx.start(body, principal)
-        policy = body.on_disconnect or settings.runs.on_disconnect
-        on_abandon = (lambda: ctx.runs.cancel(handle.run_id, principal)) if policy == "cancel" else None
-        cursor = ctx.run_cursor(handle.record.log, 0, handle.thread_id)
-        return ctx.stream(request, cursor, ctx.run_url(request, handle.run_id), handle.run_id, on_abandon)
+        return ctx.stream_started(request, handle, principal, body.on_disconnect)
 
 
 def _resume_after(request: Request, run_id: str, last_event_id: str | None) -> int:
