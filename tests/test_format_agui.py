@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
 import pytest
 from ag_ui import core as agui
-from langchain_core.messages import AIMessage, BaseMessage, ToolCall
-from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import tool
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode
-from langgraph.types import interrupt
+from langchain_core.messages import ToolCall
 
-from kiki_events import KikiCallbackHandler
-from kiki_events.core.runlog import Frame, Item, RunLog
+from kiki_events.core.runlog import Item
 from kiki_events.events import (
     AgentLifecycleEvent,
     DoneEvent,
@@ -33,7 +25,8 @@ from kiki_events.events import (
 )
 from kiki_events.formats import get_format
 from kiki_events.formats.agui import FORMAT, PROTOCOL_LEGACY, PROTOCOL_V1, AGUIEncoder
-from kiki_events.testing import CapturedEvents, capture_run
+from kiki_events.testing import capture_run
+from tests.scenarios import cancelled_run, frames_of, interrupted_run, one_chunk_run, user
 
 MODELS: dict[str, type[Any]] = {
     name: getattr(agui, "".join(part.title() for part in name.split("_")) + "Event")
@@ -41,19 +34,6 @@ MODELS: dict[str, type[Any]] = {
 }
 ONLY_V1 = {name for name in MODELS if name.startswith(("REASONING_", "SUBAGENT_", "ACTIVITY_"))}
 TERMINAL = {"RUN_FINISHED", "RUN_ERROR"}
-
-
-def _user(text: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": text}]}
-
-
-def _frames(events: Iterable[StreamEvent]) -> list[Frame]:
-    events = list(events)
-    log = RunLog(events[0].run_id, len(events) + 1)
-    for event in events:
-        log.append(event)
-    frames, _ = log.read(0, len(events))
-    return frames
 
 
 def _encode(items: Sequence[Item], encoder: AGUIEncoder | None = None) -> list[dict[str, Any]]:
@@ -155,9 +135,9 @@ def _of(out: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 @pytest.mark.asyncio
 async def test_a_demo_run_maps_text_steps_and_parallel_tool_calls(research_team: ModuleType, v1: bool) -> None:
     events = await capture_run(
-        research_team.build_graph(), _user("Compare Redis streams and pub/sub"), {"configurable": {"thread_id": "t-1"}}
+        research_team.build_graph(), user("Compare Redis streams and pub/sub"), {"configurable": {"thread_id": "t-1"}}
     )
-    out = _check(_frames(events), v1=v1)
+    out = _check(frames_of(events), v1=v1)
 
     run_id = events.runs()[0]
     assert out[0] == {
@@ -199,8 +179,8 @@ async def test_a_demo_run_maps_text_steps_and_parallel_tool_calls(research_team:
 
 @pytest.mark.asyncio
 async def test_a_failed_tool_is_a_result_with_the_error_as_content(research_team: ModuleType) -> None:
-    events = await capture_run(research_team.build_graph(), _user("Please fail to fetch the Redis docs"))
-    out = _check(_frames(events))
+    events = await capture_run(research_team.build_graph(), user("Please fail to fetch the Redis docs"))
+    out = _check(frames_of(events))
 
     [failed] = [c for c in events.tool_calls().values() if c.get("error")]
     results = {e["content"] for e in _of(out, "TOOL_CALL_RESULT")}
@@ -211,8 +191,8 @@ async def test_a_failed_tool_is_a_result_with_the_error_as_content(research_team
 @pytest.mark.parametrize("v1", [True, False])
 @pytest.mark.asyncio
 async def test_a_crash_ends_with_one_redacted_run_error(research_team: ModuleType, v1: bool) -> None:
-    events = await capture_run(research_team.build_graph(), _user("Compare queues and crash"))
-    out = _check(_frames(events), v1=v1)
+    events = await capture_run(research_team.build_graph(), user("Compare queues and crash"))
+    out = _check(frames_of(events), v1=v1)
 
     [error] = events.of_type("error")
     assert out[-1] == {"type": "RUN_ERROR", "message": f"RuntimeError: {error.message}", "code": "RuntimeError"}  # type: ignore[union-attr]
@@ -222,25 +202,12 @@ async def test_a_crash_ends_with_one_redacted_run_error(research_team: ModuleTyp
     assert not [e for e in _of(out, "CUSTOM") if e["name"] == "kiki.done"]
 
 
-async def _interrupted_run() -> CapturedEvents:
-    def ask(state: MessagesState) -> dict[str, Any]:
-        answer = interrupt("Publish the report?")
-        return {"messages": [AIMessage(content=f"answer: {answer}")]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("approve", ask)
-    builder.add_edge(START, "approve")
-    builder.add_edge("approve", END)
-    config: RunnableConfig = {"configurable": {"thread_id": "hitl"}}
-    return await capture_run(builder.compile(checkpointer=InMemorySaver()), _user("go"), config)
-
-
 @pytest.mark.parametrize("v1", [True, False])
 @pytest.mark.asyncio
 async def test_an_interrupt_finishes_the_run_with_an_interrupt_outcome(v1: bool) -> None:
-    events = await _interrupted_run()
+    events = await interrupted_run()
     assert events.done.status == "interrupted"
-    out = _check(_frames(events), v1=v1)
+    out = _check(frames_of(events), v1=v1)
 
     [info] = events.of_type("interrupt")[0].interrupts  # type: ignore[union-attr]
     carried = [e for e in _of(out, "CUSTOM") if e["name"] == "kiki.interrupt"]
@@ -259,31 +226,9 @@ async def test_an_interrupt_finishes_the_run_with_an_interrupt_outcome(v1: bool)
 @pytest.mark.parametrize("v1", [True, False])
 @pytest.mark.asyncio
 async def test_a_cancelled_run_closes_its_open_message(scripted: ModuleType, v1: bool) -> None:
-    model = scripted.ScriptedChatModel(
-        script=lambda _m: AIMessage(content="a b c d e f g h i j k l m n o p"), token_delay=0.05
-    )
-    events = CapturedEvents()
-    first_token = asyncio.Event()
-
-    def sink(event: StreamEvent) -> None:
-        events.append(event)
-        if event.type == "token":
-            first_token.set()
-
-    async def talk(state: MessagesState) -> dict[str, list[BaseMessage]]:
-        return {"messages": [await model.ainvoke("go")]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("talker", talk)
-    builder.add_edge(START, "talker")
-    builder.add_edge("talker", END)
-    task = asyncio.create_task(builder.compile().ainvoke(_user("hi"), {"callbacks": [KikiCallbackHandler(sink)]}))
-    await asyncio.wait_for(first_token.wait(), 30)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    events = await cancelled_run(scripted)
     assert events.done.status == "cancelled"
-    out = _check(_frames(events), v1=v1)
+    out = _check(frames_of(events), v1=v1)
 
     assert _of(out, "TEXT_MESSAGE_END") and _of(out, "STEP_FINISHED")
     if v1:
@@ -292,35 +237,11 @@ async def test_a_cancelled_run_closes_its_open_message(scripted: ModuleType, v1:
         assert out[-1] == {"type": "RUN_ERROR", "message": "the run was cancelled", "code": "cancelled"}
 
 
-@tool
-def lookup(key: str) -> str:
-    """Look a key up."""
-    return f"found {key}"
-
-
 @pytest.mark.asyncio
 async def test_parallel_tool_calls_in_one_chunk_each_get_their_arguments(scripted: ModuleType) -> None:
     calls = [ToolCall(name="lookup", args={"key": key}, id=f"call-{key}") for key in ("a", "b")]
-    model = scripted.ScriptedChatModel(
-        script=[AIMessage(content="Checking.", tool_calls=calls), AIMessage(content="Done.")],
-        tool_args_in_one_chunk=True,
-    )
-
-    async def agent(state: MessagesState) -> dict[str, list[BaseMessage]]:
-        return {"messages": [await model.ainvoke(state["messages"])]}
-
-    def route(state: MessagesState) -> str:
-        last = state["messages"][-1]
-        return "tools" if isinstance(last, AIMessage) and last.tool_calls else END
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("agent", agent)
-    builder.add_node("tools", ToolNode([lookup]))
-    builder.add_edge(START, "agent")
-    builder.add_conditional_edges("agent", route, ["tools", END])
-    builder.add_edge("tools", "agent")
-    events = await capture_run(builder.compile(), _user("hi"))
-    out = _check(_frames(events))
+    events = await one_chunk_run(scripted)
+    out = _check(frames_of(events))
 
     starts = _of(out, "TOOL_CALL_START")
     assert [e["toolCallId"] for e in starts] == ["call-a", "call-b"]
@@ -358,7 +279,7 @@ def _reasoning_run() -> list[StreamEvent]:
 
 @pytest.mark.parametrize("v1", [True, False])
 def test_reasoning_text_and_an_unstreamed_tool_call(v1: bool) -> None:
-    out = _check(_frames(_reasoning_run()), v1=v1)
+    out = _check(frames_of(_reasoning_run()), v1=v1)
 
     assert out[0]["threadId"] == "r1"  # no thread: the run is its own conversation
     assert [e["delta"] for e in _of(out, "TOOL_CALL_ARGS")] == ['{"key":"x"}']
@@ -374,7 +295,7 @@ def test_reasoning_text_and_an_unstreamed_tool_call(v1: bool) -> None:
 
 
 def test_a_stream_cut_short_still_closes_everything_once() -> None:
-    frames = _frames(_reasoning_run()[:6])
+    frames = frames_of(_reasoning_run()[:6])
     gap = StatusEvent(**_ENV, seq=0, status="gap", first_seq=2, detail="older events are gone")
     out = _check([gap, *frames[1:]])  # joined after a gap: no status started
 
@@ -394,7 +315,7 @@ def test_a_step_running_twice_at_once_is_opened_and_finished_once() -> None:
         events.append(AgentLifecycleEvent(**_ENV, seq=seq, agent="worker", phase=phase))  # type: ignore[arg-type]
     events.append(InterruptEvent(**_ENV, seq=6, interrupts=(InterruptInfo(value={"q": 1}),)))
     events.append(DoneEvent(**_ENV, seq=7, status="interrupted"))
-    out = _check(_frames(events))
+    out = _check(frames_of(events))
 
     assert [e["type"] for e in out if e["type"].startswith("STEP")] == ["STEP_STARTED", "STEP_FINISHED"]
     # Finished when the last of the two ended (the failed one, reported right after), not at the first.

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
-from langchain_core.messages import AIMessage, BaseMessage, ToolCall
-from langchain_core.runnables import RunnableConfig
-from langchain_core.tools import tool
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode
-from langgraph.types import interrupt
 
-from kiki_events import KikiCallbackHandler
-from kiki_events.core.runlog import Frame, Item, RunLog
-from kiki_events.events import StatusEvent, StreamEvent
+from kiki_events.core.runlog import Item
+from kiki_events.events import StatusEvent
 from kiki_events.formats import get_format
 from kiki_events.formats.aisdk import FORMAT, AISDKEncoder
 from kiki_events.server import create_app
-from kiki_events.testing import CapturedEvents, capture_run
+from kiki_events.testing import capture_run
+from tests.scenarios import cancelled_run, frames_of, interrupted_run, one_chunk_run, user
 from tests.servers import live_server
 
 # Chunk type → (required fields, optional fields), from the UI message chunk schema of ai 6.0.333
@@ -50,19 +42,6 @@ SHAPES: dict[str, tuple[set[str], set[str]]] = {
 }
 STRINGS = {"messageId", "id", "delta", "toolCallId", "toolName", "inputTextDelta", "errorText"}
 TERMINAL = {"finish", "abort"}
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": text}]}
-
-
-def frames_of(events: Iterable[StreamEvent]) -> list[Frame]:
-    events = list(events)
-    log = RunLog(events[0].run_id, len(events) + 1)
-    for event in events:
-        log.append(event)
-    frames, _ = log.read(0, len(events))
-    return frames
 
 
 def parse_body(body: bytes) -> list[dict[str, Any]]:
@@ -218,21 +197,6 @@ async def test_a_crash_sends_one_redacted_error_then_finish(research_team: Modul
     assert b"hunter2" not in json.dumps(out).encode()
 
 
-async def interrupted_run() -> CapturedEvents:
-    """A run that stops at an interrupt asking "Publish the report?"."""
-
-    def ask(state: MessagesState) -> dict[str, Any]:
-        answer = interrupt("Publish the report?")
-        return {"messages": [AIMessage(content=f"answer: {answer}")]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("approve", ask)
-    builder.add_edge(START, "approve")
-    builder.add_edge("approve", END)
-    config: RunnableConfig = {"configurable": {"thread_id": "hitl"}}
-    return await capture_run(builder.compile(checkpointer=InMemorySaver()), user("go"), config)
-
-
 @pytest.mark.asyncio
 async def test_an_interrupt_is_a_data_part_then_finish() -> None:
     events = await interrupted_run()
@@ -247,63 +211,11 @@ async def test_an_interrupt_is_a_data_part_then_finish() -> None:
 
 @pytest.mark.asyncio
 async def test_a_cancelled_run_closes_its_text_and_aborts(scripted: ModuleType) -> None:
-    model = scripted.ScriptedChatModel(
-        script=lambda _m: AIMessage(content="a b c d e f g h i j k l m n o p"), token_delay=0.05
-    )
-    events = CapturedEvents()
-    first_token = asyncio.Event()
-
-    def sink(event: StreamEvent) -> None:
-        events.append(event)
-        if event.type == "token":
-            first_token.set()
-
-    async def talk(state: MessagesState) -> dict[str, list[BaseMessage]]:
-        return {"messages": [await model.ainvoke("go")]}
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("talker", talk)
-    builder.add_edge(START, "talker")
-    builder.add_edge("talker", END)
-    task = asyncio.create_task(builder.compile().ainvoke(user("hi"), {"callbacks": [KikiCallbackHandler(sink)]}))
-    await asyncio.wait_for(first_token.wait(), 30)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    events = await cancelled_run(scripted)
     assert events.done.status == "cancelled"
     out = _check(frames_of(events))
 
     assert _of(out, "text-end") and out[-1] == {"type": "abort"} and not _of(out, "finish")
-
-
-@tool
-def lookup(key: str) -> str:
-    """Look a key up."""
-    return f"found {key}"
-
-
-async def one_chunk_run(scripted: ModuleType) -> CapturedEvents:
-    """Two tool calls whose names and arguments come in one chunk each, then an answer."""
-    calls = [ToolCall(name="lookup", args={"key": key}, id=f"call-{key}") for key in ("a", "b")]
-    model = scripted.ScriptedChatModel(
-        script=[AIMessage(content="Checking.", tool_calls=calls), AIMessage(content="Done.")],
-        tool_args_in_one_chunk=True,
-    )
-
-    async def agent(state: MessagesState) -> dict[str, list[BaseMessage]]:
-        return {"messages": [await model.ainvoke(state["messages"])]}
-
-    def route(state: MessagesState) -> str:
-        last = state["messages"][-1]
-        return "tools" if isinstance(last, AIMessage) and last.tool_calls else END
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("agent", agent)
-    builder.add_node("tools", ToolNode([lookup]))
-    builder.add_edge(START, "agent")
-    builder.add_conditional_edges("agent", route, ["tools", END])
-    builder.add_edge("tools", "agent")
-    return await capture_run(builder.compile(), user("hi"))
 
 
 @pytest.mark.asyncio

@@ -22,7 +22,7 @@ import pytest
 from kiki_events.events import StatusEvent
 from kiki_events.formats.aisdk import FORMAT
 from kiki_events.testing import capture_run
-from tests.test_format_aisdk import frames_of, interrupted_run, one_chunk_run, user
+from tests.scenarios import frames_of, interrupted_run, one_chunk_run, user
 
 REQUIRE_ENV = "KIKI_REQUIRE_NODE"
 AI_VERSION = "6"

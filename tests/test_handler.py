@@ -18,7 +18,6 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode
 from langgraph.types import Command, Send, interrupt
 from typing_extensions import TypedDict
 
@@ -28,6 +27,7 @@ from kiki_events.cli.tail import format_event
 from kiki_events.codec import encode
 from kiki_events.events import StreamEvent
 from kiki_events.testing import CapturedEvents, capture_run
+from tests.scenarios import tool_agent
 
 pytestmark = pytest.mark.asyncio
 
@@ -145,20 +145,7 @@ async def test_tool_call_names_and_argument_deltas_stream(scripted: ModuleType, 
         tool_args_in_one_chunk=one_chunk,
     )
 
-    async def agent(state: MessagesState) -> dict[str, list[BaseMessage]]:
-        return {"messages": [await model.ainvoke(state["messages"])]}
-
-    def route(state: MessagesState) -> str:
-        last = state["messages"][-1]
-        return "tools" if isinstance(last, AIMessage) and last.tool_calls else END
-
-    builder = StateGraph(MessagesState)
-    builder.add_node("agent", agent)
-    builder.add_node("tools", ToolNode([lookup]))
-    builder.add_edge(START, "agent")
-    builder.add_conditional_edges("agent", route, ["tools", END])
-    builder.add_edge("tools", "agent")
-    events = await capture_run(builder.compile(), _user("hi"))
+    events = await capture_run(tool_agent(model, [lookup]), _user("hi"))
 
     events.check_invariants()
     deltas = [e for e in events.of_type("tool_call") if e.phase == "args"]  # type: ignore[union-attr]

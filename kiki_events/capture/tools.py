@@ -144,13 +144,20 @@ class ToolsMixin(HandlerBase):
                 return tool_call_id
         return None
 
-    @guard
-    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+    def _end_tool(self, run_id: UUID) -> tuple[RunState, str, str, str | None, float] | None:
+        """The run of an ending tool run and what its start recorded (id, name, agent, start), released."""
         run = self._owner.get(run_id)
         if run is None:
-            return
+            return None
         self._release(run, run_id)
-        tool_call_id, name, agent, started = run.tools.pop(run_id, (str(run_id), "tool", None, 0.0))
+        return (run, *run.tools.pop(run_id, (str(run_id), "tool", None, 0.0)))
+
+    @guard
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        ended = self._end_tool(run_id)
+        if ended is None:
+            return
+        run, tool_call_id, name, agent, started = ended
         tool_call_id = getattr(output, "tool_call_id", None) or tool_call_id
         content = getattr(output, "content", output)
         text, truncated = self._payload(content)
@@ -169,11 +176,10 @@ class ToolsMixin(HandlerBase):
 
     @guard
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        run = self._owner.get(run_id)
-        if run is None:
+        ended = self._end_tool(run_id)
+        if ended is None:
             return
-        self._release(run, run_id)
-        tool_call_id, name, agent, started = run.tools.pop(run_id, (str(run_id), "tool", None, 0.0))
+        run, tool_call_id, name, agent, started = ended
         given = kwargs.get("tool_call_id")
         if isinstance(given, str) and given:
             tool_call_id = given

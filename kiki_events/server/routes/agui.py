@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ...formats import Encoder, Format
 from ...formats.agui import FORMAT as AGUI
 from ..auth import Principal
-from ..requests import RunRequest, ThreadId, describe_body_error, inlined_schema, read_body
+from ..requests import RunRequest, ThreadId, describe_body_error, inlined_schema
 from ..responses import errors
 from .context import RouteContext
 
@@ -205,7 +205,6 @@ _BODY_DOC = {
 def add_agui_run(router: APIRouter, ctx: RouteContext) -> None:
     """``POST /ag-ui/{graph}``: run ``graph`` for an AG-UI client and stream AG-UI events (200, SSE)."""
     Caller = Annotated[Principal, Depends(ctx.principal)]
-    settings = ctx.settings
 
     @router.post(
         "/ag-ui/{graph}",
@@ -216,9 +215,7 @@ def add_agui_run(router: APIRouter, ctx: RouteContext) -> None:
     )
     async def run_agui_agent(request: Request, graph: str, principal: Caller) -> Response:
         """Run ``graph`` on ``threadId`` for an AG-UI ``RunAgentInput`` and stream the AG-UI events."""
-        raw = await read_body(request, settings.sse.max_body_bytes, settings.server.body_timeout)
-        if graph not in ctx.runtime.graphs.names():
-            raise HTTPException(404, f"unknown graph {graph!r}")
+        raw = await ctx.read_body_for(request, graph)
         body = parse_agent_input(raw)
         handle = await ctx.start(run_request(graph, body), principal)
         return ctx.stream_started(request, handle, principal, wire_format=_AGUIStream(body))

@@ -36,7 +36,7 @@ from ...errors import KikiEventsError, RunNotFoundError
 from ...formats.aisdk import FORMAT as AISDK
 from ...formats.aisdk import STREAM_HEADER
 from ..auth import Principal
-from ..requests import RunRequest, ThreadId, describe_body_error, inlined_schema, read_body
+from ..requests import RunRequest, ThreadId, describe_body_error, inlined_schema
 from ..responses import errors
 from .context import RouteContext, raise_http
 
@@ -185,7 +185,6 @@ _BODY_DOC = {
 def add_aisdk_chat(router: APIRouter, ctx: RouteContext) -> None:
     """``POST /ai-sdk/{graph}``: run ``graph`` for ``useChat`` and stream the UI message stream (200, SSE)."""
     Caller = Annotated[Principal, Depends(ctx.principal)]
-    settings = ctx.settings
 
     @router.post(
         "/ai-sdk/{graph}",
@@ -196,9 +195,7 @@ def add_aisdk_chat(router: APIRouter, ctx: RouteContext) -> None:
     )
     async def run_aisdk_chat(request: Request, graph: str, principal: Caller) -> Response:
         """Run ``graph`` on the chat's thread for a ``useChat`` request and stream the AI SDK UI message stream."""
-        raw = await read_body(request, settings.sse.max_body_bytes, settings.server.body_timeout)
-        if graph not in ctx.runtime.graphs.names():
-            raise HTTPException(404, f"unknown graph {graph!r}")
+        raw = await ctx.read_body_for(request, graph)
         handle = await ctx.start(run_request(graph, parse_chat_request(raw)), principal)
         return ctx.stream_started(request, handle, principal, wire_format=AISDK)
 

@@ -22,7 +22,7 @@ from ...errors import (
 )
 from ...formats import DEFAULT_FORMAT, Format, format_for_accept, format_names, get_format
 from ..auth import AuthDependency, Principal, principal_dependency
-from ..requests import RunRequest
+from ..requests import RunRequest, read_body
 from ..sse import cursor_body, sse_response
 
 if TYPE_CHECKING:
@@ -137,6 +137,19 @@ class RouteContext:
             ) from None
         except KikiEventsError as exc:
             raise_http(exc)
+
+    async def read_body_for(self, request: Request, graph: str) -> bytes:
+        """The body of a request to run ``graph`` (``server`` limits: 413, 408); 404 for an unknown graph.
+
+        The graph is checked after the body is read and before it is parsed, so any
+        body posted to an unknown graph is a 404.
+        """
+        raw = await read_body(request, self.settings.sse.max_body_bytes, self.settings.server.body_timeout)
+        try:
+            self.runtime.graphs.get(graph)
+        except UnknownGraphError as exc:
+            raise_http(exc)
+        return raw
 
     def stream_started(
         self,
