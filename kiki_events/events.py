@@ -169,11 +169,17 @@ class ToolResultEvent(_Event):
 
 
 class CustomEvent(_Event):
-    """A user event: ``adispatch_custom_event`` or LangGraph's stream writer."""
+    """A user event: ``adispatch_custom_event`` or LangGraph's stream writer.
+
+    One emitted while a tool runs carries that call's ``tool_call_id``: it is the
+    call's progress, shown under the call and mapped to each format's tool progress.
+    """
 
     type: Literal["custom"] = "custom"
     name: str
     data: Any = None
+    tool_call_id: str | None = None
+    """The tool call running when the event was emitted (its progress), else ``None``."""
 
 
 class InterruptInfo(BaseModel):

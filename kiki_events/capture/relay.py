@@ -15,7 +15,7 @@ from uuid import UUID
 from ..events import CustomEvent, DoneEvent, StreamEvent, TokenEvent, trusted_token
 from .base import HandlerBase, guard, now
 from .ids import agent_path
-from .state import add_usage
+from .state import RUNNING_TOOL, add_usage
 
 __all__ = ["RelayMixin"]
 
@@ -39,7 +39,38 @@ class RelayMixin(HandlerBase):
         run = self._owner.get(run_id)
         if run is None:
             return
-        self._send(run, CustomEvent, agent=agent_path(metadata), name=str(name), data=self._jsonable(data))
+        running = RUNNING_TOOL.get()
+        tool_call_id = running[1] if running is not None and running[0] == run.run_id else None
+        self._send(
+            run,
+            CustomEvent,
+            agent=agent_path(metadata),
+            name=str(name),
+            data=self._jsonable(data),
+            tool_call_id=tool_call_id,
+        )
+
+    @guard
+    def on_stream_write(self, run_id: str, namespace: tuple[str, ...], data: Any) -> None:
+        """A write of LangGraph's stream writer in the live run ``run_id``: a ``custom`` event named ``stream``.
+
+        ``namespace`` is the (sub)graph the writing node runs in, as LangGraph's
+        ``custom`` stream mode gives it. The write belongs to a tool call when its
+        ``data`` names one (a ``tool_call_id`` key) or when exactly one tool call of
+        the run is running; it then carries that call's ``tool_call_id`` and agent.
+        """
+        run = self._runs.get(run_id)
+        if run is None:
+            return
+        tool_call_id: str | None = None
+        agent: str | None = "/".join(part.split(":", 1)[0] for part in namespace) or None
+        named = data.get("tool_call_id") if isinstance(data, dict) else None
+        for call_id, _name, tool_agent, _started in run.tools.values():
+            if call_id == named or (named is None and len(run.tools) == 1):
+                tool_call_id, agent = call_id, tool_agent
+        if tool_call_id is None and isinstance(named, str):
+            tool_call_id = named
+        self._send(run, CustomEvent, agent=agent, name="stream", data=self._jsonable(data), tool_call_id=tool_call_id)
 
     def run_id_of(self, lc_run_id: UUID | None) -> str | None:
         """Our run id of the live root run that LangChain run ``lc_run_id`` belongs to."""

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from ..events import Usage
 
-__all__ = ["LLMCallState", "NodeState", "RunState", "ToolCallState", "add_usage"]
+__all__ = ["RUNNING_TOOL", "LLMCallState", "NodeState", "RunState", "ToolCallState", "add_usage"]
+
+RUNNING_TOOL: ContextVar[tuple[str, str, str | None] | None] = ContextVar("kiki_running_tool", default=None)
+"""(our run id, tool_call_id, agent) of the tool call running in this context.
+
+The handler runs inline, so ``on_tool_start`` sets it in the tool's own context: what
+the tool body does next (``adispatch_custom_event``, a stream writer write) sees it.
+"""
 
 
 @dataclass

@@ -12,7 +12,7 @@ from ..events import ToolCallEvent, ToolResultEvent
 from ..redaction import redact_error
 from .base import CANCELLED, HandlerBase, guard
 from .ids import agent_path, runnable_name
-from .state import LLMCallState, RunState, ToolCallState
+from .state import RUNNING_TOOL, LLMCallState, RunState, ToolCallState
 
 __all__ = ["ToolsMixin"]
 
@@ -128,7 +128,9 @@ class ToolsMixin(HandlerBase):
             tool_call_id = self._match_pending(run, name, inputs if inputs is not None else input_str)
         else:
             run.pending_tool_calls = [p for p in run.pending_tool_calls if p[0] != tool_call_id]
-        run.tools[run_id] = (tool_call_id or str(run_id), name, agent_path(metadata), time.perf_counter())
+        agent = agent_path(metadata)
+        run.tools[run_id] = (tool_call_id or str(run_id), name, agent, time.perf_counter())
+        RUNNING_TOOL.set((run.run_id, tool_call_id or str(run_id), agent))
 
     def _match_pending(self, run: RunState, name: str, inputs: Any) -> str | None:
         """Without a ``tool_call_id`` (e.g. astream_events), pair by name and arguments."""
@@ -150,7 +152,11 @@ class ToolsMixin(HandlerBase):
         if run is None:
             return None
         self._release(run, run_id)
-        return (run, *run.tools.pop(run_id, (str(run_id), "tool", None, 0.0)))
+        ended = run.tools.pop(run_id, (str(run_id), "tool", None, 0.0))
+        running = RUNNING_TOOL.get()
+        if running is not None and running[1] == ended[0]:
+            RUNNING_TOOL.set(None)
+        return (run, *ended)
 
     @guard
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:

@@ -15,8 +15,11 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.pregel import Pregel
 
 from ..capture.handler import KikiCallbackHandler, new_run_id
 from ..config import HandlerSettings, RunSettings
@@ -68,10 +71,10 @@ async def _execute(
 ) -> RunStatus:
     try:
         if scope is None:
-            await graph.ainvoke(input, config=dict(config))
+            await _consume(graph, input, config, handler, run_id)
         else:
             with scope():
-                await graph.ainvoke(input, config=dict(config))
+                await _consume(graph, input, config, handler, run_id)
     except asyncio.CancelledError:
         handler.finish_run(run_id, "cancelled")
         raise
@@ -86,6 +89,22 @@ async def _execute(
         raise
     handler.finish_run(run_id, "success")
     return "success"
+
+
+async def _consume(
+    graph: Any, input: Any, config: Mapping[str, Any], handler: KikiCallbackHandler, run_id: str
+) -> None:
+    """Run ``graph`` to its end; what its nodes write with LangGraph's stream writer becomes events.
+
+    Any other runnable is invoked.
+    """
+    if not isinstance(graph, Pregel):
+        await graph.ainvoke(input, config=dict(config))
+        return
+    async for namespace, data in graph.astream(
+        input, cast(RunnableConfig, dict(config)), stream_mode="custom", subgraphs=True
+    ):
+        handler.on_stream_write(run_id, namespace, data)
 
 
 def ensure_done(task: asyncio.Task[RunStatus], handler: KikiCallbackHandler, run_id: str) -> None:
