@@ -15,6 +15,7 @@ working for callers who do not know this library::
     ├── GraphLoadError (ImportError)        ``path.py:attr`` cannot be loaded
     ├── TransportError (ConnectionError)    the cross-node transport (Redis) cannot be reached
     ├── CheckpointerError (ConnectionError) the checkpointer's database cannot be opened
+    ├── StoreError (ConnectionError)        the event store's database cannot be used
     ├── WireError (ValueError)              bytes from another node are not an acceptable frame
     ├── RunError (RuntimeError)
     │   ├── RunNotFoundError (LookupError)  unknown (or someone else's) run
@@ -46,6 +47,7 @@ __all__ = [
     "RunError",
     "RunLimitError",
     "RunNotFoundError",
+    "StoreError",
     "SubscriptionOverflowError",
     "TransportError",
     "UnknownFormatError",
@@ -104,6 +106,10 @@ class TransportError(KikiEventsError, ConnectionError):
 
 class CheckpointerError(KikiEventsError, ConnectionError):
     """The checkpointer's database (``runs.checkpointer``) cannot be opened or set up."""
+
+
+class StoreError(KikiEventsError, ConnectionError):
+    """The event store's database (``store``) cannot be opened, migrated, written or read."""
 
 
 class WireError(KikiEventsError, ValueError):

@@ -8,7 +8,7 @@ raised before anything starts.
 
 Every key, its default and its meaning: ``docs/config.md``. The sections live in
 one module per concern (:mod:`.eventbus`, :mod:`.runs`, :mod:`.server`,
-:mod:`.observability`); reading the file is :mod:`.loading`.
+:mod:`.observability`, :mod:`.store`); reading the file is :mod:`.loading`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from .loading import ENV_PREFIX, describe, read_settings_data
 from .observability import LangfuseSettings, LoggingSettings, MetricsSettings
 from .runs import CheckpointerSettings, HandlerSettings, HandoffSettings, RunSettings, resolve_concurrency
 from .server import AuthSettings, ServerSettings, SSESettings
+from .store import StoreSettings
 from .values import Duration, KeyProblem, Section, parse_duration
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "SSESettings",
     "ServerSettings",
     "Settings",
+    "StoreSettings",
     "SubscribeSettings",
     "check_redis_url",
     "load_settings",
@@ -76,6 +78,7 @@ class Settings(Section):
     langfuse: LangfuseSettings = LangfuseSettings()
     logging: LoggingSettings = LoggingSettings()
     server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
     graphs: dict[str, str] = Field(default_factory=dict)
     """Graph name → reference like ``./agents/research_team.py:graph``."""
 

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..core.manager import RunManager
     from ..core.store import RunStore
     from ..core.tracing import RunTracing
+    from ..history import EventStore
     from ..redis.types import Redis
     from ..sinks.metrics import KikiMetrics
     from ..sinks.parts import BridgeView, PartsMetrics
@@ -55,6 +56,7 @@ __all__ = [
     "create_parts_metrics",
     "create_tracing",
     "create_transport",
+    "history_of",
 ]
 
 
@@ -173,6 +175,13 @@ def create_metrics(registry: CollectorRegistry) -> KikiMetrics:
 def build_sinks(context: SinkContext) -> SinkSet:
     """The per-event sinks the settings turn on, in the order of :data:`~kiki_events.sinks.SINKS`."""
     return SinkSet(sink for factory in SINKS if (sink := factory(context)) is not None)
+
+
+def history_of(sinks: SinkSet) -> EventStore | None:
+    """The event store the history sink among ``sinks`` writes to (``None``: the store is off)."""
+    from ..sinks.history import HistorySink
+
+    return next((sink.store for sink in sinks.sinks if isinstance(sink, HistorySink)), None)
 
 
 def create_parts_metrics(

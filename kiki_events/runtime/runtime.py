@@ -46,6 +46,7 @@ from .build import (
     create_parts_metrics,
     create_tracing,
     create_transport,
+    history_of,
 )
 from .checkpoint import open_checkpointer, recorded_owner
 
@@ -146,9 +147,13 @@ class KikiRuntime:
             )
         self._metrics_task: asyncio.Task[None] | None = None
         registry = self._registry if self.metrics is not None else None
-        context = SinkContext(settings, node=self.node, registry=registry, metrics=self.metrics)
+        context = SinkContext(
+            settings, node=self.node, registry=registry, metrics=self.metrics, lookup_run=self.store.peek
+        )
         self.sinks = build_sinks(context)
         """Per-event sinks (:mod:`kiki_events.sinks`), attached to the bus while the runtime runs."""
+        self.history = history_of(self.sinks)
+        """The event store (:mod:`kiki_events.history`) while running; ``None`` unless ``store.enabled``."""
         # Agents across nodes (kiki_events.handoff): delegate to and serve agents
         # through Redis; None with another provider.
         self.handoff: Handoff | None = create_handoff(

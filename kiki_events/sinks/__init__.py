@@ -6,7 +6,8 @@ Two kinds live here:
   published on this node; the composition root builds the ones the settings turn
   on (:func:`kiki_events.runtime.build.build_sinks`), attaches them when the
   runtime starts and detaches and closes them when it stops. Ours is
-  :mod:`.eventmetrics`, which keeps the event-fed Prometheus metrics;
+  :mod:`.eventmetrics`, which keeps the event-fed Prometheus metrics, and
+  :mod:`.history`, which feeds the durable event store (:mod:`kiki_events.history`);
 * the Prometheus metrics themselves (:mod:`.metrics`, defined on the runtime's
   registry) and the copy of the runtime parts' counters into them (:mod:`.parts`).
 
@@ -16,7 +17,7 @@ settings turn it off; import heavy dependencies inside it), and one registration
 line in :data:`SINKS` below. Nothing else changes.
 """
 
-from . import eventmetrics
+from . import eventmetrics, history
 from .base import Sink, SinkContext, SinkFactory, SinkSet
 
 __all__ = ["SINKS", "Sink", "SinkContext", "SinkFactory", "SinkSet"]
@@ -24,5 +25,6 @@ __all__ = ["SINKS", "Sink", "SinkContext", "SinkFactory", "SinkSet"]
 SINKS: tuple[SinkFactory, ...] = (
     # One line per sink, in attach order, e.g. ``stdout.create,``.
     eventmetrics.create,
+    history.create,
 )
 """The factories of every per-event sink, in the order their sinks are attached."""

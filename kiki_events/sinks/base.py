@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from ..config import Settings
     from ..core.bus import EventBus
+    from ..core.runrecord import RunRecord
     from .metrics import KikiMetrics
 
 __all__ = ["Sink", "SinkContext", "SinkFactory", "SinkSet"]
@@ -66,6 +67,8 @@ class SinkContext:
     """The runtime's Prometheus registry, for a sink with metrics of its own (``None``: metrics off)."""
     metrics: KikiMetrics | None = None
     """The runtime's ``kiki_`` metrics on that registry (``None``: metrics off)."""
+    lookup_run: Callable[[str], RunRecord | None] | None = None
+    """What the run store knows of a run (owner, graph, node, thread), by run id (``None``: nothing)."""
 
 
 SinkFactory: TypeAlias = "Callable[[SinkContext], Sink | None]"

@@ -1,0 +1,172 @@
+"""The PostgreSQL event store: psycopg 3 (async) through a connection pool.
+
+Several nodes can share one database: writes are idempotent (``ON CONFLICT``), and
+migrations take an advisory lock so two nodes starting together migrate once.
+A batch's events go in one multi-row ``INSERT … SELECT FROM unnest(…)`` (one
+statement, one round trip, whatever the batch's size). ``psycopg`` and
+``psycopg_pool`` come with the ``postgres`` extra; they are imported when the store
+is made.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MissingDependencyError, StoreError
+from .base import Batch
+from .migrations import SCHEMA_TABLE, migrations, statements
+from .queries import SqlStore
+from .sql import AGENT_INSERT, RUN_UPSERT, THREAD_INSERT
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+__all__ = ["PostgresStore"]
+
+_EVENTS_UNNEST = (
+    "INSERT INTO events (run_id, seq, ts, type, agent, body) "
+    "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::float8[], %s::text[], %s::text[], %s::bytea[]) "
+    "ON CONFLICT (run_id, seq) DO NOTHING"
+)
+_LOCK = "SELECT pg_advisory_xact_lock(7345012699)"
+"""Serialises migrations of nodes starting at once (the key is this library's own)."""
+
+
+def _dialect(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+class PostgresStore(SqlStore):
+    """An :class:`~kiki_events.history.base.EventStore` in the PostgreSQL database ``dsn``.
+
+    Args:
+        dsn: a libpq connection string or URL.
+        pool_size: most connections open at once.
+        timeout: seconds an operation waits for a connection before failing.
+    """
+
+    backend = "postgres"
+    same = "IS NOT DISTINCT FROM"
+
+    def __init__(self, dsn: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - the extra is installed in tests
+            raise MissingDependencyError(
+                "store.backend: postgres needs psycopg 3 and psycopg_pool: pip install 'kiki-events[postgres]'"
+            ) from exc
+        self._dsn = dsn
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
+
+    def __repr__(self) -> str:
+        return "PostgresStore(<dsn>)"
+
+    async def open(self) -> None:
+        """Open the pool and apply the migrations the database lacks.
+
+        Raises:
+            StoreError: the database cannot be reached or its schema is newer than this library's.
+        """
+        import psycopg
+        from psycopg_pool import AsyncConnectionPool
+
+        if self._pool is not None:
+            return
+        pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            self._dsn,
+            min_size=0,
+            max_size=self.pool_size,
+            open=False,
+            timeout=self.timeout,
+            check=AsyncConnectionPool.check_connection,
+            kwargs={"connect_timeout": max(1, int(self.timeout))},
+            name="kiki-history",
+        )
+        await pool.open(wait=False)
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                await self._migrate(conn)
+        except psycopg.Error as exc:
+            await pool.close()
+            raise StoreError(f"cannot open the event store's database: {exc}") from exc
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    @staticmethod
+    async def _migrate(conn: AsyncConnection[tuple[Any, ...]]) -> None:
+        available = migrations("postgres")
+        await conn.execute(_LOCK)
+        await conn.execute(SCHEMA_TABLE)
+        cursor = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        row = await cursor.fetchone()
+        current = int(row[0]) if row is not None else 0
+        if current > len(available):
+            raise StoreError(
+                f"the event store's database is at schema version {current}, newer than this library's {len(available)}"
+            )
+        for version, name, sql in available[current:]:
+            for statement in statements(sql):
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_version VALUES (%s, %s, %s)", (version, name, time.time()))
+
+    async def close(self) -> None:
+        """Close the pool (idempotent)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def _require(self) -> AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]:
+        if self._pool is None:
+            raise StoreError("the event store is not open")
+        return self._pool
+
+    async def _fetch(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        import psycopg
+
+        pool = self._require()
+        try:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(_dialect(sql), tuple(params))
+                return await cursor.fetchall()
+        except psycopg.Error as exc:
+            raise StoreError(f"event store query failed: {exc}") from exc
+
+    async def _transaction(self, work: Sequence[tuple[str, Sequence[Sequence[object]]]]) -> None:
+        import psycopg
+
+        pool = self._require()
+        try:
+            async with pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                for sql, rows in work:
+                    if rows:
+                        await cursor.executemany(_dialect(sql), rows)
+        except psycopg.Error as exc:
+            raise StoreError(f"event store write failed: {exc}") from exc
+
+    async def write(self, batch: Batch) -> None:
+        """Store ``batch`` in one transaction; its events in one statement."""
+        import psycopg
+
+        pool = self._require()
+        columns: list[list[Any]] = [[], [], [], [], [], []]
+        for row in batch.events:
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        try:
+            async with pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                small = ((THREAD_INSERT, batch.threads), (RUN_UPSERT, batch.runs), (AGENT_INSERT, batch.agents))
+                for sql, rows in small:
+                    if rows:
+                        await cursor.executemany(_dialect(sql), rows)
+                if batch.events:
+                    await cursor.execute(_EVENTS_UNNEST, columns)
+        except psycopg.Error as exc:
+            raise StoreError(f"event store write failed: {exc}") from exc

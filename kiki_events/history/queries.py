@@ -1,0 +1,392 @@
+"""The query API, written once in SQL for every backend (:class:`SqlStore`).
+
+A backend subclasses :class:`SqlStore` and supplies how statements run:
+:meth:`SqlStore._fetch` (one read) and :meth:`SqlStore._transaction` (statements,
+each with its rows, in one transaction). Everything else — writing a batch,
+retention, and every query with its ownership rules — is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..codec import decode
+from ..errors import InvalidArgumentError, RunNotFoundError
+from ..events import StreamEvent
+from .base import ANYONE, Batch, Causation, EventPage, Link, Principal, RunPage, StoredRun, StoredStatus
+from .sql import (
+    AGENT_INSERT,
+    EVENT_INSERT,
+    RUN_COLUMNS,
+    RUN_UPSERT,
+    THREAD_INSERT,
+    agent_clause,
+    caused_by,
+    decode_cursor,
+    encode_cursor,
+    in_list,
+    owner_clause,
+    run_from_row,
+    split_event_id,
+    visible_clause,
+)
+
+__all__ = ["MAX_LIMIT", "SqlStore"]
+
+MAX_LIMIT = 10_000
+"""Largest ``limit`` a query accepts."""
+
+_RUN_SELECT = "SELECT " + ", ".join(f"r.{c}" for c in RUN_COLUMNS) + " FROM runs r"
+_STATUSES = ("running", "success", "error", "interrupted", "cancelled")
+
+
+def _limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+        raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
+    return limit
+
+
+class SqlStore:
+    """The shared part of the SQL backends (see the module docstring)."""
+
+    backend = "sql"
+    same = "IS"
+    """Null-safe equality in this dialect."""
+
+    # -- what a backend supplies -----------------------------------------------------------
+    async def _fetch(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    async def _transaction(self, statements: Sequence[tuple[str, Sequence[Sequence[object]]]]) -> None:
+        raise NotImplementedError
+
+    # -- writing ---------------------------------------------------------------------------
+    async def write(self, batch: Batch) -> None:
+        """Store ``batch`` in one transaction (idempotent)."""
+        await self._transaction(
+            [
+                (THREAD_INSERT, batch.threads),
+                (RUN_UPSERT, batch.runs),
+                (AGENT_INSERT, batch.agents),
+                (EVENT_INSERT, batch.events),
+            ]
+        )
+
+    async def delete_finished(self, before: float, *, limit: int = 500) -> int:
+        """Delete up to ``limit`` runs that ended before ``before`` (and their events, agents, empty threads)."""
+        rows = await self._fetch(
+            "SELECT run_id, thread_id FROM runs WHERE ended_at < ? ORDER BY ended_at LIMIT ?", [before, _limit(limit)]
+        )
+        if not rows:
+            return 0
+        ids = [[row[0]] for row in rows]
+        threads = sorted({row[1] for row in rows if row[1] is not None})
+        await self._transaction(
+            [
+                ("DELETE FROM events WHERE run_id = ?", ids),
+                ("DELETE FROM run_agents WHERE run_id = ?", ids),
+                ("DELETE FROM runs WHERE run_id = ?", ids),
+                (
+                    "DELETE FROM threads WHERE thread_id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM runs WHERE runs.thread_id = threads.thread_id)",
+                    [[thread] for thread in threads],
+                ),
+            ]
+        )
+        return len(rows)
+
+    async def schema_version(self) -> int:
+        """The last migration applied."""
+        rows = await self._fetch("SELECT MAX(version) FROM schema_version", [])
+        return int(rows[0][0] or 0)
+
+    # -- runs ------------------------------------------------------------------------------
+    async def runs(
+        self,
+        principal: Principal,
+        *,
+        thread_id: str | None = None,
+        graph: str | None = None,
+        agent: str | None = None,
+        status: StoredStatus | Sequence[StoredStatus] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        owner: Principal = ANYONE,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs that started in ``[since, until)`` and match every filter given, newest first.
+
+        ``agent`` keeps runs in which that agent (or one below it) produced events;
+        ``status`` is one status or several; ``owner`` keeps one principal's runs
+        (useful with ``principal=ANYONE``). Pass the page's ``cursor`` back for the next page.
+        """
+        where, params = self._where_visible(principal)
+        owned, owned_params = owner_clause(owner, self.same)
+        where.append(owned)
+        params += owned_params
+        for column, value in (("r.thread_id", thread_id), ("r.graph", graph)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if agent is not None:
+            clause, more = agent_clause(agent, "a.agent")
+            where.append(f"r.run_id IN (SELECT a.run_id FROM run_agents a WHERE {clause})")
+            params += more
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            unknown = [s for s in statuses if s not in _STATUSES]
+            if unknown or not statuses:
+                raise InvalidArgumentError(f"status must be among {', '.join(_STATUSES)}, got {statuses!r}")
+            clause, more = in_list("r.status", statuses)
+            where.append(clause)
+            params += more
+        self._time_range(where, params, "r.started_at", since, until)
+        if cursor is not None:
+            started, run_id = decode_cursor(cursor, (float, str))
+            where.append("(r.started_at < ? OR (r.started_at = ? AND r.run_id < ?))")
+            params += [started, started, run_id]
+        size = _limit(limit)
+        sql = f"{_RUN_SELECT} WHERE {' AND '.join(where)} ORDER BY r.started_at DESC, r.run_id DESC LIMIT ?"
+        rows = await self._fetch(sql, [*params, size + 1])
+        runs = await self._with_agents(rows[:size])
+        more_left = len(rows) > size
+        return RunPage(runs, encode_cursor(runs[-1].started_at, runs[-1].run_id) if more_left else None)
+
+    async def run(self, run_id: str, principal: Principal) -> StoredRun:
+        """The run ``run_id`` as ``principal`` sees it.
+
+        Raises:
+            RunNotFoundError: not stored, or not ``principal``'s.
+        """
+        found = await self._find_runs([run_id], principal)
+        if not found:
+            raise RunNotFoundError(f"run {run_id!r} not found")
+        return found[0]
+
+    # -- events ----------------------------------------------------------------------------
+    async def events(
+        self,
+        principal: Principal,
+        *,
+        run_id: str | None = None,
+        thread_id: str | None = None,
+        types: Sequence[str] = (),
+        agent: str | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        cursor: str | None = None,
+    ) -> EventPage:
+        """The events of one run (``seq > after``), or of one thread's runs (oldest run first), in order.
+
+        A thread's events are those of the runs listed on it (a delegate whose events
+        were relayed into another run is shown there). Filters: ``types`` (event
+        types), ``agent`` (that agent and those below it).
+
+        Raises:
+            RunNotFoundError: the run (or thread) is not stored or not ``principal``'s.
+            InvalidArgumentError: neither or both of ``run_id`` and ``thread_id``.
+        """
+        if (run_id is None) == (thread_id is None):
+            raise InvalidArgumentError("events() needs exactly one of run_id and thread_id")
+        size = _limit(limit)
+        where, params = self._event_filters(types, agent)
+        if run_id is not None:
+            await self.run(run_id, principal)
+            if cursor is not None:
+                (after,) = decode_cursor(cursor, (int,))
+            sql = f"SELECT e.body, e.seq FROM events e WHERE e.run_id = ? AND e.seq > ?{where} ORDER BY e.seq LIMIT ?"
+            rows = await self._fetch(sql, [run_id, after, *params, size + 1])
+            events = [decode(bytes(row[0])) for row in rows[:size]]
+            return EventPage(events, encode_cursor(rows[size - 1][1]) if len(rows) > size else None)
+        return await self._thread_events(principal, str(thread_id), where, params, size, cursor)
+
+    async def _thread_events(
+        self, principal: Principal, thread_id: str, where: str, params: list[object], size: int, cursor: str | None
+    ) -> EventPage:
+        visible, visible_params = visible_clause(principal, self.same)
+        listed = await self._fetch(
+            f"SELECT COUNT(*) FROM runs r WHERE r.thread_id = ? AND {visible}", [thread_id, *visible_params]
+        )
+        if not listed[0][0]:
+            raise RunNotFoundError(f"thread {thread_id!r} not found")
+        key = ""
+        key_params: list[object] = []
+        if cursor is not None:
+            started, run_id, seq = decode_cursor(cursor, (float, str, int))
+            key = " AND (r.started_at > ? OR (r.started_at = ? AND (r.run_id > ? OR (r.run_id = ? AND e.seq > ?))))"
+            key_params = [started, started, run_id, run_id, seq]
+        sql = (
+            "SELECT e.body, r.started_at, r.run_id, e.seq FROM events e JOIN runs r ON r.run_id = e.run_id "
+            f"WHERE r.thread_id = ? AND r.relayed_into IS NULL AND {visible}{where}{key} "
+            "ORDER BY r.started_at, r.run_id, e.seq LIMIT ?"
+        )
+        rows = await self._fetch(sql, [thread_id, *visible_params, *params, *key_params, size + 1])
+        events = [decode(bytes(row[0])) for row in rows[:size]]
+        last = rows[size - 1] if len(rows) > size else None
+        return EventPage(events, encode_cursor(last[1], last[2], last[3]) if last is not None else None)
+
+    async def search(
+        self,
+        principal: Principal,
+        *,
+        types: Sequence[str] = (),
+        agent: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
+    ) -> EventPage:
+        """Events of every run ``principal`` may see, with ``ts`` in ``[since, until)``, oldest first.
+
+        E.g. the last day's tool results: ``search(p, types=["tool_result"], since=time.time() - 86400)``.
+        """
+        size = _limit(limit)
+        where, params = self._event_filters(types, agent)
+        visible, visible_params = visible_clause(principal, self.same)
+        clauses: list[str] = []
+        times: list[object] = []
+        self._time_range(clauses, times, "e.ts", since, until)
+        if cursor is not None:
+            ts, run_id, seq = decode_cursor(cursor, (float, str, int))
+            clauses.append("(e.ts > ? OR (e.ts = ? AND (e.run_id > ? OR (e.run_id = ? AND e.seq > ?))))")
+            times += [ts, ts, run_id, run_id, seq]
+        extra = "".join(f" AND {clause}" for clause in clauses)
+        sql = (
+            "SELECT e.body, e.ts, e.run_id, e.seq FROM events e JOIN runs r ON r.run_id = e.run_id "
+            f"WHERE {visible}{where}{extra} ORDER BY e.ts, e.run_id, e.seq LIMIT ?"
+        )
+        rows = await self._fetch(sql, [*visible_params, *params, *times, size + 1])
+        events = [decode(bytes(row[0])) for row in rows[:size]]
+        last = rows[size - 1] if len(rows) > size else None
+        return EventPage(events, encode_cursor(float(last[1]), last[2], last[3]) if last is not None else None)
+
+    # -- causation -------------------------------------------------------------------------
+    async def causation(
+        self, principal: Principal, *, run_id: str | None = None, event_id: str | None = None, depth: int = 16
+    ) -> Causation:
+        """The causation chain of a run, or of an event (``"<run_id>:<seq>"``), both directions.
+
+        Causes: the event's ``causation_id`` (for an event that has one), else its run's,
+        followed up run by run. Effects: the runs whose ``causation_id`` is the event
+        (or, for a run, the runs it caused through any of its events), then theirs.
+        At most ``depth`` steps each way.
+
+        Raises:
+            RunNotFoundError: the run or event is not stored or not ``principal``'s.
+            InvalidArgumentError: neither or both of ``run_id`` and ``event_id``.
+        """
+        if (run_id is None) == (event_id is None):
+            raise InvalidArgumentError("causation() needs exactly one of run_id and event_id")
+        event: StreamEvent | None = None
+        if event_id is not None:
+            run_id, seq = split_event_id(event_id)
+            run = await self.run(run_id, principal)
+            rows = await self._fetch("SELECT body FROM events WHERE run_id = ? AND seq = ?", [run_id, seq])
+            if not rows:
+                raise RunNotFoundError(f"event {event_id!r} not found")
+            event = decode(bytes(rows[0][0]))
+            cause = event.causation_id or run.causation_id
+        else:
+            run = await self.run(str(run_id), principal)
+            cause = run.causation_id
+        causes = await self._causes(principal, cause, depth)
+        if event_id is not None:
+            first = await self._fetch("SELECT r.run_id FROM runs r WHERE r.causation_id = ?", [event_id])
+            start: list[tuple[str, str]] = [(str(row[0]), event_id) for row in first]
+            effects = await self._effects(principal, start, depth)
+        else:
+            effects = await self._effects(principal, None, depth, root=run.run_id)
+        return Causation(run, event, causes, effects)
+
+    async def _causes(self, principal: Principal, cause: str | None, depth: int) -> list[Link]:
+        links: list[Link] = []
+        seen: set[str] = set()
+        while cause is not None and len(links) < depth:
+            parent = caused_by(cause)
+            if parent is None or parent in seen:
+                break
+            found = await self._find_runs([parent], principal)
+            if not found:
+                break
+            seen.add(parent)
+            links.append(Link(found[0], len(links) + 1, cause))
+            cause = found[0].causation_id
+        return links
+
+    async def _effects(
+        self, principal: Principal, start: list[tuple[str, str]] | None, depth: int, *, root: str | None = None
+    ) -> list[Link]:
+        links: list[Link] = []
+        seen = {root} if root is not None else set()
+        frontier = [root] if root is not None else []
+        level = 1
+        pending = start
+        while level <= depth:
+            if pending is None:
+                if not frontier:
+                    break
+                clause, params = in_list("r.caused_by", frontier)
+                rows = await self._fetch(f"SELECT r.run_id, r.causation_id FROM runs r WHERE {clause}", params)
+                pending = [(str(row[0]), str(row[1])) for row in rows]
+            fresh = [(run_id, via) for run_id, via in pending if run_id not in seen]
+            found = {run.run_id: run for run in await self._find_runs([r for r, _ in fresh], principal)}
+            frontier = []
+            for run_id, via in sorted(fresh, key=lambda item: item[0]):
+                if run_id in found and run_id not in seen:
+                    seen.add(run_id)
+                    frontier.append(run_id)
+                    links.append(Link(found[run_id], level, via))
+            pending = None
+            level += 1
+        return sorted(links, key=lambda link: (link.depth, link.run.started_at, link.run.run_id))
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _where_visible(self, principal: Principal) -> tuple[list[str], list[object]]:
+        clause, params = visible_clause(principal, self.same)
+        return [clause], params
+
+    @staticmethod
+    def _time_range(
+        where: list[str], params: list[object], column: str, since: float | None, until: float | None
+    ) -> None:
+        if since is not None:
+            where.append(f"{column} >= ?")
+            params.append(float(since))
+        if until is not None:
+            where.append(f"{column} < ?")
+            params.append(float(until))
+
+    @staticmethod
+    def _event_filters(types: Sequence[str], agent: str | None) -> tuple[str, list[object]]:
+        if isinstance(types, str):
+            types = [types]
+        where = ""
+        params: list[object] = []
+        if types:
+            clause, more = in_list("e.type", list(types))
+            where += f" AND {clause}"
+            params += more
+        if agent is not None:
+            clause, more = agent_clause(agent, "e.agent")
+            where += f" AND {clause}"
+            params += more
+        return where, params
+
+    async def _find_runs(self, run_ids: Sequence[str], principal: Principal) -> list[StoredRun]:
+        if not run_ids:
+            return []
+        visible, params = visible_clause(principal, self.same)
+        clause, ids = in_list("r.run_id", list(run_ids))
+        rows = await self._fetch(f"{_RUN_SELECT} WHERE {clause} AND {visible}", [*ids, *params])
+        return await self._with_agents(rows)
+
+    async def _with_agents(self, rows: Sequence[Sequence[Any]]) -> list[StoredRun]:
+        if not rows:
+            return []
+        clause, ids = in_list("run_id", [row[0] for row in rows])
+        agents: dict[str, list[str]] = {}
+        for run_id, agent in await self._fetch(f"SELECT run_id, agent FROM run_agents WHERE {clause}", ids):
+            agents.setdefault(run_id, []).append(agent)
+        return [run_from_row(row, agents.get(row[0], ())) for row in rows]

@@ -1,0 +1,260 @@
+"""The writer: events in, batches out, one transaction at a time, off the graph's path.
+
+:meth:`HistoryWriter.add` is what the bus's sink calls for each event: it counts the
+event into its run's row and appends it to a bounded buffer, nothing more (no I/O,
+no encoding, no await). One supervised task takes up to ``batch_size`` events at a
+time (waiting ``flush_interval`` for a batch to fill) with the rows of the runs they
+changed, and writes them in one transaction. While the database cannot be written,
+the batch stays at the head of the buffer and is retried with a backoff; new events
+queue behind it until ``buffer_size``, beyond which they are dropped and counted
+(:attr:`HistoryWriter.dropped`). A second task deletes finished runs older than the
+retention in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from ..codec import encode
+from ..core.tasks import Backoff, stop_tasks, supervise
+from ..errors import InvalidArgumentError, StoreError
+from ..events import StreamEvent
+from ..log import get_logger
+from .base import Batch, EventStore
+from .tally import RunMeta, RunTally
+
+__all__ = ["HistoryWriter"]
+
+logger = get_logger("kiki_events.history")
+
+RETENTION_BATCH = 500
+"""Runs deleted per retention transaction."""
+
+
+class HistoryWriter:
+    """Feeds an :class:`~kiki_events.history.base.EventStore` from events (see the module docstring).
+
+    Args:
+        store: where to write (opened by :meth:`start`, retried in the background while it fails).
+        batch_size: most events written per transaction.
+        flush_interval: seconds a first event waits for others to join its batch.
+        buffer_size: events waiting at most; beyond it new ones are dropped and counted.
+        retention: seconds a finished run is kept (``None``: for ever).
+        retention_interval: seconds between retention sweeps.
+        lookup: what the run store knows of a run (its owner, graph, node, thread),
+            asked at a run's first event and at its ``done``.
+        max_runs: runs tallied at once; beyond it the oldest are forgotten (their rows stay).
+        on_drop: called once per dropped event (e.g. to count it in a metric).
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        *,
+        batch_size: int = 500,
+        flush_interval: float = 0.005,
+        buffer_size: int = 100_000,
+        retention: float | None = None,
+        retention_interval: float = 3600.0,
+        lookup: Callable[[str], RunMeta | None] | None = None,
+        max_runs: int = 10_000,
+        on_drop: Callable[[], None] | None = None,
+    ) -> None:
+        if batch_size < 1 or buffer_size < 1 or max_runs < 1 or flush_interval < 0 or retention_interval <= 0:
+            raise InvalidArgumentError(
+                "HistoryWriter needs batch_size, buffer_size, max_runs >= 1, flush_interval >= 0, "
+                "retention_interval > 0"
+            )
+        self.store = store
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.buffer_size = buffer_size
+        self.retention = retention
+        self.retention_interval = retention_interval
+        self._lookup = lookup
+        self._max_runs = max_runs
+        self._on_drop = on_drop
+        self.written = 0
+        """Events written (a re-delivered event already stored counts again)."""
+        self.dropped = 0
+        """Events dropped because the buffer was full."""
+        self.failures = 0
+        """Writes (or opens) that failed and were retried."""
+        self.deleted = 0
+        """Runs deleted by the retention."""
+        self._buffer: deque[StreamEvent] = deque()
+        self._runs: OrderedDict[str, RunTally] = OrderedDict()
+        self._dirty: dict[str, RunTally] = {}
+        self._agents: list[tuple[str, str]] = []
+        self._threads: list[tuple[str, str | None, float]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._open = False
+        self._failing = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- the sink's side (hot path) --------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Events waiting to be written."""
+        return len(self._buffer)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the last open or write succeeded."""
+        return self._open
+
+    def add(self, event: StreamEvent) -> bool:
+        """Queue ``event`` for writing; ``False`` (dropped and counted) when the buffer is full."""
+        buffer = self._buffer
+        if len(buffer) >= self.buffer_size:
+            self.dropped += 1
+            if self._on_drop is not None:
+                self._on_drop()
+            return False
+        run_id = event.run_id
+        tally = self._runs.get(run_id)
+        if tally is None:
+            tally = self._new_run(event)
+        tally.add(event)
+        agent = event.agent
+        if agent is not None and agent not in tally.agents:
+            tally.agents.add(agent)
+            self._agents.append((run_id, agent))
+        self._dirty[run_id] = tally
+        buffer.append(event)
+        if len(buffer) == 1:
+            self._idle.clear()
+            self._wake.set()
+        return True
+
+    def _new_run(self, event: StreamEvent) -> RunTally:
+        meta = self._lookup(event.run_id) if self._lookup is not None else None
+        tally = self._runs[event.run_id] = RunTally(event, meta)
+        if tally.thread_id is not None:
+            self._threads.append((tally.thread_id, tally.meta.principal, event.ts))
+        if len(self._runs) > self._max_runs:
+            self._runs.popitem(last=False)
+        return tally
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the store (a failure is logged and retried by the writer) and start both tasks."""
+        if self._tasks:
+            return
+        try:
+            await self.store.open()
+            self._open = True
+        except StoreError as exc:
+            self.failures += 1
+            logger.warning("the event store cannot be opened yet (events wait, up to %d): %s", self.buffer_size, exc)
+        self._tasks.append(supervise("kiki-history-writer", self._write_forever))
+        if self.retention is not None:
+            self._tasks.append(supervise("kiki-history-retention", self._retain_forever))
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event queued so far is written; whether that happened within ``timeout``."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, *, timeout: float = 5.0) -> None:
+        """Write what is queued (for up to ``timeout`` seconds), stop the tasks, close the store."""
+        if self._tasks and not await self.flush(timeout):
+            logger.warning("the event store was not written in %.1fs: %d events are lost", timeout, self.pending)
+        tasks, self._tasks = self._tasks, []
+        await stop_tasks(tasks)
+        await self.store.close()
+        self._open = False
+
+    # -- the writer task -------------------------------------------------------------------
+    async def _write_forever(self) -> None:
+        backoff = Backoff(0.05, 2.0)
+        while True:
+            if not self._open:
+                try:
+                    await self.store.open()
+                    self._open = True
+                    logger.info("the event store is reachable again; writing %d waiting events", self.pending)
+                except StoreError as exc:
+                    self.failures += 1
+                    logger.debug("the event store cannot be opened: %s", exc)
+                    await asyncio.sleep(backoff.next())
+                    continue
+            if not self._buffer:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+            if len(self._buffer) < self.batch_size and self.flush_interval > 0:
+                await asyncio.sleep(self.flush_interval)
+            if await self._write_one():
+                backoff.reset()
+            else:
+                await asyncio.sleep(backoff.next())
+
+    def _take(self) -> tuple[Batch, dict[str, RunTally]]:
+        events = list(itertools.islice(self._buffer, self.batch_size))
+        batch = Batch(
+            events=[(e.run_id, e.seq, e.ts, e.type, e.agent, encode(e)) for e in events],
+            agents=self._agents,
+            threads=self._threads,
+        )
+        dirty, self._dirty = self._dirty, {}
+        batch.runs = [tally.row() for tally in dirty.values()]
+        self._agents, self._threads = [], []
+        return batch, dirty
+
+    async def _write_one(self) -> bool:
+        batch, dirty = self._take()
+        try:
+            await self.store.write(batch)
+        except StoreError as exc:
+            self.failures += 1
+            if not self._failing:
+                self._failing = True
+                logger.warning("writing to the event store failed (retrying; %d events wait): %s", self.pending, exc)
+            for run_id, tally in dirty.items():
+                self._dirty.setdefault(run_id, tally)
+            self._agents[:0] = batch.agents
+            self._threads[:0] = batch.threads
+            return False
+        if self._failing:
+            self._failing = False
+            logger.info("the event store is written again")
+        for _ in range(len(batch.events)):
+            self._buffer.popleft()
+        self.written += len(batch.events)
+        for run_id, tally in dirty.items():
+            if tally.ended and run_id not in self._dirty:
+                self._runs.pop(run_id, None)
+        return True
+
+    # -- retention -------------------------------------------------------------------------
+    async def _retain_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except StoreError as exc:
+                logger.warning("deleting old runs from the event store failed: %s", exc)
+            await asyncio.sleep(self.retention_interval)
+
+    async def sweep(self, now: float | None = None) -> int:
+        """Delete the finished runs older than the retention, in batches; returns how many."""
+        if self.retention is None or not self._open:
+            return 0
+        before = (time.time() if now is None else now) - self.retention
+        total = 0
+        while True:
+            deleted = await self.store.delete_finished(before, limit=RETENTION_BATCH)
+            total += deleted
+            self.deleted += deleted
+            if deleted < RETENTION_BATCH:
+                return total
+            await asyncio.sleep(0)
