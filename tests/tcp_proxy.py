@@ -29,6 +29,8 @@ class CuttableProxy:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self.refusing = False
+        """While set, new connections are closed at once (the server looks down)."""
 
     @property
     def url(self) -> str:
@@ -44,6 +46,15 @@ class CuttableProxy:
             sockets, self._open = self._open, set()
         for sock in sockets:
             _close(sock)
+
+    def down(self) -> None:
+        """Drop every open connection and refuse new ones until :meth:`up`."""
+        self.refusing = True
+        self.cut()
+
+    def up(self) -> None:
+        """Forward new connections again."""
+        self.refusing = False
 
     def close(self) -> None:
         self._closed = True
@@ -70,6 +81,9 @@ class CuttableProxy:
             except OSError:
                 return
             self.accepted += 1
+            if self.refusing:
+                _close(client)
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             except OSError:

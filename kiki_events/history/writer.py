@@ -165,14 +165,15 @@ class HistoryWriter:
             return False
         return True
 
-    async def close(self, *, timeout: float = 5.0) -> None:
-        """Write what is queued (for up to ``timeout`` seconds), stop the tasks, close the store."""
+    async def close(self, *, timeout: float = 5.0, close_store: bool = True) -> None:
+        """Write what is queued (for up to ``timeout`` seconds), stop the tasks, close the store (unless told not to)."""
         if self._tasks and not await self.flush(timeout):
             logger.warning("the event store was not written in %.1fs: %d events are lost", timeout, self.pending)
         tasks, self._tasks = self._tasks, []
         await stop_tasks(tasks)
-        await self.store.close()
-        self._open = False
+        if close_store:
+            await self.store.close()
+            self._open = False
 
     # -- the writer task -------------------------------------------------------------------
     async def _write_forever(self) -> None:
