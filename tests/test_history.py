@@ -53,13 +53,44 @@ def every_type(run_id: str, *, ts: float = T0, thread: str | None = "t1") -> lis
     events: list[StreamEvent] = [
         StatusEvent(**env, seq=1, ts=ts, status="started", graph="team", causation_id="other:3"),
         AgentLifecycleEvent(**env, seq=2, ts=ts + 1, agent="research", phase="started"),
-        TokenEvent(**env, seq=3, ts=ts + 2, agent="research/researcher", message_id="m1", text="héllo", kind="reasoning"),
-        LLMCallEvent(**env, seq=4, ts=ts + 3, agent="research/researcher", message_id="m1", status="success",
-                     model="gpt", provider="openai", duration_s=0.5, ttft_s=0.1, usage=usage),  # fmt: skip
-        ToolCallEvent(**env, seq=5, ts=ts + 4, agent="research/tools", phase="end", tool_call_id="c1", name="search",
-                      message_id="m1", args={"q": "x", "n": [1, 2]}),  # fmt: skip
-        ToolResultEvent(**env, seq=6, ts=ts + 5, tool_call_id="c1", name="search", error="boom", truncated=True,
-                        duration_s=0.2, error_type="ValueError"),  # fmt: skip
+        TokenEvent(
+            **env, seq=3, ts=ts + 2, agent="research/researcher", message_id="m1", text="héllo", kind="reasoning"
+        ),
+        LLMCallEvent(
+            **env,
+            seq=4,
+            ts=ts + 3,
+            agent="research/researcher",
+            message_id="m1",
+            status="success",
+            model="gpt",
+            provider="openai",
+            duration_s=0.5,
+            ttft_s=0.1,
+            usage=usage,
+        ),  # fmt: skip
+        ToolCallEvent(
+            **env,
+            seq=5,
+            ts=ts + 4,
+            agent="research/tools",
+            phase="end",
+            tool_call_id="c1",
+            name="search",
+            message_id="m1",
+            args={"q": "x", "n": [1, 2]},
+        ),  # fmt: skip
+        ToolResultEvent(
+            **env,
+            seq=6,
+            ts=ts + 5,
+            tool_call_id="c1",
+            name="search",
+            error="boom",
+            truncated=True,
+            duration_s=0.2,
+            error_type="ValueError",
+        ),  # fmt: skip
         CustomEvent(**env, seq=7, ts=ts + 6, name="progress", data={"pct": 50}, tool_call_id="c1"),
         InterruptEvent(**env, seq=8, ts=ts + 7, interrupts=(InterruptInfo(id="i1", value={"question": "ok?"}),)),
         ErrorEvent(**env, seq=9, ts=ts + 8, message="it broke", error_type="RuntimeError"),
@@ -155,7 +186,11 @@ async def test_runs_are_listed_newest_first_with_filters_and_a_cursor_through_ev
     alice = await store.runs("alice")
     assert [r.run_id for r in alice.runs] == ["run09", "run06", "run03", "run00"]
     assert [r.run_id for r in (await store.runs("alice", status="running")).runs] == ["run00"]
-    assert [r.run_id for r in (await store.runs("alice", status=["error"], since=T0 + 300)).runs] == ["run09", "run06", "run03"][:3]
+    assert [r.run_id for r in (await store.runs("alice", status=["error"], since=T0 + 300)).runs] == [
+        "run09",
+        "run06",
+        "run03",
+    ][:3]
     assert [r.run_id for r in (await store.runs("alice", since=T0 + 300, until=T0 + 900)).runs] == ["run06", "run03"]
     assert [r.run_id for r in (await store.runs("alice", thread_id="thread-alice-0")).runs] == ["run06", "run00"]
     assert (await store.runs("alice", graph="other")).runs == []
@@ -188,7 +223,9 @@ async def test_someone_elses_runs_threads_and_events_do_not_exist_for_them(store
         await store.causation("bob", run_id="run00")
     assert (await store.run("run00", ANYONE)).principal == "alice"
     # A run of bob's on alice's thread (the thread is hers: she used it first) is hidden from bob.
-    await write_all(store, every_type("intruder", ts=T0 + 5000, thread="thread-alice-0"), lookup=meta_of({"intruder": "bob"}))
+    await write_all(
+        store, every_type("intruder", ts=T0 + 5000, thread="thread-alice-0"), lookup=meta_of({"intruder": "bob"})
+    )
     with pytest.raises(RunNotFoundError):
         await store.run("intruder", "bob")
     assert "intruder" not in [r.run_id for r in (await store.runs("bob")).runs]
