@@ -68,7 +68,7 @@ def every_type(run_id: str, *, ts: float = T0, thread: str | None = "t1") -> lis
             duration_s=0.5,
             ttft_s=0.1,
             usage=usage,
-        ),  # fmt: skip
+        ),
         ToolCallEvent(
             **env,
             seq=5,
@@ -79,7 +79,7 @@ def every_type(run_id: str, *, ts: float = T0, thread: str | None = "t1") -> lis
             name="search",
             message_id="m1",
             args={"q": "x", "n": [1, 2]},
-        ),  # fmt: skip
+        ),
         ToolResultEvent(
             **env,
             seq=6,
@@ -90,7 +90,7 @@ def every_type(run_id: str, *, ts: float = T0, thread: str | None = "t1") -> lis
             truncated=True,
             duration_s=0.2,
             error_type="ValueError",
-        ),  # fmt: skip
+        ),
         CustomEvent(**env, seq=7, ts=ts + 6, name="progress", data={"pct": 50}, tool_call_id="c1"),
         InterruptEvent(**env, seq=8, ts=ts + 7, interrupts=(InterruptInfo(id="i1", value={"question": "ok?"}),)),
         ErrorEvent(**env, seq=9, ts=ts + 8, message="it broke", error_type="RuntimeError"),
@@ -254,8 +254,17 @@ async def test_events_of_a_thread_and_across_runs_page_through_in_order(store: E
         across += page.events
         if (cursor := page.cursor) is None:
             break
-    assert [e.id for e in across] == ["run02:4", "run02:11", "run03:4", "run03:11", "run04:4", "run05:4", "run05:11",
-                                      "run06:4", "run06:11"]  # fmt: skip
+    assert [e.id for e in across] == [
+        "run02:4",
+        "run02:11",
+        "run03:4",
+        "run03:11",
+        "run04:4",
+        "run05:4",
+        "run05:11",
+        "run06:4",
+        "run06:11",
+    ]
     assert [e.ts for e in across] == sorted(e.ts for e in across)
     tools = await store.search("alice", agent="research/tools")
     assert {e.run_id for e in tools.events} == {"run00", "run03", "run06", "run09"}
@@ -272,10 +281,13 @@ async def test_the_causation_chain_of_a_run_or_an_event_both_ways(store: EventSt
 
     await write_all(
         store,
-        run("a", None, T0) + run("b", "a:2", T0 + 10) + run("c", "b:2", T0 + 20) + run("d", "a", T0 + 30)
+        run("a", None, T0)
+        + run("b", "a:2", T0 + 10)
+        + run("c", "b:2", T0 + 20)
+        + run("d", "a", T0 + 30)
         + run("e", "c:2", T0 + 40),
         lookup=meta_of({"a": "p", "b": "p", "c": "p", "d": "p", "e": "q"}),
-    )  # fmt: skip
+    )
     chain = await store.causation("p", run_id="a")
     assert [(link.run.run_id, link.depth, link.via) for link in chain.effects] == [
         ("b", 1, "a:2"),
