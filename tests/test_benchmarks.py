@@ -310,3 +310,23 @@ def test_sinks_benchmark_measures_each_sink_that_sinks_builds(monkeypatch: pytes
     assert long["items_per_round"]["kiki+counting"] == 48
     assert built.events == 2 * 3 * 48 + 15 * 48
     assert figures["sinks_off_in_settings"] == [f"{off.__module__}.{off.__qualname__}"]
+
+
+def test_store_benchmark_writes_both_databases_and_measures_p1_with_the_store(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    out = tmp_path / "store.json"
+    admin = make_conninfo(**{**conninfo_to_dict(postgres_dsn), "dbname": "postgres"})
+    command = [sys.executable, "benchmarks/store.py", "--quick", "--dsn", admin, "--out", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    for backend in ("sqlite", "sqlite_synchronous_normal", "postgres"):
+        write = figures["write"][backend]
+        assert write["ours_events_per_s"]["median"] > 0 and write["naive_events_per_s"]["median"] > 0
+        assert write["ratio"]["bar"] == 20
+    for variant in ("kiki", "kiki+store"):
+        assert figures["P1"][variant]["ratio"] > 0 and figures["P1"][variant]["bar"] == 1.15
+    assert "P1 kiki+store" in done.stdout

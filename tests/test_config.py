@@ -68,6 +68,7 @@ def test_the_shipped_config_file_loads() -> None:
     assert loaded.sse.keepalive == 15.0
     assert loaded.runs.replay_ttl == 600.0
     assert loaded.graphs == {"research_team": "./agents/research_team.py:graph"}
+    assert (loaded.store.enabled, loaded.store.backend, loaded.store.path) == (True, "sqlite", "kiki-history.sqlite")
 
 
 def test_handoff_concurrency_defaults_to_the_subscriber_workers(tmp_path: Path) -> None:
@@ -88,7 +89,9 @@ def test_handoff_concurrency_defaults_to_the_subscriber_workers(tmp_path: Path) 
 def test_the_shipped_config_file_shows_the_defaults() -> None:
     loaded = load_settings(SHIPPED, environ={})
 
-    assert loaded.model_copy(update={"graphs": {}}) == Settings()
+    # The one difference: the shipped file turns the history on (the demo keeps its runs across restarts).
+    assert loaded.store.enabled
+    assert loaded.model_copy(update={"graphs": {}, "store": loaded.store.model_copy(update={"enabled": False})}) == Settings()
 
 
 def test_an_empty_file_means_defaults(tmp_path: Path) -> None:
