@@ -91,7 +91,8 @@ def test_the_shipped_config_file_shows_the_defaults() -> None:
 
     # The one difference: the shipped file turns the history on (the demo keeps its runs across restarts).
     assert loaded.store.enabled
-    assert loaded.model_copy(update={"graphs": {}, "store": loaded.store.model_copy(update={"enabled": False})}) == Settings()
+    store_off = loaded.store.model_copy(update={"enabled": False})
+    assert loaded.model_copy(update={"graphs": {}, "store": store_off}) == Settings()
 
 
 def test_an_empty_file_means_defaults(tmp_path: Path) -> None:

@@ -166,7 +166,7 @@ class HistoryWriter:
         return True
 
     async def close(self, *, timeout: float = 5.0, close_store: bool = True) -> None:
-        """Write what is queued (for up to ``timeout`` seconds), stop the tasks, close the store (unless told not to)."""
+        """Write what is queued (for up to ``timeout`` seconds), stop the tasks, close the store (unless not to)."""
         if self._tasks and not await self.flush(timeout):
             logger.warning("the event store was not written in %.1fs: %d events are lost", timeout, self.pending)
         tasks, self._tasks = self._tasks, []

@@ -53,4 +53,3 @@ CREATE TABLE events (
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX events_by_time ON events (ts);
-CREATE INDEX events_by_type ON events (type, ts);
