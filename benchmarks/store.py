@@ -197,7 +197,11 @@ async def p1(args: argparse.Namespace) -> dict[str, Any]:
         variants = {"messages": via_messages, "kiki": kiki_session, "kiki+store": with_store(Path(folder))}
         measured = await measure(shape, args.rounds, variants)
     times = measured["times"]
-    out: dict[str, Any] = {"shape": shape.describe}
+    out: dict[str, Any] = {
+        "shape": shape.describe,
+        "ms_per_run_median": {name: round(median(v) / shape.runs * 1000, 3) for name, v in times.items()},
+        "events_per_run": measured["counts"].get("kiki", 0) // max(1, args.rounds * shape.runs),
+    }
     for name in ("kiki", "kiki+store"):
         ratios = [a / b for a, b in zip(times[name], times["messages"], strict=True)]
         cpu = [a / b for a, b in zip(measured["cpu"][name], measured["cpu"]["messages"], strict=True)]

@@ -148,3 +148,15 @@ async def test_overflow_while_the_database_is_down_is_counted_in_the_metrics(
             assert await writer.flush(30)
             assert runtime.history is not None
             assert [e.seq for e in await stored_events(runtime.history, handle.run_id)] == list(range(1, 21))
+
+
+@pytest.mark.asyncio
+async def test_the_default_settings_keep_no_history_and_write_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, research_team: ModuleType
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    async with KikiRuntime(Settings(), graphs={"team": research_team.build_graph(token_delay=0.0)}) as runtime:
+        assert runtime.history is None and "history" not in runtime.sinks.names()
+        handle = await runtime.start_run("team", TASK)
+        assert await handle.task == "success"
+    assert list(tmp_path.iterdir()) == []

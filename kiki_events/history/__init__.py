@@ -69,6 +69,9 @@ def create_writer(settings: StoreSettings, store: EventStore | None = None, **op
     ``options`` go to :class:`HistoryWriter` (``lookup``, ``on_drop``, ``retention_interval`` …).
     """
     retention = settings.retention_days * 86400.0 if settings.retention_days is not None else None
+    if retention is not None:
+        # Hourly, or more often for a retention shorter than 10 hours.
+        options.setdefault("retention_interval", min(3600.0, max(retention / 10, 1.0)))
     return HistoryWriter(
         store if store is not None else create_store(settings),
         batch_size=settings.batch_size,

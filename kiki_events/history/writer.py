@@ -14,6 +14,7 @@ retention in batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import OrderedDict, deque
@@ -94,6 +95,8 @@ class HistoryWriter:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._hurry = asyncio.Event()
+        """Set by :meth:`flush` and by a full batch: write without waiting for the batch to fill."""
         self._open = False
         self._failing = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -128,9 +131,12 @@ class HistoryWriter:
             self._agents.append((run_id, agent))
         self._dirty[run_id] = tally
         buffer.append(event)
-        if len(buffer) == 1:
+        queued = len(buffer)
+        if queued == 1:
             self._idle.clear()
             self._wake.set()
+        elif queued == self.batch_size:
+            self._hurry.set()
         return True
 
     def _new_run(self, event: StreamEvent) -> RunTally:
@@ -158,7 +164,12 @@ class HistoryWriter:
             self._tasks.append(supervise("kiki-history-retention", self._retain_forever))
 
     async def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every event queued so far is written; whether that happened within ``timeout``."""
+        """Write what is queued now (without waiting for a batch to fill) and wait until it is written.
+
+        Returns whether everything was written within ``timeout`` seconds.
+        """
+        if self._buffer:
+            self._hurry.set()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -191,10 +202,13 @@ class HistoryWriter:
                     continue
             if not self._buffer:
                 self._idle.set()
+                self._hurry.clear()
                 self._wake.clear()
                 await self._wake.wait()
-            if len(self._buffer) < self.batch_size and self.flush_interval > 0:
-                await asyncio.sleep(self.flush_interval)
+            if len(self._buffer) < self.batch_size and self.flush_interval > 0 and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.flush_interval):
+                        await self._hurry.wait()
             if await self._write_one():
                 backoff.reset()
             else:
