@@ -381,3 +381,44 @@ def test_the_store_section_is_off_by_default_and_bad_values_name_their_key() -> 
     for section, key in bad:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             Settings.from_mapping({"store": section})
+
+
+@pytest.mark.asyncio
+async def test_a_sqlite_file_locked_by_another_process_is_written_once_the_lock_is_released(tmp_path: Path) -> None:
+    import sqlite3
+
+    from tests.servers import async_wait_for
+
+    store = SqliteStore(tmp_path / "locked.sqlite", busy_timeout=0.05)
+    writer = HistoryWriter(store, batch_size=4)
+    await writer.start()
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    events = every_type("r1")
+    for event in events:
+        writer.add(event)
+    await async_wait_for(lambda: writer.failures > 0, timeout=10)
+    assert writer.pending == len(events)
+    other.execute("COMMIT")
+    other.close()
+    assert await writer.flush(10)
+    assert (await store.events(None, run_id="r1")).events == events
+    await writer.close()
+
+
+def test_the_sink_stores_this_nodes_runs_and_never_connection_notices() -> None:
+    from kiki_events.core.store import RunStore
+    from kiki_events.sinks.history import HistorySink
+
+    runs = RunStore()
+    runs.create("mine", node="a", principal="alice")
+    runs.create("theirs", node="b", principal="bob")
+    local = HistorySink(HistoryWriter(SqliteStore("unused.sqlite")), node="a", lookup=runs.peek)
+    every = HistorySink(HistoryWriter(SqliteStore("unused.sqlite")), node="a", scope="all", lookup=runs.peek)
+    notice = StatusEvent(run_id="mine", seq=0, ts=T0, status="gap", first_seq=3)
+    for sink in (local, every):
+        for event in [notice, *every_type("mine"), *every_type("theirs"), *every_type("unregistered")]:
+            sink(event)
+    # A run the run store does not know is judged by its events' node (n1 here: another node's).
+    assert [e.run_id for e in local.writer._buffer] == ["mine"] * 11
+    assert [e.run_id for e in every.writer._buffer] == ["mine"] * 11 + ["theirs"] * 11 + ["unregistered"] * 11
