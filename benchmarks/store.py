@@ -17,7 +17,8 @@ Figures are medians over ``--rounds`` rounds with their range. ``--quick``: smal
 (the test suite runs it; its figures are not judged).
 
     python3 scripts/dev.py run python benchmarks/store.py [--rounds 5] [--events 20000]
-        [--naive-events 2000] [--tokens 500] [--dsn DSN] [--no-postgres] [--quick] [--out FILE]
+        [--naive-events 2000] [--tokens 500] [--dsn DSN] [--no-postgres] [--only write|p1]
+        [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -215,7 +216,8 @@ async def p1(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    return {"write": await write_rates(args), "P1": await p1(args), "rounds": args.rounds}
+    write = {} if args.only == "p1" else await write_rates(args)
+    return {"write": write, "P1": await p1(args) if args.only != "write" else {}, "rounds": args.rounds}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -226,6 +228,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=500, help="tokens per LLM call of the P1 graph")
     p.add_argument("--dsn", default=DEFAULT_DSN, help="a PostgreSQL server (a database of its own is made there)")
     p.add_argument("--no-postgres", action="store_true")
+    p.add_argument("--only", choices=["write", "p1"], default=None, help="measure only this part")
     p.add_argument("--quick", action="store_true", help="small numbers (for the test suite)")
     p.add_argument("--out", default=None)
     return p
@@ -243,7 +246,7 @@ def cli() -> None:
             f"  ratio {fig['ratio']['median']}x {fig['ratio']['range']}"
             f"  {verdict(fig['ratio']['median'], 20, higher_is_better=True)}"
         )
-    for name in ("kiki", "kiki+store"):
+    for name in ("kiki", "kiki+store") if results["P1"] else ():
         fig = results["P1"][name]
         print(f"P1 {name:11} {fig['ratio']}x {fig['range']} (cpu {fig['cpu_ratio']}x)  {verdict(fig['ratio'], 1.15)}")
     print(f"wrote {write_results('store', results, args.out)}")

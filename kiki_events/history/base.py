@@ -157,8 +157,8 @@ RunRow: TypeAlias = tuple[object, ...]
 class Batch:
     """What one write stores, in one transaction (:meth:`EventStore.write`).
 
-    ``events``: ``(run_id, seq, ts, type, agent, body)`` rows (``body`` is the
-    compact JSON of :func:`kiki_events.codec.encode`); ``runs``: whole rows of runs,
+    ``events``: ``(run_id, seq, ts, type, agent, body)`` rows (``body``: the
+    event's other fields as compact JSON, :func:`~.sql.event_row`); ``runs``: whole rows of runs,
     written over older rows of the same run unless those have seen a later seq;
     ``agents``: ``(run_id, agent)`` pairs; ``threads``: ``(thread_id, principal,
     created_at)``, kept from the first write (the thread's owner).

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..codec import decode
 from ..errors import InvalidArgumentError, RunNotFoundError
 from ..events import StreamEvent
 from .base import ANYONE, Batch, Causation, EventPage, Link, Principal, RunPage, StoredRun, StoredStatus
@@ -25,6 +24,7 @@ from .sql import (
     caused_by,
     decode_cursor,
     encode_cursor,
+    event_from_row,
     in_list,
     owner_clause,
     run_from_row,
@@ -38,6 +38,8 @@ MAX_LIMIT = 10_000
 """Largest ``limit`` a query accepts."""
 
 _RUN_SELECT = "SELECT " + ", ".join(f"r.{c}" for c in RUN_COLUMNS) + " FROM runs r"
+_EVENT = "e.run_id, e.seq, e.ts, e.type, e.agent, e.body"
+"""The columns :func:`~.sql.event_from_row` reads, first in every event query."""
 _STATUSES = ("running", "success", "error", "interrupted", "cancelled")
 
 
@@ -196,9 +198,9 @@ class SqlStore:
             await self.run(run_id, principal)
             if cursor is not None:
                 (after,) = decode_cursor(cursor, (int,))
-            sql = f"SELECT e.body, e.seq FROM events e WHERE e.run_id = ? AND e.seq > ?{where} ORDER BY e.seq LIMIT ?"
+            sql = f"SELECT {_EVENT} FROM events e WHERE e.run_id = ? AND e.seq > ?{where} ORDER BY e.seq LIMIT ?"
             rows = await self._fetch(sql, [run_id, after, *params, size + 1])
-            events = [decode(bytes(row[0])) for row in rows[:size]]
+            events = [event_from_row(row) for row in rows[:size]]
             return EventPage(events, encode_cursor(rows[size - 1][1]) if len(rows) > size else None)
         return await self._thread_events(principal, str(thread_id), where, params, size, cursor)
 
@@ -218,14 +220,14 @@ class SqlStore:
             key = " AND (r.started_at > ? OR (r.started_at = ? AND (r.run_id > ? OR (r.run_id = ? AND e.seq > ?))))"
             key_params = [started, started, run_id, run_id, seq]
         sql = (
-            "SELECT e.body, r.started_at, r.run_id, e.seq FROM events e JOIN runs r ON r.run_id = e.run_id "
+            f"SELECT {_EVENT}, r.started_at FROM events e JOIN runs r ON r.run_id = e.run_id "
             f"WHERE r.thread_id = ? AND r.relayed_into IS NULL AND {visible}{where}{key} "
             "ORDER BY r.started_at, r.run_id, e.seq LIMIT ?"
         )
         rows = await self._fetch(sql, [thread_id, *visible_params, *params, *key_params, size + 1])
-        events = [decode(bytes(row[0])) for row in rows[:size]]
+        events = [event_from_row(row) for row in rows[:size]]
         last = rows[size - 1] if len(rows) > size else None
-        return EventPage(events, encode_cursor(last[1], last[2], last[3]) if last is not None else None)
+        return EventPage(events, encode_cursor(last[6], last[0], last[1]) if last is not None else None)
 
     async def search(
         self,
@@ -254,13 +256,13 @@ class SqlStore:
             times += [ts, ts, run_id, run_id, seq]
         extra = "".join(f" AND {clause}" for clause in clauses)
         sql = (
-            "SELECT e.body, e.ts, e.run_id, e.seq FROM events e JOIN runs r ON r.run_id = e.run_id "
+            f"SELECT {_EVENT} FROM events e JOIN runs r ON r.run_id = e.run_id "
             f"WHERE {visible}{where}{extra} ORDER BY e.ts, e.run_id, e.seq LIMIT ?"
         )
         rows = await self._fetch(sql, [*visible_params, *params, *times, size + 1])
-        events = [decode(bytes(row[0])) for row in rows[:size]]
+        events = [event_from_row(row) for row in rows[:size]]
         last = rows[size - 1] if len(rows) > size else None
-        return EventPage(events, encode_cursor(float(last[1]), last[2], last[3]) if last is not None else None)
+        return EventPage(events, encode_cursor(float(last[2]), last[0], last[1]) if last is not None else None)
 
     # -- causation -------------------------------------------------------------------------
     async def causation(
@@ -283,10 +285,10 @@ class SqlStore:
         if event_id is not None:
             run_id, seq = split_event_id(event_id)
             run = await self.run(run_id, principal)
-            rows = await self._fetch("SELECT body FROM events WHERE run_id = ? AND seq = ?", [run_id, seq])
+            rows = await self._fetch(f"SELECT {_EVENT} FROM events e WHERE e.run_id = ? AND e.seq = ?", [run_id, seq])
             if not rows:
                 raise RunNotFoundError(f"event {event_id!r} not found")
-            event = decode(bytes(rows[0][0]))
+            event = event_from_row(rows[0])
             cause = event.causation_id or run.causation_id
         else:
             run = await self.run(str(run_id), principal)

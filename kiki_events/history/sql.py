@@ -14,8 +14,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from ..codec import decode
 from ..errors import InvalidArgumentError
-from ..events import Usage
+from ..events import StreamEvent, Usage
 from .base import ANYONE, Anyone, Principal, StoredRun
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "caused_by",
     "decode_cursor",
     "encode_cursor",
+    "event_from_row",
+    "event_row",
     "in_list",
     "run_from_row",
     "visible_clause",
@@ -81,6 +84,29 @@ AGENT_INSERT = "INSERT INTO run_agents (run_id, agent) VALUES (?, ?) ON CONFLICT
 THREAD_INSERT = (
     "INSERT INTO threads (thread_id, principal, created_at) VALUES (?, ?, ?) ON CONFLICT (thread_id) DO NOTHING"
 )
+
+_IN_COLUMNS = {"run_id", "seq", "ts", "type", "agent", "v"}
+"""Envelope fields kept in columns of ``events``, so not repeated in its ``body``."""
+
+EventRow = tuple[str, int, float, str, str | None, bytes]
+"""A row of ``events``: ``(run_id, seq, ts, type, agent, body)``."""
+
+
+def event_row(event: StreamEvent) -> EventRow:
+    """``event`` as a row of ``events``: the body holds the fields not in a column, as compact JSON."""
+    body = type(event).__pydantic_serializer__.to_json(event, exclude=_IN_COLUMNS, exclude_none=True)
+    return (event.run_id, event.seq, event.ts, event.type, event.agent, body)
+
+
+def event_from_row(row: Sequence[Any]) -> StreamEvent:
+    """The event in a row of ``events`` (its first six columns), validated as ``codec.decode`` validates."""
+    run_id, seq, ts, kind, agent, body = row[:6]
+    rest = bytes(body)
+    head = f'{{"run_id":{json.dumps(run_id)},"seq":{int(seq)},"ts":{float(ts)!r},"type":{json.dumps(kind)}'
+    if agent is not None:
+        head += f',"agent":{json.dumps(agent)}'
+    return decode(head.encode() + (b"," + rest[1:] if rest != b"{}" else b"}"))
+
 
 _EVENT_ID = re.compile(r"^(.+):([0-9]+)$")
 

@@ -9,6 +9,8 @@ folder are created when missing.
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -17,12 +19,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import StoreError
+from .base import Batch
 from .migrations import SCHEMA_TABLE, migrations, statements
 from .queries import SqlStore
+from .sql import AGENT_INSERT, RUN_UPSERT, THREAD_INSERT
 
 __all__ = ["SqliteStore"]
 
 _T = TypeVar("_T")
+
+_ROWS = 500
+"""Events per ``INSERT`` statement (6 parameters each: well under SQLite's 32,766)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _events_insert(rows: int) -> str:
+    """One ``INSERT`` of ``rows`` events: one statement step, so the write thread gives up
+    and takes back the interpreter lock once per statement, not once per event."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    columns = "run_id, seq, ts, type, agent, body"
+    return f"INSERT INTO events ({columns}) VALUES {values} ON CONFLICT (run_id, seq) DO NOTHING"
 
 
 class SqliteStore(SqlStore):
@@ -129,6 +145,19 @@ class SqliteStore(SqlStore):
                 raise StoreError(f"event store query failed: {exc}") from exc
 
         return await self._in(pool, fetch)
+
+    async def write(self, batch: Batch) -> None:
+        """Store ``batch`` in one transaction; its events in statements of up to 500 rows."""
+        work: list[tuple[str, Sequence[Sequence[object]]]] = [
+            (THREAD_INSERT, batch.threads),
+            (RUN_UPSERT, batch.runs),
+            (AGENT_INSERT, batch.agents),
+        ]
+        events = batch.events
+        for start in range(0, len(events), _ROWS):
+            chunk = events[start : start + _ROWS]
+            work.append((_events_insert(len(chunk)), [list(itertools.chain.from_iterable(chunk))]))
+        await self._transaction(work)
 
     async def _transaction(self, work: Sequence[tuple[str, Sequence[Sequence[object]]]]) -> None:
         conn, pool = self._writer, self._write_thread

@@ -20,12 +20,12 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
-from ..codec import encode
 from ..core.tasks import Backoff, stop_tasks, supervise
 from ..errors import InvalidArgumentError, StoreError
 from ..events import StreamEvent
 from ..log import get_logger
 from .base import Batch, EventStore
+from .sql import event_row
 from .tally import RunMeta, RunTally
 
 __all__ = ["HistoryWriter"]
@@ -217,7 +217,7 @@ class HistoryWriter:
     def _take(self) -> tuple[Batch, dict[str, RunTally]]:
         events = list(itertools.islice(self._buffer, self.batch_size))
         batch = Batch(
-            events=[(e.run_id, e.seq, e.ts, e.type, e.agent, encode(e)) for e in events],
+            events=[event_row(e) for e in events],
             agents=self._agents,
             threads=self._threads,
         )

@@ -49,7 +49,7 @@ CREATE TABLE events (
     ts DOUBLE PRECISION NOT NULL,
     type TEXT NOT NULL,
     agent TEXT,
-    body BYTEA NOT NULL,
+    body BYTEA NOT NULL, -- the fields not in a column, as compact JSON
     PRIMARY KEY (run_id, seq)
 );
 CREATE INDEX events_by_time ON events (ts);

@@ -49,7 +49,7 @@ CREATE TABLE events (
     ts REAL NOT NULL,
     type TEXT NOT NULL,
     agent TEXT,
-    body BLOB NOT NULL,
+    body BLOB NOT NULL, -- the fields not in a column, as compact JSON
     PRIMARY KEY (run_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX events_by_time ON events (ts);
