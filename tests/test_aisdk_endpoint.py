@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -19,7 +17,6 @@ from kiki_events.server import bearer_tokens, create_app
 from tests.servers import Gate, gated_graph, live_server, wait_for
 from tests.test_agui_endpoint import Echo
 from tests.test_format_aisdk import _validate, _verify_order, parse_body
-from tests.test_format_aisdk_client import ai_client  # noqa: F401 - the fixture
 
 AUTH = {"Authorization": "Bearer token-a"}
 BOB = {"Authorization": "Bearer token-b"}
@@ -196,45 +193,3 @@ def test_the_endpoints_are_in_the_openapi_schema() -> None:
     assert {"id", "messages"} <= set(post["requestBody"]["content"]["application/json"]["schema"]["required"])
     assert {"200", "204", "404"} <= set(reconnect["responses"])
 
-
-LIVE = """
-import { DefaultChatTransport, readUIMessageStream } from "ai";
-
-const [api, token] = process.argv.slice(2);
-const transport = new DefaultChatTransport({ api, headers: { Authorization: `Bearer ${token}` } });
-const stream = await transport.sendMessages({
-  chatId: "chat-live", trigger: "submit-message", messageId: undefined, abortSignal: undefined,
-  messages: [{ id: "u1", role: "user", parts: [{ type: "text", text: "Compare Redis streams and pub/sub" }] }],
-});
-let message = null;
-for await (const m of readUIMessageStream({ stream })) message = m;
-const reconnected = await transport.reconnectToStream({ chatId: "chat-live" });
-process.stdout.write(JSON.stringify({ message, reconnected }));
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(360)
-def test_the_ai_sdk_transport_talks_to_the_live_endpoints(
-    ai_client: Path,  # noqa: F811
-    research_team: ModuleType,
-) -> None:
-    (ai_client / "live.mjs").write_text(LIVE)
-    app = _app({"team": research_team.build_graph(token_delay=0.0)})
-    with live_server(app) as srv:
-        done = subprocess.run(
-            ["node", "live.mjs", f"{srv.url}/ai-sdk/team", "token-a"],
-            cwd=ai_client,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    message = result["message"]
-    assert message["role"] == "assistant"
-    assert "".join(p["text"] for p in message["parts"] if p["type"] == "text")
-    tools = [p for p in message["parts"] if p["type"] == "dynamic-tool"]
-    assert tools and all(p["state"] == "output-available" for p in tools), tools
-    assert result["reconnected"] is None

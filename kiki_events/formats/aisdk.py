@@ -33,9 +33,10 @@ never ``null``, and no field outside a chunk's type definition is sent. The mapp
   only those). ``useChat``'s ``addToolApprovalResponse`` answers an approval.
 * every other event → ``data-kiki-<type>{data: the event's JSON}`` (``llm``,
   ``custom``, ``done``, connection notices ``status``).
-* calls the client already holds from an earlier answer of the chat (``known_calls``,
-  e.g. a tool approved in the request that resumes the run) get their output without
-  being announced again, so the client updates its part instead of adding a second.
+* an answer that continues the client's assistant message (a tool approval answered):
+  ``start`` carries that message's id (``message_id``) instead of the run id, so the
+  client goes on with the message it has, and the calls it holds (``known_calls``) get
+  their output without being announced again, so it updates their parts.
 * ``done`` → everything open ended, ``finish-step``, ``finish``; ``cancelled`` ends
   with ``abort`` instead of ``finish``. ``error`` (and ``done`` ``error`` without one)
   → everything open ended, ``error{errorText}``, ``finish``: ``useChat`` stops at the
@@ -100,6 +101,7 @@ class AISDKEncoder(Encoder):
         "_available_calls",
         "_closed",
         "_handlers",
+        "_message_id",
         "_output_calls",
         "_parts",
         "_run_id",
@@ -108,12 +110,13 @@ class AISDKEncoder(Encoder):
         "finished",
     )
 
-    def __init__(self, known_calls: frozenset[str] = frozenset()) -> None:
+    def __init__(self, known_calls: frozenset[str] = frozenset(), message_id: str | None = None) -> None:
         self.finished = False
         """The terminal chunk (``finish`` or ``abort``) was sent: later items encode to ``b""``."""
         self.done_sent = False
         """``[DONE]`` was sent: :meth:`finish` gives ``b""`` from then on."""
         self._run_id = ""
+        self._message_id = message_id
         self._parts: dict[str, str] = {}  # open text / reasoning part id → "text" or "reasoning"
         self._closed: dict[str, int] = {}  # our message id → the number of its next continuation
         self._tools: dict[str, _Tool] = {}  # open tool call id → its name and streamed arguments
@@ -141,7 +144,7 @@ class AISDKEncoder(Encoder):
         out: _Out = []
         if not self._run_id:
             self._run_id = event.run_id
-            out += ({"type": "start", "messageId": event.run_id}, {"type": "start-step"})
+            out += ({"type": "start", "messageId": self._message_id or event.run_id}, {"type": "start-step"})
         self._handlers.get(type(event), self._data)(event, out)
         return b"".join(map(data_frame, out))
 
@@ -322,8 +325,9 @@ def _approval_call(info: InterruptInfo) -> str | None:
 class AISDKFormat(Format):
     """UI message chunks for the Vercel AI SDK over SSE (see the module docstring).
 
-    ``known_calls``: tool call ids the client already holds (from an earlier answer of
-    its chat); their outputs update the client's parts instead of announcing the calls.
+    For an answer that continues the client's assistant message: ``message_id`` is that
+    message's id (``start`` carries it instead of the run id) and ``known_calls`` the tool
+    call ids it holds (their outputs update its parts instead of announcing the calls).
     """
 
     name = "aisdk"
@@ -331,11 +335,12 @@ class AISDKFormat(Format):
     cacheable = False
     headers = MappingProxyType({STREAM_HEADER: "v1"})
 
-    def __init__(self, known_calls: frozenset[str] = frozenset()) -> None:
+    def __init__(self, known_calls: frozenset[str] = frozenset(), message_id: str | None = None) -> None:
         self.known_calls = known_calls
+        self.message_id = message_id
 
     def encoder(self) -> AISDKEncoder:
-        return AISDKEncoder(self.known_calls)
+        return AISDKEncoder(self.known_calls, self.message_id)
 
 
 FORMAT = AISDKFormat()

@@ -19,8 +19,9 @@ Vercel AI SDK):
   ``Command(resume={"approved": bool, "reason": text})`` (``reason`` only when given),
   several with ``Command(resume={approval id: answer, ...})`` (the approval ids are the
   interrupt ids the stream sent in ``tool-approval-request``; one without an id is a 422).
-  The tool calls of that message are the client's already: the answer streams their
-  outputs without announcing them again, so the client updates the parts it has.
+  The answer continues that message: the stream's ``start`` carries its id (not the
+  run id) and its tool calls get their outputs without being announced again, so the
+  client goes on with the message and updates the parts it has.
 
 ``GET /ai-sdk/{graph}/{chat_id}/stream`` is the SDK's reconnect request
 (``resumeStream()``, ``useChat({resume: true})``): the thread's latest run that has not
@@ -126,12 +127,13 @@ def _approval_answer(body: ChatRequest) -> Any:
     return answers or None
 
 
-def known_calls(body: ChatRequest) -> frozenset[str]:
-    """The tool calls the client holds in its last message, when that is the assistant's (an answer goes on)."""
+def answer_format(body: ChatRequest, resumes: bool) -> AISDKFormat:
+    """The stream's format: plain, or continuing the client's last (assistant) message when the run resumes."""
     last = body.messages[-1]
-    if last.role != "assistant":
-        return frozenset()
-    return frozenset(part.tool_call_id for part in last.parts if part.tool_call_id)
+    if not resumes or last.role != "assistant":
+        return AISDK
+    calls = frozenset(part.tool_call_id for part in last.parts if part.tool_call_id)
+    return AISDKFormat(calls, last.id)
 
 
 def run_request(graph: str, body: ChatRequest) -> RunRequest:
@@ -211,9 +213,9 @@ def add_aisdk_chat(router: APIRouter, ctx: RouteContext) -> None:
         """Run ``graph`` on the chat's thread for a ``useChat`` request and stream the AI SDK UI message stream."""
         raw = await ctx.read_body_for(request, graph)
         body = parse_chat_request(raw)
-        handle = await ctx.start(run_request(graph, body), principal)
-        calls = known_calls(body)
-        wire_format = AISDKFormat(calls) if calls else AISDK
+        run = run_request(graph, body)
+        handle = await ctx.start(run, principal)
+        wire_format = answer_format(body, run.resume is not None)
         return ctx.stream_started(request, handle, principal, wire_format=wire_format)
 
 
