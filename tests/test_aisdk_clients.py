@@ -224,4 +224,3 @@ def test_a_stream_resumed_while_the_run_is_live(setup: Setup) -> None:
     assert joined["reconnected"] is True and joined["errors"] == posted["errors"] == []
     assert joined["accepted"] == posted["accepted"] and joined["message"] == posted["message"]
     assert after["reconnected"] is False and after["message"] is None
-

@@ -35,8 +35,9 @@ def _chat(chat_id: str, *texts: str, **extra: Any) -> dict[str, Any]:
     return {"id": chat_id, "messages": messages, "trigger": "submit-message", **extra}
 
 
-def _chunks(response: httpx.Response) -> list[dict[str, Any]]:
-    """The chunks of a UI message stream response, checked like the format's own tests check them."""
+def _chunks(response: httpx.Response, known: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """The chunks of a UI message stream response, checked like the format's own tests check them
+    (``known``: the tool calls the client holds)."""
     assert response.status_code == 200, response.read()
     assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -44,13 +45,15 @@ def _chunks(response: httpx.Response) -> list[dict[str, Any]]:
     kept = b"".join(block + b"\n\n" for block in body.split(b"\n\n") if block and not block.startswith(b":"))
     out = parse_body(kept)
     _validate(out)
-    _verify_order(out)
+    _verify_order(out, known)
     return out
 
 
-def _post(client: httpx.Client, graph: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+def _post(
+    client: httpx.Client, graph: str, body: dict[str, Any], known: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     with client.stream("POST", f"/ai-sdk/{graph}", json=body, headers=AUTH) as response:
-        return _chunks(response)
+        return _chunks(response, known)
 
 
 def _text(out: list[dict[str, Any]]) -> str:
@@ -193,3 +196,51 @@ def test_the_endpoints_are_in_the_openapi_schema() -> None:
     assert {"id", "messages"} <= set(post["requestBody"]["content"]["application/json"]["schema"]["required"])
     assert {"200", "204", "404"} <= set(reconnect["responses"])
 
+
+def _approving_graph() -> Any:
+    """Two branches in parallel, each asking for approval of its own tool call (``call-a``, ``call-b``)."""
+
+    def asker(title: str) -> Any:
+        def ask(state: MessagesState) -> dict[str, Any]:
+            value = {"tool_call_id": f"call-{title}", "tool": "publish", "args": {"title": title}}
+            return {"messages": [AIMessage(content=f"{title}: {interrupt(value)}", name=title)]}
+
+        return ask
+
+    builder = StateGraph(MessagesState)
+    for title in ("a", "b"):
+        builder.add_node(title, asker(title))
+        builder.add_edge(START, title)
+    return builder.compile()
+
+
+def test_parallel_tool_approvals_are_answered_together_by_approval_id() -> None:
+    app = _app({"pub": _approving_graph()})
+    with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        asked = _post(client, "pub", _chat("chat-p", "publish both"))
+        requests = {c["toolCallId"]: c["approvalId"] for c in asked if c["type"] == "tool-approval-request"}
+        pending = client.get("/threads/chat-p/state", headers=AUTH).json()["interrupts"]
+        # What addToolApprovalResponse leaves in the assistant message, each answer with its approval id.
+        parts = [
+            {
+                "type": "dynamic-tool",
+                "toolName": "publish",
+                "toolCallId": call_id,
+                "state": "approval-responded",
+                "input": {"title": call_id[-1]},
+                "approval": {"id": approval_id, "approved": call_id == "call-a"},
+            }
+            for call_id, approval_id in requests.items()
+        ]
+        answer = {"id": "chat-p", "messages": [*_chat("chat-p", "publish both")["messages"]]}
+        answer["messages"].append({"id": "reply-1", "role": "assistant", "parts": parts})
+        answered = _post(client, "pub", answer, known=frozenset(requests))
+        state = client.get("/threads/chat-p/state", headers=AUTH).json()
+
+    assert set(requests) == {"call-a", "call-b"} and set(requests.values()) == {i["id"] for i in pending}
+    announced = {c["toolCallId"]: c["input"] for c in asked if c["type"] == "tool-input-available"}
+    assert announced == {"call-a": {"title": "a"}, "call-b": {"title": "b"}}  # from the approvals' values
+    assert answered[0] == {"type": "start", "messageId": "reply-1"}  # the answer continues the client's message
+    replies = sorted(str(m["content"]) for m in state["values"]["messages"][1:])
+    assert replies == ["a: {'approved': True}", "b: {'approved': False}"]
+    assert state["interrupts"] == [] and answered[-1] == {"type": "finish"}
