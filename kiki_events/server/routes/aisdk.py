@@ -1,7 +1,7 @@
 """``POST /ai-sdk/{graph}`` and ``GET /ai-sdk/{graph}/{chat_id}/stream``: a graph as the
 chat endpoint of the Vercel AI SDK's ``useChat`` (README.md, "AI SDK frontends").
 
-``useChat`` (``DefaultChatTransport``, ``ai`` 5 and 6) POSTs ``{id, messages, trigger,
+``useChat`` (``DefaultChatTransport``, ``ai`` 5, 6 and 7) POSTs ``{id, messages, trigger,
 messageId?, …}`` and reads the answer as a UI message stream (docs/sse.md, section
 Vercel AI SDK):
 
