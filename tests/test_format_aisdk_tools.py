@@ -139,3 +139,18 @@ async def test_an_approval_the_stream_never_announced_is_announced_from_the_valu
     ]
     [others] = _of(out, "data-kiki-interrupt")
     assert others["data"]["interrupts"] == [{"id": "i-2", "value": "Why?"}]
+
+
+async def test_a_call_made_available_early_is_not_announced_again(scripted: ModuleType) -> None:
+    calls = [ToolCall(name="crawl", args={"site": "a"}, id="call-a")]
+    events = await capture_run(tool_agent(_model(scripted, calls), [crawl]), user("crawl"))
+    end = next(e for e in events if e.type == "tool_call" and e.phase == "end")  # type: ignore[union-attr]
+    progress = next(e for e in events if e.type == "custom")
+    # The progress arrives while the call's arguments still stream: its end comes after.
+    moved = [e for e in events if e is not end and e is not progress]
+    moved.insert(moved.index(next(e for e in moved if e.type == "tool_result")), end)
+    moved.insert(moved.index(end), progress)
+    out = _encode(CapturedEvents(e.model_validate({**e.model_dump(), "seq": i + 1}) for i, e in enumerate(moved)))
+
+    assert len(_of(out, "tool-input-start", "call-a")) == len(_of(out, "tool-input-available", "call-a")) == 1
+    assert [c.get("preliminary", False) for c in _of(out, "tool-output-available", "call-a")] == [True, True, False]

@@ -236,6 +236,8 @@ class AISDKEncoder(Encoder):
 
     def _tool_call(self, event: ToolCallEvent, out: _Out) -> None:
         call_id = event.tool_call_id
+        if call_id in self._available_calls:
+            return  # made available early (its progress, approval or result came first): the client has it
         if call_id not in self._tools:
             if event.message_id is not None:
                 self._close_message(event.message_id, out)
