@@ -147,6 +147,9 @@ function finished(d) {
 
 function giveUp(reason) {
   warn(reason);
+  ui.outcome.hidden = false;
+  ui.outcome.dataset.state = "lost";
+  ui.outcome.textContent = `✗ Not following the run: ${reason}`;
   ui.cancel.disabled = true;
   ui.run.disabled = false;
 }

@@ -44,10 +44,12 @@ export function setPill(node, stateName, text) {
   node.textContent = text;
 }
 
-// A block of text shown whole when short; a long one shows its first lines and a
-// button to show the rest (never a scroll box of its own).
-const CLIP_LINES = 8;
-const CLIP_CHARS = 900;
+// A block of text shown whole when it fits the fold; a longer one shows its first
+// lines and a button for the rest (never a scroll box of its own). Whether it fits
+// is measured, again whenever its width changes.
+const measured = new ResizeObserver((entries) => {
+  for (const entry of entries) measureClip(entry.target.parentElement);
+});
 
 export function clipBox(className) {
   const box = el("div", `clip ${className}`);
@@ -58,23 +60,30 @@ export function clipBox(className) {
   });
   toggle.hidden = true;
   box.append(body, toggle);
+  measured.observe(body);
   return box;
 }
 
 export function setClipText(box, text) {
+  box.firstChild.textContent = text;
+  if (!box.dataset.pending) {
+    box.dataset.pending = "yes";
+    requestAnimationFrame(() => { delete box.dataset.pending; measureClip(box); });
+  }
+}
+
+function measureClip(box) {
+  if (!box || box.dataset.open === "yes") return;
   const body = box.firstChild;
-  body.textContent = text;
-  const lines = text.split("\n").length;
-  box.dataset.long = lines > CLIP_LINES || text.length > CLIP_CHARS ? "yes" : "no";
-  box.dataset.lines = String(lines);
+  if (!body.isConnected || body.clientHeight === 0) return;
+  box.dataset.long = body.scrollHeight > body.clientHeight + 2 ? "yes" : "no";
   labelClip(box);
 }
 
 function labelClip(box) {
   const toggle = box.lastChild;
+  const open = box.dataset.open === "yes";
   toggle.hidden = box.dataset.long !== "yes";
-  const lines = Number(box.dataset.lines);
-  toggle.textContent = box.dataset.open === "yes" ? "Show less ▴"
-    : `Show all${lines > 1 ? ` ${lines} lines` : ""} ▾`;
-  toggle.setAttribute("aria-expanded", box.dataset.open === "yes" ? "true" : "false");
+  toggle.textContent = open ? "Show less ▴" : "Show all ▾";
+  toggle.setAttribute("aria-expanded", open ? "true" : "false");
 }

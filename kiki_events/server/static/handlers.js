@@ -113,17 +113,19 @@ export function makeHandlers(hooks) {
 
     interrupt(d) {
       const list = d.interrupts || [];
+      // A node of the root graph pauses without naming itself: the agent that asks
+      // is the one that started last and is still running.
+      const agent = d.agent || [...app.view.steps.keys()].pop() || null;
       app.state.interrupts.push(...list);
-      app.state.interruptAgent = d.agent || null;
-      showInterrupts(list, d.agent, hooks.sendAnswer);
+      app.state.interruptAgent = agent;
+      showInterrupts(list, agent, hooks.sendAnswer);
       for (const it of list) {
         const approval = kindOf(it.value) === "approval" && app.view.tools.get(it.value.tool_call_id);
         if (approval) toolWaiting(approval, true);
         const asked = it.value && typeof it.value.question === "string" ? it.value.question : "a question";
-        note("interrupt", d.ts, `${d.agent || "the run"} asks: ${asked}`);
+        note("interrupt", d.ts, `${agent || "the run"} asks: ${asked}`);
       }
-      if (d.agent) item(d.agent, "interrupt", "⏸ Waiting for your answer (above)");
-      else item(null, "interrupt", "⏸ Waiting for your answer (above)");
+      item(agent, "interrupt", "⏸ Waiting for your answer");
     },
 
     error(d) {

@@ -226,7 +226,7 @@ export function handoff(agent, data) {
   detail.replaceChildren();
   if (data.phase === "requested") {
     title.textContent = `⇄ Handed to agent ${who} on another node`;
-    detail.append(`from ${data.from_node || "this node"} · waiting for a node to take it…`);
+    detail.append(`from ${data.from_node || "this node"} · waiting for its result…`);
   } else if (data.phase === "completed") {
     const ok = data.status === "success";
     title.textContent = `⇄ ${who} ran on ${data.node || "another node"}: ${data.status || "done"}`;
