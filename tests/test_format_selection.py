@@ -283,8 +283,34 @@ def test_an_unknown_format_is_refused_naming_the_known_ones(server: tuple[LiveSe
     assert "'application/xml'" in detail and "kiki (text/event-stream)" in detail and "lines (" in detail
 
 
+def test_a_run_started_and_streamed_in_another_format_and_a_refused_format_starts_nothing(
+    server: tuple[LiveServer, Gate],
+) -> None:
+    srv, gate = server
+    gate.open()
+    with httpx.Client(base_url=srv.url, timeout=30) as client:
+        with client.stream(
+            "POST", "/runs/stream", json={"graph": "gated", "message": "x"}, params={"format": "lines"}
+        ) as response:
+            raw = _read(response)
+            run_id = response.headers["x-kiki-run-id"]
+        refused = client.post(
+            "/runs/stream", json={"graph": "gated", "message": "x"}, headers={"Accept": "application/xml"}
+        )
+        unknown = client.post("/runs/stream", json={"graph": "gated", "message": "x"}, params={"format": "nope"})
+        metrics = client.get("/metrics").text
+
+    events, end = _lines(raw)
+    assert {e["run"] for e in events} == {run_id} and events[-1]["type"] == "done"
+    assert end == f"[END {len(events)}]"
+    assert (refused.status_code, unknown.status_code) == (406, 400)
+    assert 'kiki_runs_total{graph="gated",status="success"} 1.0' in metrics  # only the streamed run ran
+
+
 def test_the_schema_documents_the_format_parameter(lines: LinesFormat) -> None:
     paths = create_app(graphs={}).openapi()["paths"]
+    assert "406" in paths["/runs/stream"]["post"]["responses"]
+    assert [p["name"] for p in paths["/runs/stream"]["post"]["parameters"]] == ["format"]
     for path in ("/runs/{run_id}/stream", "/threads/{thread_id}/stream"):
         operation = paths[path]["get"]
         (param,) = [p for p in operation["parameters"] if p["name"] == "format"]
