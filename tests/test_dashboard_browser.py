@@ -346,7 +346,7 @@ def is_red(css_color: str) -> bool:
 OUTCOMES = {
     "success": "✓ Finished successfully",
     "error": "✗ Failed",
-    "interrupted": "⏸ Paused: waiting for your answer",
+    "interrupted": "‖ Paused: waiting for your answer",
     "cancelled": "■ Cancelled",
 }
 
@@ -650,7 +650,7 @@ def test_a_person_answers_a_choice_and_a_tool_approval_and_the_run_goes_on(
     first = start_run(page, base_url, "Write about SSE", graph="publish")
     assert wait_until_finished(page) == "interrupted"
     thread_id = page.evaluate("window.kikiState.threadId")
-    assert page.text_content("#outcome") == "⏸ Paused: waiting for your answer"
+    assert page.text_content("#outcome") == "‖ Paused: waiting for your answer"
 
     # A question with choices: one button each.
     assert page.text_content("#pending .ask-question") == LENGTH_QUESTION["question"]
@@ -766,10 +766,15 @@ def test_the_page_follows_its_address(page: Any, server: tuple[str, StreamFaults
 def test_the_empty_page_says_how_to_start(page: Any, server: tuple[str, StreamFaults], tmp_path: Path) -> None:
     base_url, _ = server
     page.goto(f"{base_url}/")
-    page.wait_for_function("document.getElementById('example-curl').textContent.includes('research_team')")
+    page.wait_for_function("document.getElementById('example-curl').textContent.includes('graph')")
     hint = page.text_content("#empty")
     assert "press Run" in hint and "#run=<run id>" in hint
-    assert f"curl -N -X POST {base_url}/runs/stream" in page.text_content("#example-curl")
+    page.select_option("#graph", "research_team")
+    example = page.text_content("#example-curl")
+    assert example.startswith(f"curl -N -X POST {base_url}/runs/stream")
+    body = json.loads(example.split("-d '", 1)[1].rstrip("'"))
+    assert body == {"graph": "research_team", "message": "Compare Redis streams and pub/sub"}
+    assert httpx.post(f"{base_url}/runs", json=body, timeout=10).status_code == 202  # the example works
     assert page.is_hidden("#run-view") and page.is_hidden("#conn")
     check_layout(page, tmp_path / "shots", "empty")
 

@@ -28,7 +28,7 @@ const OUTCOMES = {
   running: () => "Running…",
   success: (s) => `✓ Finished successfully${s.durationS != null ? ` in ${seconds(s.durationS)}` : ""}`,
   error: (s) => `✗ Failed${s.lastError ? `: ${s.lastError}` : ""}`,
-  interrupted: () => "⏸ Paused: waiting for your answer",
+  interrupted: () => "‖ Paused: waiting for your answer",
   cancelled: (s) => `■ Cancelled${s.durationS != null ? ` after ${seconds(s.durationS)}` : ""}`,
 };
 
@@ -102,7 +102,10 @@ function watch(runId, streamUrl, status, info = {}, continued = false) {
   ui.cancel.disabled = false;
   ui.cancel.textContent = "Cancel";
   setStatus(status);
-  openStream(streamUrl, (type, data) => handlers[type](data), giveUp);
+  openStream(streamUrl, (type, data) => {
+    if (typeof data.ts === "number") app.view.clock = Date.now() / 1000 - data.ts;
+    handlers[type](data);
+  }, giveUp);
 }
 
 function join(runId) {
@@ -213,7 +216,7 @@ async function sendAnswer(resume, labels) {
   const asker = state.interruptAgent || null;
   const info = await postRun({ graph: state.graph, thread_id: state.threadId, resume });
   closeInterrupts();
-  note("answer", Date.now() / 1000, `Answered: ${labels}`, `run ${shortId(info.run_id)}`);
+  note("answer", Date.now() / 1000 - app.view.clock, `Answered: ${labels}`, `run ${shortId(info.run_id)}`);
   item(asker, "answer", `↩ Answered: ${labels}`);
   history.replaceState(null, "", `#run=${encodeURIComponent(info.run_id)}`);
   watch(info.run_id, info.stream_url, "starting", info, true);
@@ -240,14 +243,20 @@ async function loadGraphs() {
     served = (await res.json()).graphs;
     ui.graph.replaceChildren(...served.map((name) => el("option", null, name)));
     if (!served.length) banner("warning", "The server has no graphs configured: add one under graphs: in its settings.");
-    const example = served[0] || "my_graph";
-    ui.example.textContent = `curl -N -X POST ${location.origin}${location.pathname.replace(/[^/]*$/, "")}runs/stream \\\n`
-      + `     -H 'content-type: application/json' \\\n     -d '{"graph": "${example}", "message": "Compare Redis streams and pub/sub"}'`;
     document.body.dataset.graphs = served.join(" ");
+    showExample();
     if (app.state.graph) showGraph(app.state.graph);
   } catch (err) {
     warn(`Could not load the list of graphs: ${err.message}`);
   }
+}
+
+// The empty page's example: start a run of the selected graph over HTTP.
+function showExample() {
+  const base = `${location.origin}${location.pathname.replace(/[^/]*$/, "")}`;
+  const body = JSON.stringify({ graph: ui.graph.value || "my_graph", message: "Compare Redis streams and pub/sub" });
+  ui.example.textContent = `curl -N -X POST ${base}runs/stream \\\n     -H 'content-type: application/json' \\\n`
+    + `     -d '${body.replaceAll("'", "'\\''")}'`;
 }
 
 // `#run=<id>` follows a run (live or recently finished) from its start; the page
@@ -268,6 +277,7 @@ function followHash() {
 
 ui.form.addEventListener("submit", startRun);
 ui.cancel.addEventListener("click", cancelRun);
+ui.graph.addEventListener("change", showExample);
 ui.message.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) ui.form.requestSubmit();
 });

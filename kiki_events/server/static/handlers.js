@@ -45,11 +45,13 @@ export function makeHandlers(hooks) {
 
     token(d) {
       // The agent comes with a message's first token; later tokens name only the message.
+      // Message ids count per run: a run that continues another one starts again at m1.
       const view = app.view;
-      if (d.agent) view.messageAgents.set(d.message_id, d.agent);
-      const name = d.agent || view.messageAgents.get(d.message_id) || "(run)";
+      const key = `${app.state.runId}:${d.message_id}`;
+      if (d.agent) view.messageAgents.set(key, d.agent);
+      const name = d.agent || view.messageAgents.get(key) || "(run)";
       const kind = d.kind === "reasoning" ? "reasoning" : "text";
-      const msg = message(d.message_id, lane(name));
+      const msg = message(key, d.message_id, lane(name));
       if (msg.kind !== kind) {
         msg.span = document.createElement("span");
         msg.span.className = kind;
@@ -67,7 +69,7 @@ export function makeHandlers(hooks) {
         message_id: d.message_id, agent: d.agent || null, model: d.model || null, status: d.status,
         duration_s: d.duration_s, ttft_s: d.ttft_s ?? null, usage: d.usage || {},
       });
-      const msg = app.view.messages.get(d.message_id);
+      const msg = app.view.messages.get(`${app.state.runId}:${d.message_id}`);
       if (msg) {
         const first = d.ttft_s != null ? `, first token after ${d.ttft_s.toFixed(3)} s` : "";
         msg.node.title = `${d.model || "LLM"}: ${d.status} in ${d.duration_s.toFixed(3)} s${first}`;
@@ -125,7 +127,7 @@ export function makeHandlers(hooks) {
         const asked = it.value && typeof it.value.question === "string" ? it.value.question : "a question";
         note("interrupt", d.ts, `${agent || "the run"} asks: ${asked}`);
       }
-      item(agent, "interrupt", "⏸ Waiting for your answer");
+      item(agent, "interrupt", "‖ Waiting for your answer");
     },
 
     error(d) {

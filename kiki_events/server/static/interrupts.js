@@ -63,8 +63,10 @@ function ask(it, agent) {
   const node = el("div", "ask");
   node.dataset.kind = entry.kind;
   node.dataset.interruptId = it.id;
-  if (agent) node.append(el("div", "ask-agent", `${agent} asks`));
   const { value } = entry;
+  const caller = entry.kind === "approval" && app.view.tools.get(value.tool_call_id)?.entry.name;
+  if (caller) node.append(el("div", "ask-agent", `${caller} wants to call ${value.tool || "a tool"}`));
+  else if (agent) node.append(el("div", "ask-agent", `${agent} asks`));
   if (entry.kind === "approval") {
     node.append(el("p", "ask-question", value.question || `Run the tool ${value.tool || "call"}?`));
     const tool = el("div", "ask-tool");
@@ -90,7 +92,7 @@ function ask(it, agent) {
 export function showInterrupts(list, agent, send) {
   const panel = app.ui.pending;
   if (!pending) {
-    panel.replaceChildren(el("h2", "pending-title", "⏸ The run is waiting for your answer"));
+    panel.replaceChildren(el("h2", "pending-title", "‖ The run is waiting for your answer"));
     const foot = el("div", "pending-foot");
     const status = el("span", "pending-status", "");
     const sendAll = button("Send answers", "send-all", () => submit());

@@ -5,7 +5,7 @@
 import { app, agentRec, toolRec } from "./store.js";
 import { clipBox, el, oneLine, pretty, seconds, setClipText, shortId } from "./dom.js";
 
-const INDICATORS = { completed: "✓", failed: "✗", stopped: "■", paused: "⏸" };
+const INDICATORS = { completed: "✓", failed: "✗", stopped: "■", paused: "‖" };
 
 export function lane(agent) {
   const name = agent || "(run)";
@@ -60,14 +60,15 @@ export function showNode(name, node) {
   entry.where.textContent = `on ${node}`;
 }
 
-export function message(id, entry) {
-  let msg = app.view.messages.get(id);
+export function message(key, id, entry) {
+  let msg = app.view.messages.get(key);
   if (!msg) {
     const node = el("div", "msg");
     node.dataset.messageId = id;
+    node.dataset.runId = app.state.runId;
     entry.feed.append(node);
     msg = { node, span: null, kind: null };
-    app.view.messages.set(id, msg);
+    app.view.messages.set(key, msg);
   }
   return msg;
 }
@@ -159,7 +160,7 @@ export function toolDone(call, rec, d) {
 export function toolWaiting(call, waiting) {
   if (call.card.dataset.state === "ok" || call.card.dataset.state === "error") return;
   call.card.dataset.state = waiting ? "waiting" : "pending";
-  call.badge.textContent = waiting ? "⏸" : "";
+  call.badge.textContent = waiting ? "‖" : "";
   call.info.textContent = waiting ? "waiting for approval" : "";
 }
 

@@ -19,13 +19,14 @@ export function newState(runId) {
 export function newView() {
   return {
     lanes: new Map(),          // agent path → card bookkeeping
-    messages: new Map(),       // message_id → message node
-    messageAgents: new Map(),  // message_id → agent (only a message's first token names it)
+    messages: new Map(),       // run_id:message_id → message node
+    messageAgents: new Map(),  // run_id:message_id → agent (only a message's first token names it)
     tools: new Map(),          // tool_call_id → tool card bookkeeping
     handoffs: new Map(),       // multiagent:sync request_id → handoff item
     steps: new Map(),          // agent path → its open timeline row
     lastEnded: null,           // the agent whose end was the last lifecycle event
     t0: null,                  // ts of the first event shown
+    clock: 0,                  // this browser's clock minus the server's (seconds), from the last event
     noticeSinceLast: false,
   };
 }

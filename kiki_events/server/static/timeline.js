@@ -4,7 +4,7 @@
 import { app } from "./store.js";
 import { el, seconds } from "./dom.js";
 
-const ICONS = { running: "●", completed: "✓", failed: "✗", stopped: "■", paused: "⏸" };
+const ICONS = { running: "●", completed: "✓", failed: "✗", stopped: "■", paused: "‖" };
 
 function since(ts) {
   const view = app.view;
@@ -70,8 +70,8 @@ export function stepsStopped(phase) {
 export function note(kind, ts, text, meta = "", depth = 0) {
   const li = row(kind, ts, depth);
   const p = parts(li);
-  p.icon.textContent = { handoff: "⇄", interrupt: "⏸", answer: "↩", success: "✓", error: "✗",
-    interrupted: "⏸", cancelled: "■" }[kind] || "•";
+  p.icon.textContent = { handoff: "⇄", interrupt: "‖", answer: "↩", success: "✓", error: "✗",
+    interrupted: "‖", cancelled: "■" }[kind] || "•";
   p.text.textContent = text;
   p.meta.textContent = meta;
   return li;
