@@ -785,3 +785,23 @@ def test_the_empty_page_says_how_to_start(page: Any, server: tuple[str, StreamFa
     assert wait_until_finished(page) == "success"
     assert page.is_hidden("#empty")
     assert page.problems == []
+
+
+def test_the_demo_writer_asks_before_publishing(page: Any, server: tuple[str, StreamFaults]) -> None:
+    base_url, _ = server
+    first = start_run(page, base_url, "Compare SSE and websockets with approval")
+    assert wait_until_finished(page) == "interrupted"
+    assert page.text_content("#pending .ask-agent") == "writer wants to call publish"
+    assert page.text_content("#pending .ask-question") == "Publish the report on SSE and websockets with approval?"
+    waiting = page.locator('.lane[data-agent="writer"] .tool[data-state="waiting"]')
+    assert waiting.count() == 1 and waiting.locator(".tool-name").text_content() == "publish"
+    call_id = waiting.get_attribute("data-tool-call-id")
+
+    page.fill("#pending .ask-reason", "not today")
+    page.click("#pending button.reject")
+    follow_answer(page, first)
+    assert wait_until_finished(page) == "success"
+    card = rendered(page)["tools"][call_id]
+    assert card["state"] == "ok" and card["result"] == "Not published: not today."
+    assert page.evaluate("window.kikiState.agents.writer.text").startswith("I did not publish the report.")
+    assert page.problems == []
