@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import operator
 import re
 import tempfile
 import threading
@@ -52,7 +53,7 @@ from tests.dashboard_pages import (
     start_run,
     wait_until_finished,
 )
-from tests.servers import iter_frames, live_server
+from tests.servers import iter_frames, live_server, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -260,6 +261,29 @@ def build_publish_graph(scripted: ModuleType) -> Any:
     return graph.compile()
 
 
+class PairState(TypedDict):
+    picked: Annotated[list[str], operator.add]
+
+
+def _asker(side: str) -> Any:
+    def ask(state: PairState) -> dict[str, Any]:
+        return {"picked": [f"{side}={interrupt({'question': f'Go {side}?', 'choices': ['yes', 'no']})}"]}
+
+    return ask
+
+
+def build_pair_graph() -> Any:
+    """Two nodes in parallel, each asking: two interrupts pending at once."""
+    graph = StateGraph(PairState)
+    graph.add_node("left", _asker("left"))
+    graph.add_node("right", _asker("right"))
+    graph.add_edge(START, "left")
+    graph.add_edge(START, "right")
+    graph.add_edge("left", END)
+    graph.add_edge("right", END)
+    return graph.compile()
+
+
 # ---------------------------------------------------------------------------
 # Fixtures: the real app with the demo graph, and one Chromium for the module
 # ---------------------------------------------------------------------------
@@ -276,6 +300,7 @@ def server(research_team: Any, scripted: ModuleType) -> Iterator[tuple[str, Stre
             "research_team_slow": research_team.build_graph(token_delay=0.05),
             "review": build_review_graph(),
             "publish": build_publish_graph(scripted),
+            "pair": build_pair_graph(),
         },
     )
     faults = StreamFaults(app)
@@ -720,8 +745,15 @@ def test_a_joined_interrupt_that_was_answered_elsewhere_cannot_be_answered_again
     assert wait_until_finished(page) == "interrupted"
     page.wait_for_function("!document.querySelector('#pending button.choice').disabled")
     # Someone else answers first; a page that joins the run now sees it answered.
+    asked = page.evaluate("window.kikiState.interrupts[0].id")
     body = {"graph": "publish", "thread_id": started["thread_id"], "resume": "short"}
     assert httpx.post(f"{base_url}/runs", json=body, timeout=10).status_code == 202
+
+    def moved_on() -> bool:
+        state = httpx.get(f"{base_url}/threads/{started['thread_id']}/state", timeout=10).json()
+        return asked not in [i["id"] for i in state["interrupts"]]
+
+    wait_for(moved_on, what="the thread to move past the first question")
     other = page.context.new_page()
     try:
         other.goto(f"{base_url}/#run={started['run_id']}")
@@ -804,4 +836,25 @@ def test_the_demo_writer_asks_before_publishing(page: Any, server: tuple[str, St
     card = rendered(page)["tools"][call_id]
     assert card["state"] == "ok" and card["result"] == "Not published: not today."
     assert page.evaluate("window.kikiState.agents.writer.text").startswith("I did not publish the report.")
+    assert page.problems == []
+
+
+def test_several_questions_are_answered_together(page: Any, server: tuple[str, StreamFaults]) -> None:
+    base_url, _ = server
+    first = start_run(page, base_url, "Both ways", graph="pair")
+    assert wait_until_finished(page) == "interrupted"
+    assert sorted(page.locator("#pending .ask-question").all_text_contents()) == ["Go left?", "Go right?"]
+    send = page.locator("#pending button.send-all")
+    page.wait_for_function("!document.querySelector('#pending button.choice').disabled")
+    assert send.is_visible() and send.is_disabled()
+    page.click("#pending .ask:has-text('Go left?') button.choice:text-is('yes')")
+    assert send.is_disabled(), "one answer of two: nothing is sent yet"
+    assert page.evaluate("window.kikiState.runId") == first
+    page.click("#pending .ask:has-text('Go right?') button.choice:text-is('no')")
+    page.click("#pending .ask:has-text('Go right?') button.choice:text-is('yes')")  # changed my mind
+    send.click()
+    follow_answer(page, first)
+    assert wait_until_finished(page) == "success"
+    thread = httpx.get(f"{base_url}/threads/{page.evaluate('window.kikiState.threadId')}/state", timeout=10).json()
+    assert sorted(thread["values"]["picked"]) == ["left=yes", "right=yes"]
     assert page.problems == []
