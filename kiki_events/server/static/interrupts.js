@@ -146,10 +146,6 @@ export function closeInterrupts() {
   app.ui.pending.replaceChildren();
 }
 
-export function pendingInterrupts() {
-  return pending ? pending.items.map((entry) => entry.id) : [];
-}
-
 function setEnabled(on) {
   for (const node of app.ui.pending.querySelectorAll("button, input, textarea")) node.disabled = !on;
   if (on && pending) pending.sendAll.disabled = !pending.items.every((e) => e.answer !== undefined);
