@@ -29,17 +29,20 @@ out, never sent as ``null``. The mapping (table in ``docs/sse.md``, section AG-U
   toolCallId, content, role: "tool"}`` (the call is ended first if it is still
   open); ``content`` is the output or, when the tool failed, ``"<error_type>:
   <error>"`` (redacted).
-* ``custom`` → ``CUSTOM{name, value: data}`` (``{}`` when there is no data); every
-  other event (``llm``, ``interrupt``, ``done``, connection notices …) →
+* ``custom`` → ``CUSTOM{name, value: data}`` (``{}`` when there is no data); one
+  with a ``tool_call_id`` is that call's progress: ``ACTIVITY_SNAPSHOT`` with
+  protocol 1.0, ``CUSTOM{name: "kiki.tool_progress"}`` with 0.0.x (``aguiparts.py``).
+  Every other event (``llm``, ``interrupt``, ``done``, connection notices …) →
   ``CUSTOM{name: "kiki.<type>", value: the event's JSON}``.
 * ``error`` → everything open is ended, then ``RUN_ERROR{message, code:
   error_type}``.
 * ``done`` → everything open is ended, then ``RUN_FINISHED{threadId, runId}``; with
   protocol 1.0 it carries ``outcome``: ``success``, ``interrupt`` (the run's
-  interrupts: ``id``, ``reason: "input_required"``, ``message`` = the interrupt's
-  value as text) or ``cancelled``. A 0.0.x client knows no outcome: an interrupted
-  run ends with a plain ``RUN_FINISHED`` (the ``kiki.interrupt`` event before it
-  carries the interrupts), a cancelled one with ``RUN_ERROR{code: "cancelled"}``.
+  interrupts: ``id``, ``reason`` ``tool_call`` or ``input_required``, ``message``,
+  ``toolCallId``, ``responseSchema``; ``aguiparts.py``) or ``cancelled``. A 0.0.x
+  client knows no outcome: an interrupted run ends with a plain ``RUN_FINISHED``
+  (the ``kiki.interrupt`` event before it carries the interrupts), a cancelled one
+  with ``RUN_ERROR{code: "cancelled"}``.
   ``done`` with status ``error`` and no ``error`` before it ends with
   ``RUN_ERROR{code: "error"}``.
 
@@ -76,11 +79,11 @@ from ..events import (
     ToolResultEvent,
 )
 from ..redaction import redact_text
+from .aguiparts import interrupt_of, progress_of
 from .base import Encoder, Format
 from .jsondata import data_frame as _frame
 from .jsondata import dumps as _dumps
 from .jsondata import event_json as _event_json
-from .jsondata import text_of as _text_of
 
 __all__ = ["FORMAT", "PROTOCOL_LEGACY", "PROTOCOL_V1", "AGUIEncoder", "AGUIFormat"]
 
@@ -126,7 +129,7 @@ class AGUIEncoder(Encoder):
         self._parents: dict[str, str] = {}  # our message id → the AG-UI id of its last ended part
         self._tools: dict[str, bool] = {}  # open tool call id → whether ARGS was sent
         self._steps: dict[str, int] = {}  # open step name → how many are running
-        self._interrupts: list[dict[str, str]] = []
+        self._interrupts: list[dict[str, Any]] = []
         self._handlers: dict[type, Callable[[Any, list[dict[str, Any]]], None]] = {
             StatusEvent: self._status,
             AgentLifecycleEvent: self._lifecycle,
@@ -310,7 +313,10 @@ class AGUIEncoder(Encoder):
         )
 
     def _custom(self, event: CustomEvent, out: list[dict[str, Any]]) -> None:
-        out.append({"type": "CUSTOM", "name": event.name, "value": {} if event.data is None else event.data})
+        if event.tool_call_id is not None:
+            out.append(progress_of(event, self.v1))
+        else:
+            out.append({"type": "CUSTOM", "name": event.name, "value": {} if event.data is None else event.data})
 
     def _llm(self, event: LLMCallEvent, out: list[dict[str, Any]]) -> None:
         self._close_message(event.message_id, out)
@@ -318,10 +324,7 @@ class AGUIEncoder(Encoder):
 
     def _interrupt(self, event: InterruptEvent, out: list[dict[str, Any]]) -> None:
         for index, info in enumerate(event.interrupts):
-            interrupt = {"id": info.id or f"{event.run_id}:{event.seq}:{index}", "reason": "input_required"}
-            if info.value is not None:
-                interrupt["message"] = _text_of(info.value)
-            self._interrupts.append(interrupt)
+            self._interrupts.append(interrupt_of(info, f"{event.run_id}:{event.seq}:{index}"))
         self._custom_of(event, out)
 
     def _error(self, event: ErrorEvent, out: list[dict[str, Any]]) -> None:
