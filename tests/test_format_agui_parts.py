@@ -29,7 +29,7 @@ async def crawl(site: str) -> str:
     return f"crawled {site}"
 
 
-async def _progress_run(scripted: ModuleType) -> Any:
+def progress_graph(scripted: ModuleType) -> Any:
     """Two parallel ``crawl`` calls reporting pages, and a custom event outside any tool."""
     calls = [ToolCall(name="crawl", args={"site": s}, id=f"call-{s}") for s in ("a", "b")]
 
@@ -47,7 +47,11 @@ async def _progress_run(scripted: ModuleType) -> Any:
     builder.add_node("crawler", crawler)
     builder.add_edge(START, "plan")
     builder.add_edge("plan", "crawler")
-    return await capture_run(builder.compile(), user("crawl a and b"))
+    return builder.compile()
+
+
+async def _progress_run(scripted: ModuleType) -> Any:
+    return await capture_run(progress_graph(scripted), user("crawl a and b"))
 
 
 @pytest.mark.asyncio

@@ -12,13 +12,15 @@ out, never sent as ``null``. The mapping (table in ``docs/sse.md``, section AG-U
   a step already open under the same name (parallel branches of one node) is
   counted, not opened twice, and finishes when the last of them ends.
 * ``token`` (text) → ``TEXT_MESSAGE_START{messageId, role: "assistant"}`` before the
-  message's first token, then ``TEXT_MESSAGE_CONTENT{messageId, delta}``. The message
+  message's first token, then ``TEXT_MESSAGE_CONTENT{messageId, delta}``;
+  ``messageId`` is ``<run_id>:<message_id>`` (our run id: message ids are per run,
+  and a client keeps a thread's messages across its runs). The message
   ends (``TEXT_MESSAGE_END``) at its ``llm`` event, when a tool call of the same
   message starts, or before the terminal event. A token of a message that was
-  already ended opens a continuation message ``<message_id>#<n>``.
+  already ended opens a continuation message ``<run_id>:<message_id>#<n>``.
 * ``token`` (reasoning) → with protocol 1.0, ``REASONING_START`` /
   ``REASONING_MESSAGE_START{role: "reasoning"}`` / ``REASONING_MESSAGE_CONTENT`` /
-  ``REASONING_MESSAGE_END`` / ``REASONING_END`` under the id ``<message_id>:reasoning``
+  ``REASONING_MESSAGE_END`` / ``REASONING_END`` under the id ``<messageId>:reasoning``
   (ended like a text message, and when the message's text starts). A 0.0.x client
   gets each reasoning token as ``CUSTOM{name: "kiki.token"}`` instead.
 * ``tool_call`` start / args / end → ``TOOL_CALL_START{toolCallId, toolCallName,
@@ -101,6 +103,7 @@ class AGUIEncoder(Encoder):
         "_handlers",
         "_interrupts",
         "_messages",
+        "_ours",
         "_parents",
         "_run_id",
         "_run_override",
@@ -123,6 +126,7 @@ class AGUIEncoder(Encoder):
         """The terminal event was sent: every later item encodes to ``b""``."""
         self._run_id = ""
         self._thread_id = ""
+        self._ours = ""  # our run id: the prefix of message ids
         # Open messages: AG-UI message id → "text" or "reasoning"; our message id → its segment.
         self._messages: dict[str, str] = {}
         self._closed: dict[str, int] = {}
@@ -151,6 +155,7 @@ class AGUIEncoder(Encoder):
         event: StreamEvent = item.event if isinstance(item, Frame) else item
         out: list[dict[str, Any]] = []
         if not self._run_id:
+            self._ours = event.run_id
             self._run_id = self._run_override or event.run_id
             self._thread_id = self._thread_override or event.thread_id or event.run_id
             out.append(self._with_version({"type": "RUN_STARTED", "threadId": self._thread_id, "runId": self._run_id}))
@@ -176,13 +181,14 @@ class AGUIEncoder(Encoder):
         out.append({"type": "CUSTOM", "name": f"kiki.{event.type}", "value": _event_json(event)})
 
     def _message_id(self, message_id: str) -> str:
-        """The AG-UI id a token of our message ``message_id`` goes to now."""
+        """The AG-UI id a token of our message ``message_id`` goes to now (``<run_id>:<message_id>[#n]``)."""
         segment = self._closed.get(message_id)
-        return message_id if segment is None else f"{message_id}#{segment}"
+        base = f"{self._ours}:{message_id}"
+        return base if segment is None else f"{base}#{segment}"
 
     def _parent_id(self, message_id: str) -> str:
         """The AG-UI id of our message ``message_id``'s latest part (for ``parentMessageId``)."""
-        return self._parents.get(message_id, message_id)
+        return self._parents.get(message_id) or f"{self._ours}:{message_id}"
 
     def _end_message(self, agui_id: str, out: list[dict[str, Any]]) -> None:
         kind = self._messages.pop(agui_id)
