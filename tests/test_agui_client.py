@@ -367,6 +367,9 @@ def test_a_client_re_attaches_to_a_running_run(
     finished = _clean(attached, "RUN_FINISHED")
     assert finished["outcome"] == {"type": "success"}  # the run's stream speaks 1.0
     assert {e["stepName"] for e in _of(attached, "STEP_STARTED")} >= {"team", "hold", "review"}
+    # The same ids as on the first connection, so a client can match what it already has.
+    started = [e["messageId"] for e in _of(dropped, "TEXT_MESSAGE_START")]
+    assert started and [e["messageId"] for e in _of(attached, "TEXT_MESSAGE_START")][: len(started)] == started
     last = _of(attached, "TEXT_MESSAGE_START")[-1]["messageId"]
     reply = "".join(e["delta"] for e in _of(attached, "TEXT_MESSAGE_CONTENT") if e["messageId"] == last)
     assert _texts(attached["messages"], "assistant")[-1] == reply and len(reply.split()) >= 20
