@@ -399,3 +399,34 @@ def test_a_tool_calls_progress_reaches_the_client(
         assert len(progress) == 4 and {p["toolCallId"]: p for p in progress} == latest
         assert not [m for m in step["messages"] if m["role"] == "activity"]
     assert [e["value"] for e in _of(step, "CUSTOM") if e["name"] == "plan"] == [{"steps": 2}]
+
+
+def _frames(*events: dict[str, Any]) -> str:
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_what_the_client_refuses_is_seen(node: str, tmp_path: Path, client: str) -> None:
+    """The checks of the tests above are not vacuous: each stream here is refused, thrown or warned about."""
+    started = {"type": "RUN_STARTED", "threadId": "t", "runId": "r"}
+    finished = {"type": "RUN_FINISHED", "threadId": "t", "runId": "r"}
+    bodies = {  # what → (the stream, the clients that refuse it)
+        "content without its start": (
+            _frames(started, {"type": "TEXT_MESSAGE_CONTENT", "messageId": "m", "delta": "x"}, finished),
+            {"1", "0"},
+        ),
+        "a message left open": (
+            _frames(started, {"type": "TEXT_MESSAGE_START", "messageId": "m"}, finished),
+            {"1", "0"},
+        ),
+        "a null field": (_frames(started, {"type": "STEP_STARTED", "stepName": None}, finished), {"1", "0"}),
+        # 1.0 drops an unknown event type with a warning; a 0.0.x client fails the run.
+        "an unknown event type": (_frames(started, {"type": "KIKI_PROGRESS"}, finished), {"1", "0"}),
+        # 1.0 strips an unknown field with a warning; 0.0.x passes it on.
+        "an unknown field": (_frames(started, {**finished, "kikiExtra": 1}), {"1"}),
+    }
+    for what, (body, refusing) in bodies.items():
+        scenario = {"client": client, "url": "http://kiki.invalid", "graph": "g", "threadId": "t", "body": body}
+        [step] = _drive(node, tmp_path, {**scenario, "steps": [_say("hi")]})
+        refused = step["error"] is not None or bool(step["printed"]) or _types(step)[-1] != "RUN_FINISHED"
+        assert refused is (client in refusing), (what, step)

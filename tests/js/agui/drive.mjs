@@ -11,6 +11,7 @@
 //   {"do": "connect"}                       a fresh agent on the same thread re-attaches to the
 //                                           previous step's run: connectAgent reading
 //                                           GET /runs/{id}/stream?format=agui
+// With "body" in the scenario, every request is answered with that text instead (no server).
 // Options of a step: "cancelOnStep" (POST /runs/{id}/cancel when that step starts),
 // "abortOnStep" (the client drops the connection there), "signalOnStep" (print a signal line).
 //
@@ -33,6 +34,10 @@ for (const level of ["warn", "error"]) {
 const headers = scenario.headers ?? {};
 let lastRunId = null;
 const recordingFetch = async (url, init) => {
+  if (scenario.body !== undefined) {
+    // A fixed answer instead of the server's: shows what the client refuses.
+    return new Response(scenario.body, { headers: { "content-type": "text/event-stream" } });
+  }
   const response = await fetch(url, init);
   const runId = response.headers.get("x-kiki-run-id");
   if (runId) lastRunId = runId;
