@@ -121,7 +121,9 @@ def _drive(
 
 @contextmanager
 def _server(research_team: ModuleType, **graphs: Any) -> Iterator[LiveServer]:
-    """The demo research team from the graph config (``team``), and ``graphs``, behind a bearer token."""
+    """The demo research team from the graph config (``team``, streaming at the demo's pace), the same
+    team without delays (``quick``), and ``graphs``, behind a bearer token."""
+    graphs = {"quick": research_team.build_graph(), **graphs}
     settings = Settings.model_validate(
         {
             "graphs": {"team": "./agents/research_team.py:graph"},
@@ -218,9 +220,9 @@ def test_a_failing_tool_and_a_graph_that_raises(
     node: str, tmp_path: Path, research_team: ModuleType, client: str
 ) -> None:
     with _server(research_team) as server:
-        failing = _scenario(client, server, "team", "fail", _say("Please fail to fetch the Redis docs"))
+        failing = _scenario(client, server, "quick", "fail", _say("Please fail to fetch the Redis docs"))
         [failed] = _drive(node, tmp_path, failing)
-        crashing = _scenario(client, server, "team", "crash", _say("Compare queues and crash"))
+        crashing = _scenario(client, server, "quick", "crash", _say("Compare queues and crash"))
         [crashed] = _drive(node, tmp_path, crashing)
 
     # A failing tool is a result with the error, and the run goes on to succeed.
@@ -260,7 +262,7 @@ def test_a_tool_approval_answered_through_the_client(
         scenario = _scenario(
             client,
             server,
-            "team",
+            "quick",
             "approve",
             {"do": "run", "message": "Redis. Compare streams and pub/sub, with approval"},
             {"do": "run", "answer": {"approved": True}},
@@ -425,8 +427,8 @@ def test_what_the_client_refuses_is_seen(node: str, tmp_path: Path, client: str)
         # 1.0 strips an unknown field with a warning; 0.0.x passes it on.
         "an unknown field": (_frames(started, {**finished, "kikiExtra": 1}), {"1"}),
     }
-    for what, (body, refusing) in bodies.items():
-        scenario = {"client": client, "url": "http://kiki.invalid", "graph": "g", "threadId": "t", "body": body}
-        [step] = _drive(node, tmp_path, {**scenario, "steps": [_say("hi")]})
+    steps = [{**_say("hi"), "body": body} for body, _ in bodies.values()]
+    scenario = {"client": client, "url": "http://kiki.invalid", "graph": "g", "threadId": "t", "steps": steps}
+    for (what, (_, refusing)), step in zip(bodies.items(), _drive(node, tmp_path, scenario), strict=True):
         refused = step["error"] is not None or bool(step["printed"]) or _types(step)[-1] != "RUN_FINISHED"
         assert refused is (client in refusing), (what, step)

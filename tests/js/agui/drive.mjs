@@ -11,7 +11,8 @@
 //   {"do": "connect"}                       a fresh agent on the same thread re-attaches to the
 //                                           previous step's run: connectAgent reading
 //                                           GET /runs/{id}/stream?format=agui
-// With "body" in the scenario, every request is answered with that text instead (no server).
+//   {"do": "run", "body": "...", ...}      a fresh agent's runAgent answered with that text
+//                                           instead of the server's answer
 // Options of a step: "cancelOnStep" (POST /runs/{id}/cancel when that step starts),
 // "abortOnStep" (the client drops the connection there), "signalOnStep" (print a signal line).
 //
@@ -33,10 +34,11 @@ for (const level of ["warn", "error"]) {
 
 const headers = scenario.headers ?? {};
 let lastRunId = null;
+let fixedBody;
 const recordingFetch = async (url, init) => {
-  if (scenario.body !== undefined) {
+  if (fixedBody !== undefined) {
     // A fixed answer instead of the server's: shows what the client refuses.
-    return new Response(scenario.body, { headers: { "content-type": "text/event-stream" } });
+    return new Response(fixedBody, { headers: { "content-type": "text/event-stream" } });
   }
   const response = await fetch(url, init);
   const runId = response.headers.get("x-kiki-run-id");
@@ -127,6 +129,8 @@ for (const step of scenario.steps) {
     const streamUrl = `${scenario.url}/runs/${lastRunId}/stream?format=agui`;
     agent = newAgent(streamUrl);
   }
+  if (step.body !== undefined) agent = newAgent(null);
+  fixedBody = step.body;
   const out = await runStep(agent, step, previous);
   previous = out.events;
   results.push(out);
