@@ -12,13 +12,15 @@ out, never sent as ``null``. The mapping (table in ``docs/sse.md``, section AG-U
   a step already open under the same name (parallel branches of one node) is
   counted, not opened twice, and finishes when the last of them ends.
 * ``token`` (text) → ``TEXT_MESSAGE_START{messageId, role: "assistant"}`` before the
-  message's first token, then ``TEXT_MESSAGE_CONTENT{messageId, delta}``. The message
+  message's first token, then ``TEXT_MESSAGE_CONTENT{messageId, delta}``;
+  ``messageId`` is ``<run_id>:<message_id>`` (our run id: message ids are per run,
+  and a client keeps a thread's messages across its runs). The message
   ends (``TEXT_MESSAGE_END``) at its ``llm`` event, when a tool call of the same
   message starts, or before the terminal event. A token of a message that was
-  already ended opens a continuation message ``<message_id>#<n>``.
+  already ended opens a continuation message ``<run_id>:<message_id>#<n>``.
 * ``token`` (reasoning) → with protocol 1.0, ``REASONING_START`` /
   ``REASONING_MESSAGE_START{role: "reasoning"}`` / ``REASONING_MESSAGE_CONTENT`` /
-  ``REASONING_MESSAGE_END`` / ``REASONING_END`` under the id ``<message_id>:reasoning``
+  ``REASONING_MESSAGE_END`` / ``REASONING_END`` under the id ``<messageId>:reasoning``
   (ended like a text message, and when the message's text starts). A 0.0.x client
   gets each reasoning token as ``CUSTOM{name: "kiki.token"}`` instead.
 * ``tool_call`` start / args / end → ``TOOL_CALL_START{toolCallId, toolCallName,
@@ -29,17 +31,20 @@ out, never sent as ``null``. The mapping (table in ``docs/sse.md``, section AG-U
   toolCallId, content, role: "tool"}`` (the call is ended first if it is still
   open); ``content`` is the output or, when the tool failed, ``"<error_type>:
   <error>"`` (redacted).
-* ``custom`` → ``CUSTOM{name, value: data}`` (``{}`` when there is no data); every
-  other event (``llm``, ``interrupt``, ``done``, connection notices …) →
+* ``custom`` → ``CUSTOM{name, value: data}`` (``{}`` when there is no data); one
+  with a ``tool_call_id`` is that call's progress: ``ACTIVITY_SNAPSHOT`` with
+  protocol 1.0, ``CUSTOM{name: "kiki.tool_progress"}`` with 0.0.x (``aguiparts.py``).
+  Every other event (``llm``, ``interrupt``, ``done``, connection notices …) →
   ``CUSTOM{name: "kiki.<type>", value: the event's JSON}``.
 * ``error`` → everything open is ended, then ``RUN_ERROR{message, code:
   error_type}``.
 * ``done`` → everything open is ended, then ``RUN_FINISHED{threadId, runId}``; with
   protocol 1.0 it carries ``outcome``: ``success``, ``interrupt`` (the run's
-  interrupts: ``id``, ``reason: "input_required"``, ``message`` = the interrupt's
-  value as text) or ``cancelled``. A 0.0.x client knows no outcome: an interrupted
-  run ends with a plain ``RUN_FINISHED`` (the ``kiki.interrupt`` event before it
-  carries the interrupts), a cancelled one with ``RUN_ERROR{code: "cancelled"}``.
+  interrupts: ``id``, ``reason`` ``tool_call`` or ``input_required``, ``message``,
+  ``toolCallId``, ``responseSchema``; ``aguiparts.py``) or ``cancelled``. A 0.0.x
+  client knows no outcome: an interrupted run ends with a plain ``RUN_FINISHED``
+  (the ``kiki.interrupt`` event before it carries the interrupts), a cancelled one
+  with ``RUN_ERROR{code: "cancelled"}``.
   ``done`` with status ``error`` and no ``error`` before it ends with
   ``RUN_ERROR{code: "error"}``.
 
@@ -76,11 +81,11 @@ from ..events import (
     ToolResultEvent,
 )
 from ..redaction import redact_text
+from .aguiparts import interrupt_of, progress_of
 from .base import Encoder, Format
 from .jsondata import data_frame as _frame
 from .jsondata import dumps as _dumps
 from .jsondata import event_json as _event_json
-from .jsondata import text_of as _text_of
 
 __all__ = ["FORMAT", "PROTOCOL_LEGACY", "PROTOCOL_V1", "AGUIEncoder", "AGUIFormat"]
 
@@ -98,6 +103,7 @@ class AGUIEncoder(Encoder):
         "_handlers",
         "_interrupts",
         "_messages",
+        "_ours",
         "_parents",
         "_run_id",
         "_run_override",
@@ -120,13 +126,14 @@ class AGUIEncoder(Encoder):
         """The terminal event was sent: every later item encodes to ``b""``."""
         self._run_id = ""
         self._thread_id = ""
+        self._ours = ""  # our run id: the prefix of message ids
         # Open messages: AG-UI message id → "text" or "reasoning"; our message id → its segment.
         self._messages: dict[str, str] = {}
         self._closed: dict[str, int] = {}
         self._parents: dict[str, str] = {}  # our message id → the AG-UI id of its last ended part
         self._tools: dict[str, bool] = {}  # open tool call id → whether ARGS was sent
         self._steps: dict[str, int] = {}  # open step name → how many are running
-        self._interrupts: list[dict[str, str]] = []
+        self._interrupts: list[dict[str, Any]] = []
         self._handlers: dict[type, Callable[[Any, list[dict[str, Any]]], None]] = {
             StatusEvent: self._status,
             AgentLifecycleEvent: self._lifecycle,
@@ -148,6 +155,7 @@ class AGUIEncoder(Encoder):
         event: StreamEvent = item.event if isinstance(item, Frame) else item
         out: list[dict[str, Any]] = []
         if not self._run_id:
+            self._ours = event.run_id
             self._run_id = self._run_override or event.run_id
             self._thread_id = self._thread_override or event.thread_id or event.run_id
             out.append(self._with_version({"type": "RUN_STARTED", "threadId": self._thread_id, "runId": self._run_id}))
@@ -173,13 +181,14 @@ class AGUIEncoder(Encoder):
         out.append({"type": "CUSTOM", "name": f"kiki.{event.type}", "value": _event_json(event)})
 
     def _message_id(self, message_id: str) -> str:
-        """The AG-UI id a token of our message ``message_id`` goes to now."""
+        """The AG-UI id a token of our message ``message_id`` goes to now (``<run_id>:<message_id>[#n]``)."""
         segment = self._closed.get(message_id)
-        return message_id if segment is None else f"{message_id}#{segment}"
+        base = f"{self._ours}:{message_id}"
+        return base if segment is None else f"{base}#{segment}"
 
     def _parent_id(self, message_id: str) -> str:
         """The AG-UI id of our message ``message_id``'s latest part (for ``parentMessageId``)."""
-        return self._parents.get(message_id, message_id)
+        return self._parents.get(message_id) or f"{self._ours}:{message_id}"
 
     def _end_message(self, agui_id: str, out: list[dict[str, Any]]) -> None:
         kind = self._messages.pop(agui_id)
@@ -310,7 +319,10 @@ class AGUIEncoder(Encoder):
         )
 
     def _custom(self, event: CustomEvent, out: list[dict[str, Any]]) -> None:
-        out.append({"type": "CUSTOM", "name": event.name, "value": {} if event.data is None else event.data})
+        if event.tool_call_id is not None:
+            out.append(progress_of(event, self.v1))
+        else:
+            out.append({"type": "CUSTOM", "name": event.name, "value": {} if event.data is None else event.data})
 
     def _llm(self, event: LLMCallEvent, out: list[dict[str, Any]]) -> None:
         self._close_message(event.message_id, out)
@@ -318,10 +330,7 @@ class AGUIEncoder(Encoder):
 
     def _interrupt(self, event: InterruptEvent, out: list[dict[str, Any]]) -> None:
         for index, info in enumerate(event.interrupts):
-            interrupt = {"id": info.id or f"{event.run_id}:{event.seq}:{index}", "reason": "input_required"}
-            if info.value is not None:
-                interrupt["message"] = _text_of(info.value)
-            self._interrupts.append(interrupt)
+            self._interrupts.append(interrupt_of(info, f"{event.run_id}:{event.seq}:{index}"))
         self._custom_of(event, out)
 
     def _error(self, event: ErrorEvent, out: list[dict[str, Any]]) -> None:
