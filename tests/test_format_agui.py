@@ -354,3 +354,50 @@ def test_the_format_is_registered_per_stream_and_picks_the_version() -> None:
 def test_the_order_checker_rejects_what_a_client_rejects(stream: list[dict[str, Any]]) -> None:
     with pytest.raises(AssertionError):
         _verify_order(stream)
+
+
+def _parse(body: bytes) -> list[dict[str, Any]]:
+    return [json.loads(chunk[6:]) for chunk in body[:-2].split(b"\n\n")]
+
+
+def _runs(out: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """A stream's events cut into runs, each from its RUN_STARTED."""
+    runs: list[list[dict[str, Any]]] = []
+    for event in out:
+        if event["type"] == "RUN_STARTED":
+            runs.append([])
+        runs[-1].append(event)
+    return runs
+
+
+@pytest.mark.parametrize("v1", [True, False])
+@pytest.mark.asyncio
+async def test_a_thread_stream_carries_its_runs_one_after_another(research_team: ModuleType, v1: bool) -> None:
+    config = {"configurable": {"thread_id": "t-2"}}
+    first = await capture_run(research_team.build_graph(), user("Compare queues"), config)
+    second = await capture_run(research_team.build_graph(), user("Compare logs"), config)
+    encoder = FORMAT.encoder_for(PROTOCOL_V1 if v1 else None)
+
+    out = _parse(encoder.encode_all([*frames_of(first), *frames_of(second)]))
+
+    runs = _runs(out)
+    assert [run[0]["runId"] for run in runs] == [first.runs()[0], second.runs()[0]]
+    for run in runs:
+        _validate(run, v1=v1)
+        _verify_order(run)
+        assert run[-1]["type"] == "RUN_FINISHED" and run[0]["threadId"] == "t-2"
+    assert not encoder.ended  # a thread stream goes on after RUN_FINISHED
+
+
+@pytest.mark.asyncio
+async def test_nothing_follows_a_run_error_on_a_thread_stream(research_team: ModuleType) -> None:
+    config = {"configurable": {"thread_id": "t-3"}}
+    crashed = await capture_run(research_team.build_graph(), user("Compare queues, then crash"), config)
+    later = await capture_run(research_team.build_graph(), user("Compare logs"), config)
+    encoder = FORMAT.encoder_for(PROTOCOL_V1)
+
+    out = _parse(encoder.encode_all([*frames_of(crashed), *frames_of(later)]))
+
+    assert [run[0]["runId"] for run in _runs(out)] == crashed.runs()
+    assert out[-1]["type"] == "RUN_ERROR" and encoder.ended
+    assert encoder.encode_all(frames_of(later)) == b"" and encoder.finish() == b""

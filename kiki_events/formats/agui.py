@@ -44,21 +44,18 @@ out, never sent as ``null``. The mapping (table in ``docs/sse.md``, section AG-U
   ``toolCallId``, ``responseSchema``; ``aguiparts.py``) or ``cancelled``. A 0.0.x
   client knows no outcome: an interrupted run ends with a plain ``RUN_FINISHED``
   (the ``kiki.interrupt`` event before it carries the interrupts), a cancelled one
-  with ``RUN_ERROR{code: "cancelled"}``.
-  ``done`` with status ``error`` and no ``error`` before it ends with
-  ``RUN_ERROR{code: "error"}``.
+  with ``RUN_ERROR{code: "cancelled"}``; ``done`` ``error`` alone with ``RUN_ERROR{code: "error"}``.
 
-Exactly one terminal event (``RUN_FINISHED`` or ``RUN_ERROR``) ends a stream, after
-every message, tool call and step was ended, and nothing follows it (a thread's
-stream therefore carries its first run only). A stream that ends without ``done``
-(a slow client dropped, the run forgotten) is closed the same way by
-:meth:`Encoder.finish`, with ``RUN_ERROR{code: "stream_ended"}``: the client reconnects
-to follow the run. A stream that sent nothing sends nothing at its end.
+Exactly one terminal event (``RUN_FINISHED`` or ``RUN_ERROR``) ends a run, after every
+message, tool call and step was ended. A thread's stream carries its runs one after
+another, each from ``RUN_STARTED`` to ``RUN_FINISHED``; nothing may follow a ``RUN_ERROR``,
+so a stream ends there (:attr:`AGUIEncoder.ended`). A stream that ends without ``done``
+(a slow client dropped) is closed by :meth:`Encoder.finish` with
+``RUN_ERROR{code: "stream_ended"}``: the client reconnects to follow the run.
 
-The encoder remembers what is open per stream, so the format is not
-:attr:`~kiki_events.formats.base.Format.cacheable`. :data:`FORMAT` speaks protocol
-1.0; :meth:`AGUIFormat.encoder_for` picks the version a client declared and may put
-the client's own ``runId`` / ``threadId`` on the run's events (``POST /ag-ui/{graph}``).
+The encoder remembers what is open per stream (the format is not ``cacheable``).
+:data:`FORMAT` speaks protocol 1.0; :meth:`AGUIFormat.encoder_for` picks the version a
+client declared and may put its own ``runId`` / ``threadId`` on the run's events.
 """
 
 from __future__ import annotations
@@ -100,6 +97,7 @@ class AGUIEncoder(Encoder):
 
     __slots__ = (
         "_closed",
+        "_errored",
         "_handlers",
         "_interrupts",
         "_messages",
@@ -123,7 +121,8 @@ class AGUIEncoder(Encoder):
         self.v1 = protocol_version != PROTOCOL_LEGACY
         """Whether 1.0-only events and fields may be sent."""
         self.finished = False
-        """The terminal event was sent: every later item encodes to ``b""``."""
+        """The terminal event of the current run was sent."""
+        self._errored = False  # that terminal was RUN_ERROR: the protocol allows nothing after it
         self._run_id = ""
         self._thread_id = ""
         self._ours = ""  # our run id: the prefix of message ids
@@ -149,10 +148,17 @@ class AGUIEncoder(Encoder):
 
     # -- the seam ---------------------------------------------------------------
 
+    @property
+    def ended(self) -> bool:
+        """Nothing may follow: the run of a single-run stream finished, or a run ended in ``RUN_ERROR``."""
+        return self.finished and (self._errored or self._run_override is not None)
+
     def encode(self, item: Item, /) -> bytes:
-        if self.finished:
-            return b""
         event: StreamEvent = item.event if isinstance(item, Frame) else item
+        if self.finished:
+            if self.ended or event.seq == 0 or event.run_id == self._ours:
+                return b""
+            self._next_run()  # a thread stream's next run: RUN_STARTED again, as the protocol allows
         out: list[dict[str, Any]] = []
         if not self._run_id:
             self._ours = event.run_id
@@ -161,6 +167,13 @@ class AGUIEncoder(Encoder):
             out.append(self._with_version({"type": "RUN_STARTED", "threadId": self._thread_id, "runId": self._run_id}))
         self._handlers[type(event)](event, out)
         return b"".join(map(_frame, out))
+
+    def _next_run(self) -> None:
+        """Forget the finished run: the next item opens the next one."""
+        self.finished = False
+        self._run_id = ""
+        for state in (self._messages, self._closed, self._parents, self._tools, self._steps, self._interrupts):
+            state.clear()
 
     def finish(self) -> bytes:
         if self.finished or not self._run_id:
@@ -226,6 +239,7 @@ class AGUIEncoder(Encoder):
         self._steps.clear()
         out.append(terminal)
         self.finished = True
+        self._errored = terminal["type"] == "RUN_ERROR"
 
     # -- one handler per event type ---------------------------------------------
 

@@ -148,6 +148,11 @@ class AISDKEncoder(Encoder):
         self._handlers.get(type(event), self._data)(event, out)
         return b"".join(map(data_frame, out))
 
+    @property
+    def ended(self) -> bool:
+        """A UI message stream is one message: it ends with its run's terminal chunk (a thread stream too)."""
+        return self.finished
+
     def finish(self) -> bytes:
         if self.done_sent or not self._run_id:
             return b""
