@@ -14,25 +14,20 @@ in as JSON lines, chunk reports and results come back as JSON lines, read by a t
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from tests.node_harness import JS, install
 from tests.processes import dying_with_us
 from tests.servers import DEFAULT_TIMEOUT, wait_for
 
-__all__ = ["HARNESS", "REQUIRE_ENV", "AIClient", "Client", "harness", "unavailable"]
+__all__ = ["HARNESS", "AIClient", "Client", "harness"]
 
-HARNESS = Path(__file__).resolve().parent / "js" / "aisdk"
-REQUIRE_ENV = "KIKI_REQUIRE_NODE"
+HARNESS = JS / "aisdk"
 
 
 @dataclass(frozen=True)
@@ -44,49 +39,15 @@ class Client:
     node: str
 
 
-def unavailable(reason: str) -> None:
-    """Skip, or fail with ``KIKI_REQUIRE_NODE=1``."""
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1)")
-    pytest.skip(reason)
-
-
-def _installed() -> bool:
-    """Whether node_modules holds what package.json pins (a changed pin reinstalls)."""
-    wanted = json.loads((HARNESS / "package.json").read_text())["dependencies"]
-    for name, spec in wanted.items():
-        manifest = HARNESS / "node_modules" / name / "package.json"
-        if not manifest.is_file():
-            return False
-        version = json.loads(manifest.read_text())["version"]
-        if spec.rpartition("@")[2] != version:
-            return False
-    return (HARNESS / "node_modules" / "node22" / "bin" / "node").is_file()
+def _node22(harness: Path) -> bool:
+    return (harness / "node_modules" / "node22" / "bin" / "node").is_file()
 
 
 def harness() -> dict[int, Client]:
     """The installed clients by major version (``npm ci`` first when needed)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        unavailable("node and npm are needed to run the AI SDK's client")
-    with (HARNESS / ".install.lock").open("w") as lock:  # one install at a time (parallel test processes)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _installed():
-            try:
-                done = subprocess.run(
-                    [str(npm), "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                    cwd=HARNESS,
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                unavailable("npm ci in tests/js/aisdk timed out (is the registry reachable?)")
-            if done.returncode != 0 or not _installed():
-                unavailable(f"npm ci in tests/js/aisdk failed: {(done.stderr or done.stdout).strip()[-800:]}")
-    node22 = str(HARNESS / "node_modules" / "node22" / "bin" / "node")
-    return {6: Client(6, "ai", str(node)), 7: Client(7, "ai7", node22)}
+    node, folder = install("aisdk", also=_node22)
+    node22 = str(folder / "node_modules" / "node22" / "bin" / "node")
+    return {6: Client(6, "ai", node), 7: Client(7, "ai7", node22)}
 
 
 class AIClient:

@@ -14,8 +14,6 @@ registry the tests skip, unless ``KIKI_REQUIRE_NODE=1``, where that fails them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -31,13 +29,13 @@ from langgraph.graph import START, MessagesState, StateGraph
 
 from kiki_events.config import Settings
 from kiki_events.server import create_app
+from tests.node_harness import JS, install
 from tests.processes import dying_with_us
 from tests.servers import Gate, LiveServer, gated_graph, live_server
 from tests.test_format_agui_parts import progress_graph
 
 ROOT = Path(__file__).resolve().parent.parent
-HARNESS = ROOT / "tests" / "js" / "agui"
-REQUIRE_ENV = "KIKI_REQUIRE_NODE"
+HARNESS = JS / "agui"
 TOKEN = "agui-client-token-a"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CLIENTS = ["1", "0"]
@@ -47,38 +45,10 @@ TERMINAL = {"RUN_FINISHED", "RUN_ERROR"}
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1)")
-    pytest.skip(reason)
-
-
-def _installed() -> bool:
-    """Whether node_modules holds the versions package.json pins."""
-    pins = json.loads((HARNESS / "package.json").read_text())["dependencies"]
-    for alias, spec in pins.items():
-        manifest = HARNESS / "node_modules" / alias / "package.json"
-        if not manifest.exists() or json.loads(manifest.read_text())["version"] != spec.rpartition("@")[2]:
-            return False
-    return True
-
-
 @pytest.fixture(scope="module")
 def node() -> str:
     """The ``node`` executable, with the pinned clients installed (``npm ci``) if they are not yet."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        _unavailable("node and npm are needed to run the AG-UI client")
-        raise AssertionError("unreachable")
-    if not _installed():
-        command = [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error", "--prefix", str(HARNESS)]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-        except subprocess.TimeoutExpired:
-            _unavailable("npm ci timed out (is the registry reachable?)")
-        if done.returncode != 0 or not _installed():
-            _unavailable(f"npm ci of the AG-UI clients failed: {done.stderr.strip()[-500:]}")
-    return node
+    return install("agui")[0]
 
 
 def _drive(
