@@ -48,6 +48,7 @@ class ModelPrice(Section):
     """Input tokens read from the provider's prompt cache; not set: the ``input`` price."""
 
     def price(self) -> Price:
+        """This price as the handlers use it."""
         return Price(self.input, self.output, self.cached)
 
 
