@@ -3,8 +3,9 @@
 The package is installed with pip from PyPI into a separate virtualenv, never into the
 project's ``.venv`` (its dependencies would then be the project's to keep):
 
-* where: ``--peer-env DIR``, else ``$KIKI_BENCH_CACHE`` or ``~/.cache/kiki-events-bench``,
-  in ``ag-ui-langgraph-<version>-py<X.Y>-<hash>``; ``<hash>`` covers the version and the
+* where: ``--peer-env DIR`` (used as it is when it already holds the version asked
+  for), else ``$KIKI_BENCH_CACHE`` or ``~/.cache/kiki-events-bench``, in
+  ``ag-ui-langgraph-<version>-py<X.Y>-<hash>``; ``<hash>`` covers the version and the
   constraints below, so a change of either makes a new environment and a ready one is
   reused (a file ``kiki-peer.json`` in it says what was installed);
 * how: ``python -m venv`` with the interpreter the project's ``.venv`` was made from, then
@@ -106,21 +107,27 @@ def ensure_peer(version: str = PEER_VERSION, env_dir: Path | None = None, *, log
 
 
 def _ready(env_dir: Path, version: str) -> PeerEnv | None:
+    """The environment at ``env_dir`` if it holds ``ag-ui-langgraph==version`` (one made here, or any other)."""
+    python = env_dir / "bin" / "python"
+    if not python.exists():
+        return None
     marker = env_dir / _MARKER
-    if not marker.is_file() or not (env_dir / "bin" / "python").exists():
+    if marker.is_file():
+        facts = json.loads(marker.read_text())
+        if facts.get("version") == version:
+            return PeerEnv(env_dir, version, bool(facts.get("constrained")))
         return None
-    facts = json.loads(marker.read_text())
-    if facts.get("version") != version:
-        return None
-    return PeerEnv(env_dir, version, bool(facts.get("constrained")))
+    check = "import importlib.metadata as m, sys; sys.exit(m.version('ag-ui-langgraph') != sys.argv[1])"
+    found = subprocess.run([str(python), "-c", check, version], capture_output=True, check=False)
+    return PeerEnv(env_dir, version, constrained=False) if found.returncode == 0 else None
 
 
 def _install(env_dir: Path, version: str, pinned: str, log: Path) -> PeerEnv:
     started = time.monotonic()
     with open(log, "w") as out:
-        _run([base_python(), "-m", "venv", "--clear", str(env_dir)], out, "make the virtualenv", log)
+        _run([base_python(), "-m", "venv", str(env_dir)], out, "make the virtualenv", log)
         pip = [str(env_dir / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-               "--no-input", "--timeout", "60"]  # fmt: skip
+               "--no-input", "--timeout", "60", "--retries", "1"]  # fmt: skip
         wanted = [requirement.format(version=version) for requirement in PEER_REQUIREMENTS]
         pins = env_dir / "constraints.txt"
         pins.write_text(pinned)

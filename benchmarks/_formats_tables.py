@@ -178,7 +178,9 @@ def print_results(results: dict[str, Any], bar: float) -> None:
     if "skipped" in peer:
         print(f"  P7 not measured: the peer was not installed ({peer['skipped'].splitlines()[0]})")
     else:
-        print(f"  peer: {peer['package']} in {peer['env']}; library versions that differ: {peer['versions_that_differ']}")
+        print(
+            f"  peer: {peer['package']} in {peer['env']}; library versions that differ: {peer['versions_that_differ']}"
+        )
 
 
 def _print_p7(p7: dict[str, Any] | None, bar: float) -> None:

@@ -250,12 +250,16 @@ def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=2, help="requests of each variant per round")
-    parser.add_argument("--tokens", type=int, default=2000, help="text chunks per LLM call (long), of the answer (tools)")
+    parser.add_argument(
+        "--tokens", type=int, default=2000, help="text chunks per LLM call (long), of the answer (tools)"
+    )
     parser.add_argument("--graph", choices=(*GRAPHS, "both"), default="both")
     parser.add_argument("--peer", choices=("require", "auto", "skip"), default="require")
     parser.add_argument("--peer-env", help="the peer's virtualenv (made there if it is not ready)")
     parser.add_argument("--peer-version", default=peer_env.PEER_VERSION, help="ag-ui-langgraph version")
-    parser.add_argument("--out", "--json", dest="out", help="JSON output file (default benchmarks/results/formats.json)")
+    parser.add_argument(
+        "--out", "--json", dest="out", help="JSON output file (default benchmarks/results/formats.json)"
+    )
     return parser
 
 
