@@ -16,7 +16,10 @@ routes of the benchmark's own:
 * ``GET /bench/cpu`` – ``time.process_time()`` of the process (all its threads);
 * ``GET /bench/info`` – pid, event loop, Python and library versions;
 * ``POST /bench/bare/{graph}`` – the graph's ``ainvoke`` on a new thread with no
-  callbacks (nothing streams, not even the model): the floor both servers share.
+  callbacks (nothing streams, not even the model): the floor both servers share;
+* ``POST /bench/streamed/{graph}`` – the same with a callback handler that does
+  nothing but make the models stream (LangChain's own per-chunk work, which every
+  streaming endpoint pays before its own).
 
 Only the standard library is imported at the top: the peer's virtualenv has no kiki_events.
 """
@@ -89,6 +92,29 @@ def add_bench_routes(app: Any, served: dict[str, Any]) -> None:
         config = {"configurable": {"thread_id": f"bare-{next(threads)}"}}
         state = await served[name].ainvoke(graph_input(), config)
         return {"messages": len(state["messages"])}
+
+    @app.post("/bench/streamed/{name}")
+    async def streamed(name: str) -> dict[str, int]:
+        config = {"configurable": {"thread_id": f"streamed-{next(threads)}"}, "callbacks": [streaming_only()]}
+        state = await served[name].ainvoke(graph_input(), config)
+        return {"messages": len(state["messages"])}
+
+
+def streaming_only() -> Any:
+    """A callback handler that does nothing but make chat models stream (as any streaming handler does)."""
+    from langgraph.callbacks import GraphCallbackHandler
+
+    class StreamingOnly(GraphCallbackHandler):  # type: ignore[misc]
+        run_inline = True
+        raise_error = False
+
+        def tap_output_aiter(self, run_id: Any, output: Any) -> Any:
+            return output
+
+        def tap_output_iter(self, run_id: Any, output: Any) -> Any:
+            return output
+
+    return StreamingOnly()
 
 
 def ours_app(tokens: int) -> Any:

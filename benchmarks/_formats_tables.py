@@ -20,7 +20,8 @@ from kiki_events.formats.agui import FORMAT as AGUI
 
 OURS = ("kiki", "agui-1.0", "agui-0.0", "aisdk")
 ANCHORS = ("peer", "peer-lean")
-FLOOR = {"ours": "bare", "peer": "peer-bare"}
+FLOORS = ("bare", "streamed")
+"""The floors, each server's own: ``bare`` (in the peer's process ``peer-bare``) and ``streamed``."""
 ENCODERS: dict[str, Callable[[], Encoder]] = {
     "kiki": lambda: get_format("kiki").encoder(),
     "agui-1.0": lambda: AGUI.encoder_for("1.0"),
@@ -89,11 +90,13 @@ def _variant(batches: list[dict[str, Any]], tokens: int, runs: int) -> dict[str,
     }
 
 
-def _ratios(measured: dict[str, list[dict[str, Any]]], ours: str, anchor: str, *, floor: bool) -> list[float]:
+def _ratios(measured: dict[str, list[dict[str, Any]]], ours: str, anchor: str, floor: str | None = None) -> list[float]:
+    """Per round: ``ours``'s CPU / ``anchor``'s, each less its server's ``floor`` when one is named."""
+
     def cpu(name: str, r: int) -> float:
         value = measured[name][r]["cpu_s"]
-        if floor:
-            value -= measured[FLOOR["peer" if name.startswith("peer") else "ours"]][r]["cpu_s"]
+        if floor is not None:
+            value -= measured[f"peer-{floor}" if name.startswith("peer") else floor][r]["cpu_s"]
         return float(value)
 
     return [cpu(ours, r) / cpu(anchor, r) for r in range(len(measured[ours]))]
@@ -108,20 +111,22 @@ def summarise_graph(measured: dict[str, list[dict[str, Any]]], expected: Expecte
     }
     if "peer" not in measured:
         return figures
-    figures["vs_peer"] = {
-        f"{ours}/{anchor}": _spread(_ratios(measured, ours, anchor, floor=False)) for ours in OURS for anchor in ANCHORS
-    }
-    figures["vs_peer_above_floor"] = {
-        f"{ours}/{anchor}": _spread(_ratios(measured, ours, anchor, floor=True)) for ours in OURS for anchor in ANCHORS
-    }
+    pairs = [(ours, anchor) for ours in OURS for anchor in ANCHORS]
+    figures["vs_peer"] = {f"{ours}/{anchor}": _spread(_ratios(measured, ours, anchor)) for ours, anchor in pairs}
+    for floor in FLOORS:
+        figures[f"vs_peer_above_{floor}"] = {
+            f"{ours}/{anchor}": _spread(_ratios(measured, ours, anchor, floor)) for ours, anchor in pairs
+        }
     variants = figures["variants"]
     figures["P7"] = {
         "ratio": figures["vs_peer"]["agui-1.0/peer"]["median"],
         "range": figures["vs_peer"]["agui-1.0/peer"]["range"],
         "ratio_vs_lean": figures["vs_peer"]["agui-1.0/peer-lean"]["median"],
         "range_vs_lean": figures["vs_peer"]["agui-1.0/peer-lean"]["range"],
-        "above_floor": figures["vs_peer_above_floor"]["agui-1.0/peer"]["median"],
-        "above_floor_vs_lean": figures["vs_peer_above_floor"]["agui-1.0/peer-lean"]["median"],
+        "above_bare": figures["vs_peer_above_bare"]["agui-1.0/peer"]["median"],
+        "above_bare_vs_lean": figures["vs_peer_above_bare"]["agui-1.0/peer-lean"]["median"],
+        "above_streamed": figures["vs_peer_above_streamed"]["agui-1.0/peer"]["median"],
+        "above_streamed_vs_lean": figures["vs_peer_above_streamed"]["agui-1.0/peer-lean"]["median"],
         "bytes_ratio": round(
             variants["agui-1.0"]["wire_bytes_per_token"] / variants["peer"]["wire_bytes_per_token"], 4
         ),
@@ -151,7 +156,7 @@ _DESCRIBE = {
     "long": "2 LLM nodes, no tools",
     "tools": "research team: 5 LLM calls, 2 tool calls",
 }
-_SERVER = {"bare": "ours", "peer": "peer", "peer-lean": "peer", "peer-bare": "peer"}
+_SERVER = {"peer": "peer", "peer-lean": "peer", "peer-bare": "peer", "peer-streamed": "peer"}
 
 
 def print_results(results: dict[str, Any], bar: float) -> None:
@@ -161,15 +166,15 @@ def print_results(results: dict[str, Any], bar: float) -> None:
     )
     for name, figures in results["graphs"].items():
         print(f"  [{name}] {_DESCRIBE.get(name, name)}: {figures['tokens_per_run']} tokens per run")
-        print(f"    {'variant':<10} {'server':<6} {'CPU us/token':>22} {'wire B/token':>13} {'body B/token':>13}"
+        print(f"    {'variant':<13} {'server':<6} {'CPU us/token':>22} {'wire B/token':>13} {'body B/token':>13}"
               f" {'events/run':>11} {'CPU ms/run':>11} {'encode us/token':>16}")  # fmt: skip
         for variant, row in figures["variants"].items():
             cpu = row["cpu_us_per_token"]
             alone = figures["encoders_alone"].get(variant)
             encode = f"{alone['us_per_token']:>16.2f}" if alone else ""
             print(
-                f"    {variant:<10} {_SERVER.get(variant, 'ours'):<6} {cpu['median']:>9.2f} "
-                f"[{cpu['range'][0]:.2f}-{cpu['range'][1]:.2f}]".ljust(40)
+                f"    {variant:<13} {_SERVER.get(variant, 'ours'):<6} {cpu['median']:>9.2f} "
+                f"[{cpu['range'][0]:.2f}-{cpu['range'][1]:.2f}]".ljust(43)
                 + f"{row['wire_bytes_per_token']:>13.1f} {row['body_bytes_per_token']:>13.1f}"
                 f" {row['events_per_run']:>11} {row['cpu_ms_per_run']:>11.1f}{encode}"
             )
@@ -192,5 +197,6 @@ def _print_p7(p7: dict[str, Any] | None, bar: float) -> None:
     low, high = p7["range_vs_lean"]
     print(f"       agui-1.0 / peer-lean  CPU {p7['ratio_vs_lean']:.3f}x [{low:.3f}-{high:.3f}]"
           f"  {verdict(p7['ratio_vs_lean'], bar)};  bytes {p7['bytes_ratio_vs_lean']:.3f}x")  # fmt: skip
-    print(f"       above each server's bare graph: {p7['above_floor']:.3f}x vs peer, "
-          f"{p7['above_floor_vs_lean']:.3f}x vs peer-lean")  # fmt: skip
+    for floor in FLOORS:
+        print(f"       above each server's {floor:<8}  {p7[f'above_{floor}']:.3f}x vs peer, "
+              f"{p7[f'above_{floor}_vs_lean']:.3f}x vs peer-lean")  # fmt: skip

@@ -19,13 +19,16 @@ raw socket:
 * ``agui-0.0`` – ``POST /ag-ui/{graph}`` without a version (the 0.0.x events);
 * ``aisdk``    – ``POST /ai-sdk/{graph}`` (the AI SDK UI message stream);
 * ``bare``     – the graph's ``ainvoke`` in the server with no callbacks at all (its
-  model does not even stream): the floor every variant stands on.
+  model does not even stream): the floor every variant stands on;
+* ``streamed`` – the same with a callback handler that only makes the models stream:
+  LangChain's own work per chunk, which every streaming endpoint pays first.
 
 **The peer** is ``ag-ui-langgraph``'s own FastAPI endpoint
 (``add_langgraph_fastapi_endpoint``, built on ``astream_events`` v2): ``peer`` as the
 package ships it (``emit_raw_events=True``: each LangGraph event also goes out as a
 ``RAW`` event and rides on the AG-UI event it caused), ``peer-lean`` with
-``emit_raw_events=False``, and ``peer-bare`` (the floor, in the peer's process).
+``emit_raw_events=False``, and ``peer-bare`` / ``peer-streamed`` (the floors, in the
+peer's process).
 
 The peer is installed with pip into a virtualenv of its own (never the project's
 ``.venv``): ``--peer-env DIR``, else ``~/.cache/kiki-events-bench/ag-ui-langgraph-<version>-…``
@@ -107,12 +110,23 @@ class Variant:
             return f"/ai-sdk/{graph}", {"id": thread, "messages": [message], "trigger": "submit-message"}
         if self.name in ("peer", "peer-lean"):
             return f"/{self.name}/{graph}", agui
-        return f"/bench/bare/{graph}", {}
+        return f"/bench/{self.name.removeprefix('peer-')}/{graph}", {}
 
 
-OURS = [Variant("kiki", "ours", "kiki"), Variant("agui-1.0", "ours", "agui"), Variant("agui-0.0", "ours", "agui"),
-        Variant("aisdk", "ours", "aisdk"), Variant("bare", "ours", None)]  # fmt: skip
-PEER = [Variant("peer", "peer", "agui"), Variant("peer-lean", "peer", "agui"), Variant("peer-bare", "peer", None)]
+OURS = [
+    Variant("kiki", "ours", "kiki"),
+    Variant("agui-1.0", "ours", "agui"),
+    Variant("agui-0.0", "ours", "agui"),
+    Variant("aisdk", "ours", "aisdk"),
+    Variant("bare", "ours", None),
+    Variant("streamed", "ours", None),
+]
+PEER = [
+    Variant("peer", "peer", "agui"),
+    Variant("peer-lean", "peer", "agui"),
+    Variant("peer-bare", "peer", None),
+    Variant("peer-streamed", "peer", None),
+]
 
 
 class Server:
