@@ -97,8 +97,12 @@ def ensure_peer(version: str = PEER_VERSION, env_dir: Path | None = None, *, log
         digest = hashlib.sha256(f"{version}\n{pinned}".encode()).hexdigest()[:12]
         py = f"{sys.version_info.major}.{sys.version_info.minor}"
         env_dir = default_root() / f"ag-ui-langgraph-{version}-py{py}-{digest}"
-    env_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(env_dir.parent / f".{env_dir.name}.lock", "w") as lock:
+    try:
+        env_dir.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(env_dir.parent / f".{env_dir.name}.lock", "w")  # noqa: SIM115
+    except OSError as exc:
+        raise PeerUnavailable(f"cannot make the virtualenv {env_dir}: {exc}") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time per environment
         ready = _ready(env_dir, version)
         if ready is not None:

@@ -79,7 +79,6 @@ from benchmarks._formats_tables import encoder_costs, expected_run, print_result
 from benchmarks._streams import READERS, Expected, problems, request
 from kiki_events.heap import SERVING_THRESHOLDS
 
-P7_BAR = 0.5
 _threads = itertools.count(1)
 
 
@@ -233,11 +232,11 @@ def start_peer(args: argparse.Namespace) -> tuple[peer_env.PeerEnv | None, str |
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    env, skipped = start_peer(args)
     chosen = list(GRAPHS) if args.graph == "both" else [args.graph]
     local = build_graphs(args.tokens)
     expected = {name: expected_run(local[name]) for name in chosen}
     encoders = {name: encoder_costs(local[name], expected[name].tokens) for name in chosen}
-    env, skipped = start_peer(args)
     servers = {"ours": Server("ours", sys.executable, args.tokens)}
     try:
         if env is not None:
@@ -284,7 +283,7 @@ def cli() -> None:
     except StreamError as exc:
         raise SystemExit(f"formats benchmark: {exc}") from None
     path = write_results("formats", results, args.out)
-    print_results(results, P7_BAR)
+    print_results(results)
     print(f"  written to {path}")
 
 

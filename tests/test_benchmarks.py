@@ -355,6 +355,31 @@ def test_formats_benchmark_checks_every_stream_and_prices_each_format(tmp_path: 
         assert figures["peer"]["versions_that_differ"] == {}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_formats_benchmark_without_its_peer_measures_ours_alone_or_stops_as_told(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = tmp_path / "formats.json"
+    command = [sys.executable, "benchmarks/formats.py", "--rounds", "1", "--runs", "1", "--tokens", "10",
+               "--graph", "long", "--peer-env", str(blocker / "env"), "--out", str(out)]  # fmt: skip
+
+    alone = subprocess.run(dying_with_us([*command, "--peer", "auto"]), cwd=ROOT, capture_output=True, text=True,
+                           timeout=160, check=False)  # fmt: skip
+    assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert str(blocker) in figures["peer"]["skipped"]
+    assert "P7" not in figures["graphs"]["long"] and "peer" not in figures["graphs"]["long"]["variants"]
+    assert "P7 not measured: the peer was not installed (cannot make the virtualenv" in alone.stdout
+
+    out.unlink()
+    required = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=160,
+                              check=False)  # fmt: skip
+    assert required.returncode == 1
+    assert f"ag-ui-langgraph cannot be installed: cannot make the virtualenv {blocker / 'env'}" in required.stderr
+    assert not out.exists()
+
+
 def _without(body: bytes, needle: bytes, *, last: bool = False) -> bytes:
     """``body`` less its first SSE frame holding ``needle`` (``last``: less its last frame)."""
     frames = [frame for frame in body.split(b"\n\n") if frame]
