@@ -7,7 +7,9 @@ file ``scripted_model.py``) that streams its replies token by token.
 Shape of the graph (named ``research_team``)::
 
     START -> supervisor --> research --> supervisor --> writer -> END
-                            (subgraph)
+                            (subgraph)                   |  ^
+                                                         v  |
+                                                       publish  (only with "approval")
 
 * ``supervisor`` (LLM node) says what happens next and routes: first to
   ``research``, then to ``writer``, then (if ever called again) to END.
@@ -27,6 +29,12 @@ switch on special behaviours:
 * ``crash`` - the writer node raises ``RuntimeError`` after streaming its
   answer; the error message contains the fake credential ``password=hunter2``
   (for testing redaction).
+* ``approval`` - the writer asks before publishing: after its answer it calls the
+  ``publish`` tool, whose run stops on an interrupt (a tool approval, see
+  ``docs/events.md``) with the value ``{"question": "Publish the report on
+  <topic>?", "tool_call_id": ..., "tool": "publish", "args": {"title": <topic>}}``.
+  Resume the thread with ``{"approved": true}`` (or ``false``, with an optional
+  ``"reason"``); the tool publishes or not, and the writer says which.
 
 Environment:
 
@@ -69,15 +77,16 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.runnables import Runnable, RunnableConfig
-from langchain_core.tools import StructuredTool
+from langchain_core.tools import InjectedToolCallId, StructuredTool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
-from langgraph.types import Checkpointer
+from langgraph.types import Checkpointer, interrupt
 from typing_extensions import TypedDict
 
 __all__ = [
+    "APPROVAL_KEYWORD",
     "CRASH_KEYWORD",
     "FAIL_KEYWORD",
     "TOKEN_DELAY_ENV",
@@ -89,6 +98,7 @@ __all__ = [
     "build_writer_graph",
     "fetch_page",
     "graph",
+    "publish",
     "web_search",
 ]
 
@@ -134,6 +144,7 @@ DEFAULT_DEMO_TOKEN_DELAY = 0.02
 
 FAIL_KEYWORD = "fail"
 CRASH_KEYWORD = "crash"
+APPROVAL_KEYWORD = "approval"
 
 # fmt: off
 _LEADING_VERBS = frozenset(
@@ -238,6 +249,44 @@ web_search = StructuredTool.from_function(
     func=_search, coroutine=_search_async, name="web_search", parse_docstring=True
 )
 fetch_page = StructuredTool.from_function(func=_fetch, coroutine=_fetch_async, name="fetch_page", parse_docstring=True)
+
+
+def _approved(answer: Any) -> tuple[bool, str | None]:
+    """Whether a tool approval ``answer`` approves, and the reason given."""
+    if isinstance(answer, bool):
+        return answer, None
+    if isinstance(answer, Mapping) and isinstance(answer.get("approved"), bool):
+        reason = answer.get("reason")
+        return answer["approved"], reason if isinstance(reason, str) and reason else None
+    msg = f'answer the approval with {{"approved": true}} or {{"approved": false, "reason": "..."}}; got {answer!r}'
+    raise ValueError(msg)
+
+
+def _publish(title: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> str:
+    """Publish the report, once a person approves it.
+
+    Args:
+        title: The report's title.
+    """
+    answer = interrupt(
+        {
+            "question": f"Publish the report on {title}?",
+            "tool_call_id": tool_call_id,
+            "tool": "publish",
+            "args": {"title": title},
+        }
+    )
+    approved, reason = _approved(answer)
+    if approved:
+        return f"Published the report on {title} at https://reports.example.com/{_slug(title)}."
+    return f"Not published: {reason or 'the reviewer declined'}."
+
+
+async def _publish_async(title: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> str:
+    return _publish(title, tool_call_id)
+
+
+publish = StructuredTool.from_function(func=_publish, coroutine=_publish_async, name="publish", parse_docstring=True)
 
 
 def _tool_error_message(error: Exception) -> str:
@@ -348,6 +397,20 @@ def _researcher_script(messages: list[BaseMessage]) -> AIMessage:
 
 
 def _writer_script(messages: list[BaseMessage]) -> AIMessage:
+    last = messages[-1] if messages else None
+    if isinstance(last, ToolMessage) and last.name == "publish":
+        if last.status == "error" or last.text.startswith("Not published"):
+            return AIMessage(content=f"I did not publish the report. {last.text}")
+        return AIMessage(content=f"Done. {last.text}")
+    reply = _answer(messages)
+    if _has_word(_task(messages), APPROVAL_KEYWORD):
+        title = _topic(_task(messages))
+        return AIMessage(content=reply.text, tool_calls=[{"name": "publish", "args": {"title": title}, "id": None}])
+    return reply
+
+
+def _answer(messages: list[BaseMessage]) -> AIMessage:
+    """The writer's answer to the task, from the turn's research."""
     task = _task(messages)
     topic = _topic(task)
     results = [m for m in _turn(messages) if isinstance(m, ToolMessage)]
@@ -461,6 +524,12 @@ def _route_supervisor(state: TeamState) -> str:
     return state.get("next", END)
 
 
+def _route_writer(state: TeamState) -> str:
+    """To ``publish`` while the writer asks to publish, else the end."""
+    last = state["messages"][-1]
+    return "publish" if isinstance(last, AIMessage) and last.tool_calls else END
+
+
 # -- graphs ----------------------------------------------------------------------
 
 
@@ -468,7 +537,7 @@ def _writer_node(token_delay: float, tokens_per_answer: int | None) -> _LLMNode:
     def writer_script(messages: list[BaseMessage]) -> AIMessage:
         reply = _writer_script(messages)
         if tokens_per_answer is not None:
-            reply = AIMessage(content=fit_to_tokens(reply.text, tokens_per_answer))
+            reply = AIMessage(content=fit_to_tokens(reply.text, tokens_per_answer), tool_calls=reply.tool_calls)
         return reply
 
     return _LLMNode(
@@ -541,10 +610,12 @@ def build_graph(
     )
     team.add_node("research", research.compile(name="research"))
     team.add_node("writer", writer if writer is not None else _writer_node(token_delay, tokens_per_answer))
+    team.add_node("publish", ToolNode([publish], handle_tool_errors=_tool_error_message))
     team.add_edge(START, "supervisor")
     team.add_conditional_edges("supervisor", _route_supervisor, ["research", "writer", END])
     team.add_edge("research", "supervisor")
-    team.add_edge("writer", END)
+    team.add_conditional_edges("writer", _route_writer, ["publish", END])
+    team.add_edge("publish", "writer")
     return team.compile(checkpointer=checkpointer, name="research_team")
 
 

@@ -42,6 +42,7 @@ class Node(ServeProcess):
         mode: str,
         token_delay: float,
         tokens: dict[str, str] | None = None,
+        runs: str = "{shutdown_grace: 1s}",
     ) -> None:
         config = tmp / f"{name}.yaml"
         config.write_text(
@@ -50,7 +51,7 @@ class Node(ServeProcess):
             "  provider: redis\n"
             f"  redis: {{url: '{redis_url}', channel_prefix: '{prefix}', mode: {mode}}}\n"
             "  subscribe: {interest_linger: 1s}\n"
-            "runs: {shutdown_grace: 1s}\n"
+            f"runs: {runs}\n"
             "logging: {level: INFO}\n"
             f"graphs:\n  team: {ROOT / 'agents' / 'research_team.py'}:graph\n"
         )
@@ -73,8 +74,10 @@ class Cluster:
         *,
         token_delay: float = 0.01,
         tokens: dict[str, str] | None = None,
+        runs: str = "{shutdown_grace: 1s}",
     ) -> None:
         self.tmp = tmp
+        self.runs = runs
         self.redis = redis
         self.mode = mode
         self.token_delay = token_delay
@@ -84,7 +87,8 @@ class Cluster:
 
     def start(self, *names: str, connected: bool = True) -> list[Node]:
         nodes = [
-            Node(self.tmp, n, self.redis.url, self.prefix, self.mode, self.token_delay, self.tokens) for n in names
+            Node(self.tmp, n, self.redis.url, self.prefix, self.mode, self.token_delay, self.tokens, self.runs)
+            for n in names
         ]
         self.nodes.extend(nodes)
         for node in nodes:
@@ -342,6 +346,41 @@ def test_another_user_cannot_take_a_thread_over_through_a_second_node(
     assert retry.status_code == 404
     logs = cluster.logs()
     assert all(token not in logs for token in TOKENS.values())
+
+
+def test_with_a_shared_checkpointer_the_owner_answers_on_b_what_was_asked_on_a_and_nobody_else_can(
+    make_cluster: Callable[..., Cluster], postgres_dsn: str
+) -> None:
+    runs = f"{{shutdown_grace: 1s, checkpointer: {{kind: postgres, dsn: '{postgres_dsn}'}}}}"
+    cluster = make_cluster("pubsub", token_delay=0.0, tokens=TOKENS, runs=runs)
+    a, b = cluster.start("node-a", "node-b")
+    task = {"graph": "team", "message": "Redis streams, with approval", "thread_id": "thread-hitl"}
+    asked = httpx.post(f"{a.url}/runs", json=task, headers=bearer("alice"), timeout=10)
+    assert asked.status_code == 202, asked.text
+    first = Reader(f"{a.url}/runs/{asked.json()['run_id']}/stream", bearer("alice"))
+    first.wait()
+    assert first.events()[-1].json["status"] == "interrupted"
+
+    def state(node: Node, who: str) -> httpx.Response:
+        return httpx.get(f"{node.url}/threads/thread-hitl/state", headers=bearer(who), timeout=10)
+
+    pending = state(b, "alice")
+    answer = {"graph": "team", "thread_id": "thread-hitl", "resume": {"approved": True}}
+    stolen = httpx.post(f"{b.url}/runs", json=answer, headers=bearer("bob"), timeout=10)
+    answered = httpx.post(f"{b.url}/runs", json=answer, headers=bearer("alice"), timeout=10)
+    assert answered.status_code == 202, answered.text
+    second = Reader(f"{b.url}/runs/{answered.json()['run_id']}/stream", bearer("alice"))
+    second.wait()
+
+    assert pending.status_code == 200, pending.text
+    (interrupt,) = pending.json()["interrupts"]
+    assert interrupt["value"]["tool"] == "publish"
+    assert (state(b, "bob").status_code, state(a, "bob").status_code) == (404, 404)
+    assert stolen.status_code == 404, stolen.text
+    assert second.events()[-1].json["status"] == "success"
+    final = state(a, "alice").json()
+    assert final["interrupts"] == []
+    assert final["values"]["messages"][-1]["content"].startswith("Done. Published the report on Redis streams")
 
 
 # -- Redis faults (R1, R2) ---------------------------------------------------------------------------------------

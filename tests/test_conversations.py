@@ -6,10 +6,7 @@ PostgreSQL (a database of the test's own, created and dropped).
 
 from __future__ import annotations
 
-import os
-import secrets
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -27,10 +24,6 @@ from kiki_events.errors import CheckpointerError, ConfigError, MissingDependency
 from kiki_events.runtime import KikiRuntime
 from kiki_events.server import bearer_tokens, create_app
 from tests.servers import live_server, read_stream
-
-POSTGRES_ENV = "KIKI_TEST_POSTGRES_DSN"
-REQUIRE_POSTGRES_ENV = "KIKI_REQUIRE_POSTGRES"
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 class Echo:
@@ -253,28 +246,6 @@ async def test_work_done_for_another_run_on_its_thread_keeps_out_of_the_thread_s
 # -- postgres ------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def postgres_dsn() -> Iterator[str]:
-    """A DSN of a fresh database on the local PostgreSQL (or ``KIKI_TEST_POSTGRES_DSN``'s server), dropped after."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    admin = os.environ.get(POSTGRES_ENV) or DEFAULT_POSTGRES
-    try:
-        conn = psycopg.connect(admin, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
-            pytest.fail(f"PostgreSQL is unreachable at {admin} and {REQUIRE_POSTGRES_ENV}=1: {exc}")
-        pytest.skip(f"PostgreSQL is unreachable at {admin} (set {POSTGRES_ENV} to point at one): {exc}")
-    name = f"kiki_test_{secrets.token_hex(6)}"
-    with conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield make_conninfo(**{**conninfo_to_dict(admin), "dbname": name})
-        finally:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.mark.asyncio
 async def test_postgres_keeps_a_conversation_across_runtimes(postgres_dsn: str) -> None:
     settings = _settings(kind="postgres", dsn=postgres_dsn)
@@ -287,6 +258,37 @@ async def test_postgres_keeps_a_conversation_across_runtimes(postgres_dsn: str) 
 
     assert echo.received == [["first"], ["first", "heard 1: first", "second"]]
     assert [_text(m) for m in state.values["messages"]][-1] == "heard 3: first | heard 1: first | second"
+
+
+def _connections(dsn: str) -> int:
+    """Connections open to ``dsn``'s database, other than the one asking."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.asyncio
+async def test_postgres_runs_on_many_threads_at_once_share_a_pool_closed_at_stop(postgres_dsn: str) -> None:
+    settings = _settings(kind="postgres", dsn=postgres_dsn, pool_size=4)
+    echo = Echo()
+    async with KikiRuntime(settings, graphs={"echo": echo.graph()}) as runtime:
+        handles = [
+            await runtime.start_run("echo", {"messages": [("user", f"hi {n}")]}, thread_id=f"pool-{n}")
+            for n in range(12)
+        ]
+        assert [await handle.task for handle in handles] == ["success"] * 12
+        open_while_serving = _connections(postgres_dsn)
+        graph = runtime.graphs.get("echo")
+        states = [await graph.aget_state({"configurable": {"thread_id": f"pool-{n}"}}) for n in range(12)]
+
+    assert 1 <= open_while_serving <= 4
+    assert [_text(state.values["messages"][-1]) for state in states] == [f"heard 1: hi {n}" for n in range(12)]
+    assert _connections(postgres_dsn) == 0
 
 
 @pytest.mark.asyncio
@@ -311,6 +313,7 @@ async def test_an_unreachable_postgres_fails_the_start_without_showing_the_passw
         ({"kind": "memory", "path": "x.db"}, "runs.checkpointer.path: path is only read with kind: sqlite"),
         ({"kind": "redis"}, "runs.checkpointer.kind"),
         ({"kind": "memory", "file": "x"}, "runs.checkpointer.file: unknown key"),
+        ({"kind": "postgres", "dsn": "postgresql://h/db", "pool_size": 0}, "runs.checkpointer.pool_size"),
     ],
 )
 def test_bad_checkpointer_settings_name_the_key(checkpointer: dict[str, Any], fragment: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import ClassVar
 
 import httpx
@@ -265,6 +265,33 @@ def test_a_thread_stream_in_the_other_format(server: tuple[LiveServer, Gate]) ->
     assert {e["run"] for e in seen} == {started["run_id"]}
 
 
+def test_a_thread_stream_as_agui_carries_every_run_and_as_aisdk_ends_after_its_first(research_team: ModuleType) -> None:
+    app = create_app(graphs={"team": research_team.build_graph(token_delay=0.0)})
+    with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        run_ids = []
+        for message in ("Compare queues", "Compare logs"):
+            body = {"graph": "team", "message": message, "thread_id": "both"}
+            with client.stream("POST", "/runs/stream", json=body) as response:
+                _read(response)
+                run_ids.append(response.headers["x-kiki-run-id"])
+        agui: list[dict[str, object]] = []
+        with client.stream("GET", "/threads/both/stream", params={"format": "agui"}) as response:
+            for frame in iter_frames(response, events_only=False):
+                if frame.data is not None:
+                    agui.append(frame.json)
+                if [e["type"] for e in agui].count("RUN_FINISHED") == 2:
+                    break  # the thread's stream goes on: the client leaves
+        with client.stream("GET", "/threads/both/stream", params={"format": "aisdk"}) as response:
+            aisdk = _blocks(_read(response))  # ends by itself
+
+    assert [e["runId"] for e in agui if e["type"] == "RUN_STARTED"] == run_ids
+    assert [e["type"] for e in agui].count("RUN_STARTED") == 2 and agui[-1]["type"] == "RUN_FINISHED"
+    assert aisdk[-1] == b"data: [DONE]"
+    parts = [json.loads(block[6:]) for block in aisdk[:-1]]
+    assert parts[0] == {"type": "start", "messageId": run_ids[0]} and parts[-1]["type"] == "finish"
+    assert [p["type"] for p in parts].count("finish") == 1
+
+
 @pytest.mark.parametrize("path", ["/runs/{run_id}/stream", "/threads/{thread_id}/stream"])
 def test_an_unknown_format_is_refused_naming_the_known_ones(server: tuple[LiveServer, Gate], path: str) -> None:
     srv, gate = server
@@ -283,8 +310,34 @@ def test_an_unknown_format_is_refused_naming_the_known_ones(server: tuple[LiveSe
     assert "'application/xml'" in detail and "kiki (text/event-stream)" in detail and "lines (" in detail
 
 
+def test_a_run_started_and_streamed_in_another_format_and_a_refused_format_starts_nothing(
+    server: tuple[LiveServer, Gate],
+) -> None:
+    srv, gate = server
+    gate.open()
+    with httpx.Client(base_url=srv.url, timeout=30) as client:
+        with client.stream(
+            "POST", "/runs/stream", json={"graph": "gated", "message": "x"}, params={"format": "lines"}
+        ) as response:
+            raw = _read(response)
+            run_id = response.headers["x-kiki-run-id"]
+        refused = client.post(
+            "/runs/stream", json={"graph": "gated", "message": "x"}, headers={"Accept": "application/xml"}
+        )
+        unknown = client.post("/runs/stream", json={"graph": "gated", "message": "x"}, params={"format": "nope"})
+        metrics = client.get("/metrics").text
+
+    events, end = _lines(raw)
+    assert {e["run"] for e in events} == {run_id} and events[-1]["type"] == "done"
+    assert end == f"[END {len(events)}]"
+    assert (refused.status_code, unknown.status_code) == (406, 400)
+    assert 'kiki_runs_total{graph="gated",status="success"} 1.0' in metrics  # only the streamed run ran
+
+
 def test_the_schema_documents_the_format_parameter(lines: LinesFormat) -> None:
     paths = create_app(graphs={}).openapi()["paths"]
+    assert "406" in paths["/runs/stream"]["post"]["responses"]
+    assert [p["name"] for p in paths["/runs/stream"]["post"]["parameters"]] == ["format"]
     for path in ("/runs/{run_id}/stream", "/threads/{thread_id}/stream"):
         operation = paths[path]["get"]
         (param,) = [p for p in operation["parameters"] if p["name"] == "format"]

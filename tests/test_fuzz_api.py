@@ -183,7 +183,7 @@ def test_the_schema_declares_every_status_the_api_answers_with() -> None:
         (method.upper(), path): set(op["responses"]) for path, ops in paths.items() for method, op in ops.items()
     }
     assert declared == {
-        ("POST", "/runs/stream"): {"200", "400", "401", "404", "408", "413", "422", "429", "503"},
+        ("POST", "/runs/stream"): {"200", "400", "401", "404", "406", "408", "413", "422", "429", "503"},
         ("POST", "/runs"): {"202", "400", "401", "404", "408", "413", "422", "429", "503"},
         ("GET", "/runs/{run_id}/stream"): {"200", "204", "400", "401", "404", "406", "422", "503"},
         ("GET", "/runs/{run_id}"): {"200", "401", "404", "422", "503"},

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import operator
+from types import ModuleType
 from typing import Annotated, Any
 
 import httpx
+import pytest
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send, interrupt
 from typing_extensions import TypedDict
@@ -102,3 +104,45 @@ def test_several_pending_interrupts_are_answered_by_id() -> None:
     assert first[-1].json["status"] == "interrupted" and set(asked) == {"legal", "style"}
     assert second[-1].json["status"] == "success", second[-1].json
     assert sorted(state["values"]["answers"]) == ["legal: fine by legal", "style: needs commas"]
+
+
+def _demo_app(research_team: ModuleType) -> Any:
+    return create_app(Settings(), graphs={"team": research_team.build_graph(token_delay=0.0)})
+
+
+@pytest.mark.parametrize(
+    ("answer", "closing"),
+    [
+        ({"approved": True}, "Done. Published the report on Redis streams"),
+        ({"approved": False, "reason": "not yet"}, "I did not publish the report. Not published: not yet."),
+        ("sure", "I did not publish the report. Error: ValueError: answer the approval with"),
+    ],
+)
+def test_the_demo_writer_asks_before_publishing_and_does_what_it_is_told(
+    research_team: ModuleType, answer: Any, closing: str
+) -> None:
+    task = {"messages": [{"role": "user", "content": "Redis streams, with approval"}]}
+    with live_server(_demo_app(research_team)) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        first = read_stream(client, "POST", "/runs/stream", json={"graph": "team", "input": task, "thread_id": "d-1"})
+        second = read_stream(
+            client, "POST", "/runs/stream", json={"graph": "team", "resume": answer, "thread_id": "d-1"}
+        )
+        state = client.get("/threads/d-1/state").json()
+
+    assert (first[-2].event, first[-1].json["status"]) == ("interrupt", "interrupted")
+    (asked,) = first[-2].json["interrupts"]
+    calls = [f.json for f in first if f.event == "tool_call" and f.json["phase"] == "end"]
+    assert calls[-1]["name"] == "publish"
+    assert asked["value"] == {
+        "question": "Publish the report on Redis streams, with approval?",
+        "tool_call_id": calls[-1]["tool_call_id"],
+        "tool": "publish",
+        "args": {"title": "Redis streams, with approval"},
+    }
+    # Paused, not failed: the publish call has no result before the answer.
+    assert [f.json["name"] for f in first if f.event == "tool_result"] == ["web_search", "fetch_page"]
+    assert second[-1].json["status"] == "success", second[-1].json
+    (result,) = [f.json for f in second if f.event == "tool_result"]
+    assert result["tool_call_id"] == asked["value"]["tool_call_id"]
+    assert state["values"]["messages"][-1]["content"].startswith(closing)
+    assert state["interrupts"] == []

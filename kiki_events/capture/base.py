@@ -22,7 +22,7 @@ from ..events import StreamEvent, trusted
 from ..log import get_logger
 from .state import LLMCallState, RunState
 
-__all__ = ["CANCELLED", "HIDDEN", "EventSink", "HandlerBase", "guard", "logger", "now"]
+__all__ = ["CANCELLED", "CONTROL_FLOW", "HIDDEN", "EventSink", "HandlerBase", "guard", "logger", "now"]
 
 logger = get_logger("kiki_events.handler")
 
@@ -32,6 +32,8 @@ HIDDEN = "langsmith:hidden"
 """The tag of runs LangChain hides from tracing; we do not report them either."""
 CANCELLED = ("CancelledError", "GeneratorExit", "KeyboardInterrupt")
 """Exception names that mean "cancelled", not "failed"."""
+CONTROL_FLOW = ("GraphInterrupt", "NodeInterrupt", "ParentCommand", "GraphBubbleUp")
+"""Exception names LangGraph raises to pause or redirect a run: neither failures nor results."""
 
 
 def now() -> float:

@@ -25,14 +25,13 @@ from ..events import (
     Usage,
 )
 from ..redaction import redact_error, redact_message
-from .base import CANCELLED, HIDDEN, HandlerBase, guard
+from .base import CANCELLED, CONTROL_FLOW, HIDDEN, HandlerBase, guard
 from .ids import agent_path, runnable_name, short_run_id
 from .state import NodeState, RunState
 
 __all__ = ["LifecycleMixin"]
 
 # LangGraph's control-flow exceptions (interrupts, Command(graph=PARENT)) are not failures.
-_CONTROL_FLOW = ("GraphInterrupt", "NodeInterrupt", "ParentCommand", "GraphBubbleUp")
 _FINISHED_MEMORY = 4096
 
 
@@ -119,14 +118,14 @@ class LifecycleMixin(HandlerBase):
         if run_id == run.root:
             if kind in CANCELLED:
                 self._end_run(run, "cancelled")
-            elif kind in _CONTROL_FLOW:
+            elif kind in CONTROL_FLOW:
                 self._end_run(run, "interrupted")
             else:
                 self._end_run(run, "error", error)
             return
         self._release(run, run_id)
         node = run.nodes.pop(run_id, None)
-        if node is None or kind in CANCELLED or kind in _CONTROL_FLOW:
+        if node is None or kind in CANCELLED or kind in CONTROL_FLOW:
             return
         if run.failed_agent is None:
             run.failed_agent = node.agent

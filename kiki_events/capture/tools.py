@@ -10,7 +10,7 @@ from uuid import UUID
 
 from ..events import ToolCallEvent, ToolResultEvent
 from ..redaction import redact_error
-from .base import CANCELLED, HandlerBase, guard
+from .base import CANCELLED, CONTROL_FLOW, HandlerBase, guard
 from .ids import agent_path, runnable_name
 from .state import RUNNING_TOOL, LLMCallState, RunState, ToolCallState
 
@@ -189,8 +189,8 @@ class ToolsMixin(HandlerBase):
         given = kwargs.get("tool_call_id")
         if isinstance(given, str) and given:
             tool_call_id = given
-        if type(error).__name__ in CANCELLED:
-            return
+        if type(error).__name__ in CANCELLED or type(error).__name__ in CONTROL_FLOW:
+            return  # cancelled, or paused for an interrupt: the call has no result (yet)
         self._send(
             run,
             ToolResultEvent,

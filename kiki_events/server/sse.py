@@ -124,7 +124,7 @@ async def _cursor_body(
         first = fmt.retry_frame(retry) + encoder.start()
         if first:
             yield first
-        while True:
+        while not encoder.ended:
             items = await cursor.next(_BATCH)
             if not items:
                 break
@@ -135,7 +135,7 @@ async def _cursor_body(
     finally:
         if store is not None:
             store.clients -= 1
-        if not cursor.finished:
+        if not cursor.finished and not encoder.ended:
             # The usual way a reader leaves: one line (with the run's or thread's id), no error.
             logger.info("SSE client gone before the end of its stream")
             if on_abandon is not None:

@@ -38,13 +38,14 @@ def add_start_run_stream(router: APIRouter, ctx: RouteContext) -> None:
         operation_id="start_run_stream",
         openapi_extra=ctx.run_body_doc,
         response_class=Response,
-        responses={**SSE_OK, **errors(400, 401, 404, 408, 413, 422, 429, 503)},
+        responses={**SSE_OK, **errors(400, 401, 404, 406, 408, 413, 422, 429, 503)},
     )
-    async def start_run_stream(request: Request, principal: Caller) -> Response:
-        """Start a run and stream its events; the last frame is ``done``."""
+    async def start_run_stream(request: Request, principal: Caller, wire_format: FormatName = None) -> Response:
+        """Start a run and stream its events, in the format asked for; the last frame is ``done``'s."""
+        fmt = pick_format(request, wire_format)  # before the run starts: a refused format starts nothing
         body = await parse_run_request(request, settings.sse.max_body_bytes, settings.server.body_timeout)
         handle = await ctx.start(body, principal)
-        return ctx.stream_started(request, handle, principal, body.on_disconnect)
+        return ctx.stream_started(request, handle, principal, body.on_disconnect, wire_format=fmt)
 
 
 def _resume_after(request: Request, run_id: str, last_event_id: str | None) -> int:
