@@ -20,6 +20,7 @@ from .codec import decode, encode, event_json_schema
 from .config import Settings, load_settings
 from .core.bus import BusStats, EventBus, Overflow, Subscription
 from .core.graphs import GraphRegistry, load_graph
+from .cost import Price, PriceTable
 from .errors import (
     ArgumentTypeError,
     BusError,
@@ -46,12 +47,14 @@ from .errors import (
 from .events import (
     SCHEMA_VERSION,
     AgentLifecycleEvent,
+    Cost,
     CustomEvent,
     DoneEvent,
     ErrorEvent,
     InterruptEvent,
     InterruptInfo,
     LLMCallEvent,
+    ModelCost,
     RunStatus,
     StatusEvent,
     StreamEvent,
@@ -76,6 +79,7 @@ __all__ = [
     "BusStats",
     "CheckFailedError",
     "ConfigError",
+    "Cost",
     "CustomEvent",
     "DoneEvent",
     "ErrorEvent",
@@ -96,8 +100,11 @@ __all__ = [
     "KikiRuntime",
     "LLMCallEvent",
     "MissingDependencyError",
+    "ModelCost",
     "NoAgentError",
     "Overflow",
+    "Price",
+    "PriceTable",
     "RunError",
     "RunLimitError",
     "RunNotFoundError",

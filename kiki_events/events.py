@@ -27,6 +27,7 @@ __all__ = [
     "EVENT_TYPES",
     "SCHEMA_VERSION",
     "AgentLifecycleEvent",
+    "Cost",
     "CustomEvent",
     "DoneEvent",
     "ErrorEvent",
@@ -34,6 +35,7 @@ __all__ = [
     "InterruptEvent",
     "InterruptInfo",
     "LLMCallEvent",
+    "ModelCost",
     "RunStatus",
     "StatusEvent",
     "StreamEvent",
@@ -242,6 +244,37 @@ class LLMCallEvent(_Event):
     usage: Usage = Usage()
     error_type: str | None = None
     """Exception class name when the call failed."""
+    cost_usd: float | None = None
+    """What the call cost in US dollars (the node's price table); ``None``: no price for its model, or no table."""
+
+
+class ModelCost(BaseModel):
+    """One model's LLM calls in a run: how many, their tokens, and what they cost."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    model: str | None = None
+    """The model as its ``llm`` events name it; ``None``: not reported (or a relayed run's unseen calls)."""
+    provider: str | None = None
+    calls: int = 0
+    usage: Usage = Usage()
+    usd: float | None = None
+    """Their cost in US dollars; ``None``: the price table has no price for the model (unpriced)."""
+
+
+class Cost(BaseModel):
+    """What a run's LLM calls cost, priced with the price table of the node that reports the run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    total_usd: float = 0.0
+    """The cost of the priced calls, in US dollars; unpriced calls are not in it (never guessed)."""
+    unpriced_calls: int = 0
+    """Calls of models without a price."""
+    unpriced_tokens: int = 0
+    """The ``total_tokens`` of those calls."""
+    models: tuple[ModelCost, ...] = ()
+    """Per model (and provider), in the order first seen; the usages add up to the run's."""
 
 
 class DoneEvent(_Event):
@@ -253,6 +286,8 @@ class DoneEvent(_Event):
     duration_s: float = 0.0
     trace_id: str | None = None
     """The run's trace id when the runtime traces its runs (Langfuse's, with ``langfuse`` on), else ``None``."""
+    cost: Cost | None = None
+    """What the run's LLM calls cost (``docs/events.md``); ``None`` when the node has no price table."""
 
 
 _TOKEN_FIELDS = frozenset(TokenEvent.model_fields)

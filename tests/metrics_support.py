@@ -93,6 +93,8 @@ class _Tally:
             if count:
                 labels = _key(agent=agent, provider=provider, model=model, token_type=kind)
                 self.add("kiki_llm_tokens_total", labels, count)
+        if e.cost_usd:
+            self.add("kiki_llm_cost_usd_total", _key(agent=agent, provider=provider, model=model), e.cost_usd)
 
 
 def tally(events: Iterable[StreamEvent]) -> dict[str, Counter[Labels]]:

@@ -48,7 +48,7 @@ def lookup(key: str, limit: int = 3) -> str:
     return f"found {key}"
 
 
-def tool_agent(model: Any, tools: Iterable[Any] = (lookup,)) -> Any:
+def tool_agent(model: Any, tools: Iterable[Any] = (lookup,), checkpointer: Any = None) -> Any:
     """``agent`` calls ``model``; while it asks for tools, ``tools`` answers and the agent goes on."""
 
     async def agent(state: MessagesState) -> dict[str, list[BaseMessage]]:
@@ -64,7 +64,7 @@ def tool_agent(model: Any, tools: Iterable[Any] = (lookup,)) -> Any:
     builder.add_edge(START, "agent")
     builder.add_conditional_edges("agent", route, ["tools", END])
     builder.add_edge("tools", "agent")
-    return builder.compile()
+    return builder.compile(checkpointer=checkpointer)
 
 
 async def one_chunk_run(scripted: ModuleType) -> CapturedEvents:

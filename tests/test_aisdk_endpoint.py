@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -19,7 +17,6 @@ from kiki_events.server import bearer_tokens, create_app
 from tests.servers import Gate, gated_graph, live_server, wait_for
 from tests.test_agui_endpoint import Echo
 from tests.test_format_aisdk import _validate, _verify_order, parse_body
-from tests.test_format_aisdk_client import ai_client  # noqa: F401 - the fixture
 
 AUTH = {"Authorization": "Bearer token-a"}
 BOB = {"Authorization": "Bearer token-b"}
@@ -38,8 +35,9 @@ def _chat(chat_id: str, *texts: str, **extra: Any) -> dict[str, Any]:
     return {"id": chat_id, "messages": messages, "trigger": "submit-message", **extra}
 
 
-def _chunks(response: httpx.Response) -> list[dict[str, Any]]:
-    """The chunks of a UI message stream response, checked like the format's own tests check them."""
+def _chunks(response: httpx.Response, known: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """The chunks of a UI message stream response, checked like the format's own tests check them
+    (``known``: the tool calls the client holds)."""
     assert response.status_code == 200, response.read()
     assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -47,13 +45,15 @@ def _chunks(response: httpx.Response) -> list[dict[str, Any]]:
     kept = b"".join(block + b"\n\n" for block in body.split(b"\n\n") if block and not block.startswith(b":"))
     out = parse_body(kept)
     _validate(out)
-    _verify_order(out)
+    _verify_order(out, known)
     return out
 
 
-def _post(client: httpx.Client, graph: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+def _post(
+    client: httpx.Client, graph: str, body: dict[str, Any], known: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     with client.stream("POST", f"/ai-sdk/{graph}", json=body, headers=AUTH) as response:
-        return _chunks(response)
+        return _chunks(response, known)
 
 
 def _text(out: list[dict[str, Any]]) -> str:
@@ -122,7 +122,8 @@ def test_an_approval_answer_or_a_resume_field_resumes_the_interrupted_chat() -> 
         _post(client, "ask", _chat("chat-s", "draft it"))
         plain = _post(client, "ask", _chat("chat-s", "draft it", resume="yes"))
         twice = {"id": "chat-t", "messages": [_approval(True)]}
-        twice["messages"][0]["parts"] *= 2
+        twice["messages"][0]["parts"] *= 2  # two answers (one part twice), without their approval id
+        del twice["messages"][0]["parts"][1]["approval"]["id"]
         several = client.post("/ai-sdk/ask", json=twice, headers=AUTH)
         answers = [
             client.get(f"/threads/{chat}/state", headers=AUTH).json()["values"]["messages"][-1]["content"]
@@ -196,44 +197,50 @@ def test_the_endpoints_are_in_the_openapi_schema() -> None:
     assert {"200", "204", "404"} <= set(reconnect["responses"])
 
 
-LIVE = """
-import { DefaultChatTransport, readUIMessageStream } from "ai";
+def _approving_graph() -> Any:
+    """Two branches in parallel, each asking for approval of its own tool call (``call-a``, ``call-b``)."""
 
-const [api, token] = process.argv.slice(2);
-const transport = new DefaultChatTransport({ api, headers: { Authorization: `Bearer ${token}` } });
-const stream = await transport.sendMessages({
-  chatId: "chat-live", trigger: "submit-message", messageId: undefined, abortSignal: undefined,
-  messages: [{ id: "u1", role: "user", parts: [{ type: "text", text: "Compare Redis streams and pub/sub" }] }],
-});
-let message = null;
-for await (const m of readUIMessageStream({ stream })) message = m;
-const reconnected = await transport.reconnectToStream({ chatId: "chat-live" });
-process.stdout.write(JSON.stringify({ message, reconnected }));
-"""
+    def asker(title: str) -> Any:
+        def ask(state: MessagesState) -> dict[str, Any]:
+            value = {"tool_call_id": f"call-{title}", "tool": "publish", "args": {"title": title}}
+            return {"messages": [AIMessage(content=f"{title}: {interrupt(value)}", name=title)]}
+
+        return ask
+
+    builder = StateGraph(MessagesState)
+    for title in ("a", "b"):
+        builder.add_node(title, asker(title))
+        builder.add_edge(START, title)
+    return builder.compile()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(360)
-def test_the_ai_sdk_transport_talks_to_the_live_endpoints(
-    ai_client: Path,  # noqa: F811
-    research_team: ModuleType,
-) -> None:
-    (ai_client / "live.mjs").write_text(LIVE)
-    app = _app({"team": research_team.build_graph(token_delay=0.0)})
-    with live_server(app) as srv:
-        done = subprocess.run(
-            ["node", "live.mjs", f"{srv.url}/ai-sdk/team", "token-a"],
-            cwd=ai_client,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    message = result["message"]
-    assert message["role"] == "assistant"
-    assert "".join(p["text"] for p in message["parts"] if p["type"] == "text")
-    tools = [p for p in message["parts"] if p["type"] == "dynamic-tool"]
-    assert tools and all(p["state"] == "output-available" for p in tools), tools
-    assert result["reconnected"] is None
+def test_parallel_tool_approvals_are_answered_together_by_approval_id() -> None:
+    app = _app({"pub": _approving_graph()})
+    with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        asked = _post(client, "pub", _chat("chat-p", "publish both"))
+        requests = {c["toolCallId"]: c["approvalId"] for c in asked if c["type"] == "tool-approval-request"}
+        pending = client.get("/threads/chat-p/state", headers=AUTH).json()["interrupts"]
+        # What addToolApprovalResponse leaves in the assistant message, each answer with its approval id.
+        parts = [
+            {
+                "type": "dynamic-tool",
+                "toolName": "publish",
+                "toolCallId": call_id,
+                "state": "approval-responded",
+                "input": {"title": call_id[-1]},
+                "approval": {"id": approval_id, "approved": call_id == "call-a"},
+            }
+            for call_id, approval_id in requests.items()
+        ]
+        answer = {"id": "chat-p", "messages": [*_chat("chat-p", "publish both")["messages"]]}
+        answer["messages"].append({"id": "reply-1", "role": "assistant", "parts": parts})
+        answered = _post(client, "pub", answer, known=frozenset(requests))
+        state = client.get("/threads/chat-p/state", headers=AUTH).json()
+
+    assert set(requests) == {"call-a", "call-b"} and set(requests.values()) == {i["id"] for i in pending}
+    announced = {c["toolCallId"]: c["input"] for c in asked if c["type"] == "tool-input-available"}
+    assert announced == {"call-a": {"title": "a"}, "call-b": {"title": "b"}}  # from the approvals' values
+    assert answered[0] == {"type": "start", "messageId": "reply-1"}  # the answer continues the client's message
+    replies = sorted(str(m["content"]) for m in state["values"]["messages"][1:])
+    assert replies == ["a: {'approved': True}", "b: {'approved': False}"]
+    assert state["interrupts"] == [] and answered[-1] == {"type": "finish"}

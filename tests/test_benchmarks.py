@@ -332,3 +332,112 @@ def test_store_benchmark_writes_both_databases_and_measures_p1_with_the_store(
     for variant in ("kiki", "kiki+store"):
         assert figures["P1"][variant]["ratio"] > 0 and figures["P1"][variant]["bar"] == 1.15
     assert "P1 kiki+store" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_formats_benchmark_checks_every_stream_and_prices_each_format(tmp_path: Path) -> None:
+    out = tmp_path / "formats.json"
+    # --peer auto: without ag-ui-langgraph (no registry, or its pins cannot be met) ours is measured alone.
+    command = [sys.executable, "benchmarks/formats.py", "--rounds", "2", "--runs", "1", "--tokens", "30",
+               "--peer", "auto", "--out", str(out)]  # fmt: skip
+    result = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    figures = json.loads(out.read_text())
+    assert set(figures["graphs"]) == {"long", "tools"}
+    long, tools = figures["graphs"]["long"], figures["graphs"]["tools"]
+    assert long["tokens_per_run"] == 2 * 30 and long["tool_calls_per_run"] == 0
+    assert tools["tokens_per_run"] > 30 and tools["tool_calls_per_run"] == 2
+    for shape in (long, tools):
+        variants = shape["variants"]
+        for name in ("kiki", "agui-1.0", "agui-0.0", "aisdk"):
+            row = variants[name]
+            # Every token is an event of its own in every format, and the wire carries a little more than the body.
+            assert row["events_per_run"] > shape["tokens_per_run"], name
+            assert row["wire_bytes_per_token"] > row["body_bytes_per_token"] > 10, name
+            assert len(row["cpu_us_per_token"]["per_round"]) == 2, name
+            low, high = row["cpu_us_per_token"]["range"]
+            assert 0 < low <= row["cpu_us_per_token"]["median"] <= high, name
+            assert shape["encoders_alone"][name]["us_per_token"] > 0, name
+        assert variants["bare"]["events_per_run"] == variants["streamed"]["events_per_run"] == 0
+    if "skipped" in figures["peer"]:
+        assert figures["peer"]["skipped"]
+        assert "P7 not measured" in result.stdout
+        return
+    assert "P7 agui-1.0 / peer" in result.stdout
+    for shape in (long, tools):
+        p7 = shape["P7"]
+        assert p7["range"][0] <= p7["ratio"] <= p7["range"][1]
+        assert p7["ratio"] == shape["vs_peer"]["agui-1.0/peer"]["median"]
+        # The peer's default sends each LangGraph event again as RAW: far more bytes than ours.
+        assert p7["bytes_ratio"] < p7["bytes_ratio_vs_lean"] < 1
+        assert shape["variants"]["peer"]["events_per_run"] > shape["variants"]["peer-lean"]["events_per_run"]
+    if figures["peer"]["constrained"]:
+        assert figures["peer"]["versions_that_differ"] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_formats_benchmark_without_its_peer_measures_ours_alone_or_stops_as_told(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    out = tmp_path / "formats.json"
+    command = [sys.executable, "benchmarks/formats.py", "--rounds", "1", "--runs", "1", "--tokens", "10",
+               "--graph", "long", "--peer-env", str(blocker / "env"), "--out", str(out)]  # fmt: skip
+
+    alone = subprocess.run(dying_with_us([*command, "--peer", "auto"]), cwd=ROOT, capture_output=True, text=True,
+                           timeout=160, check=False)  # fmt: skip
+    assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert str(blocker) in figures["peer"]["skipped"]
+    assert "P7" not in figures["graphs"]["long"] and "peer" not in figures["graphs"]["long"]["variants"]
+    assert "P7 not measured: the peer was not installed (cannot make the virtualenv" in alone.stdout
+
+    out.unlink()
+    required = subprocess.run(dying_with_us(command), cwd=ROOT, capture_output=True, text=True, timeout=160,
+                              check=False)  # fmt: skip
+    assert required.returncode == 1
+    assert f"ag-ui-langgraph cannot be installed: cannot make the virtualenv {blocker / 'env'}" in required.stderr
+    assert not out.exists()
+
+
+def _without(body: bytes, needle: bytes, *, last: bool = False) -> bytes:
+    """``body`` less its first SSE frame holding ``needle`` (``last``: less its last frame)."""
+    frames = [frame for frame in body.split(b"\n\n") if frame]
+    index = len(frames) - 1 if last else next(i for i, frame in enumerate(frames) if needle in frame)
+    return b"\n\n".join(frames[:index] + frames[index + 1 :]) + b"\n\n"
+
+
+def test_the_formats_benchmark_reads_each_format_whole_and_notices_what_a_stream_lacks() -> None:
+    from benchmarks._formats_servers import graphs
+    from benchmarks._formats_tables import ENCODERS, expected_run
+    from benchmarks._streams import READERS, problems
+    from kiki_events import KikiCallbackHandler
+    from kiki_events.core.runlog import RunLog
+
+    graph = graphs(12)["tools"]
+    expected = expected_run(graph)
+    assert len(expected.calls) == 2 and len(expected.results) == 2 and expected.tokens > 12
+    events: list[StreamEvent] = []
+    config: Any = {"callbacks": [KikiCallbackHandler(events.append)], "configurable": {"thread_id": "t"}}
+    asyncio.run(graph.ainvoke({"messages": [{"role": "user", "content": "Compare Redis streams and pub/sub"}]}, config))
+    log = RunLog(events[0].run_id, len(events))
+    for event in events:
+        log.append(event)
+    frames, _ = log.read(0, len(events))
+    lacks = {  # format → (a text token's frame, a tool argument's frame)
+        "kiki": (b"event: token", b'"phase":"args"'),
+        "agui": (b'"TEXT_MESSAGE_CONTENT"', b'"TOOL_CALL_ARGS"'),
+        "aisdk": (b'"text-delta"', b'"tool-input-delta"'),
+    }
+    for name, make in ENCODERS.items():
+        encoder = make()
+        body = encoder.start() + encoder.encode_all(frames) + encoder.finish()
+        reading = name.split("-")[0]
+        read = READERS[reading]
+        assert problems(reading, read(body), expected) == [], name
+        token, args = lacks[reading]
+        assert "texts differ" in " ".join(problems(reading, read(_without(body, token)), expected)), name
+        assert "tool calls differ" in " ".join(problems(reading, read(_without(body, args)), expected)), name
+        assert "does not run from" in " ".join(problems(reading, read(_without(body, b"", last=True)), expected)), name

@@ -260,6 +260,37 @@ async def test_postgres_keeps_a_conversation_across_runtimes(postgres_dsn: str) 
     assert [_text(m) for m in state.values["messages"]][-1] == "heard 3: first | heard 1: first | second"
 
 
+def _connections(dsn: str) -> int:
+    """Connections open to ``dsn``'s database, other than the one asking."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.asyncio
+async def test_postgres_runs_on_many_threads_at_once_share_a_pool_closed_at_stop(postgres_dsn: str) -> None:
+    settings = _settings(kind="postgres", dsn=postgres_dsn, pool_size=4)
+    echo = Echo()
+    async with KikiRuntime(settings, graphs={"echo": echo.graph()}) as runtime:
+        handles = [
+            await runtime.start_run("echo", {"messages": [("user", f"hi {n}")]}, thread_id=f"pool-{n}")
+            for n in range(12)
+        ]
+        assert [await handle.task for handle in handles] == ["success"] * 12
+        open_while_serving = _connections(postgres_dsn)
+        graph = runtime.graphs.get("echo")
+        states = [await graph.aget_state({"configurable": {"thread_id": f"pool-{n}"}}) for n in range(12)]
+
+    assert 1 <= open_while_serving <= 4
+    assert [_text(state.values["messages"][-1]) for state in states] == [f"heard 1: hi {n}" for n in range(12)]
+    assert _connections(postgres_dsn) == 0
+
+
 @pytest.mark.asyncio
 async def test_an_unreachable_postgres_fails_the_start_without_showing_the_password() -> None:
     runtime = KikiRuntime(
@@ -282,6 +313,7 @@ async def test_an_unreachable_postgres_fails_the_start_without_showing_the_passw
         ({"kind": "memory", "path": "x.db"}, "runs.checkpointer.path: path is only read with kind: sqlite"),
         ({"kind": "redis"}, "runs.checkpointer.kind"),
         ({"kind": "memory", "file": "x"}, "runs.checkpointer.file: unknown key"),
+        ({"kind": "postgres", "dsn": "postgresql://h/db", "pool_size": 0}, "runs.checkpointer.pool_size"),
     ],
 )
 def test_bad_checkpointer_settings_name_the_key(checkpointer: dict[str, Any], fragment: str) -> None:

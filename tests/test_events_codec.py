@@ -17,12 +17,14 @@ from kiki_events.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     AgentLifecycleEvent,
+    Cost,
     CustomEvent,
     DoneEvent,
     ErrorEvent,
     InterruptEvent,
     InterruptInfo,
     LLMCallEvent,
+    ModelCost,
     StatusEvent,
     StreamEvent,
     TokenEvent,
@@ -76,6 +78,7 @@ EXAMPLES: list[StreamEvent] = [
         duration_s=1.75,
         ttft_s=0.25,
         usage=Usage(input_tokens=120, output_tokens=80, total_tokens=200, reasoning_tokens=30, cached_tokens=64),
+        cost_usd=0.000318,
     ),
     DoneEvent(
         **ENVELOPE,
@@ -84,6 +87,14 @@ EXAMPLES: list[StreamEvent] = [
         usage=Usage(input_tokens=120, output_tokens=80, total_tokens=200, reasoning_tokens=30, cached_tokens=64),
         duration_s=3.5,
         trace_id="trace-abc",
+        cost=Cost(
+            total_usd=0.000318,
+            unpriced_calls=1,
+            models=(
+                ModelCost(model="gpt-4o-mini", provider="openai", calls=1, usage=Usage(output_tokens=80), usd=0.000318),
+                ModelCost(model="in-house-7b", calls=1),
+            ),
+        ),
     ),
 ]
 
@@ -377,6 +388,11 @@ _USAGE = {"input_tokens": 12, "output_tokens": 30, "total_tokens": 42, "reasonin
         ),
         (
             LLMCallEvent,
+            {"agent": "writer", "message_id": "m5", "status": "success", "model": "gpt-x", "provider": "openai",
+             "duration_s": 1.5, "ttft_s": None, "usage": Usage(**_USAGE), "error_type": None, "cost_usd": 0.00125},
+        ),
+        (
+            LLMCallEvent,
             {"agent": None, "message_id": "m4", "status": "error", "model": None, "provider": None,
              "duration_s": 0.5, "ttft_s": None, "usage": Usage(), "error_type": "TimeoutError"},
         ),
@@ -468,6 +484,19 @@ _envelope: dict[str, st.SearchStrategy[Any]] = {
     "causation_id": _opt_text,
     "node": _opt_text,
 }
+_usage = st.builds(Usage, input_tokens=st.integers(), output_tokens=st.integers(), total_tokens=st.integers())
+_cost = st.builds(
+    Cost,
+    total_usd=_finite,
+    unpriced_calls=st.integers(min_value=0),
+    unpriced_tokens=st.integers(min_value=0),
+    models=st.lists(
+        st.builds(
+            ModelCost, model=_opt_text, provider=_opt_text, calls=st.integers(), usage=_usage, usd=st.none() | _finite
+        ),
+        max_size=3,
+    ).map(tuple),
+)
 _events: st.SearchStrategy[StreamEvent] = st.one_of(
     st.builds(
         StatusEvent,
@@ -512,12 +541,26 @@ _events: st.SearchStrategy[StreamEvent] = st.one_of(
     ),
     st.builds(ErrorEvent, **_envelope, message=_text, error_type=_text),
     st.builds(
+        LLMCallEvent,
+        **_envelope,
+        message_id=_text,
+        status=st.sampled_from(["success", "error", "cancelled"]),
+        model=_opt_text,
+        provider=_opt_text,
+        duration_s=_finite,
+        ttft_s=st.none() | _finite,
+        usage=_usage,
+        error_type=_opt_text,
+        cost_usd=st.none() | _finite,
+    ),
+    st.builds(
         DoneEvent,
         **_envelope,
         status=st.sampled_from(["success", "error", "interrupted", "cancelled"]),
-        usage=st.builds(Usage, input_tokens=st.integers(), output_tokens=st.integers(), total_tokens=st.integers()),
+        usage=_usage,
         duration_s=_finite,
         trace_id=_opt_text,
+        cost=st.none() | _cost,
     ),
 )
 

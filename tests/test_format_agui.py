@@ -64,7 +64,8 @@ def _validate(out: list[dict[str, Any]], *, v1: bool) -> None:
     for event in out:
         model = MODELS[event["type"]].model_validate(event)
         assert not model.model_extra, event
-        _no_nulls({k: v for k, v in event.items() if event["type"] != "CUSTOM" or k != "value"}, event["type"])
+        data = {"CUSTOM": "value", "ACTIVITY_SNAPSHOT": "content"}.get(event["type"])  # the user's data may hold nulls
+        _no_nulls({k: v for k, v in event.items() if k != data}, event["type"])
         if not v1:
             assert event["type"] not in ONLY_V1, event
             assert "outcome" not in event and "protocolVersion" not in event, event
@@ -170,11 +171,11 @@ async def test_a_demo_run_maps_text_steps_and_parallel_tool_calls(research_team:
     # A message ends at its llm event, or where a tool call of it starts.
     for end in _of(out, "TEXT_MESSAGE_END"):
         after = out[out.index(end) + 1]
-        assert (after["type"], after.get("name"), after.get("value", {}).get("message_id")) == (
-            "CUSTOM",
-            "kiki.llm",
-            end["messageId"],
-        ) or (after["type"], after.get("parentMessageId")) == ("TOOL_CALL_START", end["messageId"]), after
+        ours = f"{run_id}:{after.get('value', {}).get('message_id')}"  # AG-UI ids are <run_id>:<message_id>
+        assert (after["type"], after.get("name"), ours) == ("CUSTOM", "kiki.llm", end["messageId"]) or (
+            after["type"],
+            after.get("parentMessageId"),
+        ) == ("TOOL_CALL_START", end["messageId"]), after
 
 
 @pytest.mark.asyncio
@@ -285,8 +286,8 @@ def test_reasoning_text_and_an_unstreamed_tool_call(v1: bool) -> None:
     assert [e["delta"] for e in _of(out, "TOOL_CALL_ARGS")] == ['{"key":"x"}']
     assert [e["delta"] for e in _of(out, "TEXT_MESSAGE_CONTENT")] == ["Answer", " more"]
     # Text resumed after the tool call goes to a continuation message.
-    assert [e["messageId"] for e in _of(out, "TEXT_MESSAGE_START")] == ["m1", "m1#2"]
-    assert _of(out, "TOOL_CALL_START")[0]["parentMessageId"] == "m1"
+    assert [e["messageId"] for e in _of(out, "TEXT_MESSAGE_START")] == ["r1:m1", "r1:m1#2"]
+    assert _of(out, "TOOL_CALL_START")[0]["parentMessageId"] == "r1:m1"
     if v1:
         assert [e["delta"] for e in _of(out, "REASONING_MESSAGE_CONTENT")] == ["hmm", " ok"]
         assert out.index(_of(out, "REASONING_END")[0]) < out.index(_of(out, "TEXT_MESSAGE_START")[0])
@@ -353,3 +354,50 @@ def test_the_format_is_registered_per_stream_and_picks_the_version() -> None:
 def test_the_order_checker_rejects_what_a_client_rejects(stream: list[dict[str, Any]]) -> None:
     with pytest.raises(AssertionError):
         _verify_order(stream)
+
+
+def _parse(body: bytes) -> list[dict[str, Any]]:
+    return [json.loads(chunk[6:]) for chunk in body[:-2].split(b"\n\n")]
+
+
+def _runs(out: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """A stream's events cut into runs, each from its RUN_STARTED."""
+    runs: list[list[dict[str, Any]]] = []
+    for event in out:
+        if event["type"] == "RUN_STARTED":
+            runs.append([])
+        runs[-1].append(event)
+    return runs
+
+
+@pytest.mark.parametrize("v1", [True, False])
+@pytest.mark.asyncio
+async def test_a_thread_stream_carries_its_runs_one_after_another(research_team: ModuleType, v1: bool) -> None:
+    config = {"configurable": {"thread_id": "t-2"}}
+    first = await capture_run(research_team.build_graph(), user("Compare queues"), config)
+    second = await capture_run(research_team.build_graph(), user("Compare logs"), config)
+    encoder = FORMAT.encoder_for(PROTOCOL_V1 if v1 else None)
+
+    out = _parse(encoder.encode_all([*frames_of(first), *frames_of(second)]))
+
+    runs = _runs(out)
+    assert [run[0]["runId"] for run in runs] == [first.runs()[0], second.runs()[0]]
+    for run in runs:
+        _validate(run, v1=v1)
+        _verify_order(run)
+        assert run[-1]["type"] == "RUN_FINISHED" and run[0]["threadId"] == "t-2"
+    assert not encoder.ended  # a thread stream goes on after RUN_FINISHED
+
+
+@pytest.mark.asyncio
+async def test_nothing_follows_a_run_error_on_a_thread_stream(research_team: ModuleType) -> None:
+    config = {"configurable": {"thread_id": "t-3"}}
+    crashed = await capture_run(research_team.build_graph(), user("Compare queues, then crash"), config)
+    later = await capture_run(research_team.build_graph(), user("Compare logs"), config)
+    encoder = FORMAT.encoder_for(PROTOCOL_V1)
+
+    out = _parse(encoder.encode_all([*frames_of(crashed), *frames_of(later)]))
+
+    assert [run[0]["runId"] for run in _runs(out)] == crashed.runs()
+    assert out[-1]["type"] == "RUN_ERROR" and encoder.ended
+    assert encoder.encode_all(frames_of(later)) == b"" and encoder.finish() == b""

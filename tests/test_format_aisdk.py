@@ -20,7 +20,8 @@ from tests.scenarios import cancelled_run, frames_of, interrupted_run, one_chunk
 from tests.servers import live_server
 
 # Chunk type → (required fields, optional fields), from the UI message chunk schema of ai 6.0.333
-# (uiMessageChunkSchema); only the chunks this format sends, and only fields ai 5 knows too.
+# (uiMessageChunkSchema) and ai 7.0.173; only the chunks this format sends, and only fields
+# ai 5 knows too, but for the tool approval request (ai 6 and later).
 SHAPES: dict[str, tuple[set[str], set[str]]] = {
     "start": (set(), {"messageId", "messageMetadata"}),
     "start-step": (set(), set()),
@@ -34,13 +35,14 @@ SHAPES: dict[str, tuple[set[str], set[str]]] = {
     "tool-input-start": ({"toolCallId", "toolName"}, {"dynamic"}),
     "tool-input-delta": ({"toolCallId", "inputTextDelta"}, set()),
     "tool-input-available": ({"toolCallId", "toolName", "input"}, {"dynamic"}),
-    "tool-output-available": ({"toolCallId", "output"}, {"dynamic"}),
+    "tool-output-available": ({"toolCallId", "output"}, {"dynamic", "preliminary"}),
+    "tool-approval-request": ({"approvalId", "toolCallId"}, set()),
     "tool-output-error": ({"toolCallId", "errorText"}, {"dynamic"}),
     "error": ({"errorText"}, set()),
     "finish": (set(), {"messageMetadata"}),
     "abort": (set(), set()),
 }
-STRINGS = {"messageId", "id", "delta", "toolCallId", "toolName", "inputTextDelta", "errorText"}
+STRINGS = {"messageId", "id", "delta", "toolCallId", "toolName", "inputTextDelta", "errorText", "approvalId"}
 TERMINAL = {"finish", "abort"}
 
 
@@ -76,18 +78,21 @@ def _validate(out: list[dict[str, Any]]) -> None:
             required, optional = SHAPES[kind]
             assert required <= set(chunk) - {"type"} <= required | optional, chunk
         assert all(isinstance(chunk[key], str) for key in STRINGS & set(chunk)), chunk
-        assert chunk.get("dynamic", True) is True, chunk
+        assert chunk.get("dynamic", True) is True and chunk.get("preliminary", True) is True, chunk
         _no_nulls(chunk, kind)
 
 
-def _verify_order(out: list[dict[str, Any]]) -> None:
-    """What the AI SDK's client needs: start first, deltas inside their start, everything ended, one terminal."""
+def _verify_order(out: list[dict[str, Any]], known: frozenset[str] = frozenset()) -> None:
+    """What the AI SDK's client needs: start first, deltas inside their start, everything ended, one terminal;
+    a tool's progress and approval request after its input and before its final output (``known``: calls
+    the client holds from before)."""
     assert out[0]["type"] == "start"
     assert [c["type"] in TERMINAL for c in out].count(True) == 1 and out[-1]["type"] in TERMINAL
     parts: dict[str, str] = {}
     used: set[str] = set()
     tools: set[str] = set()
-    available: set[str] = set()
+    available: set[str] = set(known)
+    final: set[str] = set()
     steps = 0
     for chunk in out:
         kind, part, call = chunk["type"], chunk.get("id"), chunk.get("toolCallId")
@@ -110,8 +115,10 @@ def _verify_order(out: list[dict[str, Any]]) -> None:
             assert call not in available, chunk
             tools.discard(call)
             available.add(call)
-        elif kind.startswith("tool-output-"):
-            assert call in available, chunk
+        elif kind.startswith("tool-output-") or kind == "tool-approval-request":
+            assert call in available and call not in final, chunk
+            if kind.startswith("tool-output-") and not chunk.get("preliminary"):
+                final.add(call)
         elif kind in ("start-step", "finish-step"):
             steps += 1 if kind == "start-step" else -1
             assert steps in (0, 1), "steps do not nest"

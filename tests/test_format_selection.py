@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import ClassVar
 
 import httpx
@@ -263,6 +263,33 @@ def test_a_thread_stream_in_the_other_format(server: tuple[LiveServer, Gate]) ->
                     break
     assert [e["seq"] for e in seen] == list(range(1, len(seen) + 1))
     assert {e["run"] for e in seen} == {started["run_id"]}
+
+
+def test_a_thread_stream_as_agui_carries_every_run_and_as_aisdk_ends_after_its_first(research_team: ModuleType) -> None:
+    app = create_app(graphs={"team": research_team.build_graph(token_delay=0.0)})
+    with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        run_ids = []
+        for message in ("Compare queues", "Compare logs"):
+            body = {"graph": "team", "message": message, "thread_id": "both"}
+            with client.stream("POST", "/runs/stream", json=body) as response:
+                _read(response)
+                run_ids.append(response.headers["x-kiki-run-id"])
+        agui: list[dict[str, object]] = []
+        with client.stream("GET", "/threads/both/stream", params={"format": "agui"}) as response:
+            for frame in iter_frames(response, events_only=False):
+                if frame.data is not None:
+                    agui.append(frame.json)
+                if [e["type"] for e in agui].count("RUN_FINISHED") == 2:
+                    break  # the thread's stream goes on: the client leaves
+        with client.stream("GET", "/threads/both/stream", params={"format": "aisdk"}) as response:
+            aisdk = _blocks(_read(response))  # ends by itself
+
+    assert [e["runId"] for e in agui if e["type"] == "RUN_STARTED"] == run_ids
+    assert [e["type"] for e in agui].count("RUN_STARTED") == 2 and agui[-1]["type"] == "RUN_FINISHED"
+    assert aisdk[-1] == b"data: [DONE]"
+    parts = [json.loads(block[6:]) for block in aisdk[:-1]]
+    assert parts[0] == {"type": "start", "messageId": run_ids[0]} and parts[-1]["type"] == "finish"
+    assert [p["type"] for p in parts].count("finish") == 1
 
 
 @pytest.mark.parametrize("path", ["/runs/{run_id}/stream", "/threads/{thread_id}/stream"])

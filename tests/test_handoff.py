@@ -26,6 +26,7 @@ from kiki_events.errors import HandoffFailedError, HandoffTimeoutError, NoAgentE
 from kiki_events.events import (
     CustomEvent,
     DoneEvent,
+    LLMCallEvent,
     StatusEvent,
     TokenEvent,
     ToolCallEvent,
@@ -118,13 +119,20 @@ class Cluster:
         self.handoffs: dict[str, Handoff] = {}
         self._stack = contextlib.AsyncExitStack()
 
-    def settings(self, node: str, handoff: HandoffSettings, eventbus: dict[str, Any] | None = None) -> Settings:
+    def settings(
+        self,
+        node: str,
+        handoff: HandoffSettings,
+        eventbus: dict[str, Any] | None = None,
+        prices: dict[str, Any] | None = None,
+    ) -> Settings:
         redis = {"url": self.redis_url, "channel_prefix": self.prefix}
         return Settings.model_validate(
             {
                 "node": node,
                 "eventbus": {"provider": "redis", "redis": redis, **(eventbus or {})},
                 "handoff": handoff.model_dump(exclude_none=True),
+                "prices": prices or {},
             }
         )
 
@@ -135,10 +143,11 @@ class Cluster:
         *,
         serve: tuple[str, ...] = (),
         eventbus: dict[str, Any] | None = None,
+        prices: dict[str, Any] | None = None,
         **options: Any,
     ) -> Handoff:
         """A started runtime named ``name`` (``options``: its handoff settings); returns its Handoff."""
-        settings = self.settings(name, FAST.model_copy(update={"serve": serve, **options}), eventbus)
+        settings = self.settings(name, FAST.model_copy(update={"serve": serve, **options}), eventbus, prices)
         runtime = KikiRuntime(settings, graphs=graphs or {})
         handoff = runtime.handoff
         assert handoff is not None
@@ -621,6 +630,37 @@ async def test_a_remote_agent_node_relays_the_remote_run_into_the_parent_run(
     child_done = child[-1]
     assert isinstance(child_done, DoneEvent) and child_done.usage.total_tokens > 0
     assert parent[-1].usage == child_done.usage
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("writer_prices", ["same", "none"])
+async def test_the_calling_runs_cost_covers_its_remote_agents_calls(
+    cluster: Cluster, scripted: ModuleType, writer_prices: str
+) -> None:
+    prices = {"scripted-1": {"input": 3.0, "output": 15.0, "cached": 0.3}}
+    await cluster.node("a", {"team": parent_graph(None)}, prices=prices)
+    b_prices = prices if writer_prices == "same" else None
+    await cluster.node("b", {"writer": writer_graph(scripted)}, serve=("writer",), prices=b_prices)
+    runtime_a, runtime_b = cluster.runtimes["a"], cluster.runtimes["b"]
+
+    handle = runtime_a.runs.start("team", {"messages": [HumanMessage("go")]})
+    await asyncio.wait_for(handle.task, 30)
+
+    parent = events_of(runtime_a, handle.run_id)
+    (child_run,) = list(runtime_b.store._runs)
+    child = events_of(runtime_b, child_run)
+    done, child_done = parent[-1], child[-1]
+    assert isinstance(done, DoneEvent) and isinstance(child_done, DoneEvent)
+    assert (child_done.cost is None) == (b_prices is None)  # each node prices with its own table
+    [call] = [e for e in child if isinstance(e, LLMCallEvent)]
+    assert call.usage.total_tokens > 0
+    price = prices["scripted-1"]
+    expected = (call.usage.input_tokens * price["input"] + call.usage.output_tokens * price["output"]) / 1e6
+    assert done.cost is not None and done.cost.total_usd == pytest.approx(expected, abs=1e-9) and expected > 0
+    assert [(m.model, m.provider, m.calls, m.usage) for m in done.cost.models] == [
+        ("scripted-1", "kiki", 1, call.usage)
+    ]
+    assert done.cost.unpriced_calls == 0 and done.usage == child_done.usage
 
 
 @pytest.mark.asyncio

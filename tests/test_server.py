@@ -410,6 +410,7 @@ def test_healthz_metrics_graphs_and_dashboard(research_team: ModuleType) -> None
         metrics = client.get("/metrics")
         graphs = client.get("/graphs")
         page = client.get("/")
+        module = client.get("/static/dashboard.js")
         openapi = client.get("/openapi.json")
 
     assert health.status_code == 200
@@ -425,6 +426,10 @@ def test_healthz_metrics_graphs_and_dashboard(research_team: ModuleType) -> None
     assert graphs.json() == {"graphs": ["team"]}
     assert page.status_code == 200
     assert "text/html" in page.headers["content-type"]
+    # The page's modules are JavaScript, revalidated on every load.
+    assert module.status_code == 200
+    assert module.headers["content-type"].split(";")[0] in {"text/javascript", "application/javascript"}
+    assert module.headers["cache-control"] == "no-cache" and module.headers["etag"]
     assert openapi.status_code == 200
     assert "/runs/stream" in openapi.json()["paths"]
 

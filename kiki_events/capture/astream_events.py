@@ -17,6 +17,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, LLMResul
 from langchain_core.runnables import Runnable, RunnableConfig
 from langgraph.callbacks import GraphInterruptEvent
 
+from ..cost import PricesLike
 from ..events import StreamEvent
 from .handler import KikiCallbackHandler
 
@@ -32,6 +33,7 @@ async def events_from_astream_events(
     thread_id: str | None = None,
     graph_name: str | None = None,
     max_payload_chars: int = 4000,
+    prices: PricesLike = None,
 ) -> AsyncIterator[StreamEvent]:
     """Run ``graph`` through ``astream_events(version="v2")`` and yield StreamEvents.
 
@@ -41,7 +43,12 @@ async def events_from_astream_events(
     """
     records = graph.astream_events(input, config, version="v2")
     async for event in translate_astream_events(
-        records, node=node, thread_id=thread_id, graph_name=graph_name, max_payload_chars=max_payload_chars
+        records,
+        node=node,
+        thread_id=thread_id,
+        graph_name=graph_name,
+        max_payload_chars=max_payload_chars,
+        prices=prices,
     ):
         yield event
 
@@ -53,11 +60,17 @@ async def translate_astream_events(
     thread_id: str | None = None,
     graph_name: str | None = None,
     max_payload_chars: int = 4000,
+    prices: PricesLike = None,
 ) -> AsyncIterator[StreamEvent]:
     """Translate an ``astream_events`` v2 iterator you already have into StreamEvents."""
     out: deque[StreamEvent] = deque()
     handler = KikiCallbackHandler(
-        out.append, node=node, thread_id=thread_id, graph_name=graph_name, max_payload_chars=max_payload_chars
+        out.append,
+        node=node,
+        thread_id=thread_id,
+        graph_name=graph_name,
+        max_payload_chars=max_payload_chars,
+        prices=prices,
     )
     root: UUID | None = None
     iterator = aiter(records)

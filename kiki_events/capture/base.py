@@ -17,6 +17,7 @@ from uuid import UUID
 
 from langgraph.callbacks import GraphCallbackHandler
 
+from ..cost import CostTally, PricesLike, PriceTable
 from ..errors import ArgumentTypeError, InvalidArgumentError
 from ..events import StreamEvent, trusted
 from ..log import get_logger
@@ -67,6 +68,7 @@ class HandlerBase(GraphCallbackHandler):
         graph_name: str | None = None,
         max_payload_chars: int = 4000,
         causation_id: str | None = None,
+        prices: PricesLike = None,
     ) -> None:
         super().__init__()
         publish = getattr(sink, "publish", None)
@@ -85,6 +87,8 @@ class HandlerBase(GraphCallbackHandler):
         self.graph_name = graph_name
         self.max_payload_chars = max_payload_chars
         self.causation_id = causation_id
+        self.prices = PriceTable.of(prices)
+        """The price table the cost on ``llm`` and ``done`` events comes from (``None``: no cost)."""
         self.trace_id: str | None = None
         """The tracing id put on the ``done`` of the runs it reports (a run manager sets it per run)."""
         self.errors = 0
@@ -111,6 +115,13 @@ class HandlerBase(GraphCallbackHandler):
         self.error_types[kind] = self.error_types.get(kind, 0) + 1
         if self.errors == 1 or self.errors % 1000 == 0:
             logger.exception("KikiCallbackHandler.%s failed (%d so far); the run continues", callback, self.errors)
+
+    def _new_run(self, run_id: str, root: UUID, thread_id: str | None) -> RunState:
+        """The state of a root run starting now; it tallies cost when the handler has prices."""
+        run = RunState(run_id, root, thread_id, self.causation_id, time.monotonic())
+        if self.prices is not None:
+            run.cost = CostTally(self.prices)
+        return run
 
     def _adopt(self, run: RunState, run_id: UUID) -> None:
         run.members.add(run_id)

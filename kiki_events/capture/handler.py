@@ -42,6 +42,10 @@ class KikiCallbackHandler(LifecycleMixin, LLMMixin, RelayMixin):
         graph_name: name reported in the ``started`` status; default: the root run's name.
         max_payload_chars: tool inputs/outputs and custom data are truncated to this.
         causation_id: what caused the runs this handler sees (e.g. another run's event id).
+        prices: a :class:`~kiki_events.cost.PriceTable`, or a mapping of model name →
+            price (a :class:`~kiki_events.cost.Price` or ``{"input": …, "output": …,
+            "cached": …}`` in US dollars per million tokens): each ``llm`` event then
+            carries ``cost_usd`` and each ``done`` a ``cost``. ``None``: no cost.
     """
 
     run_inline = True

@@ -48,7 +48,7 @@ class LifecycleMixin(HandlerBase):
             return
         run = self._runs.get(run_id)
         if run is None:
-            run = RunState(run_id, uuid.uuid4(), self.thread_id, self.causation_id, time.monotonic())
+            run = self._new_run(run_id, uuid.uuid4(), self.thread_id)
             self._send(run, StatusEvent, status="started", graph=self.graph_name)
         self._end_run(run, status, error)
 
@@ -156,7 +156,7 @@ class LifecycleMixin(HandlerBase):
         if thread_id is None and metadata:
             found = metadata.get("thread_id")
             thread_id = str(found) if found is not None else None
-        run = RunState(run_id, root, thread_id, self.causation_id, time.monotonic())
+        run = self._new_run(run_id, root, thread_id)
         run.members.add(root)
         self._runs[run_id] = run
         self._owner[root] = run
@@ -178,4 +178,5 @@ class LifecycleMixin(HandlerBase):
             )
         usage = Usage(**run.usage)
         duration = round(time.monotonic() - run.started, 6)
-        self._send(run, DoneEvent, status=status, usage=usage, duration_s=duration, trace_id=self.trace_id)
+        cost = run.cost.cost() if run.cost is not None else None
+        self._send(run, DoneEvent, status=status, usage=usage, duration_s=duration, trace_id=self.trace_id, cost=cost)

@@ -190,7 +190,8 @@ class LLMMixin(ToolsMixin):
 
     def _llm_event(self, call: LLMCallState, status: str, usage: Usage | None, error_type: str | None = None) -> None:
         ended = time.perf_counter()
-        fields = {
+        used = usage if usage is not None else _NO_USAGE
+        fields: dict[str, Any] = {
             "agent": call.agent,
             "message_id": call.message_id,
             "status": status,
@@ -198,9 +199,12 @@ class LLMMixin(ToolsMixin):
             "provider": call.provider,
             "duration_s": round(ended - call.started, 6),
             "ttft_s": round(call.first_chunk - call.started, 6) if call.first_chunk else None,
-            "usage": usage if usage is not None else _NO_USAGE,
+            "usage": used,
             "error_type": error_type,
         }
+        tally = call.run.cost
+        if tally is not None:
+            fields["cost_usd"] = tally.add(call.model, call.provider, used)
         self._send_own(call.run, LLMCallEvent, fields)
 
 

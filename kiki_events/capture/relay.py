@@ -4,7 +4,11 @@
 another node re-emits that agent's events inside its own run, so whoever watches
 this run sees them. Relayed events get this run's id, next seq and thread; their
 ``causation_id`` is the id of the original event, their ``node`` the node that
-made it. The relayed run's usage counts in this run's.
+made it. The relayed run's usage counts in this run's, and so does its cost (when
+this handler has prices): its calls by model are those its ``done``'s ``cost`` lists
+(which cover the runs relayed into it), or, when it has none, its ``llm`` events
+seen here, with the rest of its ``usage`` counted as unpriced calls of an unknown
+model. Every call is priced with this handler's table.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from ..events import CustomEvent, DoneEvent, StreamEvent, TokenEvent, trusted_token
+from ..cost import CostTally, usage_minus, usage_of
+from ..events import CustomEvent, DoneEvent, LLMCallEvent, StreamEvent, TokenEvent, trusted_token
 from .base import HandlerBase, guard, now
 from .ids import agent_path
-from .state import RUNNING_TOOL, add_usage
+from .state import RUNNING_TOOL, RunState, add_usage
 
 __all__ = ["RelayMixin"]
 
 _NOT_RELAYED = frozenset({"status", "error", "done", "interrupt", "llm"})
+_RELAYED_RUNS_PRICED = 256
+"""Relayed runs still going whose ``llm`` calls a run keeps for its cost; beyond, the oldest is dropped."""
 
 
 class RelayMixin(HandlerBase):
@@ -121,6 +128,10 @@ class RelayMixin(HandlerBase):
             if type(event) is DoneEvent and event.run_id not in run.relayed_usage:
                 run.relayed_usage.add(event.run_id)
                 add_usage(run, event.usage)
+                if run.cost is not None:
+                    _add_relayed_cost(run, run.cost, event)
+            elif type(event) is LLMCallEvent and run.cost is not None and event.run_id not in run.relayed_usage:
+                _keep_relayed_call(run, run.cost, event)
             return None
         agent = event.agent
         if agent_prefix:
@@ -161,3 +172,24 @@ class RelayMixin(HandlerBase):
         if self._emit(relayed) is False:
             self.dropped += 1
         return relayed
+
+
+def _keep_relayed_call(run: RunState, tally: CostTally, event: LLMCallEvent) -> None:
+    """Remember a relayed run's LLM call until its ``done`` says whether its own cost covers it."""
+    calls = run.relayed_calls.get(event.run_id)
+    if calls is None:
+        if len(run.relayed_calls) >= _RELAYED_RUNS_PRICED:
+            del run.relayed_calls[next(iter(run.relayed_calls))]
+        calls = run.relayed_calls[event.run_id] = CostTally(tally.prices)
+    calls.add(event.model, event.provider, event.usage)
+
+
+def _add_relayed_cost(run: RunState, tally: CostTally, done: DoneEvent) -> None:
+    """Add a relayed run's calls to ``run``'s cost: by its ``done``'s cost, else by the calls seen here."""
+    seen = run.relayed_calls.pop(done.run_id, None)
+    covered = done.cost if done.cost is not None else seen.cost() if seen is not None else None
+    if covered is not None:
+        tally.add_cost(covered)
+        tally.add_unknown(usage_minus(done.usage, usage_of(covered)))
+    else:
+        tally.add_unknown(done.usage)

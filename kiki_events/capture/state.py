@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from ..cost import CostTally
 from ..events import Usage
 
 __all__ = ["RUNNING_TOOL", "LLMCallState", "NodeState", "RunState", "ToolCallState", "add_usage"]
@@ -86,6 +87,10 @@ class RunState:
     """Message ids of relayed runs → message ids in this run (see ``relay``)."""
     relayed_usage: set[str] = field(default_factory=set)
     """Relayed runs whose usage was added to this run's (once each)."""
+    cost: CostTally | None = None
+    """The run's LLM calls by model, priced (``None``: the handler has no price table)."""
+    relayed_calls: dict[str, CostTally] = field(default_factory=dict)
+    """Relayed runs still going: their ``llm`` calls seen so far (see ``relay``)."""
 
 
 def add_usage(run: RunState, usage: Usage) -> None:

@@ -93,9 +93,10 @@ def _llm(event: LLMCallEvent) -> str:
     usage = event.usage
     first = f" ttft={event.ttft_s:.3f}s" if event.ttft_s is not None else ""
     failed = f" {event.error_type}" if event.error_type else ""
+    cost = f" cost=${event.cost_usd:.6f}" if event.cost_usd is not None else ""
     return (
         f"{event.message_id} {model} {event.status}{failed} {event.duration_s:.3f}s{first}"
-        f" tokens in={usage.input_tokens} out={usage.output_tokens}"
+        f" tokens in={usage.input_tokens} out={usage.output_tokens}{cost}"
     )
 
 
@@ -107,7 +108,14 @@ def _error(event: ErrorEvent) -> str:
 
 def _done(event: DoneEvent) -> str:
     usage = event.usage
-    return f"{event.status} {event.duration_s:.3f}s tokens in={usage.input_tokens} out={usage.output_tokens}"
+    text = f"{event.status} {event.duration_s:.3f}s tokens in={usage.input_tokens} out={usage.output_tokens}"
+    cost = event.cost
+    if cost is not None:
+        text += f" cost=${cost.total_usd:.6f}"
+        unpriced = sorted({item.model or "?" for item in cost.models if item.usd is None})
+        if unpriced:
+            text += f" (unpriced: {', '.join(unpriced)})"
+    return text
 
 
 _PAYLOADS: dict[type[Any], Callable[[Any], str]] = {

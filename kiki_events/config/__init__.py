@@ -8,7 +8,7 @@ raised before anything starts.
 
 Every key, its default and its meaning: ``docs/config.md``. The sections live in
 one module per concern (:mod:`.eventbus`, :mod:`.runs`, :mod:`.server`,
-:mod:`.observability`, :mod:`.store`); reading the file is :mod:`.loading`.
+:mod:`.observability`, :mod:`.prices`, :mod:`.store`); reading the file is :mod:`.loading`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from ..cost import PriceTable
 from ..errors import ConfigError
 from .addresses import check_redis_url
 from .eventbus import (
@@ -31,6 +32,7 @@ from .eventbus import (
 )
 from .loading import ENV_PREFIX, describe, read_settings_data
 from .observability import LangfuseSettings, LoggingSettings, MetricsSettings
+from .prices import ModelPrice, check_prices, price_table
 from .runs import CheckpointerSettings, HandlerSettings, HandoffSettings, RunSettings, resolve_concurrency
 from .server import AuthSettings, ServerSettings, SSESettings
 from .store import StoreSettings
@@ -48,6 +50,7 @@ __all__ = [
     "LangfuseSettings",
     "LoggingSettings",
     "MetricsSettings",
+    "ModelPrice",
     "PersistenceSettings",
     "PublishSettings",
     "RedisSettings",
@@ -81,6 +84,23 @@ class Settings(Section):
     store: StoreSettings = StoreSettings()
     graphs: dict[str, str] = Field(default_factory=dict)
     """Graph name → reference like ``./agents/research_team.py:graph``."""
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    """Model name (or ``provider:model``) → its price per million tokens; empty: no cost on events."""
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _empty_prices(cls, value: object) -> object:
+        return {} if value is None else value  # ``prices:`` with every entry commented out
+
+    @field_validator("prices")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        return check_prices(value)
+
+    @property
+    def price_table(self) -> PriceTable | None:
+        """The ``prices`` as the handlers use them; ``None`` when there are none."""
+        return price_table(self.prices)
 
     @model_validator(mode="after")
     def _serving_needs_redis(self) -> Settings:

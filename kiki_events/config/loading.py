@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from ..errors import ConfigError
 from .values import KeyProblem
 
-__all__ = ["ENV_PREFIX", "describe", "read_settings_data"]
+__all__ = ["ENV_PREFIX", "describe", "key_part", "read_settings_data"]
 
 ENV_PREFIX = "KIKI__"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
@@ -30,8 +30,8 @@ _MAX_VALUES = 10_000
 _MAX_DEPTH = 32
 
 
-def _key_part(part: object) -> str:
-    # An empty key or one with spaces, dots or colons is quoted, so the message still says which.
+def key_part(part: object) -> str:
+    """A key as an error message names it: quoted when it is empty or holds spaces, dots or colons."""
     if isinstance(part, str) and not _PLAIN_KEY.fullmatch(part):
         return repr(part)
     return str(part)
@@ -47,7 +47,7 @@ def describe(exc: ValidationError, source: str) -> str:
         key_error = err["type"] == "invalid_key" or marked
         if key_error:  # a key that YAML read as a number or a boolean (``no:``, ``1:``)
             loc = loc[:-2] if marked else loc[:-1]
-        key = ".".join(_key_part(p) for p in loc) or "(top level)"
+        key = ".".join(key_part(p) for p in loc) or "(top level)"
         cause = err.get("ctx", {}).get("error")
         if isinstance(cause, KeyProblem):
             key = ".".join(filter(None, (key if loc else "", cause.key)))
@@ -82,7 +82,7 @@ def _expand(value: Any, source: str, path: str, env: Mapping[str, str]) -> Any:
             return _env_value(expanded)
         return expanded
     if isinstance(value, dict):
-        return {k: _expand(v, source, ".".join(filter(None, (path, _key_part(k)))), env) for k, v in value.items()}
+        return {k: _expand(v, source, ".".join(filter(None, (path, key_part(k)))), env) for k, v in value.items()}
     if isinstance(value, list):
         return [_expand(v, source, f"{path}[{i}]", env) for i, v in enumerate(value)]
     return value

@@ -24,6 +24,8 @@ class CheckpointerSettings(Section):
     """The SQLite file (``kind: sqlite``)."""
     dsn: str | None = Field(default=None, repr=False)
     """The PostgreSQL connection string (``kind: postgres``); never shown in ``repr``."""
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    """``kind: postgres``: the most connections the checkpointer opens (runs of different threads use one each)."""
 
     @field_validator("path", "dsn", mode="before")
     @classmethod

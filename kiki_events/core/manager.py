@@ -23,6 +23,7 @@ from langgraph.pregel import Pregel
 
 from ..capture.handler import KikiCallbackHandler, new_run_id
 from ..config import HandlerSettings, RunSettings
+from ..cost import PriceTable
 from ..errors import RunError, RunLimitError
 from ..events import RunStatus
 from ..log import bind, get_logger
@@ -148,6 +149,7 @@ class RunManager:
         handler_settings: HandlerSettings | None = None,
         node: str | None = None,
         tracing: RunTracing | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.bus = bus
         self.store = store
@@ -157,6 +159,8 @@ class RunManager:
         self.node = node
         self.tracing = tracing
         """Traces every run this manager starts (:mod:`.tracing`); ``None``: no tracing."""
+        self.prices = prices
+        """The price table every run's handler prices its LLM calls with (``prices``); ``None``: no cost."""
         self.started = 0
         """Runs started since creation."""
         self.finished: dict[str, int] = {}
@@ -225,6 +229,7 @@ class RunManager:
             thread_id=thread_id,
             graph_name=graph_name,
             max_payload_chars=self.handler_settings.max_payload_chars,
+            prices=self.prices,
         )
         handler.trace_id = trace.trace_id
         config = _run_config(handler, run_uuid, run_id, thread_id, metadata, self.configurable, trace, principal)

@@ -11,9 +11,12 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from ..errors import InvalidArgumentError
+from ..events import Cost, Usage
 
 __all__ = ["RunInfo", "ThreadOwner", "float_of", "int_of", "text_fields", "text_of"]
 
@@ -48,6 +51,19 @@ def text_fields(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {text_of(k): text_of(v) for k, v in raw.items()}
 
 
+_M = TypeVar("_M", Usage, Cost)
+
+
+def _model_of(kind: type[_M], text: str | None) -> _M | None:
+    """A usage or cost stored as JSON; ``None`` when absent or not valid (it is shown, not relied on)."""
+    if not text:
+        return None
+    try:
+        return kind.model_validate_json(text)
+    except ValidationError:
+        return None
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """A run as the registry knows it: where it executes and how it is doing."""
@@ -68,6 +84,10 @@ class RunInfo:
     """The run that relays this one's events (its delegate's caller); not listed on its thread."""
     trace_id: str | None = None
     """The run's tracing id (``None``: not traced)."""
+    usage: Usage | None = None
+    """Its token usage, once it ended (its ``done``'s)."""
+    cost: Cost | None = None
+    """What its LLM calls cost, once it ended (``None`` without a price table)."""
 
     @property
     def ended(self) -> bool:
@@ -90,6 +110,10 @@ class RunInfo:
             fields["relayed_into"] = self.relayed_into
         if self.trace_id is not None:
             fields["trace_id"] = self.trace_id
+        if self.usage is not None:
+            fields["usage"] = self.usage.model_dump_json()
+        if self.cost is not None:
+            fields["cost"] = self.cost.model_dump_json(exclude_none=True)
         return fields
 
     @classmethod
@@ -113,6 +137,8 @@ class RunInfo:
                 last_seq=int_of(text.get("last_seq") or "0"),
                 relayed_into=text.get("relayed_into") or None,
                 trace_id=text.get("trace_id") or None,
+                usage=_model_of(Usage, text.get("usage")),
+                cost=_model_of(Cost, text.get("cost")),
             )
         except ValueError:
             return None
@@ -130,6 +156,8 @@ class RunInfo:
             "last_seq": self.last_seq,
             "relayed_into": self.relayed_into,
             "trace_id": self.trace_id,
+            "usage": self.usage.model_dump() if self.usage is not None else None,
+            "cost": self.cost.model_dump(mode="json", exclude_none=True) if self.cost is not None else None,
         }
 
 

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
+from ..events import Cost, DoneEvent, Usage
 from .records import RunInfo
 from .runlog import RunLog
 
@@ -34,6 +35,10 @@ class RunRecord:
     shows this run's work there, not as a run of its own."""
     trace_id: str | None = None
     """The run's tracing id (:mod:`.tracing`), or the one its ``done`` carried."""
+    usage: Usage | None = None
+    """The run's token usage, from its ``done`` (``None`` until it ended)."""
+    cost: Cost | None = None
+    """What its LLM calls cost, from its ``done`` (``None`` until then, or without a price table)."""
 
     @property
     def status(self) -> RunState:
@@ -49,6 +54,14 @@ class RunRecord:
         """Whether the run has finished."""
         return self.log.ended
 
+    def ended_with(self, done: DoneEvent) -> None:
+        """Keep what the run's ``done`` tells: when it ended, its usage, cost and trace."""
+        self.ended_at = time.time()
+        self.usage = done.usage
+        self.cost = done.cost
+        if self.trace_id is None:
+            self.trace_id = done.trace_id
+
     def info(self) -> RunInfo:
         """This run as the registry and ``GET /runs/{id}`` describe it (:meth:`.RunInfo.public`)."""
         return RunInfo(
@@ -63,4 +76,6 @@ class RunRecord:
             last_seq=self.log.last_seq,
             relayed_into=self.relayed_into,
             trace_id=self.trace_id,
+            usage=self.usage,
+            cost=self.cost,
         )

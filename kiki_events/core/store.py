@@ -143,9 +143,7 @@ class RunStore:
 
     def _ended(self, record: RunRecord, done: StreamEvent) -> None:
         """``record``'s run ended with ``done``."""
-        record.ended_at = time.time()
-        if record.trace_id is None:
-            record.trace_id = done.trace_id  # type: ignore[union-attr]
+        record.ended_with(done)  # type: ignore[arg-type]
         if record.thread_id is not None:
             self.threads.touch(record.thread_id)
 

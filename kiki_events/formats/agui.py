@@ -12,13 +12,15 @@ out, never sent as ``null``. The mapping (table in ``docs/sse.md``, section AG-U
   a step already open under the same name (parallel branches of one node) is
   counted, not opened twice, and finishes when the last of them ends.
 * ``token`` (text) → ``TEXT_MESSAGE_START{messageId, role: "assistant"}`` before the
-  message's first token, then ``TEXT_MESSAGE_CONTENT{messageId, delta}``. The message
+  message's first token, then ``TEXT_MESSAGE_CONTENT{messageId, delta}``;
+  ``messageId`` is ``<run_id>:<message_id>`` (our run id: message ids are per run,
+  and a client keeps a thread's messages across its runs). The message
   ends (``TEXT_MESSAGE_END``) at its ``llm`` event, when a tool call of the same
   message starts, or before the terminal event. A token of a message that was
-  already ended opens a continuation message ``<message_id>#<n>``.
+  already ended opens a continuation message ``<run_id>:<message_id>#<n>``.
 * ``token`` (reasoning) → with protocol 1.0, ``REASONING_START`` /
   ``REASONING_MESSAGE_START{role: "reasoning"}`` / ``REASONING_MESSAGE_CONTENT`` /
-  ``REASONING_MESSAGE_END`` / ``REASONING_END`` under the id ``<message_id>:reasoning``
+  ``REASONING_MESSAGE_END`` / ``REASONING_END`` under the id ``<messageId>:reasoning``
   (ended like a text message, and when the message's text starts). A 0.0.x client
   gets each reasoning token as ``CUSTOM{name: "kiki.token"}`` instead.
 * ``tool_call`` start / args / end → ``TOOL_CALL_START{toolCallId, toolCallName,
@@ -29,31 +31,31 @@ out, never sent as ``null``. The mapping (table in ``docs/sse.md``, section AG-U
   toolCallId, content, role: "tool"}`` (the call is ended first if it is still
   open); ``content`` is the output or, when the tool failed, ``"<error_type>:
   <error>"`` (redacted).
-* ``custom`` → ``CUSTOM{name, value: data}`` (``{}`` when there is no data); every
-  other event (``llm``, ``interrupt``, ``done``, connection notices …) →
+* ``custom`` → ``CUSTOM{name, value: data}`` (``{}`` when there is no data); one
+  with a ``tool_call_id`` is that call's progress: ``ACTIVITY_SNAPSHOT`` with
+  protocol 1.0, ``CUSTOM{name: "kiki.tool_progress"}`` with 0.0.x (``aguiparts.py``).
+  Every other event (``llm``, ``interrupt``, ``done``, connection notices …) →
   ``CUSTOM{name: "kiki.<type>", value: the event's JSON}``.
 * ``error`` → everything open is ended, then ``RUN_ERROR{message, code:
   error_type}``.
 * ``done`` → everything open is ended, then ``RUN_FINISHED{threadId, runId}``; with
   protocol 1.0 it carries ``outcome``: ``success``, ``interrupt`` (the run's
-  interrupts: ``id``, ``reason: "input_required"``, ``message`` = the interrupt's
-  value as text) or ``cancelled``. A 0.0.x client knows no outcome: an interrupted
-  run ends with a plain ``RUN_FINISHED`` (the ``kiki.interrupt`` event before it
-  carries the interrupts), a cancelled one with ``RUN_ERROR{code: "cancelled"}``.
-  ``done`` with status ``error`` and no ``error`` before it ends with
-  ``RUN_ERROR{code: "error"}``.
+  interrupts: ``id``, ``reason`` ``tool_call`` or ``input_required``, ``message``,
+  ``toolCallId``, ``responseSchema``; ``aguiparts.py``) or ``cancelled``. A 0.0.x
+  client knows no outcome: an interrupted run ends with a plain ``RUN_FINISHED``
+  (the ``kiki.interrupt`` event before it carries the interrupts), a cancelled one
+  with ``RUN_ERROR{code: "cancelled"}``; ``done`` ``error`` alone with ``RUN_ERROR{code: "error"}``.
 
-Exactly one terminal event (``RUN_FINISHED`` or ``RUN_ERROR``) ends a stream, after
-every message, tool call and step was ended, and nothing follows it (a thread's
-stream therefore carries its first run only). A stream that ends without ``done``
-(a slow client dropped, the run forgotten) is closed the same way by
-:meth:`Encoder.finish`, with ``RUN_ERROR{code: "stream_ended"}``: the client reconnects
-to follow the run. A stream that sent nothing sends nothing at its end.
+Exactly one terminal event (``RUN_FINISHED`` or ``RUN_ERROR``) ends a run, after every
+message, tool call and step was ended. A thread's stream carries its runs one after
+another, each from ``RUN_STARTED`` to ``RUN_FINISHED``; nothing may follow a ``RUN_ERROR``,
+so a stream ends there (:attr:`AGUIEncoder.ended`). A stream that ends without ``done``
+(a slow client dropped) is closed by :meth:`Encoder.finish` with
+``RUN_ERROR{code: "stream_ended"}``: the client reconnects to follow the run.
 
-The encoder remembers what is open per stream, so the format is not
-:attr:`~kiki_events.formats.base.Format.cacheable`. :data:`FORMAT` speaks protocol
-1.0; :meth:`AGUIFormat.encoder_for` picks the version a client declared and may put
-the client's own ``runId`` / ``threadId`` on the run's events (``POST /ag-ui/{graph}``).
+The encoder remembers what is open per stream (the format is not ``cacheable``).
+:data:`FORMAT` speaks protocol 1.0; :meth:`AGUIFormat.encoder_for` picks the version a
+client declared and may put its own ``runId`` / ``threadId`` on the run's events.
 """
 
 from __future__ import annotations
@@ -76,11 +78,11 @@ from ..events import (
     ToolResultEvent,
 )
 from ..redaction import redact_text
+from .aguiparts import interrupt_of, progress_of
 from .base import Encoder, Format
 from .jsondata import data_frame as _frame
 from .jsondata import dumps as _dumps
 from .jsondata import event_json as _event_json
-from .jsondata import text_of as _text_of
 
 __all__ = ["FORMAT", "PROTOCOL_LEGACY", "PROTOCOL_V1", "AGUIEncoder", "AGUIFormat"]
 
@@ -95,9 +97,11 @@ class AGUIEncoder(Encoder):
 
     __slots__ = (
         "_closed",
+        "_errored",
         "_handlers",
         "_interrupts",
         "_messages",
+        "_ours",
         "_parents",
         "_run_id",
         "_run_override",
@@ -117,16 +121,18 @@ class AGUIEncoder(Encoder):
         self.v1 = protocol_version != PROTOCOL_LEGACY
         """Whether 1.0-only events and fields may be sent."""
         self.finished = False
-        """The terminal event was sent: every later item encodes to ``b""``."""
+        """The terminal event of the current run was sent."""
+        self._errored = False  # that terminal was RUN_ERROR: the protocol allows nothing after it
         self._run_id = ""
         self._thread_id = ""
+        self._ours = ""  # our run id: the prefix of message ids
         # Open messages: AG-UI message id → "text" or "reasoning"; our message id → its segment.
         self._messages: dict[str, str] = {}
         self._closed: dict[str, int] = {}
         self._parents: dict[str, str] = {}  # our message id → the AG-UI id of its last ended part
         self._tools: dict[str, bool] = {}  # open tool call id → whether ARGS was sent
         self._steps: dict[str, int] = {}  # open step name → how many are running
-        self._interrupts: list[dict[str, str]] = []
+        self._interrupts: list[dict[str, Any]] = []
         self._handlers: dict[type, Callable[[Any, list[dict[str, Any]]], None]] = {
             StatusEvent: self._status,
             AgentLifecycleEvent: self._lifecycle,
@@ -142,17 +148,32 @@ class AGUIEncoder(Encoder):
 
     # -- the seam ---------------------------------------------------------------
 
+    @property
+    def ended(self) -> bool:
+        """Nothing may follow: the run of a single-run stream finished, or a run ended in ``RUN_ERROR``."""
+        return self.finished and (self._errored or self._run_override is not None)
+
     def encode(self, item: Item, /) -> bytes:
-        if self.finished:
-            return b""
         event: StreamEvent = item.event if isinstance(item, Frame) else item
+        if self.finished:
+            if self.ended or event.seq == 0 or event.run_id == self._ours:
+                return b""
+            self._next_run()  # a thread stream's next run: RUN_STARTED again, as the protocol allows
         out: list[dict[str, Any]] = []
         if not self._run_id:
+            self._ours = event.run_id
             self._run_id = self._run_override or event.run_id
             self._thread_id = self._thread_override or event.thread_id or event.run_id
             out.append(self._with_version({"type": "RUN_STARTED", "threadId": self._thread_id, "runId": self._run_id}))
         self._handlers[type(event)](event, out)
         return b"".join(map(_frame, out))
+
+    def _next_run(self) -> None:
+        """Forget the finished run: the next item opens the next one."""
+        self.finished = False
+        self._run_id = ""
+        for state in (self._messages, self._closed, self._parents, self._tools, self._steps, self._interrupts):
+            state.clear()
 
     def finish(self) -> bytes:
         if self.finished or not self._run_id:
@@ -173,13 +194,14 @@ class AGUIEncoder(Encoder):
         out.append({"type": "CUSTOM", "name": f"kiki.{event.type}", "value": _event_json(event)})
 
     def _message_id(self, message_id: str) -> str:
-        """The AG-UI id a token of our message ``message_id`` goes to now."""
+        """The AG-UI id a token of our message ``message_id`` goes to now (``<run_id>:<message_id>[#n]``)."""
         segment = self._closed.get(message_id)
-        return message_id if segment is None else f"{message_id}#{segment}"
+        base = f"{self._ours}:{message_id}"
+        return base if segment is None else f"{base}#{segment}"
 
     def _parent_id(self, message_id: str) -> str:
         """The AG-UI id of our message ``message_id``'s latest part (for ``parentMessageId``)."""
-        return self._parents.get(message_id, message_id)
+        return self._parents.get(message_id) or f"{self._ours}:{message_id}"
 
     def _end_message(self, agui_id: str, out: list[dict[str, Any]]) -> None:
         kind = self._messages.pop(agui_id)
@@ -217,6 +239,7 @@ class AGUIEncoder(Encoder):
         self._steps.clear()
         out.append(terminal)
         self.finished = True
+        self._errored = terminal["type"] == "RUN_ERROR"
 
     # -- one handler per event type ---------------------------------------------
 
@@ -310,7 +333,10 @@ class AGUIEncoder(Encoder):
         )
 
     def _custom(self, event: CustomEvent, out: list[dict[str, Any]]) -> None:
-        out.append({"type": "CUSTOM", "name": event.name, "value": {} if event.data is None else event.data})
+        if event.tool_call_id is not None:
+            out.append(progress_of(event, self.v1))
+        else:
+            out.append({"type": "CUSTOM", "name": event.name, "value": {} if event.data is None else event.data})
 
     def _llm(self, event: LLMCallEvent, out: list[dict[str, Any]]) -> None:
         self._close_message(event.message_id, out)
@@ -318,10 +344,7 @@ class AGUIEncoder(Encoder):
 
     def _interrupt(self, event: InterruptEvent, out: list[dict[str, Any]]) -> None:
         for index, info in enumerate(event.interrupts):
-            interrupt = {"id": info.id or f"{event.run_id}:{event.seq}:{index}", "reason": "input_required"}
-            if info.value is not None:
-                interrupt["message"] = _text_of(info.value)
-            self._interrupts.append(interrupt)
+            self._interrupts.append(interrupt_of(info, f"{event.run_id}:{event.seq}:{index}"))
         self._custom_of(event, out)
 
     def _error(self, event: ErrorEvent, out: list[dict[str, Any]]) -> None:

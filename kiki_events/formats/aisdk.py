@@ -22,8 +22,21 @@ never ``null``, and no field outside a chunk's type definition is sent. The mapp
   toolName, input, dynamic: true}`` (a call whose arguments came in one chunk goes
   from start straight to available). ``tool_result`` → ``tool-output-available{output}``,
   or ``tool-output-error{errorText: "<error_type>: <error>"}`` (redacted) when it failed.
+* ``custom`` with a ``tool_call_id`` (the call's progress) → ``tool-output-available{output:
+  data, preliminary: true}`` while the call has no final output: the final
+  ``tool-output-available`` (or ``tool-output-error``) replaces it. Progress after the
+  final output, or for a call the stream never announced, stays ``data-kiki-custom``.
+* ``interrupt``: each tool approval (a value with ``tool_call_id``, docs/events.md) →
+  ``tool-approval-request{approvalId: the interrupt id, toolCallId}``, its call made
+  ``input-available`` first (from the value's ``tool`` and ``args`` when the stream
+  never announced it); the other interrupts → ``data-kiki-interrupt`` (the event with
+  only those). ``useChat``'s ``addToolApprovalResponse`` answers an approval.
 * every other event → ``data-kiki-<type>{data: the event's JSON}`` (``llm``,
-  ``custom``, ``interrupt``, ``done``, connection notices ``status``).
+  ``custom``, ``done``, connection notices ``status``).
+* an answer that continues the client's assistant message (a tool approval answered):
+  ``start`` carries that message's id (``message_id``) instead of the run id, so the
+  client goes on with the message it has, and the calls it holds (``known_calls``) get
+  their output without being announced again, so it updates their parts.
 * ``done`` → everything open ended, ``finish-step``, ``finish``; ``cancelled`` ends
   with ``abort`` instead of ``finish``. ``error`` (and ``done`` ``error`` without one)
   → everything open ended, ``error{errorText}``, ``finish``: ``useChat`` stops at the
@@ -47,8 +60,11 @@ from typing import Any
 from ..core.runlog import Frame, Item
 from ..events import (
     AgentLifecycleEvent,
+    CustomEvent,
     DoneEvent,
     ErrorEvent,
+    InterruptEvent,
+    InterruptInfo,
     LLMCallEvent,
     StatusEvent,
     StreamEvent,
@@ -81,24 +97,39 @@ class _Tool:
 class AISDKEncoder(Encoder):
     """Encodes one stream's items as UI message chunks; keeps what is open (see the module docstring)."""
 
-    __slots__ = ("_available_calls", "_closed", "_handlers", "_parts", "_run_id", "_tools", "done_sent", "finished")
+    __slots__ = (
+        "_available_calls",
+        "_closed",
+        "_handlers",
+        "_message_id",
+        "_output_calls",
+        "_parts",
+        "_run_id",
+        "_tools",
+        "done_sent",
+        "finished",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, known_calls: frozenset[str] = frozenset(), message_id: str | None = None) -> None:
         self.finished = False
         """The terminal chunk (``finish`` or ``abort``) was sent: later items encode to ``b""``."""
         self.done_sent = False
         """``[DONE]`` was sent: :meth:`finish` gives ``b""`` from then on."""
         self._run_id = ""
+        self._message_id = message_id
         self._parts: dict[str, str] = {}  # open text / reasoning part id → "text" or "reasoning"
         self._closed: dict[str, int] = {}  # our message id → the number of its next continuation
         self._tools: dict[str, _Tool] = {}  # open tool call id → its name and streamed arguments
-        self._available_calls: set[str] = set()  # calls whose tool-input-available was sent
+        self._available_calls: set[str] = set(known_calls)  # calls the client holds with their input
+        self._output_calls: set[str] = set()  # calls whose final output (or error) was sent
         self._handlers: dict[type, Callable[[Any, _Out], None]] = {
             StatusEvent: self._status,
             AgentLifecycleEvent: self._lifecycle,
             TokenEvent: self._token,
             ToolCallEvent: self._tool_call,
             ToolResultEvent: self._tool_result,
+            CustomEvent: self._custom,
+            InterruptEvent: self._interrupt,
             LLMCallEvent: self._llm,
             ErrorEvent: self._error,
             DoneEvent: self._done,
@@ -113,9 +144,14 @@ class AISDKEncoder(Encoder):
         out: _Out = []
         if not self._run_id:
             self._run_id = event.run_id
-            out += ({"type": "start", "messageId": event.run_id}, {"type": "start-step"})
+            out += ({"type": "start", "messageId": self._message_id or event.run_id}, {"type": "start-step"})
         self._handlers.get(type(event), self._data)(event, out)
         return b"".join(map(data_frame, out))
+
+    @property
+    def ended(self) -> bool:
+        """A UI message stream is one message: it ends with its run's terminal chunk (a thread stream too)."""
+        return self.finished
 
     def finish(self) -> bytes:
         if self.done_sent or not self._run_id:
@@ -205,6 +241,8 @@ class AISDKEncoder(Encoder):
 
     def _tool_call(self, event: ToolCallEvent, out: _Out) -> None:
         call_id = event.tool_call_id
+        if call_id in self._available_calls:
+            return  # made available early (its progress, approval or result came first): the client has it
         if call_id not in self._tools:
             if event.message_id is not None:
                 self._close_message(event.message_id, out)
@@ -221,6 +259,7 @@ class AISDKEncoder(Encoder):
             if call_id not in self._tools:  # its start was lost (a replay gap): the client needs the call first
                 self._tools[call_id] = _Tool(event.name or "tool")
             self._available(call_id, None, out)
+        self._output_calls.add(call_id)
         if event.error is not None:
             error = redact_text(event.error)
             text = f"{event.error_type}: {error}" if event.error_type else error
@@ -228,6 +267,40 @@ class AISDKEncoder(Encoder):
         else:
             output = event.output or ""
             out.append({"type": "tool-output-available", "toolCallId": call_id, "output": output, "dynamic": True})
+
+    def _custom(self, event: CustomEvent, out: _Out) -> None:
+        call_id = event.tool_call_id
+        if call_id is None or call_id in self._output_calls:
+            self._data(event, out)
+            return
+        if call_id in self._tools:
+            self._available(call_id, None, out)
+        if call_id not in self._available_calls:  # a call the client was never told of
+            self._data(event, out)
+            return
+        output = {} if event.data is None else event.data
+        fields = {"toolCallId": call_id, "output": output, "dynamic": True, "preliminary": True}
+        out.append({"type": "tool-output-available", **fields})
+
+    def _interrupt(self, event: InterruptEvent, out: _Out) -> None:
+        others: list[int] = []
+        for index, info in enumerate(event.interrupts):
+            call_id = _approval_call(info)
+            if call_id is None or call_id in self._output_calls:
+                others.append(index)
+                continue
+            if call_id in self._tools:
+                self._available(call_id, None, out)
+            elif call_id not in self._available_calls:  # not announced: the value says what the call is
+                self._tools[call_id] = _Tool(str(info.value.get("tool") or "tool"))
+                args = info.value.get("args")
+                self._available(call_id, args if isinstance(args, dict) else {}, out)
+            approval_id = info.id or call_id
+            out.append({"type": "tool-approval-request", "approvalId": approval_id, "toolCallId": call_id})
+        if others:
+            fields = event_json(event)
+            fields["interrupts"] = [fields["interrupts"][index] for index in others]
+            out.append({"type": "data-kiki-interrupt", "data": fields})
 
     def _llm(self, event: LLMCallEvent, out: _Out) -> None:
         self._close_message(event.message_id, out)
@@ -246,16 +319,35 @@ class AISDKEncoder(Encoder):
             self._end(out, "abort" if event.status == "cancelled" else "finish")
 
 
+def _approval_call(info: InterruptInfo) -> str | None:
+    """The tool call an interrupt asks approval for (its value's ``tool_call_id``), else ``None``."""
+    value = info.value
+    if isinstance(value, dict):
+        call_id = value.get("tool_call_id")
+        if isinstance(call_id, str) and call_id:
+            return call_id
+    return None
+
+
 class AISDKFormat(Format):
-    """UI message chunks for the Vercel AI SDK over SSE (see the module docstring)."""
+    """UI message chunks for the Vercel AI SDK over SSE (see the module docstring).
+
+    For an answer that continues the client's assistant message: ``message_id`` is that
+    message's id (``start`` carries it instead of the run id) and ``known_calls`` the tool
+    call ids it holds (their outputs update its parts instead of announcing the calls).
+    """
 
     name = "aisdk"
     media_type = "text/event-stream"
     cacheable = False
     headers = MappingProxyType({STREAM_HEADER: "v1"})
 
+    def __init__(self, known_calls: frozenset[str] = frozenset(), message_id: str | None = None) -> None:
+        self.known_calls = known_calls
+        self.message_id = message_id
+
     def encoder(self) -> AISDKEncoder:
-        return AISDKEncoder()
+        return AISDKEncoder(self.known_calls, self.message_id)
 
 
 FORMAT = AISDKFormat()

@@ -12,7 +12,10 @@ writes, in order:
 2. every item's ``encoder.encode(item)``, coalesced into one chunk per wake-up
    (:meth:`Encoder.encode_all`, which a format may override for speed),
 3. ``encoder.finish()`` once the cursor is finished (the run ended, or a slow
-   client is dropped) — e.g. a closing ``[DONE]`` line; empty for most formats.
+   client is dropped) — e.g. a closing ``[DONE]`` line; empty for most formats —
+   or once the encoder says the stream can carry nothing more (:attr:`Encoder.ended`:
+   a protocol of one run per stream, or one where nothing may follow an error),
+   which ends the body there, also of a thread stream that would go on.
 
 A format whose bytes for an event are the same for every client
 (:attr:`Format.cacheable`) memoises them on the frame with
@@ -63,6 +66,14 @@ class Encoder(ABC):
     def start(self) -> bytes:
         """What to send before the first item, after ``retry_frame`` (empty when the format needs nothing)."""
         return b""
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream can carry nothing more: the server sends :meth:`finish` and ends the body.
+
+        ``False`` by default: a stream of our format goes on as long as its cursor does.
+        """
+        return False
 
     def finish(self) -> bytes:
         """What to send after the last item (empty when the format needs nothing)."""

@@ -6,8 +6,8 @@ to every served graph compiled without a checkpointer
 
     memory    → LangGraph's InMemorySaver (this process; lost at exit)
     sqlite    → AsyncSqliteSaver on ``path``      (extra ``kiki-events[sqlite]``)
-    postgres  → AsyncPostgresSaver on ``dsn``     (extra ``kiki-events[postgres]``),
-                its tables created or migrated at start
+    postgres  → AsyncPostgresSaver on a pool of ``pool_size`` connections to ``dsn``
+                (extra ``kiki-events[postgres]``), its tables created or migrated at start
 
 The database packages are imported only for their kind.
 
@@ -48,7 +48,7 @@ async def open_checkpointer(settings: CheckpointerSettings, stack: AsyncExitStac
     if settings.kind == "sqlite":
         return await _sqlite(settings.path or "", stack)
     if settings.kind == "postgres":
-        return await _postgres(settings.dsn or "", stack)
+        return await _postgres(settings.dsn or "", settings.pool_size, stack)
     from langgraph.checkpoint.memory import InMemorySaver
 
     return InMemorySaver()
@@ -84,15 +84,28 @@ def _sqlite_file(path: str) -> str:
     return str(file)
 
 
-async def _postgres(dsn: str, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
+async def _postgres(dsn: str, pool_size: int, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
     try:
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool
     except ImportError as exc:
         raise _missing("postgres", exc) from exc
+    # Runs of several threads read and write checkpoints at once: one connection each.
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        dsn,
+        min_size=1,
+        max_size=pool_size,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        open=False,
+    )
     try:
-        saver = await stack.enter_async_context(AsyncPostgresSaver.from_conn_string(dsn))
+        await pool.open(wait=True, timeout=10.0)
+        stack.push_async_callback(pool.close)
+        saver = AsyncPostgresSaver(conn=pool)
         await saver.setup()
     except Exception as exc:
+        await pool.close()
         # The message may quote the DSN with its password.
         raise CheckpointerError(f"cannot open the PostgreSQL checkpointer: {_raised(exc)}") from None
     return saver

@@ -129,6 +129,7 @@ class KikiRuntime:
             handler_settings=settings.handler,
             node=self.node,
             tracing=tracing if tracing is not None else create_tracing(settings),
+            prices=settings.price_table,
         )
         if transport is None and settings.eventbus.enabled:
             transport = create_transport(settings, node=self.node, redis=redis, hub=hub)

@@ -155,9 +155,21 @@ def _add_metrics(app: FastAPI, runtime: KikiRuntime, path: str) -> None:
         return Response(runtime.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
 
+class _DashboardFiles(StaticFiles):
+    """The dashboard's files, revalidated (ETag) on every load: a page never mixes
+    modules of two versions after an upgrade."""
+
+    def file_response(
+        self, full_path: "os.PathLike[str] | str", stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
 def _add_dashboard(app: FastAPI) -> None:
     if STATIC_DIR.is_dir():
-        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+        app.mount("/static", _DashboardFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> Response:

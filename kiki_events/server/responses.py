@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..core.runrecord import RunState
-from ..events import EVENT_TYPES
+from ..events import EVENT_TYPES, Cost, Usage
 
 __all__ = [
     "ERRORS",
@@ -61,6 +61,10 @@ class RunStatus(BaseModel):
     """Seq of the last event produced so far."""
     trace_id: str | None = None
     """The run's trace id (with ``langfuse`` tracing on, as on its ``done``); null when it is not traced."""
+    usage: Usage | None = None
+    """The run's token usage, as on its ``done``; null until it ended."""
+    cost: Cost | None = None
+    """What its LLM calls cost, as on its ``done``; null until it ended, or when the node has no ``prices``."""
 
 
 class CancelResult(BaseModel):

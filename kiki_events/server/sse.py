@@ -40,6 +40,7 @@ from ..core.cursors import RunCursor, ThreadCursor
 from ..core.manager import ensure_done, execute_run
 from ..core.runlog import RunLog
 from ..core.store import RunStore
+from ..cost import PricesLike, PriceTable
 from ..errors import BusError
 from ..events import StreamEvent
 from ..formats import Format, get_format
@@ -124,7 +125,7 @@ async def _cursor_body(
         first = fmt.retry_frame(retry) + encoder.start()
         if first:
             yield first
-        while True:
+        while not encoder.ended:
             items = await cursor.next(_BATCH)
             if not items:
                 break
@@ -135,7 +136,7 @@ async def _cursor_body(
     finally:
         if store is not None:
             store.clients -= 1
-        if not cursor.finished:
+        if not cursor.finished and not encoder.ended:
             # The usual way a reader leaves: one line (with the run's or thread's id), no error.
             logger.info("SSE client gone before the end of its stream")
             if on_abandon is not None:
@@ -286,6 +287,7 @@ def stream_agent_sse(
     max_payload_chars: int = 4000,
     replay_events: int = 20000,
     settings: SSESettings | None = None,
+    prices: PricesLike = None,
 ) -> EventSourceResponse:
     """Run ``graph`` for one request and stream its events as SSE, ``done`` last.
 
@@ -299,14 +301,18 @@ def stream_agent_sse(
     response: it starts when streaming starts and is cancelled if the client
     disconnects. With ``bus``, events are also published there (other
     subscribers see the run); otherwise a private bus carries them.
-    ``replay_events`` bounds what is buffered for a slow client.
+    ``replay_events`` bounds what is buffered for a slow client. ``prices`` (see
+    :class:`KikiCallbackHandler`) puts a cost on the ``llm`` and ``done`` events.
 
     Raises:
         BusError: ``bus`` is given but not running.
+        InvalidArgumentError: ``prices`` is not a valid price table.
     """
     if bus is not None and not bus.running:
         raise BusError("stream_agent_sse needs a running EventBus (use it inside 'async with EventBus()')")
     sse = settings or SSESettings()
+    options: dict[str, Any] = {"node": node, "thread_id": thread_id, "graph_name": graph_name}
+    options.update(max_payload_chars=max_payload_chars, prices=PriceTable.of(prices))  # a bad table fails here
     run_uuid, run_id = new_run_id()
     log = RunLog(run_id, replay_events)
     running: list[asyncio.Task[Any]] = []
@@ -319,15 +325,8 @@ def stream_agent_sse(
         events = bus if bus is not None else EventBus(node=node)
         if bus is None:
             await events.start()
-
-        def keep(event: StreamEvent) -> None:
-            if event.run_id == run_id:
-                log.append(event)
-
-        remove = events.add_sink(keep)
-        handler = KikiCallbackHandler(
-            events, node=node, thread_id=thread_id, graph_name=graph_name, max_payload_chars=max_payload_chars
-        )
+        remove = events.add_sink(_keeper(log))
+        handler = KikiCallbackHandler(events, **options)
         run_config = _with_handler(config, handler, run_uuid, thread_id)
         label = graph_name or getattr(graph, "name", None) or type(graph).__name__
         task = asyncio.get_running_loop().create_task(
@@ -354,6 +353,17 @@ def stream_agent_sse(
     return sse_response(
         body(), sse, headers={"X-Kiki-Run-Id": run_id}, on_server_exit=cancel_run, exit_grace=_CLEANUP_TIMEOUT
     )
+
+
+def _keeper(log: RunLog) -> Callable[[StreamEvent], None]:
+    """A bus sink keeping the events of ``log``'s run in it."""
+    run_id = log.run_id
+
+    def keep(event: StreamEvent) -> None:
+        if event.run_id == run_id:
+            log.append(event)
+
+    return keep
 
 
 def _finish(task: asyncio.Task[Any], handler: KikiCallbackHandler, run_id: str, log: RunLog) -> None:

@@ -179,6 +179,8 @@ class EventMetrics(Sink):
         ):
             if count > 0:
                 self._child(m.llm_tokens, agent, provider, model, token_type).inc(count)
+        if event.cost_usd is not None:
+            self._child(m.llm_cost, agent, provider, model).inc(event.cost_usd)
         if event.status == "error":
             self._fail("llm", event.error_type)
 

@@ -162,6 +162,12 @@ class KikiMetrics:
             ["agent", "provider", "model", "token_type"],
             registry=r,
         )
+        self.llm_cost = Counter(
+            "kiki_llm_cost_usd",
+            "What priced LLM calls cost, in US dollars (the prices table; unpriced calls add nothing).",
+            ["agent", "provider", "model"],
+            registry=r,
+        )
         self.tool_calls = Counter("kiki_tool_calls", "Tool calls, by outcome.", ["agent", "tool", "status"], registry=r)
         self.tool_duration = Histogram(
             "kiki_tool_call_duration_seconds", "Wall time of tool calls.", ["tool"], buckets=LLM_BUCKETS, registry=r

@@ -1,7 +1,7 @@
 """``POST /ai-sdk/{graph}`` and ``GET /ai-sdk/{graph}/{chat_id}/stream``: a graph as the
 chat endpoint of the Vercel AI SDK's ``useChat`` (README.md, "AI SDK frontends").
 
-``useChat`` (``DefaultChatTransport``, ``ai`` 5 and 6) POSTs ``{id, messages, trigger,
+``useChat`` (``DefaultChatTransport``, ``ai`` 5, 6 and 7) POSTs ``{id, messages, trigger,
 messageId?, …}`` and reads the answer as a UI message stream (docs/sse.md, section
 Vercel AI SDK):
 
@@ -14,9 +14,14 @@ Vercel AI SDK):
 * a ``resume`` field in the body (``useChat`` sends the app's extra ``body`` fields)
   answers the thread's pending interrupt instead: ``Command(resume=resume)``, as in
   ``POST /runs``;
-* a last message from the assistant with one tool part in state ``approval-responded``
-  (the SDK's tool approval answer) resumes too, with ``Command(resume={"approved":
-  bool, "reason": text})`` (``reason`` only when given); several such parts are a 422.
+* a last message from the assistant with tool parts in state ``approval-responded``
+  (the SDK's tool approval answers, ``addToolApprovalResponse``) resumes too: one with
+  ``Command(resume={"approved": bool, "reason": text})`` (``reason`` only when given),
+  several with ``Command(resume={approval id: answer, ...})`` (the approval ids are the
+  interrupt ids the stream sent in ``tool-approval-request``; one without an id is a 422).
+  The answer continues that message: the stream's ``start`` carries its id (not the
+  run id) and its tool calls get their outputs without being announced again, so the
+  client goes on with the message and updates the parts it has.
 
 ``GET /ai-sdk/{graph}/{chat_id}/stream`` is the SDK's reconnect request
 (``resumeStream()``, ``useChat({resume: true})``): the thread's latest run that has not
@@ -34,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ...core.runrecord import RunRecord
 from ...errors import KikiEventsError, RunNotFoundError
 from ...formats.aisdk import FORMAT as AISDK
-from ...formats.aisdk import STREAM_HEADER
+from ...formats.aisdk import STREAM_HEADER, AISDKFormat
 from ..auth import Principal
 from ..requests import RunRequest, ThreadId, describe_body_error, inlined_schema
 from ..responses import errors
@@ -98,26 +103,37 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         raise HTTPException(422, describe_body_error(exc, "a useChat request")) from None
 
 
-def _approval_answer(body: ChatRequest) -> dict[str, Any] | None:
-    """The resume value of an ``approval-responded`` tool part of the last message, if it is the assistant's."""
+def _approval_answer(body: ChatRequest) -> Any:
+    """The resume value of the ``approval-responded`` tool parts of the last message, if it is the assistant's."""
     index = len(body.messages) - 1
     last = body.messages[index]
     if last.role != "assistant":
         return None
     answered = [part.approval for part in last.parts if part.state == "approval-responded" and part.approval]
-    if not answered:
-        return None
-    if len(answered) > 1:
-        raise HTTPException(
-            422,
-            f"messages.{index}.parts: {len(answered)} tool approvals answered at once; "
-            "answer one at a time, or send 'resume' with the answers",
-        )
-    approval = answered[0]
-    answer: dict[str, Any] = {"approved": approval.approved}
-    if approval.reason is not None:
-        answer["reason"] = approval.reason
-    return answer
+    answers: dict[str, dict[str, Any]] = {}
+    for approval in answered:
+        answer: dict[str, Any] = {"approved": approval.approved}
+        if approval.reason is not None:
+            answer["reason"] = approval.reason
+        if len(answered) == 1:
+            return answer
+        if not approval.id:
+            raise HTTPException(
+                422,
+                f"messages.{index}.parts: {len(answered)} tool approvals answered at once and one has no "
+                "approval id; answer one at a time, or send 'resume' with the answers",
+            )
+        answers[approval.id] = answer
+    return answers or None
+
+
+def answer_format(body: ChatRequest, resumes: bool) -> AISDKFormat:
+    """The stream's format: plain, or continuing the client's last (assistant) message when the run resumes."""
+    last = body.messages[-1]
+    if not resumes or last.role != "assistant":
+        return AISDK
+    calls = frozenset(part.tool_call_id for part in last.parts if part.tool_call_id)
+    return AISDKFormat(calls, last.id)
 
 
 def run_request(graph: str, body: ChatRequest) -> RunRequest:
@@ -196,8 +212,11 @@ def add_aisdk_chat(router: APIRouter, ctx: RouteContext) -> None:
     async def run_aisdk_chat(request: Request, graph: str, principal: Caller) -> Response:
         """Run ``graph`` on the chat's thread for a ``useChat`` request and stream the AI SDK UI message stream."""
         raw = await ctx.read_body_for(request, graph)
-        handle = await ctx.start(run_request(graph, parse_chat_request(raw)), principal)
-        return ctx.stream_started(request, handle, principal, wire_format=AISDK)
+        body = parse_chat_request(raw)
+        run = run_request(graph, body)
+        handle = await ctx.start(run, principal)
+        wire_format = answer_format(body, run.resume is not None)
+        return ctx.stream_started(request, handle, principal, wire_format=wire_format)
 
 
 async def _active_run(ctx: RouteContext, chat_id: str, principal: Principal) -> RunRecord | None:
