@@ -13,12 +13,14 @@ import pytest_asyncio
 from kiki_events.errors import InvalidArgumentError, RunNotFoundError
 from kiki_events.events import (
     AgentLifecycleEvent,
+    Cost,
     CustomEvent,
     DoneEvent,
     ErrorEvent,
     InterruptEvent,
     InterruptInfo,
     LLMCallEvent,
+    ModelCost,
     StatusEvent,
     StreamEvent,
     TokenEvent,
@@ -49,6 +51,7 @@ def every_type(run_id: str, *, ts: float = T0, thread: str | None = "t1") -> lis
     """One event of every type (each with its optional fields set), seq 1 …"""
     env: dict[str, Any] = {"run_id": run_id, "thread_id": thread, "node": "n1"}
     usage = Usage(input_tokens=10, output_tokens=5, total_tokens=15, reasoning_tokens=2, cached_tokens=3)
+    cost = Cost(total_usd=0.0125, models=(ModelCost(model="gpt", provider="openai", calls=1, usage=usage, usd=0.0125),))
     events: list[StreamEvent] = [
         StatusEvent(**env, seq=1, ts=ts, status="started", graph="team", causation_id="other:3"),
         AgentLifecycleEvent(**env, seq=2, ts=ts + 1, agent="research", phase="started"),
@@ -67,6 +70,7 @@ def every_type(run_id: str, *, ts: float = T0, thread: str | None = "t1") -> lis
             duration_s=0.5,
             ttft_s=0.1,
             usage=usage,
+            cost_usd=0.0125,
         ),
         ToolCallEvent(
             **env,
@@ -94,7 +98,7 @@ def every_type(run_id: str, *, ts: float = T0, thread: str | None = "t1") -> lis
         InterruptEvent(**env, seq=8, ts=ts + 7, interrupts=(InterruptInfo(id="i1", value={"question": "ok?"}),)),
         ErrorEvent(**env, seq=9, ts=ts + 8, message="it broke", error_type="RuntimeError"),
         AgentLifecycleEvent(**env, seq=10, ts=ts + 9, agent="writer", phase="failed", duration_s=1.5, error="x"),
-        DoneEvent(**env, seq=11, ts=ts + 10, status="error", usage=usage, duration_s=10.0, trace_id="tr"),
+        DoneEvent(**env, seq=11, ts=ts + 10, status="error", usage=usage, duration_s=10.0, trace_id="tr", cost=cost),
     ]
     return events
 
@@ -126,7 +130,7 @@ async def test_every_event_type_comes_back_as_it_was_written_with_the_runs_total
     assert (run.llm_calls, run.tool_calls, run.tool_errors, run.errors) == (1, 1, 1, 1)
     assert run.usage == Usage(input_tokens=10, output_tokens=5, total_tokens=15, reasoning_tokens=2, cached_tokens=3)
     assert run.agents == ("research", "research/researcher", "research/tools", "writer")
-    assert (run.causation_id, run.caused_by, run.trace_id) == ("other:3", "other", "tr")
+    assert (run.causation_id, run.caused_by, run.trace_id, run.cost_usd) == ("other:3", "other", "tr", 0.0125)
     assert await store.schema_version() == 1
 
 

@@ -102,6 +102,8 @@ class StoredRun:
     relayed_into: str | None = None
     """The run its events were relayed into (a delegate of a hand-off)."""
     trace_id: str | None = None
+    cost_usd: float | None = None
+    """Its ``done``'s ``cost.total_usd`` (priced calls only); ``None`` when the node that ran it has no price table."""
 
 
 @dataclass(frozen=True, slots=True)

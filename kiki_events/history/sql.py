@@ -61,6 +61,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "total_tokens",
     "reasoning_tokens",
     "cached_tokens",
+    "cost_usd",
 )
 """The columns of ``runs``, in the order of a :data:`~.base.RunRow`."""
 
@@ -196,4 +197,6 @@ def run_from_row(row: Sequence[Any], agents: Sequence[str] = ()) -> StoredRun:
         reasoning_tokens=values.pop("reasoning_tokens"),
         cached_tokens=values.pop("cached_tokens"),
     )
+    if values["cost_usd"] is not None:
+        values["cost_usd"] = float(values["cost_usd"])
     return StoredRun(usage=usage, agents=tuple(sorted(agents)), **values)

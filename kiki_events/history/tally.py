@@ -30,6 +30,7 @@ class RunTally:
         "agents",
         "cached",
         "causation_id",
+        "cost_usd",
         "duration_s",
         "ended_at",
         "errors",
@@ -62,6 +63,7 @@ class RunTally:
         self.status = "running"
         self.ended_at: float | None = None
         self.duration_s: float | None = None
+        self.cost_usd: float | None = None
         self.agents: set[str] = set()
         self.last_seq = self.events = self.llm_calls = self.tool_calls = self.tool_errors = self.errors = 0
         self.input = self.output = self.total = self.reasoning = self.cached = 0
@@ -91,6 +93,8 @@ class RunTally:
             self.ended_at = event.ts
             self.duration_s = event.duration_s  # type: ignore[union-attr]
             self.trace_id = event.trace_id or self.trace_id  # type: ignore[union-attr]
+            cost = event.cost  # type: ignore[union-attr]
+            self.cost_usd = cost.total_usd if cost is not None else None
             self._usage(event.usage, add=False)  # type: ignore[union-attr]
 
     def _usage(self, usage: object, *, add: bool) -> None:
@@ -138,4 +142,5 @@ class RunTally:
             self.total,
             self.reasoning,
             self.cached,
+            self.cost_usd,
         )

@@ -29,7 +29,8 @@ CREATE TABLE runs (
     output_tokens BIGINT NOT NULL,
     total_tokens BIGINT NOT NULL,
     reasoning_tokens BIGINT NOT NULL,
-    cached_tokens BIGINT NOT NULL
+    cached_tokens BIGINT NOT NULL,
+    cost_usd DOUBLE PRECISION
 );
 CREATE INDEX runs_by_start ON runs (started_at, run_id);
 CREATE INDEX runs_by_thread ON runs (thread_id, started_at);

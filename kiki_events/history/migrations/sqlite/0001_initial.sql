@@ -29,7 +29,8 @@ CREATE TABLE runs (
     output_tokens INTEGER NOT NULL,
     total_tokens INTEGER NOT NULL,
     reasoning_tokens INTEGER NOT NULL,
-    cached_tokens INTEGER NOT NULL
+    cached_tokens INTEGER NOT NULL,
+    cost_usd REAL
 );
 CREATE INDEX runs_by_start ON runs (started_at, run_id);
 CREATE INDEX runs_by_thread ON runs (thread_id, started_at);
