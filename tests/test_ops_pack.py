@@ -224,7 +224,8 @@ class Scraped:
 def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     binary("prometheus")
     directory = tmp_path_factory.mktemp("ops")
-    env = {"KIKI_DEMO_TOKEN_DELAY": "0", "KIKI__LOGGING__LEVEL": "WARNING"}
+    history = str(directory / "history.sqlite")
+    env = {"KIKI_DEMO_TOKEN_DELAY": "0", "KIKI__LOGGING__LEVEL": "WARNING", "KIKI_HISTORY_PATH": history}
     server = ServeProcess("demo", ROOT / "config" / "eventbus.yaml", directory / "serve.log", cwd=ROOT, env=env)
     prometheus = PrometheusServer({"demo": f"127.0.0.1:{server.port}"}, directory / "prometheus", rule_files=(RULES,))
     try:
@@ -321,7 +322,7 @@ def test_a_node_that_stops_is_seen_down_under_its_node_label(
     tmp_path: Path, prometheus_server: Callable[..., PrometheusServer]
 ) -> None:
     """What KikiNodeDown and the dashboard's node variable read: ``up{job="kiki_events", node=…}``."""
-    env = {"KIKI__LOGGING__LEVEL": "WARNING"}
+    env = {"KIKI__LOGGING__LEVEL": "WARNING", "KIKI_HISTORY_PATH": str(tmp_path / "h.sqlite")}
     server = ServeProcess("node-x", ROOT / "config" / "eventbus.yaml", tmp_path / "serve.log", cwd=ROOT, env=env)
     try:
         server.wait_up()
