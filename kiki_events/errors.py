@@ -109,7 +109,15 @@ class CheckpointerError(KikiEventsError, ConnectionError):
 
 
 class StoreError(KikiEventsError, ConnectionError):
-    """The event store's database (``store``) cannot be opened, migrated, written or read."""
+    """The event store's database (``store``) cannot be opened, migrated, written or read.
+
+    ``retryable`` is false when the same write would fail again (the database refused
+    the data itself, e.g. a character it cannot store), true when it may succeed later.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class WireError(KikiEventsError, ValueError):

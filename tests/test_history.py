@@ -313,12 +313,12 @@ async def test_the_causation_chain_of_a_run_or_an_event_both_ways(store: EventSt
 
 @pytest.mark.asyncio
 async def test_overflow_is_dropped_and_counted_and_what_waited_is_written_later(store: EventStore) -> None:
-    drops: list[int] = []
-    writer = HistoryWriter(store, buffer_size=6, batch_size=2, on_drop=lambda: drops.append(1))
+    drops: list[str] = []
+    writer = HistoryWriter(store, buffer_size=6, batch_size=2, on_drop=drops.append)
     events = every_type("r1")
     accepted = [writer.add(event) for event in events]  # the writer is not started: nothing leaves the buffer
     assert accepted == [True] * 6 + [False] * 5
-    assert writer.dropped == 5 and len(drops) == 5 and writer.pending == 6
+    assert writer.dropped == 5 and drops == ["store_full"] * 5 and writer.pending == 6
     await writer.start()
     assert await writer.flush(10)
     await writer.close(close_store=False)
@@ -347,3 +347,18 @@ async def test_retention_deletes_finished_runs_older_than_it_in_batches_and_keep
     assert (await store.search(ANYONE, until=now - 5 * 86400)).events == running
     assert await store.delete_finished(now, limit=1) == 1
     assert [r.run_id for r in (await store.runs(ANYONE)).runs] == ["old-running"]
+
+
+@pytest.mark.asyncio
+async def test_a_character_the_database_cannot_store_costs_one_event_never_the_batch(store: EventStore) -> None:
+    good = every_type("r1")
+    with_nul = TokenEvent(run_id="r2", seq=1, ts=T0, message_id="m", text="a\x00b", thread_id="t2")
+    bad = TokenEvent(run_id="bad\x00run", seq=1, ts=T0, message_id="m", text="x")  # PostgreSQL text cannot hold NUL
+    drops: list[str] = []
+    writer = await write_all(store, [*good[:5], with_nul, bad, *good[5:]], on_drop=drops.append)
+    assert (await store.events(None, run_id="r1")).events == good
+    assert (await store.events(None, run_id="r2")).events == [with_nul]
+    if store.backend == "postgres":
+        assert writer.dropped == 1 and drops == ["store_refused"]
+    else:  # SQLite stores it
+        assert writer.dropped == 0 and (await store.events(None, run_id="bad\x00run")).events == [bad]

@@ -2,14 +2,16 @@
 
 Several nodes can share one database: writes are idempotent (``ON CONFLICT``), and
 migrations take an advisory lock so two nodes starting together migrate once.
-A batch's events go in one multi-row ``INSERT … SELECT FROM unnest(…)`` (one
-statement, one round trip, whatever the batch's size). ``psycopg`` and
+A batch's events go in one ``INSERT … SELECT FROM json_array_elements(…)`` with
+the whole batch as one JSON parameter (one statement, one round trip, and no
+per-value adaptation on the client, whatever the batch's size). ``psycopg`` and
 ``psycopg_pool`` come with the ``postgres`` extra; they are imported when the store
 is made.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,7 @@ from ..errors import MissingDependencyError, StoreError
 from .base import Batch
 from .migrations import SCHEMA_TABLE, migrations, statements
 from .queries import SqlStore
-from .sql import AGENT_INSERT, RUN_UPSERT, THREAD_INSERT
+from .sql import AGENT_INSERT, RUN_UPSERT, THREAD_INSERT, EventRow
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -26,13 +28,55 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresStore"]
 
+_EVENTS_JSON = (
+    "INSERT INTO events (run_id, seq, ts, type, agent, body) "
+    "SELECT e->>0, (e->>1)::bigint, (e->>2)::float8, e->>3, e->>4, convert_to((e->5)::text, 'UTF8') "
+    "FROM jsonb_array_elements(%s::jsonb) AS e "
+    "ON CONFLICT (run_id, seq) DO NOTHING"
+)
+"""A batch's events as one JSON parameter: ``[[run_id, seq, ts, type, agent, {body}], …]``,
+each element parsed once (a body comes back with the same fields, written ``jsonb``'s
+way; numbers are kept exactly)."""
 _EVENTS_UNNEST = (
     "INSERT INTO events (run_id, seq, ts, type, agent, body) "
     "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::float8[], %s::text[], %s::text[], %s::bytea[]) "
     "ON CONFLICT (run_id, seq) DO NOTHING"
 )
+"""A batch's events as six arrays: for a batch holding ``\\u0000``, which ``jsonb`` refuses."""
+
+
+def _events_json(rows: Sequence[EventRow]) -> str:
+    """The parameter of :data:`_EVENTS_JSON` for ``rows`` (one join, no per-value adaptation)."""
+    dumps = json.dumps
+    return (
+        "["
+        + ",".join(
+            f"[{dumps(run_id)},{seq},{ts!r},{dumps(kind)},{dumps(agent)},{body.decode()}]"
+            for run_id, seq, ts, kind, agent, body in rows
+        )
+        + "]"
+    )
+
+
 _LOCK = "SELECT pg_advisory_xact_lock(7345012699)"
 """Serialises migrations of nodes starting at once (the key is this library's own)."""
+
+
+def _events_insert(rows: Sequence[EventRow]) -> tuple[str | None, Sequence[Any]]:
+    """The statement writing ``rows`` and its parameters (``None`` for no rows)."""
+    if not rows:
+        return None, ()
+    text = _events_json(rows)
+    if "\\u0000" not in text:
+        return _EVENTS_JSON, (text,)
+    return _EVENTS_UNNEST, [list(column) for column in zip(*rows, strict=True)]
+
+
+def _retryable(exc: Exception) -> bool:
+    """Whether a failed write may succeed later (not when the server refused the data itself)."""
+    from psycopg import errors
+
+    return not isinstance(exc, errors.DataError | errors.IntegrityError)
 
 
 def _dialect(sql: str) -> str:
@@ -149,24 +193,21 @@ class PostgresStore(SqlStore):
                     if rows:
                         await cursor.executemany(_dialect(sql), rows)
         except psycopg.Error as exc:
-            raise StoreError(f"event store write failed: {exc}") from exc
+            raise StoreError(f"event store write failed: {exc}", retryable=_retryable(exc)) from exc
 
     async def write(self, batch: Batch) -> None:
         """Store ``batch`` in one transaction; its events in one statement."""
         import psycopg
 
         pool = self._require()
-        columns: list[list[Any]] = [[], [], [], [], [], []]
-        for row in batch.events:
-            for column, value in zip(columns, row, strict=True):
-                column.append(value)
+        statement, params = _events_insert(batch.events)
         try:
             async with pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
                 small = ((THREAD_INSERT, batch.threads), (RUN_UPSERT, batch.runs), (AGENT_INSERT, batch.agents))
                 for sql, rows in small:
                     if rows:
                         await cursor.executemany(_dialect(sql), rows)
-                if batch.events:
-                    await cursor.execute(_EVENTS_UNNEST, columns)
+                if statement is not None:
+                    await cursor.execute(statement, params)
         except psycopg.Error as exc:
-            raise StoreError(f"event store write failed: {exc}") from exc
+            raise StoreError(f"event store write failed: {exc}", retryable=_retryable(exc)) from exc

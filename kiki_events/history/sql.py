@@ -25,6 +25,7 @@ __all__ = [
     "RUN_COLUMNS",
     "RUN_UPSERT",
     "THREAD_INSERT",
+    "EventRow",
     "agent_clause",
     "caused_by",
     "decode_cursor",

@@ -174,6 +174,8 @@ class SqliteStore(SqlStore):
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise StoreError(f"event store write failed: {exc}") from exc
+                # Locked, busy, full or unreadable may pass; refused data never will.
+                retryable = isinstance(exc, sqlite3.OperationalError)
+                raise StoreError(f"event store write failed: {exc}", retryable=retryable) from exc
 
         await self._in(pool, run)

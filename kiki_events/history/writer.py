@@ -49,7 +49,8 @@ class HistoryWriter:
         lookup: what the run store knows of a run (its owner, graph, node, thread),
             asked at a run's first event and at its ``done``.
         max_runs: runs tallied at once; beyond it the oldest are forgotten (their rows stay).
-        on_drop: called once per dropped event (e.g. to count it in a metric).
+        on_drop: called once per dropped event with the reason (``store_full``: the buffer
+            was full; ``store_refused``: the database refused it), e.g. to count it in a metric.
     """
 
     def __init__(
@@ -63,7 +64,7 @@ class HistoryWriter:
         retention_interval: float = 3600.0,
         lookup: Callable[[str], RunMeta | None] | None = None,
         max_runs: int = 10_000,
-        on_drop: Callable[[], None] | None = None,
+        on_drop: Callable[[str], None] | None = None,
     ) -> None:
         if batch_size < 1 or buffer_size < 1 or max_runs < 1 or flush_interval < 0 or retention_interval <= 0:
             raise InvalidArgumentError(
@@ -82,7 +83,7 @@ class HistoryWriter:
         self.written = 0
         """Events written (a re-delivered event already stored counts again)."""
         self.dropped = 0
-        """Events dropped because the buffer was full."""
+        """Events dropped: the buffer was full, or the database refused them (see ``on_drop``)."""
         self.failures = 0
         """Writes (or opens) that failed and were retried."""
         self.deleted = 0
@@ -99,6 +100,8 @@ class HistoryWriter:
         """Set by :meth:`flush` and by a full batch: write without waiting for the batch to fill."""
         self._open = False
         self._failing = False
+        self._apart = 0
+        """Events still to write one per transaction, after the database refused a batch holding them."""
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- the sink's side (hot path) --------------------------------------------------------
@@ -118,7 +121,7 @@ class HistoryWriter:
         if len(buffer) >= self.buffer_size:
             self.dropped += 1
             if self._on_drop is not None:
-                self._on_drop()
+                self._on_drop("store_full")
             return False
         run_id = event.run_id
         tally = self._runs.get(run_id)
@@ -215,22 +218,37 @@ class HistoryWriter:
                 await asyncio.sleep(backoff.next())
 
     def _take(self) -> tuple[Batch, dict[str, RunTally]]:
+        if self._apart:
+            return self._take_apart()
         events = list(itertools.islice(self._buffer, self.batch_size))
-        batch = Batch(
-            events=[event_row(e) for e in events],
-            agents=self._agents,
-            threads=self._threads,
-        )
+        batch = Batch(events=[event_row(e) for e in events], agents=self._agents, threads=self._threads)
         dirty, self._dirty = self._dirty, {}
         batch.runs = [tally.row() for tally in dirty.values()]
         self._agents, self._threads = [], []
         return batch, dirty
+
+    def _take_apart(self) -> tuple[Batch, dict[str, RunTally]]:
+        """The next event alone, with only its own run's rows (another run's may be what was refused)."""
+        event = self._buffer[0]
+        run_id = event.run_id
+        tally = self._dirty.pop(run_id, None)
+        dirty = {run_id: tally} if tally is not None else {}
+        thread_id = tally.thread_id if tally is not None else None
+        agents = [pair for pair in self._agents if pair[0] == run_id]
+        threads = [row for row in self._threads if row[0] == thread_id]
+        self._agents = [pair for pair in self._agents if pair[0] != run_id]
+        self._threads = [row for row in self._threads if row[0] != thread_id]
+        rows = [t.row() for t in dirty.values()]
+        return Batch(events=[event_row(event)], runs=rows, agents=agents, threads=threads), dirty
 
     async def _write_one(self) -> bool:
         batch, dirty = self._take()
         try:
             await self.store.write(batch)
         except StoreError as exc:
+            if not exc.retryable:
+                self._refused(batch, dirty, exc)
+                return True
             self.failures += 1
             if not self._failing:
                 self._failing = True
@@ -243,13 +261,38 @@ class HistoryWriter:
         if self._failing:
             self._failing = False
             logger.info("the event store is written again")
-        for _ in range(len(batch.events)):
-            self._buffer.popleft()
+        self._done_with(batch)
         self.written += len(batch.events)
         for run_id, tally in dirty.items():
             if tally.ended and run_id not in self._dirty:
                 self._runs.pop(run_id, None)
         return True
+
+    def _done_with(self, batch: Batch) -> None:
+        for _ in range(len(batch.events)):
+            self._buffer.popleft()
+        self._apart = max(0, self._apart - len(batch.events))
+
+    def _refused(self, batch: Batch, dirty: dict[str, RunTally], exc: StoreError) -> None:
+        """The database refused ``batch``'s data: find the event it refuses, drop it and carry on.
+
+        A batch of several events is written again one event at a time; a single
+        event refused (with the rows written along with it) is dropped and counted.
+        """
+        if len(batch.events) > 1:
+            logger.warning("the event store refused a batch; writing its %d events one by one: %s", len(batch), exc)
+            self._apart = len(batch.events)
+            for run_id, tally in dirty.items():
+                self._dirty.setdefault(run_id, tally)
+            self._agents[:0] = batch.agents
+            self._threads[:0] = batch.threads
+            return
+        logger.error("the event store refused an event; it is dropped: %s", exc)
+        self._done_with(batch)
+        self.dropped += len(batch.events)
+        if self._on_drop is not None:
+            for _ in batch.events:
+                self._on_drop("store_refused")
 
     # -- retention -------------------------------------------------------------------------
     async def _retain_forever(self) -> None:

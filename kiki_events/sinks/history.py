@@ -109,7 +109,8 @@ def create(context: SinkContext) -> HistorySink | None:
     settings = context.settings.store
     if not settings.enabled:
         return None
-    on_drop = context.metrics.dropped.labels(reason="store_full").inc if context.metrics is not None else None
+    dropped = context.metrics.dropped if context.metrics is not None else None
+    on_drop = (lambda reason: dropped.labels(reason=reason).inc()) if dropped is not None else None
     lookup = context.lookup_run
     writer = create_writer(settings, on_drop=on_drop, lookup=run_meta(lookup) if lookup is not None else None)
     return HistorySink(writer, node=context.node, scope=settings.scope, lookup=lookup)
