@@ -79,13 +79,15 @@ class Served:
 
 def start_runs(served: Served) -> None:
     for who, thread, message in RUNS:
-        response = served.http.post("/runs", headers=who, json={"graph": "team", "thread_id": thread, "message": message})
+        body = {"graph": "team", "thread_id": thread, "message": message}
+        response = served.http.post("/runs", headers=who, json=body)
         assert response.status_code == 202, response.text
         run_id = response.json()["run_id"]
         served.runs[run_id] = "alice" if who is ALICE else "bob"
         wait_for(
-            lambda run_id=run_id, who=who: served.get(f"/runs/{run_id}", who).json()["status"]
-            not in ("pending", "running"),
+            lambda run_id=run_id, who=who: (
+                served.get(f"/runs/{run_id}", who).json()["status"] not in ("pending", "running")
+            ),
             what=f"run {run_id} to end",
         )
     served.flush()

@@ -221,4 +221,3 @@ def test_bad_parameters_are_a_422_naming_the_parameter(
 def test_a_malformed_event_id_is_a_422(served: Served) -> None:
     response = served.get("/events/no-seq-here/causation")
     assert response.status_code == 422 and "event_id" in response.json()["detail"]
-
