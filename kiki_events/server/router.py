@@ -42,10 +42,12 @@ bridge while a client reads it, and cancelled on the node that runs it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from .auth import AuthDependency
 from .routes import agui, aisdk, events, history, runs, service, streams, threads
@@ -90,4 +92,26 @@ def create_router(runtime: KikiRuntime, *, auth: AuthDependency | None = None) -
     context = RouteContext(runtime, auth)
     for add in _ROUTES:
         add(router, context)
+    _allow_every_method(router)
     return router
+
+
+def _allow_every_method(router: APIRouter) -> None:
+    """A path served by several routes (``GET /runs`` and ``POST /runs``) answers another method
+    with a 405 whose ``Allow`` names them all (each route alone would name only its own)."""
+    methods: dict[str, set[str]] = {}
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            methods.setdefault(route.path, set()).update(route.methods or ())
+    for path, allowed in methods.items():
+        if len(allowed - {"HEAD"}) < 2:
+            continue
+        others = sorted({"DELETE", "OPTIONS", "PATCH", "PUT", "POST", "GET"} - allowed)
+        router.add_api_route(path, _not_allowed(", ".join(sorted(allowed))), methods=others, include_in_schema=False)
+
+
+def _not_allowed(allow: str) -> Callable[[], Awaitable[JSONResponse]]:
+    async def not_allowed() -> JSONResponse:
+        return JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allow})
+
+    return not_allowed
