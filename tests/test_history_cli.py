@@ -152,6 +152,8 @@ def test_history_errors_are_one_line_and_exit_1(served: Served) -> None:
     assert bad.returncode == 1 and "query.since" in bad.stderr
     wrong = history_cli(served, "runs", "--limit", "0")
     assert wrong.returncode == 2 and "--limit" in wrong.stderr
+    after = history_cli(served, "events", "--thread", "t-a1", "--after", "3")
+    assert after.returncode == 2 and after.stderr.strip() == "kiki-events history events: --after: only with --run"
     assert "alice-token" not in other.stderr + anonymous.stderr + bad.stderr
 
 

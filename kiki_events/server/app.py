@@ -128,7 +128,7 @@ def _add_cors(app: FastAPI, origins: Sequence[str]) -> None:
         allow_origins=list(origins),
         allow_methods=["GET", "POST"],
         allow_headers=["Content-Type", "Authorization", "Last-Event-ID"],
-        expose_headers=["Content-Location", "X-Kiki-Run-Id"],
+        expose_headers=["Content-Location", "X-Kiki-Run-Id", "X-Kiki-Cursor"],
     )
 
 

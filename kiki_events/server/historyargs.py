@@ -27,6 +27,8 @@ __all__ = [
     "TimeQuery",
     "TypesQuery",
     "bad_parameter",
+    "check_types",
+    "limit_query",
     "parse_time",
     "wants_lines",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -42,7 +43,10 @@ def print_events(items: Iterable[Any], json_lines: bool, out: IO[str]) -> None:
 
 
 def run(args: argparse.Namespace, client: HistoryClient, out: IO[str]) -> int:
-    """Print the events, following pages until the last (or ``--limit``)."""
+    """Print the events, following pages until the last (or ``--limit``); 2 for ``--after`` without ``--run``."""
+    if args.after is not None and args.run is None:
+        print("kiki-events history events: --after: only with --run", file=sys.stderr)
+        return 2
     path = f"/runs/{quote(args.run)}/events" if args.run is not None else f"/threads/{quote(args.thread)}/events"
     params = {"type": args.types, "agent": args.agent, "after": args.after, "limit": min(args.limit or 1000, 1000)}
     print_events(client.pages(path, "events", params, args.limit), args.json, out)
