@@ -4,6 +4,7 @@
 ``POST /runs/stream``                  start a run and stream it (200, SSE)
 ``POST /runs``                         start a run, answer at once (202)
 ``GET  /runs/{run_id}/stream``         join or resume a run (200 SSE, 204 if nothing is left)
+``GET  /runs``                         the runs kept in the event store, newest first (200; 503 when it is off)
 ``GET  /runs/{run_id}``                run status (200)
 ``POST /runs/{run_id}/cancel``         cancel (200 when ended, 202 while stopping)
 ``GET  /threads/{thread_id}/stream``   every run of a thread, live (200, SSE)
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter
 
 from .auth import AuthDependency
-from .routes import agui, aisdk, runs, service, streams, threads
+from .routes import agui, aisdk, history_list, runs, service, streams, threads
 from .routes.context import RouteContext
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ _ROUTES: tuple[Callable[[APIRouter, RouteContext], None], ...] = (
     streams.add_start_run_stream,
     runs.add_start_run,
     streams.add_join_run_stream,
+    history_list.add_list_runs,
     runs.add_run_status,
     runs.add_cancel_run,
     threads.add_thread_stream,
