@@ -148,7 +148,8 @@ def shown_runs(page: Any) -> list[dict[str, str]]:
     return list(
         page.eval_on_selector_all(
             "#history-list .hrun",
-            """(rows) => rows.map((r) => ({...Object.fromEntries([...r.children].map((c) => [c.className.slice(5), c.textContent])),
+            """(rows) => rows.map((r) => ({
+                 ...Object.fromEntries([...r.children].map((c) => [c.className.slice(5), c.textContent])),
                  run_id: r.dataset.runId, state: r.dataset.status, href: r.getAttribute('href')}))""",
         )
     )
