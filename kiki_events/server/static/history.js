@@ -131,7 +131,7 @@ async function load(fresh) {
         + "Turn on store.enabled in its settings to list past runs here.");
       return;
     }
-    if (fresh) { ui.list.replaceChildren(); list.ids.clear(); }
+    if (fresh) { ui.list.replaceChildren(); list.ids.clear(); listed.clear(); }
     ui.filters.hidden = false;
     for (const run of page.runs) {
       if (list.ids.has(run.run_id)) continue;
