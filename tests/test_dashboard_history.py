@@ -267,7 +267,7 @@ def test_the_list_filters_by_status_and_graph(page: Any, history_server: tuple[s
 def test_a_listed_run_opens_and_replays_into_the_lanes(
     page: Any, history_server: tuple[str, Path, dict], tmp_path: Path
 ) -> None:
-    base_url, _, ids = history_server
+    base_url, path, ids = history_server
     page.goto(f"{base_url}/")
     page.wait_for_function(LIST_READY)
     failed = ids["error"][0]
@@ -296,6 +296,15 @@ def test_a_listed_run_opens_and_replays_into_the_lanes(
     page.wait_for_function("window.kikiState.runId === null")
     page.wait_for_function(LIST_READY)
     assert page.is_visible("#history")
+
+    # A run started meanwhile (elsewhere) is listed first once the list is read again.
+    with httpx.Client(base_url=base_url, timeout=20) as client:
+        newest = client.post("/runs", json={"graph": "team_b", "message": "Compare one and two"}).json()["run_id"]
+        wait_for(lambda: stored_runs(path)[0].run_id == newest and stored_runs(path)[0].status == "success")
+    assert shown_runs(page)[0]["run_id"] != newest
+    page.click("#history-refresh")
+    page.wait_for_function(LIST_READY)
+    assert_rows_match(shown_runs(page), stored_runs(path)[:PAGE_SIZE])
     assert page.problems == []
 
 
