@@ -12,7 +12,7 @@ they are answered from the runs this node keeps in memory (:mod:`..memoryhistory
 from collections.abc import Awaitable
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 
 from ...errors import InvalidArgumentError, KikiEventsError, RunNotFoundError, StoreError
 from ..auth import Principal
@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 Status = Literal["running", "success", "error", "interrupted", "cancelled"]
 _MAX_ID = 512
+SOURCE_HEADER = "X-Kiki-History"
+"""On ``GET /runs``: ``store`` or ``memory`` (no event store: only the runs this node keeps)."""
 
 
 def history_of(ctx: RouteContext) -> Any:
@@ -62,9 +64,21 @@ def add_runs(router: APIRouter, ctx: RouteContext) -> None:
         operation_id="list_runs",
         name="list_runs",
         response_model=RunList,
-        responses=errors(401, 422, 503),
+        responses={
+            200: {
+                "headers": {
+                    SOURCE_HEADER: {
+                        "description": "where the runs come from: `store` (the event store) or `memory` "
+                        "(the runs this node keeps, with `store.enabled` off)",
+                        "schema": {"type": "string", "enum": ["store", "memory"]},
+                    }
+                }
+            },
+            **errors(401, 422, 503),
+        },
     )
     async def list_runs(
+        response: Response,
         principal: Caller,
         thread: Annotated[str | None, Query(max_length=_MAX_ID, description="runs of this thread")] = None,
         graph: Annotated[str | None, Query(max_length=_MAX_ID, description="runs of this graph")] = None,
@@ -76,6 +90,7 @@ def add_runs(router: APIRouter, ctx: RouteContext) -> None:
         cursor: CursorQuery = None,
     ) -> dict[str, Any]:
         """Runs the caller started, newest first, with their totals (tokens, calls, errors, cost)."""
+        response.headers[SOURCE_HEADER] = "memory" if ctx.runtime.history is None else "store"
         page = await ask(
             history_of(ctx).runs(
                 principal,
