@@ -10,7 +10,7 @@ computes them, in the database, is :mod:`.statsql`; ``docs/history.md``
 
 from __future__ import annotations
 
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict
 
@@ -108,27 +108,27 @@ class Stats(_Frozen):
     """More groups than ``limit``: the first ``limit`` are given."""
 
 
-def spread(count: object, total: object, top: object, p50: object, p95: object) -> Spread:
+def spread(count: Any, total: Any, top: Any, p50: Any, p95: Any) -> Spread:
     """A :class:`Spread` from database figures (``Decimal``, ``int``, ``float`` or ``None``)."""
     n = int(count or 0)
     if n == 0:
         return Spread()
-    whole = float(total or 0.0)  # type: ignore[arg-type]
+    whole = float(total or 0.0)
     return Spread(
         count=n,
         total=whole,
         mean=whole / n,
-        p50=None if p50 is None else float(p50),  # type: ignore[arg-type]
-        p95=None if p95 is None else float(p95),  # type: ignore[arg-type]
-        max=None if top is None else float(top),  # type: ignore[arg-type]
+        p50=None if p50 is None else float(p50),
+        p95=None if p95 is None else float(p95),
+        max=None if top is None else float(top),
     )
 
 
-def dollars(value: object) -> float:
+def dollars(value: Any) -> float:
     """A sum of dollars from the database, rounded to nano-dollars."""
-    return round(float(value or 0.0), _DIGITS)  # type: ignore[arg-type]
+    return round(float(value or 0.0), _DIGITS)
 
 
-def whole(value: object) -> int:
+def whole(value: Any) -> int:
     """A count or sum of counts from the database (``None`` for an empty sum)."""
-    return int(value or 0)  # type: ignore[call-overload]
+    return int(value or 0)

@@ -167,10 +167,10 @@ class StatsQueries:
             clause, more = in_list("r.status", statuses)
             where.append(clause)
             params += more
-        for column, bound, value in (("r.started_at", ">=", since), ("r.started_at", "<", until)):
-            if value is not None:
-                where.append(f"{column} {bound} ?")
-                params.append(float(value))
+        for bound, time in ((">=", since), ("<", until)):
+            if time is not None:
+                where.append(f"r.started_at {bound} ?")
+                params.append(float(time))
         return " AND ".join(where), params
 
     def _calls(self) -> str:
@@ -218,9 +218,7 @@ class StatsQueries:
             )
         return statements
 
-    async def _groups(
-        self, cte: str, params: list[object], by: StatsKey | None, size: int | None
-    ) -> list[StatsGroup]:
+    async def _groups(self, cte: str, params: list[object], by: StatsKey | None, size: int | None) -> list[StatsGroup]:
         """The groups of ``by`` (at most ``size + 1``), or the one group of every run (``by=None``)."""
         found: dict[str, dict[Any, tuple[Any, ...]]] = {}
         for name, sql in self._statements(by, size).items():
