@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .common import DEFAULT_CONFIG, PROG
+from .stats import add_stats_parser, stats_command
 
 __all__ = ["main"]
 
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         "--after", type=_seq, default=0, metavar="SEQ", help="with --run: only the events after this seq (default: 0)"
     )
     tail.add_argument("--json", action="store_true", help="print each event as one line of JSON")
+    add_stats_parser(commands)
     return parser
 
 
@@ -96,6 +98,8 @@ def _command(args: argparse.Namespace) -> int:
         from .schema import schema
 
         return schema(sys.stdout)
+    if args.command == "stats":
+        return stats_command(args)
     if args.command == "tail":
         from .tail import tail_command
 

@@ -33,7 +33,7 @@ from .base import (
 )
 from .postgres import PostgresStore
 from .sqlite import SqliteStore
-from .stats import STATS_KEYS, RunStatuses, Spread, Stats, StatsCost, StatsGroup, StatsKey
+from .stats import STATS_KEYS, RunStatuses, Spread, Stats, StatsCost, StatsGroup, StatsKey, parse_statuses
 from .tally import RunMeta
 from .writer import HistoryWriter
 
@@ -62,6 +62,7 @@ __all__ = [
     "StoredStatus",
     "create_store",
     "create_writer",
+    "parse_statuses",
 ]
 
 

@@ -10,13 +10,26 @@ computes them, in the database, is :mod:`.statsql`; ``docs/history.md``
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, get_args
 
 from pydantic import BaseModel, ConfigDict
 
+from ..errors import InvalidArgumentError
 from ..events import Usage
 
-__all__ = ["STATS_KEYS", "RunStatuses", "Spread", "Stats", "StatsCost", "StatsGroup", "StatsKey"]
+__all__ = [
+    "STATS_KEYS",
+    "RunStatuses",
+    "Spread",
+    "Stats",
+    "StatsCost",
+    "StatsGroup",
+    "StatsKey",
+    "parse_statuses",
+]
+
+_Status: TypeAlias = Literal["running", "success", "error", "interrupted", "cancelled"]
+"""``base.StoredStatus`` (repeated: ``base`` imports this module's types)."""
 
 StatsKey: TypeAlias = Literal["run", "thread", "agent", "graph", "model"]
 """What ``stats(by=…)`` groups by."""
@@ -132,3 +145,19 @@ def dollars(value: Any) -> float:
 def whole(value: Any) -> int:
     """A count or sum of counts from the database (``None`` for an empty sum)."""
     return int(value or 0)
+
+
+def parse_statuses(value: str | None) -> list[_Status] | None:
+    """``"success,error"`` → ``["success", "error"]`` (``None``: any status).
+
+    Raises:
+        InvalidArgumentError: an unknown status (or an empty one).
+    """
+    if value is None:
+        return None
+    known: tuple[str, ...] = get_args(_Status)
+    statuses = [part.strip() for part in value.split(",")]
+    unknown = [s for s in statuses if s not in known]
+    if unknown:
+        raise InvalidArgumentError(f"status: {unknown[0]!r} is not one of {', '.join(known)}")
+    return statuses  # type: ignore[return-value]

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 from fastapi import APIRouter
 
 from .auth import AuthDependency
-from .routes import agui, aisdk, runs, service, streams, threads
+from .routes import agui, aisdk, runs, service, stats, streams, threads
 from .routes.context import RouteContext
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ _ROUTES: tuple[Callable[[APIRouter, RouteContext], None], ...] = (
     aisdk.add_aisdk_reconnect,
     service.add_graphs,
     service.add_healthz,
+    stats.add_stats,
 )
 """Every route, in the order they are matched and listed in the OpenAPI schema."""
 
