@@ -215,11 +215,12 @@ def test_get_stats_over_http_and_the_cli(served: LiveServer, config: dict[str, A
         bob = client.get("/stats", params={"by": "run"}, headers={"Authorization": "Bearer bob-token"}).json()
         assert [g["key"] for g in bob["groups"]] == [r.run_id for r, _ in stored.values() if r.principal == "bob"]
         since = min(r.started_at for r, _ in stored.values()) + 1e-6
-        ranged = client.get("/stats", params={"since": since, "graph": "team", "status": "success,error"}, headers=alice)
+        params = {"since": since, "graph": "team", "status": "success,error"}
+        ranged = client.get("/stats", params=params, headers=alice)
         assert ranged.json()["total"]["runs"] == 1
         for params, fragment in (
             ({"by": "color"}, "by"),
-            ({"status": "fine"}, "'fine' is not one of"),
+            ({"status": "fine"}, "status"),
             ({"since": "nan"}, "since"),
             ({"limit": 0}, "limit"),
         ):

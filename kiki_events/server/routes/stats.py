@@ -18,6 +18,10 @@ __all__ = ["add_stats"]
 _STATUSES: tuple[str, ...] = get_args(StoredStatus)
 _NAME = 256
 """Longest graph or agent name accepted as a filter."""
+_TEXT = r"^[^\x00]*$"
+"""A filter: any text without NUL (which no stored name holds, and PostgreSQL refuses)."""
+_ONE = "(?:" + "|".join(_STATUSES) + ")"
+_STATUS_LIST = rf"^{_ONE}(?:,{_ONE})*$"
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     **errors(401, 422, 503),
@@ -41,14 +45,19 @@ def add_stats(router: APIRouter, ctx: RouteContext) -> None:
         by: Annotated[StatsKey | None, Query(description="group by this key (none: the total only)")] = None,
         since: Time = None,
         until: Time = None,
-        graph: Annotated[str | None, Query(max_length=_NAME)] = None,
+        graph: Annotated[str | None, Query(max_length=_NAME, pattern=_TEXT)] = None,
         agent: Annotated[
-            str | None, Query(max_length=_NAME, description="runs this agent (or one below it) took part in")
+            str | None,
+            Query(max_length=_NAME, pattern=_TEXT, description="runs this agent (or one below it) took part in"),
         ] = None,
-        thread: Annotated[str | None, Query(max_length=MAX_RUN_ID)] = None,
+        thread: Annotated[str | None, Query(max_length=MAX_RUN_ID, pattern=_TEXT)] = None,
         status: Annotated[
             str | None,
-            Query(max_length=64, description="one status or several, comma-separated: " + ", ".join(_STATUSES)),
+            Query(
+                max_length=128,
+                pattern=_STATUS_LIST,
+                description="one status or several, comma-separated: " + ", ".join(_STATUSES),
+            ),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=10_000, description="most groups")] = 100,
     ) -> Stats:
