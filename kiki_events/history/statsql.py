@@ -43,20 +43,25 @@ class _Dialect:
     text: str
     collate: str
     """Appended to a key in ``ORDER BY`` so that keys sort by code point."""
+    parse: str
+    """Joined to ``events e`` to parse its body once per row (the fields read it)."""
 
     def field(self, kind: str, path: str) -> str:
         template = getattr(self, kind)
         return str(template.format(dotted=path, braced="{" + path.replace(".", ",") + "}"))
 
 
+# SQLite keeps the last bodies it parsed within a statement; PostgreSQL parses each body
+# once in a lateral subquery (``OFFSET 0`` keeps it from being inlined into every field).
 _SQLITE_JSON = "json_extract(CAST(e.body AS TEXT), '$.{dotted}')"
-_PG_JSON = "(convert_from(e.body, 'UTF8')::jsonb #>> '{braced}')"
+_PG_JSON = "(b.j #>> '{braced}')"
+_PG_PARSE = " CROSS JOIN LATERAL (SELECT convert_from(e.body, 'UTF8')::jsonb AS j OFFSET 0) b"
 _DIALECTS = {
-    "sqlite": _Dialect(_SQLITE_JSON, _SQLITE_JSON, _SQLITE_JSON, ""),
-    "postgres": _Dialect(_PG_JSON + "::bigint", _PG_JSON + "::float8", _PG_JSON, ' COLLATE "C"'),
+    "sqlite": _Dialect(_SQLITE_JSON, _SQLITE_JSON, _SQLITE_JSON, "", ""),
+    "postgres": _Dialect(_PG_JSON + "::bigint", _PG_JSON + "::float8", _PG_JSON, ' COLLATE "C"', _PG_PARSE),
 }
 
-_RUN_KEYS = {"run": "s.run_id", "thread": "s.thread_id", "graph": "s.graph", "agent": "a.agent", "model": "m.model"}
+_RUN_KEYS = {"run": "s.run_id", "thread": "s.thread_id", "graph": "s.graph", "agent": "a.agent", "model": "s.model"}
 _CALL_KEYS = {"run": "c.run_id", "thread": "c.thread_id", "graph": "c.graph", "agent": "c.agent", "model": "c.model"}
 _TOKENS = ("input_tokens", "output_tokens", "reasoning_tokens", "cached_tokens", "total_tokens")
 
@@ -123,7 +128,7 @@ class StatsQueries:
             raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_GROUPS}, got {limit!r}")
         where, params = self._selection(principal, thread_id, graph, agent, status, since, until, owner)
         cte = (
-            "WITH sel AS (SELECT r.run_id, r.thread_id, r.graph, r.status, r.duration_s, r.tool_calls, "
+            "WITH sel AS MATERIALIZED (SELECT r.run_id, r.thread_id, r.graph, r.status, r.duration_s, r.tool_calls, "
             f"r.tool_errors FROM runs r WHERE {where} AND r.relayed_into IS NULL) "
         )
         total = await self._groups(cte, params, None, None)
@@ -173,14 +178,19 @@ class StatsQueries:
                 params.append(float(time))
         return " AND ".join(where), params
 
-    def _calls(self) -> str:
-        """The ``llm`` events of the runs selected, one row each with the fields the figures need."""
-        field = _DIALECTS[self.backend].field
+    def _calls(self, *, ttft_only: bool = False) -> str:
+        """The ``llm`` events of the runs selected, one row each with the fields the figures need
+        (``ttft_only``: the keys and ``ttft_s``; each JSON field read costs a parse of the body)."""
+        dialect = _DIALECTS[self.backend]
+        field = dialect.field
         tokens = ", ".join(f"COALESCE({field('integer', 'usage.' + name)}, 0) AS {name}" for name in _TOKENS)
+        figures = f"{field('real', 'ttft_s')} AS ttft_s"
+        if not ttft_only:
+            figures = f"{tokens}, {figures}, {field('real', 'cost_usd')} AS cost_usd"
         return (
-            f"(SELECT s.run_id, s.thread_id, s.graph, e.agent, {field('text', 'model')} AS model, {tokens}, "
-            f"{field('real', 'ttft_s')} AS ttft_s, {field('real', 'cost_usd')} AS cost_usd "
-            "FROM events e JOIN sel s ON s.run_id = e.run_id WHERE e.type = 'llm') c"
+            "(SELECT s.run_id, s.thread_id, s.graph, s.status, s.duration_s, s.tool_calls, s.tool_errors, e.agent, "
+            f"{field('text', 'model')} AS model, {figures} "
+            f"FROM events e JOIN sel s ON s.run_id = e.run_id{dialect.parse} WHERE e.type = 'llm') c"
         )
 
     def _statements(self, by: StatsKey | None, size: int | None) -> dict[str, str]:
@@ -192,7 +202,9 @@ class StatsQueries:
         if by == "agent":
             runs = "sel s JOIN run_agents a ON a.run_id = s.run_id"
         elif by == "model":
-            runs = f"sel s JOIN (SELECT DISTINCT c.run_id, c.model FROM {self._calls()}) m ON m.run_id = s.run_id"
+            # Each run once per model it called, with the run's columns (no join back to ``sel``).
+            columns = "c.run_id, c.model, c.status, c.duration_s, c.tool_calls, c.tool_errors"
+            runs = f"(SELECT DISTINCT {columns} FROM {self._calls(ttft_only=True)}) s"
         counts = ", ".join(f"SUM(CASE WHEN s.status = '{name}' THEN 1 ELSE 0 END)" for name in _STATUSES)
         sums = ", ".join(f"SUM(c.{name})" for name in _TOKENS)
         statements = {
@@ -207,13 +219,14 @@ class StatsQueries:
                 "SUM(CASE WHEN c.cost_usd IS NULL THEN c.total_tokens ELSE 0 END) "
                 f"FROM {self._calls()}{_tail(call_key, size, collate)}"
             ),
-            "ttft": _percentiles(self._calls(), call_key, "c.ttft_s", size, collate),
+            "ttft": _percentiles(self._calls(ttft_only=True), call_key, "c.ttft_s", size, collate),
         }
         if by == "agent":
-            error = _DIALECTS[self.backend].field("text", "error")
+            dialect = _DIALECTS[self.backend]
+            error = dialect.field("text", "error")
             statements["tools"] = (
                 f"SELECT e.agent, COUNT(*), SUM(CASE WHEN {error} IS NULL THEN 0 ELSE 1 END) "
-                "FROM events e JOIN sel s ON s.run_id = e.run_id WHERE e.type = 'tool_result'"
+                f"FROM events e JOIN sel s ON s.run_id = e.run_id{dialect.parse} WHERE e.type = 'tool_result'"
                 f"{_tail('e.agent', size, collate)}"
             )
         return statements
