@@ -8,24 +8,27 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
+import pytest_asyncio
 from langchain_core.messages import AIMessage, BaseMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from kiki_events.config import Settings
+from kiki_events.errors import InvalidArgumentError
 from kiki_events.events import StreamEvent
-from kiki_events.history import ANYONE, STATS_KEYS, EventStore, Stats, StatsGroup, StoredRun
+from kiki_events.history import ANYONE, STATS_KEYS, EventStore, PostgresStore, SqliteStore, Stats, StatsGroup, StoredRun
 from kiki_events.runtime import KikiRuntime
 from kiki_events.server import bearer_tokens, create_app
 from kiki_events.sinks.history import HistorySink
 from tests.processes import dying_with_us
 from tests.servers import LiveServer, live_server
+from tests.test_history import every_type, meta_of, write_all
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK = {"messages": [{"role": "user", "content": "Research event stores"}]}
@@ -247,3 +250,46 @@ def test_get_stats_over_http_and_the_cli(served: LiveServer, config: dict[str, A
     assert json.loads(owner.stdout)["total"]["runs"] == 1
     bad = subprocess.run(dying_with_us([*command, "--status", "fine"]), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "'fine' is not one of" in bad.stderr
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgres"])
+async def empty(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
+    store: EventStore
+    if request.param == "sqlite":
+        store = SqliteStore(tmp_path / "events.sqlite")
+    else:
+        store = PostgresStore(request.getfixturevalue("postgres_dsn"))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_bad_arguments_are_refused_naming_them_and_nothing_selected_is_all_zeros(empty: EventStore) -> None:
+    for options, message in (
+        ({"by": "color"}, "by must be one of run, thread, agent, graph, model, got 'color'"),
+        ({"status": "fine"}, "status must be among"),
+        ({"status": []}, "status must be among"),
+        ({"limit": 0}, "limit must be an integer from 1 to 10000"),
+        ({"limit": True}, "limit must be an integer"),
+    ):
+        with pytest.raises(InvalidArgumentError, match=message):
+            await empty.stats(ANYONE, **options)
+    nothing = await empty.stats(ANYONE, by="model")
+    assert nothing == Stats(by="model") and nothing.total == StatsGroup()
+    assert nothing.total.duration_s.mean is None and nothing.total.ttft_s.p95 is None
+
+
+@pytest.mark.asyncio
+async def test_a_delegate_relayed_into_another_run_is_counted_there_only(empty: EventStore) -> None:
+    from kiki_events.history import RunMeta
+
+    owners = {"caller": "alice", "delegate": "alice"}
+    await write_all(empty, every_type("caller"), lookup=meta_of(owners))
+    relayed = lambda run_id: RunMeta(principal="alice", node="n1", relayed_into="caller")  # noqa: E731
+    await write_all(empty, every_type("delegate", thread="t1"), lookup=relayed)
+    found = await empty.stats("alice", by="run")
+    assert [g.key for g in found.groups] == ["caller"] and found.total.llm_calls == 1
+    assert found.total.cost.usd == pytest.approx(0.0125) and found.total.tool_errors == 1
