@@ -2,7 +2,7 @@
 
 The runs selected (visible to the principal, started in ``[since, until)``, matching
 the filters; a delegate run whose events were relayed into another run is counted
-there, not on its own) are a common table expression; five grouped queries read
+there, not on its own) are a common table expression, materialised once per query; five grouped queries read
 it: the runs (counts by status, durations, tool totals), the durations'
 percentiles, the ``llm`` events (calls, tokens, time to first token, cost), their
 time to first token's percentiles, and (by agent) the ``tool_result`` events. An
