@@ -12,6 +12,7 @@ Examples are few and derandomized, so CI generates the same cases every time.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,21 +45,26 @@ WORKFLOWS = 10
 CALLERS = {"token": f"Bearer {TOKEN}", "wrong-token": "Bearer not-the-token", "no-token": None}
 
 
-def demo_app(*, with_auth: bool) -> FastAPI:
-    """The app ``kiki-events serve`` runs without a config file: the demo research team, the dashboard."""
+def demo_app(*, with_auth: bool, history: Path | None = None) -> FastAPI:
+    """The app ``kiki-events serve`` runs without a config file: the demo research team, the dashboard
+    (and, with ``history``, the event store in that SQLite file, which ``GET /stats`` reads)."""
     # The team is built here rather than loaded by path: the module's ``graph`` reads
     # KIKI_DEMO_TOKEN_DELAY once, and this suite may have loaded it before with the default delay.
     team = load_demo("research_team").build_graph(token_delay=0.0)
     # An SSE stream schemathesis reads is cut after 20 events or its timeout, keep-alives included;
     # a run whose stream was cut is cancelled rather than left running in the background.
-    config = Settings.from_mapping({"sse": {"keepalive": "1s"}, "runs": {"on_disconnect": "cancel"}})
+    store = {"enabled": True, "path": str(history)} if history is not None else {}
+    config = Settings.from_mapping({"sse": {"keepalive": "1s"}, "runs": {"on_disconnect": "cancel"}, "store": store})
     auth = bearer_tokens({TOKEN: "alice"}) if with_auth else None
     return create_app(config, graphs=dict.fromkeys(DEMO_GRAPHS, team), auth=auth)
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[dict[str, LiveServer]]:
-    with live_server(demo_app(with_auth=False)) as open_server, live_server(demo_app(with_auth=True)) as auth_server:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LiveServer]]:
+    folder = tmp_path_factory.mktemp("history")
+    open_app = demo_app(with_auth=False, history=folder / "open.sqlite")
+    auth_app = demo_app(with_auth=True, history=folder / "auth.sqlite")
+    with live_server(open_app) as open_server, live_server(auth_app) as auth_server:
         yield {"open": open_server, "auth": auth_server}
 
 
@@ -220,6 +226,7 @@ def test_the_schema_declares_every_status_the_api_answers_with() -> None:
         ("GET", "/ai-sdk/{graph}/{chat_id}/stream"): {"200", "204", "401", "404", "422", "503"},
         ("GET", "/graphs"): {"200", "401"},
         ("GET", "/healthz"): {"200"},
+        ("GET", "/stats"): {"200", "401", "422", "503"},
     }
     error = {"$ref": "#/components/schemas/ErrorBody"}
     for (method, path), statuses in declared.items():

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .common import DEFAULT_CONFIG, PROG
+from .stats import add_stats_parser, stats_command
 
 __all__ = ["main"]
 
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     from .history import add_history_parser
 
     add_history_parser(commands)
+    add_stats_parser(commands)
     return parser
 
 
@@ -105,6 +107,8 @@ def _command(args: argparse.Namespace) -> int:
         from .history import history_command
 
         return history_command(args)
+    if args.command == "stats":
+        return stats_command(args)
     if args.command == "tail":
         from .tail import tail_command
 

@@ -5,7 +5,8 @@ The bus feeds it through a sink (:mod:`kiki_events.sinks.history`): a
 :class:`EventStore` — :class:`SqliteStore` (one file, the default) or
 :class:`PostgresStore` (one database several nodes may share) — whose schema the
 versioned SQL files of :mod:`.migrations` create and migrate. The store's query
-methods (runs, events of a run or thread, events across runs, causation chains) take
+methods (runs, events of a run or thread, events across runs, causation chains,
+statistics) take
 the principal who asks and apply the ownership rules of streams.
 
 Use: ``create_store(settings.store)`` for a store from the settings; with
@@ -32,11 +33,13 @@ from .base import (
 )
 from .postgres import PostgresStore
 from .sqlite import SqliteStore
+from .stats import STATS_KEYS, RunStatuses, Spread, Stats, StatsCost, StatsGroup, StatsKey, parse_statuses
 from .tally import RunMeta
 from .writer import HistoryWriter
 
 __all__ = [
     "ANYONE",
+    "STATS_KEYS",
     "Anyone",
     "Batch",
     "Causation",
@@ -48,11 +51,18 @@ __all__ = [
     "Principal",
     "RunMeta",
     "RunPage",
+    "RunStatuses",
+    "Spread",
     "SqliteStore",
+    "Stats",
+    "StatsCost",
+    "StatsGroup",
+    "StatsKey",
     "StoredRun",
     "StoredStatus",
     "create_store",
     "create_writer",
+    "parse_statuses",
 ]
 
 

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias, runtime_checkable
 
 from ..events import StreamEvent, Usage
+
+if TYPE_CHECKING:
+    from .stats import Stats, StatsKey
 
 __all__ = [
     "ANYONE",
@@ -261,4 +264,21 @@ class EventStore(Protocol):
         self, principal: Principal, *, run_id: str | None = None, event_id: str | None = None, depth: int = 16
     ) -> Causation:
         """The causation chain of a run or of an event (``"<run_id>:<seq>"``), both directions."""
+        ...
+
+    async def stats(
+        self,
+        principal: Principal,
+        *,
+        by: StatsKey | None = None,
+        thread_id: str | None = None,
+        graph: str | None = None,
+        agent: str | None = None,
+        status: StoredStatus | Sequence[StoredStatus] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        owner: Principal = ANYONE,
+        limit: int = 100,
+    ) -> Stats:
+        """Figures over the runs started in ``[since, until)`` matching every filter, grouped ``by`` a key."""
         ...

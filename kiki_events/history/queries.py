@@ -31,6 +31,7 @@ from .sql import (
     split_event_id,
     visible_clause,
 )
+from .statsql import StatsQueries
 
 __all__ = ["MAX_LIMIT", "SqlStore"]
 
@@ -49,7 +50,7 @@ def _limit(limit: int) -> int:
     return limit
 
 
-class SqlStore:
+class SqlStore(StatsQueries):
     """The shared part of the SQL backends (see the module docstring)."""
 
     backend = "sql"

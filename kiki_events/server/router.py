@@ -12,6 +12,7 @@
 ``GET  /threads/{thread_id}/events``   a thread's stored events (200)
 ``GET  /events``                       stored events across runs by type, agent, time (200)
 ``GET  /events/{event_id}/causation``  an event's causation chain (200)
+``GET  /stats``                        statistics of the stored runs: by run, thread, agent, graph or model (200)
 ``GET  /threads/{thread_id}/stream``   every run of a thread, live (200, SSE)
 ``GET  /threads/{thread_id}/state``    the thread's latest checkpoint (200)
 ``POST /ag-ui/{graph}``                an AG-UI agent: ``RunAgentInput`` in, AG-UI events out (200, SSE)
@@ -50,7 +51,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from .auth import AuthDependency
-from .routes import agui, aisdk, events, history, runs, service, streams, threads
+from .routes import agui, aisdk, events, history, runs, service, stats, streams, threads
 from .routes.context import RouteContext
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ _ROUTES: tuple[Callable[[APIRouter, RouteContext], None], ...] = (
     aisdk.add_aisdk_reconnect,
     service.add_graphs,
     service.add_healthz,
+    stats.add_stats,
 )
 """Every route, in the order they are matched and listed in the OpenAPI schema."""
 
