@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from ...errors import InvalidArgumentError, StoreError
 from ...history import Stats, StatsKey, StoredStatus, parse_statuses
 from ..auth import Principal
+from ..historyargs import TimeQuery, parse_time
 from ..requests import MAX_RUN_ID
 from ..responses import ERRORS, errors
 from .context import RouteContext
@@ -37,14 +38,13 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 def add_stats(router: APIRouter, ctx: RouteContext) -> None:
     """``GET /stats``."""
     Caller = Annotated[Principal, Depends(ctx.principal)]
-    Time = Annotated[float | None, Query(allow_inf_nan=False, description="Unix time in seconds")]
 
     @router.get("/stats", operation_id="run_stats", response_model=Stats, responses=_RESPONSES)
     async def run_stats(
         principal: Caller,
         by: Annotated[StatsKey | None, Query(description="group by this key (none: the total only)")] = None,
-        since: Time = None,
-        until: Time = None,
+        since: TimeQuery = None,
+        until: TimeQuery = None,
         graph: Annotated[str | None, Query(max_length=_NAME, pattern=_TEXT)] = None,
         agent: Annotated[
             str | None,
@@ -64,6 +64,7 @@ def add_stats(router: APIRouter, ctx: RouteContext) -> None:
         """Runs by status, durations, LLM calls, tokens, time to first token, tool calls and cost of the
         caller's stored runs started in `[since, until)`, in total and grouped `by` run, thread, agent,
         graph or model."""
+        start, end = parse_time("since", since), parse_time("until", until)
         store = ctx.runtime.history
         if store is None:
             raise HTTPException(503, "the event store is off (store.enabled: false)", headers={"Retry-After": "60"})
@@ -72,8 +73,8 @@ def add_stats(router: APIRouter, ctx: RouteContext) -> None:
             return await store.stats(
                 principal,
                 by=by,
-                since=since,
-                until=until,
+                since=start,
+                until=end,
                 graph=graph,
                 agent=agent,
                 thread_id=thread,
