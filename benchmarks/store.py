@@ -9,6 +9,10 @@
   ``synchronous=NORMAL`` (``sqlite_synchronous_normal``). The events are those of demo runs
   (mostly tokens), ``--events`` for the store and ``--naive-events`` for the naive way,
   each round.
+* ``fetch`` – the time to read a stored run of ``--fetch-events`` events (20,000) over HTTP
+  from a real uvicorn server keeping its history in SQLite: every page of
+  ``GET /runs/{id}/events`` as JSON lines (10,000 a page), and the run's stream
+  ``GET /runs/{id}/stream`` when the run is kept only in the store.
 * ``P1`` – capture cost with the store on (SQLite, the history sink on the bus, every run
   waiting until its events are written) against ``graph.astream(stream_mode="messages")``,
   measured as ``benchmarks/capture.py`` measures P1 (bar ≤ 1.15×), beside P1 without it.
@@ -17,7 +21,8 @@ Figures are medians over ``--rounds`` rounds with their range. ``--quick``: smal
 (the test suite runs it; its figures are not judged).
 
     python3 scripts/dev.py run python benchmarks/store.py [--rounds 5] [--events 20000]
-        [--naive-events 2000] [--tokens 500] [--dsn DSN] [--no-postgres] [--only write|p1]
+        [--naive-events 2000] [--tokens 500] [--fetch-events 20000] [--dsn DSN] [--no-postgres]
+        [--only write|fetch|p1]
         [--quick] [--out FILE]
 """
 
@@ -30,31 +35,35 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx
+
 from benchmarks._common import median, verdict, write_results
 from benchmarks.capture import INPUT, Once, kiki_session, long_shape, measure, via_messages
 from kiki_events import EventBus, KikiCallbackHandler
 from kiki_events.codec import encode
+from kiki_events.config import Settings
 from kiki_events.events import StreamEvent, TokenEvent
 from kiki_events.history import EventStore, HistoryWriter, PostgresStore, SqliteStore
+from kiki_events.server import create_app
 from kiki_events.sinks.history import HistorySink
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 _INSERT = "INSERT INTO events (run_id, seq, ts, type, agent, body) VALUES ({0}, {0}, {0}, {0}, {0}, {0})"
 
 
-def sample_events(count: int, prefix: str) -> list[StreamEvent]:
-    """``count`` events of runs of 1,000 events each: mostly tokens, as an LLM run is."""
+def sample_events(count: int, prefix: str, per_run: int = 1000) -> list[StreamEvent]:
+    """``count`` events of runs of ``per_run`` events each: mostly tokens, as an LLM run is."""
     events: list[StreamEvent] = []
     now = time.time()
     for i in range(count):
-        run, seq = divmod(i, 1000)
+        run, seq = divmod(i, per_run)
         events.append(
             TokenEvent(
                 run_id=f"{prefix}-{run}",
@@ -215,9 +224,79 @@ async def p1(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def fetch_times(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds to read one stored run of ``args.fetch_events`` events over HTTP, each way, per round."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "history.sqlite"
+        events = sample_events(args.fetch_events, "fetch", per_run=args.fetch_events)
+        run_id = events[0].run_id
+
+        async def store_it() -> None:
+            writer = HistoryWriter(SqliteStore(path), buffer_size=len(events) + 1)
+            await writer.start()
+            for event in events:
+                writer.add(event)
+            assert await writer.flush(600)
+            await writer.close()
+
+        asyncio.run(store_it())
+        settings = Settings.from_mapping({"store": {"enabled": True, "path": str(path)}})
+        pages, streams = [], []
+        with serving(create_app(settings, graphs={})) as url, httpx.Client(base_url=url, timeout=120) as client:
+            for _ in range(args.rounds):
+                start = time.perf_counter()
+                got, cursor = 0, None
+                while True:
+                    params = {"limit": 10_000, "format": "jsonl", **({"cursor": cursor} if cursor else {})}
+                    response = client.get(f"/runs/{run_id}/events", params=params)
+                    response.raise_for_status()
+                    got += response.text.count("\n")
+                    cursor = response.headers.get("x-kiki-cursor")
+                    if not cursor:
+                        break
+                pages.append(time.perf_counter() - start)
+                assert got == len(events), got
+                start = time.perf_counter()
+                with client.stream("GET", f"/runs/{run_id}/stream") as response:
+                    body = b"".join(response.iter_raw()) if response.status_code == 200 else b""
+                if body.count(b"\nid: ") + body.startswith(b"id: ") >= len(events):
+                    streams.append(time.perf_counter() - start)
+    out: dict[str, Any] = {"events": args.fetch_events, "events_jsonl_s": spread(pages, 3)}
+    out["stream_s"] = spread(streams, 3) if streams else "not served from the store"
+    return out
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` on a real uvicorn server on a free local port, in a thread, for the block."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the benchmark server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    write = {} if args.only == "p1" else await write_rates(args)
-    return {"write": write, "P1": await p1(args) if args.only != "write" else {}, "rounds": args.rounds}
+    write = await write_rates(args) if args.only in (None, "write") else {}
+    fetch = await asyncio.to_thread(fetch_times, args) if args.only in (None, "fetch") else {}
+    p1_figures = await p1(args) if args.only in (None, "p1") else {}
+    return {"write": write, "fetch": fetch, "P1": p1_figures, "rounds": args.rounds}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -228,7 +307,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=500, help="tokens per LLM call of the P1 graph")
     p.add_argument("--dsn", default=DEFAULT_DSN, help="a PostgreSQL server (a database of its own is made there)")
     p.add_argument("--no-postgres", action="store_true")
-    p.add_argument("--only", choices=["write", "p1"], default=None, help="measure only this part")
+    p.add_argument("--fetch-events", type=int, default=20_000, help="events of the run fetched over HTTP")
+    p.add_argument("--only", choices=["write", "fetch", "p1"], default=None, help="measure only this part")
     p.add_argument("--quick", action="store_true", help="small numbers (for the test suite)")
     p.add_argument("--out", default=None)
     return p
@@ -237,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
 def cli() -> None:
     args = parser().parse_args()
     if args.quick:
-        args.rounds, args.events, args.naive_events, args.tokens = 2, 1000, 100, 50
+        args.rounds, args.events, args.naive_events, args.tokens, args.fetch_events = 2, 1000, 100, 50, 500
     results = asyncio.run(main(args))
     for backend, fig in results["write"].items():
         print(
@@ -245,6 +325,12 @@ def cli() -> None:
             f"  naive {fig['naive_events_per_s']['median']:>6} ev/s {fig['naive_events_per_s']['range']}"
             f"  ratio {fig['ratio']['median']}x {fig['ratio']['range']}"
             f"  {verdict(fig['ratio']['median'], 20, higher_is_better=True)}"
+        )
+    if results["fetch"]:
+        fetch = results["fetch"]
+        print(
+            f"fetch {fetch['events']} stored events over HTTP: events (JSON lines) {fetch['events_jsonl_s']} s"
+            f"; stream {fetch['stream_s']}"
         )
     for name in ("kiki", "kiki+store") if results["P1"] else ():
         fig = results["P1"][name]

@@ -332,6 +332,8 @@ def test_store_benchmark_writes_both_databases_and_measures_p1_with_the_store(
     for variant in ("kiki", "kiki+store"):
         assert figures["P1"][variant]["ratio"] > 0 and figures["P1"][variant]["bar"] == 1.15
     assert "P1 kiki+store" in done.stdout
+    # The stored run was read back whole over HTTP (the benchmark checks the count) each round.
+    assert figures["fetch"]["events"] == 500 and figures["fetch"]["events_jsonl_s"]["median"] > 0
 
 
 @pytest.mark.slow
