@@ -31,6 +31,7 @@ from .base import (
     StoredStatus,
 )
 from .postgres import PostgresStore
+from .replay import republish
 from .sqlite import SqliteStore
 from .tally import RunMeta
 from .writer import HistoryWriter
@@ -53,6 +54,7 @@ __all__ = [
     "StoredStatus",
     "create_store",
     "create_writer",
+    "republish",
 ]
 
 

@@ -35,6 +35,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..capture.handler import KikiCallbackHandler, new_run_id
 from ..config import SSESettings
+from ..core.backfill import Reader
 from ..core.bus import EventBus
 from ..core.cursors import RunCursor, ThreadCursor
 from ..core.manager import ensure_done, execute_run
@@ -85,7 +86,7 @@ def _ping() -> ServerSentEvent:
 
 
 def cursor_body(
-    cursor: RunCursor | ThreadCursor,
+    cursor: Reader,
     *,
     retry: float,
     store: RunStore | None = None,
@@ -103,13 +104,13 @@ def cursor_body(
     the thread's) id.
     """
     body = _cursor_body(cursor, retry=retry, store=store, on_abandon=on_abandon, wire_format=wire_format)
-    if isinstance(cursor, RunCursor):
-        return bound_stream(body, run_id=cursor.log.run_id)
-    return bound_stream(body, thread_id=cursor.thread_id)
+    if isinstance(cursor, ThreadCursor):
+        return bound_stream(body, thread_id=cursor.thread_id)
+    return bound_stream(body, run_id=cursor.log.run_id if isinstance(cursor, RunCursor) else cursor.run_id)
 
 
 async def _cursor_body(
-    cursor: RunCursor | ThreadCursor,
+    cursor: Reader,
     *,
     retry: float,
     store: RunStore | None,

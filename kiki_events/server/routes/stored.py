@@ -1,0 +1,115 @@
+"""Runs served from the event store (``store.enabled``): docs/sse.md, "Resuming", and docs/history.md, "Replay".
+
+``GET /runs/{run_id}/stream`` reads a run from the store when its events have left
+memory: all of them (:func:`stored_run_stream`: the run is known only to the store)
+or its first ones (:func:`backfilled`: a live run's bounded buffer lost them). The
+store's rows are the same events, so the stream is the same: same ids, same frames,
+in every format.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import HTTPException, Request, Response
+
+from ...core.backfill import Fetch, Settle, StoredCursor
+from ...core.runrecord import RunRecord
+from ...errors import KikiEventsError, RunNotFoundError
+from ...events import StreamEvent, TokenEvent
+from ...formats import Format
+from ...sinks.history import HistorySink
+from ..auth import Principal
+from .context import RouteContext, raise_http
+
+if TYPE_CHECKING:
+    from ...history import EventStore
+
+__all__ = ["backfilled", "stored_run_stream"]
+
+_LOOKBACK = 512
+"""Events before a resume point searched for the messages whose tokens began there."""
+_SETTLE_TIMEOUT = 5.0
+"""Seconds to wait for this node's writer to write what it holds."""
+
+
+def _fetcher(store: EventStore, run_id: str, principal: Principal) -> Fetch:
+    async def fetch(after: int, limit: int) -> list[StreamEvent]:
+        try:
+            page = await store.events(principal, run_id=run_id, after=after, limit=limit)
+        except RunNotFoundError:
+            return []  # not stored (yet), or deleted by the retention meanwhile
+        return page.events
+
+    return fetch
+
+
+async def _seen_messages(store: EventStore, run_id: str, principal: Principal, after: int) -> set[str]:
+    """Messages with a token at or shortly before ``after`` (so their next token is not their first)."""
+    if after <= 0:
+        return set()
+    try:
+        page = await store.events(
+            principal, run_id=run_id, types=["token"], after=max(0, after - _LOOKBACK), limit=_LOOKBACK
+        )
+    except RunNotFoundError:
+        return set()
+    return {event.message_id for event in page.events if type(event) is TokenEvent and event.seq <= after}
+
+
+def _settle(ctx: RouteContext) -> Settle | None:
+    writer = next((sink.writer for sink in ctx.runtime.sinks.sinks if isinstance(sink, HistorySink)), None)
+    if writer is None:
+        return None
+
+    async def settle() -> object:
+        return await writer.flush(_SETTLE_TIMEOUT)
+
+    return settle
+
+
+async def backfilled(ctx: RouteContext, record: RunRecord, after: int, principal: Principal) -> StoredCursor | None:
+    """A cursor reading the store up to ``record``'s buffer, if the buffer lost events after ``after``.
+
+    ``None`` when the buffer holds the next event (or the store is off): read the buffer.
+    """
+    store = ctx.runtime.history
+    first = record.log.first_seq
+    if store is None or first is None or after + 1 >= first:
+        return None
+    try:
+        seen = await _seen_messages(store, record.run_id, principal, after)
+    except KikiEventsError as exc:
+        raise_http(exc)
+    return StoredCursor(
+        record.run_id,
+        _fetcher(store, record.run_id, principal),
+        after=after,
+        log=record.log,
+        live=lambda log, at: ctx.run_cursor(log, at, record.thread_id),
+        settle=_settle(ctx),
+        seen=seen,
+        thread_id=record.thread_id,
+    )
+
+
+async def stored_run_stream(
+    ctx: RouteContext, request: Request, run_id: str, principal: Principal, after: int, wire_format: Format
+) -> Response:
+    """The stream of a run known only to the store (404 when it is not there either, or not ``principal``'s).
+
+    Such a run is over as far as any node reachable from here knows: its stream ends
+    after its last stored event, and 204 says there is nothing after ``after``.
+    """
+    store = ctx.runtime.history
+    if store is None:
+        raise HTTPException(404, f"run {run_id!r} not found")
+    try:
+        run = await store.run(run_id, principal)
+        seen = await _seen_messages(store, run_id, principal, after)
+    except KikiEventsError as exc:
+        raise_http(exc)
+    if after >= run.last_seq:
+        return Response(status_code=204)
+    cursor = StoredCursor(run_id, _fetcher(store, run_id, principal), after=after, seen=seen, thread_id=run.thread_id)
+    return ctx.stream(request, cursor, ctx.run_url(request, run_id), run_id, wire_format=wire_format)
