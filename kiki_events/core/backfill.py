@@ -6,7 +6,9 @@ bound pushed them out, the node restarted, or the node that ran it is gone). It
 reads the store page by page from its position; given the run's live log, it hands
 over to an ordinary :class:`~kiki_events.core.cursors.RunCursor` as soon as the log
 holds the next event it needs, so the store provides exactly what the buffer lost
-and the buffer continues from the next seq.
+and the buffer continues from the next seq. A reader that later falls behind the
+buffer (slower than the run) goes back to the store rather than skipping ahead; the
+``sse.max_backlog`` policy still applies to it while it reads the buffer.
 
 An event evicted from the buffer may not be in the store yet: the store's writer
 writes in batches. The cursor then asks ``settle`` (the local writer's flush) and
@@ -32,12 +34,14 @@ from .cursors import RunCursor, ThreadCursor
 from .runlog import Frame, Item, RunLog
 from .tasks import Backoff
 
-__all__ = ["Fetch", "Reader", "Settle", "StoredCursor"]
+__all__ = ["Fetch", "Reader", "Seen", "Settle", "StoredCursor"]
 
 Fetch = Callable[[int, int], Awaitable[list[StreamEvent]]]
 """``fetch(after, limit)``: up to ``limit`` stored events of the run with ``seq > after``, in order."""
 Settle = Callable[[], Awaitable[object]]
 """Waits until the events this node handed to the store are written (a writer's flush)."""
+Seen = Callable[[int], Awaitable[Iterable[str]]]
+"""``seen(after)``: ids of messages with tokens at or before ``after`` (their next token is not their first)."""
 Reader: TypeAlias = "RunCursor | ThreadCursor | StoredCursor"
 """What a stream reads: each has ``next(limit)``, ``finished`` and ``dropped``."""
 
@@ -51,8 +55,8 @@ class StoredCursor:
             run known only to the store (the cursor finishes after its last stored event).
         live: makes the cursor that continues on ``log`` after a seq.
         settle: makes this node's writes visible (called at most once per missing stretch).
-        seen: ids of messages whose tokens came before ``after`` (their next tokens
-            are not the first of their message, :attr:`Frame.first_of_message`).
+        seen: asked, each time the cursor turns to the store after delivering something,
+            which messages already had tokens (:attr:`Frame.first_of_message`).
         patience: seconds to wait for events of a live run that are in neither the
             store nor the buffer yet, before reporting a gap.
     """
@@ -66,7 +70,7 @@ class StoredCursor:
         log: RunLog | None = None,
         live: Callable[[RunLog, int], RunCursor] | None = None,
         settle: Settle | None = None,
-        seen: Iterable[str] = (),
+        seen: Seen | None = None,
         thread_id: str | None = None,
         patience: float = 2.0,
     ) -> None:
@@ -83,22 +87,29 @@ class StoredCursor:
         self._make_live = live if live is not None else (lambda log, after: RunCursor(log, after, thread_id=thread_id))
         self._live: RunCursor | None = None
         self._settle = settle
-        self._messages = set(seen)
+        self._seen = seen
+        self._messages: set[str] | None = None
         self._thread_id = thread_id
         self._patience = patience
 
     async def next(self, limit: int = 512) -> list[Item]:
         """Wait for at least one item; an empty list means the cursor is finished."""
         while not self.finished:
-            live = self._live
-            if live is not None:
-                items = await live.next(limit)
-                self.after, self.finished, self.dropped = live.after, live.finished, live.dropped
-                return items
             log = self._log
             if log is not None and self._covered(log):
-                self._live = self._make_live(log, self.after)
+                live = self._live
+                if live is None:
+                    live = self._live = self._make_live(log, self.after)
+                items = live.poll(limit)
+                self.after, self.finished, self.dropped = live.after, live.finished, live.dropped
+                if items or self.finished:
+                    return items
+                await log.changed.wait()
                 continue
+            # Behind the buffer (at the start, or a reader slower than the run): the store has it.
+            if self._live is not None or self._messages is None:
+                self._live = None
+                self._messages = set(await self._seen(self.after)) if self._seen and self.after else set()
             items = await self._from_store(limit)
             if items:
                 return items
@@ -150,9 +161,10 @@ class StoredCursor:
 
     def _frame(self, event: StreamEvent) -> Frame:
         first = True
-        if type(event) is TokenEvent:
-            first = event.message_id not in self._messages
-            self._messages.add(event.message_id)
+        messages = self._messages
+        if type(event) is TokenEvent and messages is not None:
+            first = event.message_id not in messages
+            messages.add(event.message_id)
         return Frame(event, first_of_message=first)
 
     def _gap(self, first_seq: int) -> StatusEvent:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request, Response
 
-from ...core.backfill import Fetch, Settle, StoredCursor
+from ...core.backfill import Fetch, Seen, Settle, StoredCursor
 from ...core.runrecord import RunRecord
 from ...errors import KikiEventsError, RunNotFoundError
 from ...events import StreamEvent, TokenEvent
@@ -44,17 +44,18 @@ def _fetcher(store: EventStore, run_id: str, principal: Principal) -> Fetch:
     return fetch
 
 
-async def _seen_messages(store: EventStore, run_id: str, principal: Principal, after: int) -> set[str]:
-    """Messages with a token at or shortly before ``after`` (so their next token is not their first)."""
-    if after <= 0:
-        return set()
-    try:
-        page = await store.events(
-            principal, run_id=run_id, types=["token"], after=max(0, after - _LOOKBACK), limit=_LOOKBACK
-        )
-    except RunNotFoundError:
-        return set()
-    return {event.message_id for event in page.events if type(event) is TokenEvent and event.seq <= after}
+def _seen(store: EventStore, run_id: str, principal: Principal) -> Seen:
+    async def seen(after: int) -> set[str]:
+        """Messages with a token at or shortly before ``after`` (so their next token is not their first)."""
+        try:
+            page = await store.events(
+                principal, run_id=run_id, types=["token"], after=max(0, after - _LOOKBACK), limit=_LOOKBACK
+            )
+        except RunNotFoundError:
+            return set()
+        return {event.message_id for event in page.events if type(event) is TokenEvent and event.seq <= after}
+
+    return seen
 
 
 def _settle(ctx: RouteContext) -> Settle | None:
@@ -68,19 +69,16 @@ def _settle(ctx: RouteContext) -> Settle | None:
     return settle
 
 
-async def backfilled(ctx: RouteContext, record: RunRecord, after: int, principal: Principal) -> StoredCursor | None:
-    """A cursor reading the store up to ``record``'s buffer, if the buffer lost events after ``after``.
+def backfilled(ctx: RouteContext, record: RunRecord, after: int, principal: Principal) -> StoredCursor | None:
+    """A reader of ``record``'s run that turns to the store for what its buffer lost (``None``: the store is off).
 
-    ``None`` when the buffer holds the next event (or the store is off): read the buffer.
+    It reads the buffer while the buffer holds the next event, and the store whenever
+    it does not: at the start (the first events were pushed out) or later (a reader
+    slower than the run), so the reader never skips ahead.
     """
     store = ctx.runtime.history
-    first = record.log.first_seq
-    if store is None or first is None or after + 1 >= first:
+    if store is None:
         return None
-    try:
-        seen = await _seen_messages(store, record.run_id, principal, after)
-    except KikiEventsError as exc:
-        raise_http(exc)
     return StoredCursor(
         record.run_id,
         _fetcher(store, record.run_id, principal),
@@ -88,7 +86,7 @@ async def backfilled(ctx: RouteContext, record: RunRecord, after: int, principal
         log=record.log,
         live=lambda log, at: ctx.run_cursor(log, at, record.thread_id),
         settle=_settle(ctx),
-        seen=seen,
+        seen=_seen(store, record.run_id, principal),
         thread_id=record.thread_id,
     )
 
@@ -104,12 +102,20 @@ async def stored_run_stream(
     store = ctx.runtime.history
     if store is None:
         raise HTTPException(404, f"run {run_id!r} not found")
+    settle = _settle(ctx)
+    if settle is not None:
+        await settle()  # a run that just left memory may still be in this node's writer
     try:
         run = await store.run(run_id, principal)
-        seen = await _seen_messages(store, run_id, principal, after)
     except KikiEventsError as exc:
         raise_http(exc)
     if after >= run.last_seq:
         return Response(status_code=204)
-    cursor = StoredCursor(run_id, _fetcher(store, run_id, principal), after=after, seen=seen, thread_id=run.thread_id)
+    cursor = StoredCursor(
+        run_id,
+        _fetcher(store, run_id, principal),
+        after=after,
+        seen=_seen(store, run_id, principal),
+        thread_id=run.thread_id,
+    )
     return ctx.stream(request, cursor, ctx.run_url(request, run_id), run_id, wire_format=wire_format)

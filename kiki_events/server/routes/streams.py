@@ -104,5 +104,5 @@ def add_join_run_stream(router: APIRouter, ctx: RouteContext) -> None:
         if bridge is not None and ctx.is_remote(record) and not record.ended:
             lease = lambda: bridge.watch_run(run_id)  # noqa: E731 - taken when the body starts
         # Events the bounded buffer no longer holds come from the store first, when it is on.
-        cursor = await backfilled(ctx, record, after, principal) or ctx.run_cursor(record.log, after, record.thread_id)
+        cursor = backfilled(ctx, record, after, principal) or ctx.run_cursor(record.log, after, record.thread_id)
         return ctx.stream(request, cursor, ctx.run_url(request, run_id), run_id, lease=lease, wire_format=fmt)
