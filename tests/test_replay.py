@@ -175,3 +175,40 @@ def gate_open(gate: Gate, frames: list[SSEFrame], fmt: str, at_gate: int) -> boo
     if ready:
         gate.open()
     return ready
+
+
+def read_thread(client: httpx.Client, thread_id: str, until: str, *, after: str | None = None) -> list[tuple[str, int]]:
+    """The ``(run_id, seq)`` of the events of a thread stream, up to the ``done`` of run ``until``."""
+    ids: list[tuple[str, int]] = []
+    headers = {**ALICE, **({"Last-Event-ID": after} if after else {})}
+    with client.stream("GET", f"/threads/{thread_id}/stream", headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        splitter = FrameSplitter()
+        for chunk in response.iter_raw():
+            for frame in splitter.feed(chunk):
+                if frame.id is not None:
+                    run_id, _, seq = frame.id.rpartition(":")
+                    ids.append((run_id, int(seq)))
+                    if run_id == until and frame.event == "done":
+                        return ids
+    raise AssertionError(f"the thread stream ended before the done of {until}: {ids[-3:]}")
+
+
+def test_a_thread_stream_includes_its_runs_that_left_memory(tmp_path: Path, research_team: ModuleType) -> None:
+    app = _app(tmp_path, {"team": research_team.build_graph(token_delay=0.0)})
+    runtime = runtime_of(app)
+    with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        first = start_run(client, {**TASK, "thread_id": "t1"})
+        second = start_run(client, {**TASK, "thread_id": "t1"})
+        sizes = {run: runtime.store.get(run, "alice").log.last_seq for run in (first, second)}
+        whole = [(run, seq) for run in (first, second) for seq in range(1, sizes[run] + 1)]
+        assert read_thread(client, "t1", second) == whole
+
+        async def forget_first() -> None:
+            runtime.store.forget(first)
+
+        srv.call(forget_first)
+        assert read_thread(client, "t1", second) == whole
+        assert read_thread(client, "t1", second, after=f"{first}:5") == whole[5:]
+        assert read_thread(client, "t1", second, after=f"{second}:5") == whole[sizes[first] + 5 :]
+        assert client.get("/threads/t1/stream", headers=BOB).status_code == 404

@@ -16,7 +16,7 @@ from tests.servers import FrameSplitter, SSEFrame
 pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
-TASK = {"graph": "team", "message": "Compare Redis streams and pub/sub"}
+TASK = {"graph": "team", "message": "Compare Redis streams and pub/sub", "thread_id": "t-replay"}
 ALICE_TOKEN = "alice-token-0123456789"
 BOB_TOKEN = "bob-token-0123456789"
 ALICE = {"Authorization": f"Bearer {ALICE_TOKEN}"}
@@ -86,6 +86,11 @@ def check_gone_run_is_served(url: str, run_id: str, last: int, before: dict[str,
         listed = client.get(f"/runs/{run_id}/stream", headers=ALICE)
         kiki = [frame.seq for frame in blocks(listed.content) if frame.id is not None]
         assert kiki == list(range(1, last + 1))
+        # The thread is known only to the store here: its stream holds the stored runs, then ends.
+        thread = client.get("/threads/t-replay/stream", headers=ALICE)
+        assert thread.status_code == 200
+        assert [frame.id for frame in blocks(thread.content) if frame.id] == [f"{run_id}:{n}" for n in kiki]
+        assert client.get("/threads/t-replay/stream", headers=BOB).status_code == 404
 
 
 def test_a_restarted_server_streams_the_runs_of_its_previous_life(tmp_path: Path, nodes: list[ServeProcess]) -> None:

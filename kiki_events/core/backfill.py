@@ -27,14 +27,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeAlias
 
 from ..events import StatusEvent, StreamEvent, TokenEvent
-from .cursors import RunCursor, ThreadCursor
+from .cursors import RunCursor
 from .runlog import Frame, Item, RunLog
 from .tasks import Backoff
 
-__all__ = ["Fetch", "Reader", "Seen", "Settle", "StoredCursor"]
+__all__ = ["Fetch", "Seen", "Settle", "StoredCursor"]
 
 Fetch = Callable[[int, int], Awaitable[list[StreamEvent]]]
 """``fetch(after, limit)``: up to ``limit`` stored events of the run with ``seq > after``, in order."""
@@ -42,8 +41,6 @@ Settle = Callable[[], Awaitable[object]]
 """Waits until the events this node handed to the store are written (a writer's flush)."""
 Seen = Callable[[int], Awaitable[Iterable[str]]]
 """``seen(after)``: ids of messages with tokens at or before ``after`` (their next token is not their first)."""
-Reader: TypeAlias = "RunCursor | ThreadCursor | StoredCursor"
-"""What a stream reads: each has ``next(limit)``, ``finished`` and ``dropped``."""
 
 
 class StoredCursor:

@@ -35,12 +35,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..capture.handler import KikiCallbackHandler, new_run_id
 from ..config import SSESettings
-from ..core.backfill import Reader
 from ..core.bus import EventBus
 from ..core.cursors import RunCursor, ThreadCursor
 from ..core.manager import ensure_done, execute_run
 from ..core.runlog import RunLog
 from ..core.store import RunStore
+from ..core.threadreplay import Reader, StoredThreadCursor
 from ..cost import PricesLike, PriceTable
 from ..errors import BusError
 from ..events import StreamEvent
@@ -104,7 +104,7 @@ def cursor_body(
     the thread's) id.
     """
     body = _cursor_body(cursor, retry=retry, store=store, on_abandon=on_abandon, wire_format=wire_format)
-    if isinstance(cursor, ThreadCursor):
+    if isinstance(cursor, ThreadCursor | StoredThreadCursor):
         return bound_stream(body, thread_id=cursor.thread_id)
     return bound_stream(body, run_id=cursor.log.run_id if isinstance(cursor, RunCursor) else cursor.run_id)
 

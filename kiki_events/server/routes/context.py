@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 from fastapi import HTTPException, Query, Request, Response
 
-from ...core.backfill import Reader
 from ...core.cursors import RunCursor
 from ...core.manager import RunHandle
 from ...core.runlog import RunLog
 from ...core.runrecord import RunRecord
+from ...core.threadreplay import Reader
 from ...errors import (
     KikiEventsError,
     RunLimitError,

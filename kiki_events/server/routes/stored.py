@@ -9,15 +9,20 @@ in every format.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request, Response
 
 from ...core.backfill import Fetch, Seen, Settle, StoredCursor
+from ...core.cursors import ThreadCursor
 from ...core.runrecord import RunRecord
+from ...core.threadreplay import StoredThreadCursor
+from ...core.threads import ThreadRecord
 from ...errors import KikiEventsError, RunNotFoundError
 from ...events import StreamEvent, TokenEvent
 from ...formats import Format
+from ...history.queries import MAX_LIMIT
 from ...sinks.history import HistorySink
 from ..auth import Principal
 from .context import RouteContext, raise_http
@@ -25,7 +30,7 @@ from .context import RouteContext, raise_http
 if TYPE_CHECKING:
     from ...history import EventStore
 
-__all__ = ["backfilled", "stored_run_stream"]
+__all__ = ["backfilled", "stored_run_stream", "stored_thread"]
 
 _LOOKBACK = 512
 """Events before a resume point searched for the messages whose tokens began there."""
@@ -119,3 +124,40 @@ async def stored_run_stream(
         thread_id=run.thread_id,
     )
     return ctx.stream(request, cursor, ctx.run_url(request, run_id), run_id, wire_format=wire_format)
+
+
+async def stored_thread(
+    ctx: RouteContext,
+    thread_id: str,
+    thread: ThreadRecord | None,
+    principal: Principal,
+    resume: tuple[str, int] | None,
+    follow: Callable[[Callable[[str], bool], tuple[str, int] | None], ThreadCursor] | None,
+) -> StoredThreadCursor:
+    """A reader of the thread's stored runs that left memory (its latest 10,000), then ``follow``'s cursor.
+
+    ``thread``: the thread in memory (``None``: known only to the store, 404 unless it
+    holds runs of ``principal`` there; the stream then ends after them).
+    """
+    store = ctx.runtime.history
+    if store is None:
+        raise HTTPException(404, f"thread {thread_id!r} not found")
+    settle = _settle(ctx)
+    if settle is not None:
+        await settle()
+    try:
+        page = await store.runs(principal, thread_id=thread_id, limit=MAX_LIMIT)
+    except KikiEventsError as exc:
+        raise_http(exc)
+    stored = [run.run_id for run in reversed(page.runs) if run.relayed_into is None]
+    if thread is None and not stored:
+        raise HTTPException(404, f"thread {thread_id!r} not found")
+
+    def in_memory() -> set[str]:
+        return {log.run_id for log in ctx.store.thread_logs(thread)} if thread is not None else set()
+
+    def open_run(run_id: str, after: int) -> StoredCursor:
+        fetch, seen = _fetcher(store, run_id, principal), _seen(store, run_id, principal)
+        return StoredCursor(run_id, fetch, after=after, seen=seen, thread_id=thread_id)
+
+    return StoredThreadCursor(thread_id, stored, in_memory, open_run, follow, resume=resume)
