@@ -97,12 +97,20 @@ def backfilled(ctx: RouteContext, record: RunRecord, after: int, principal: Prin
 
 
 async def stored_run_stream(
-    ctx: RouteContext, request: Request, run_id: str, principal: Principal, after: int, wire_format: Format
+    ctx: RouteContext,
+    request: Request,
+    run_id: str,
+    principal: Principal,
+    after: int,
+    wire_format: Format,
+    *,
+    ended: bool = False,
 ) -> Response:
     """The stream of a run known only to the store (404 when it is not there either, or not ``principal``'s).
 
     Such a run is over as far as any node reachable from here knows: its stream ends
     after its last stored event, and 204 says there is nothing after ``after``.
+    ``ended``: memory knows the run ended (204, not 404, when the store lacks it).
     """
     store = ctx.runtime.history
     if store is None:
@@ -112,6 +120,10 @@ async def stored_run_stream(
         await settle()  # a run that just left memory may still be in this node's writer
     try:
         run = await store.run(run_id, principal)
+    except RunNotFoundError:
+        if ended:
+            return Response(status_code=204)
+        raise HTTPException(404, f"run {run_id!r} not found") from None
     except KikiEventsError as exc:
         raise_http(exc)
     if after >= run.last_seq:

@@ -94,6 +94,9 @@ def add_join_run_stream(router: APIRouter, ctx: RouteContext) -> None:
             after = _resume_after(request, run_id, last_event_id)
             return await stored_run_stream(ctx, request, run_id, principal, after, fmt)
         after = _resume_after(request, run_id, last_event_id)
+        if record.ended and after >= record.log.last_seq and ctx.runtime.history is not None and record.log.closed:
+            # Closed before its end reached this node (its node is gone, say): the store may hold more.
+            return await stored_run_stream(ctx, request, run_id, principal, after, fmt, ended=True)
         if record.ended and after >= record.log.last_seq:
             # Nothing more will ever come: 204 stops a browser's reconnect loop.
             return Response(status_code=204)
