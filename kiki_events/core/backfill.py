@@ -99,10 +99,9 @@ class StoredCursor:
                     live = self._live = self._make_live(log, self.after)
                 items = live.poll(limit)
                 self.after, self.finished, self.dropped = live.after, live.finished, live.dropped
-                if self.finished and not self.dropped and log.closed and not items:
+                if self.finished and not self.dropped and log.closed:
                     # The log was closed (its node is gone, say) with fewer events than the store may hold.
                     self.finished, self._log = False, None
-                    continue
                 if items or self.finished:
                     return items
                 await log.changed.wait()

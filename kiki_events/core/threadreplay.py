@@ -1,7 +1,7 @@
 """A thread's stream with the runs that left memory, read from the event store first.
 
-A :class:`StoredThreadCursor` delivers the thread's stored runs that are no longer
-in memory (oldest first, each through a
+A :class:`StoredThreadCursor` delivers the thread's stored runs that ``in_memory``
+does not name (the server names the runs in memory that are not stored whole; oldest first, each through a
 :class:`~kiki_events.core.backfill.StoredCursor`), then hands over to the thread's
 ordinary :class:`~kiki_events.core.cursors.ThreadCursor` for the runs still in
 memory and those still to come. Which runs are in memory is asked again before each
@@ -55,14 +55,14 @@ class StoredThreadCursor:
         self._after: dict[str, int] = {}
         self._resume = resume
         """Where the thread cursor resumes (a run in memory, or one known nowhere)."""
-        if resume is not None and resume[0] in in_memory():
-            self._stored = []  # the stored runs came before it
-        elif resume is not None and resume[0] in self._stored:
+        if resume is not None and resume[0] in self._stored and resume[0] not in in_memory():
             start = self._stored.index(resume[0])
             self.delivered.update(self._stored[:start])
             self._stored = self._stored[start:]
             self._after[resume[0]] = resume[1]
             self._resume = None
+        elif resume is not None and resume[0] in in_memory():
+            self._stored = []  # the stored runs came before it
         self._in_memory = in_memory
         self._open_run = open_run
         self._then = then

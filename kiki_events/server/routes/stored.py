@@ -30,7 +30,7 @@ from .context import RouteContext, raise_http
 if TYPE_CHECKING:
     from ...history import EventStore
 
-__all__ = ["backfilled", "stored_run_stream", "stored_thread"]
+__all__ = ["backfilled", "ended_in_store", "stored_run_stream", "stored_thread"]
 
 _LOOKBACK = 512
 """Events before a resume point searched for the messages whose tokens began there."""
@@ -96,6 +96,21 @@ def backfilled(ctx: RouteContext, record: RunRecord, after: int, principal: Prin
     )
 
 
+async def ended_in_store(ctx: RouteContext, run_id: str, principal: Principal) -> bool:
+    """Whether the store holds ``run_id`` whole (ended), for ``principal``: then it need not be asked of other nodes.
+
+    ``False`` when it is not there, not theirs, still running, or the store cannot answer.
+    """
+    store = ctx.runtime.history
+    if store is None:
+        return False
+    try:
+        run = await store.run(run_id, principal)
+    except KikiEventsError:
+        return False
+    return run.status != "running"
+
+
 async def stored_run_stream(
     ctx: RouteContext,
     request: Request,
@@ -146,7 +161,7 @@ async def stored_thread(
     resume: tuple[str, int] | None,
     follow: Callable[[Callable[[str], bool], tuple[str, int] | None], ThreadCursor] | None,
 ) -> StoredThreadCursor:
-    """A reader of the thread's stored runs that left memory (its latest 10,000), then ``follow``'s cursor.
+    """A reader of the thread's stored runs (its latest 10,000) that ended or left memory, then ``follow``'s cursor.
 
     ``thread``: the thread in memory (``None``: known only to the store, 404 unless it
     holds runs of ``principal`` there; the stream then ends after them).
@@ -161,12 +176,15 @@ async def stored_thread(
         page = await store.runs(principal, thread_id=thread_id, limit=MAX_LIMIT)
     except KikiEventsError as exc:
         raise_http(exc)
-    stored = [run.run_id for run in reversed(page.runs) if run.relayed_into is None]
-    if thread is None and not stored:
+    runs = [run for run in reversed(page.runs) if run.relayed_into is None]
+    if thread is None and not runs:
         raise HTTPException(404, f"thread {thread_id!r} not found")
+    stored = [run.run_id for run in runs]
+    ended = {run.run_id for run in runs if run.status != "running"}
 
     def in_memory() -> set[str]:
-        return {log.run_id for log in ctx.store.thread_logs(thread)} if thread is not None else set()
+        """The runs the thread cursor reads: in memory, and not stored whole (an ended run's store is complete)."""
+        return {log.run_id for log in ctx.store.thread_logs(thread)} - ended if thread is not None else set()
 
     def open_run(run_id: str, after: int) -> StoredCursor:
         fetch, seen = _fetcher(store, run_id, principal), _seen(store, run_id, principal)

@@ -11,7 +11,7 @@ from ..auth import Principal
 from ..requests import MAX_CURSOR, MAX_RUN_ID, parse_cursor, parse_run_request
 from ..responses import SSE_OK, errors
 from .context import FormatName, RouteContext, pick_format
-from .stored import backfilled, stored_run_stream
+from .stored import backfilled, ended_in_store, stored_run_stream
 
 __all__ = ["add_join_run_stream", "add_start_run_stream"]
 
@@ -85,6 +85,10 @@ def add_join_run_stream(router: APIRouter, ctx: RouteContext) -> None:
     ) -> Response:
         """Join a live or recently finished run, resuming after ``Last-Event-ID``, in the format asked for."""
         fmt = pick_format(request, wire_format)
+        if ctx.bridge is not None and run_id not in ctx.store and await ended_in_store(ctx, run_id, principal):
+            # An ended run not in memory here: the store has all of it, whether or not its node still runs.
+            after = _resume_after(request, run_id, last_event_id)
+            return await stored_run_stream(ctx, request, run_id, principal, after, fmt)
         try:
             record = await ctx.find_run(run_id, principal)
         except HTTPException as exc:
