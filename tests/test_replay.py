@@ -212,3 +212,62 @@ def test_a_thread_stream_includes_its_runs_that_left_memory(tmp_path: Path, rese
         assert read_thread(client, "t1", second, after=f"{first}:5") == whole[5:]
         assert read_thread(client, "t1", second, after=f"{second}:5") == whole[sizes[first] + 5 :]
         assert client.get("/threads/t1/stream", headers=BOB).status_code == 404
+
+
+@pytest.mark.asyncio
+async def test_events_the_store_never_got_are_reported_with_a_gap_notice_and_tokens_keep_their_first(
+    tmp_path: Path,
+) -> None:
+    from kiki_events.core.backfill import StoredCursor
+    from kiki_events.core.runlog import Frame, RunLog
+    from kiki_events.events import StatusEvent, TokenEvent
+    from kiki_events.history import ANYONE, HistoryWriter, SqliteStore
+
+    events = [
+        TokenEvent(run_id="r1", seq=n, ts=1000.0 + n, message_id=f"m{(n - 1) // 4}", text=f"t{n}") for n in range(1, 41)
+    ]
+    writer = HistoryWriter(SqliteStore(tmp_path / "h.sqlite"), flush_interval=0.0)
+    await writer.start()
+    try:
+        for event in events:
+            if event.seq not in (6, 7):  # dropped before the store got them
+                writer.add(event)
+        assert await writer.flush(10)
+        store = writer.store
+
+        async def fetch(after: int, limit: int) -> list[Any]:
+            return (await store.events(ANYONE, run_id="r1", after=after, limit=limit)).events
+
+        async def seen(after: int) -> set[str]:
+            page = await store.events(ANYONE, run_id="r1", after=0, limit=1000)
+            return {e.message_id for e in page.events if isinstance(e, TokenEvent) and e.seq <= after}
+
+        # A run known only to the store, read in pages of 3 from seq 2: a gap notice where 6 and 7 are missing.
+        cursor = StoredCursor("r1", fetch, after=2, seen=seen)
+        items: list[Any] = []
+        while batch := await cursor.next(3):
+            items += batch
+        frames = [item for item in items if isinstance(item, Frame)]
+        notices = [item for item in items if isinstance(item, StatusEvent)]
+        assert [f.seq for f in frames] == [3, 4, 5, *range(8, 41)]
+        assert [(n.status, n.first_seq) for n in notices] == [("gap", 8)]
+        assert items.index(notices[0]) == 3 and cursor.finished
+        # m0 began before seq 2 (not first); m1 begins at 5; m1's 8 follows the gap (not first).
+        assert [f.seq for f in frames if f.first_of_message] == list(range(5, 41, 4))
+
+        # A live run whose bounded buffer lost its start: the store until the buffer, then the buffer.
+        log = RunLog("r1", 16)
+        for event in events:
+            log.append(event)
+        assert log.first_seq is not None and log.first_seq > 8
+        joined = StoredCursor("r1", fetch, log=log, seen=seen, patience=0.2)
+        got: list[Any] = []
+        while batch := await joined.next(4):
+            got += batch
+            if joined.after == 40:
+                break
+        assert [i.seq for i in got if isinstance(i, Frame)] == [1, 2, 3, 4, 5, *range(8, 41)]
+        assert [(n.status, n.first_seq) for n in got if isinstance(n, StatusEvent)] == [("gap", 8)]
+        assert joined.from_store < log.first_seq < 40 - 16  # up to the buffer from the store, the rest from it
+    finally:
+        await writer.close()

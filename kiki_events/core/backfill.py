@@ -139,6 +139,8 @@ class StoredCursor:
         for event in events:
             if event.seq <= self.after:
                 continue
+            if event.seq > self.after + 1:
+                break  # another stretch missing: the next read reports it (or finds it written by then)
             items.append(self._frame(event))
             self.after = event.seq
             self.from_store += 1
