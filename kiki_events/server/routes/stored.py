@@ -34,8 +34,9 @@ __all__ = ["backfilled", "ended_in_store", "stored_run_stream", "stored_thread"]
 
 _LOOKBACK = 512
 """Events before a resume point searched for the messages whose tokens began there."""
-_SETTLE_TIMEOUT = 5.0
-"""Seconds to wait for this node's writer to write what it holds."""
+_SETTLE_TIMEOUT = 0.5
+"""Seconds to wait for this node's writer to write what it holds (a busy writer is never idle: what is
+still missing after that is waited for by reading the store again, see :class:`StoredCursor`)."""
 
 
 def _fetcher(store: EventStore, run_id: str, principal: Principal) -> Fetch:
