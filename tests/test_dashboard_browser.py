@@ -290,9 +290,16 @@ def build_pair_graph() -> Any:
 
 
 @pytest.fixture(scope="module")
-def server(research_team: Any, scripted: ModuleType) -> Iterator[tuple[str, StreamFaults]]:
-    """The real app with the demo graphs, behind the fault injector, on a real uvicorn."""
-    settings = Settings.from_mapping({"sse": {"retry": "200ms"}})
+def server(
+    research_team: Any, scripted: ModuleType, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, StreamFaults]]:
+    """The real app with the demo graphs, behind the fault injector, on a real uvicorn.
+
+    Its history is on (SQLite in the test's folder), as in the demo: the page lists
+    the recent runs (``GET /runs``); tests/test_dashboard_history.py checks that list.
+    """
+    history = tmp_path_factory.mktemp("history") / "history.sqlite"
+    settings = Settings.from_mapping({"sse": {"retry": "200ms"}, "store": {"enabled": True, "path": str(history)}})
     app = create_app(
         settings,
         graphs={

@@ -70,10 +70,18 @@ def check_kiki_events(args: list[str], line: str) -> None:
     if args and placeholder(args[0]):
         return
     assert args and args[0] in commands, f"{line!r}: no subcommand {args[:1]} (have {sorted(commands)})"
-    options = commands[args[0]]._option_string_actions
+    parser = commands[args[0]]
+    name = args[0]
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if nested and len(args) > 1:  # ``kiki-events history runs …``: the options are the subcommand's
+        assert args[1] in nested[0].choices, f"{line!r}: no subcommand {args[:2]}"
+        parser = nested[0].choices[args[1]]
+        name = f"{args[0]} {args[1]}"
+        args = args[1:]
+    options = parser._option_string_actions
     for i, word in enumerate(args[1:], 1):
         if word.startswith("-"):
-            assert word.split("=")[0] in options, f"{line!r}: kiki-events {args[0]} has no option {word}"
+            assert word.split("=")[0] in options, f"{line!r}: kiki-events {name} has no option {word}"
             if word == "--config" and args[i + 1].startswith("config/"):  # the shipped ones
                 assert (ROOT / args[i + 1]).is_file(), f"{line!r}: {args[i + 1]} does not exist"
 

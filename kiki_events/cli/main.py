@@ -2,7 +2,8 @@
 
 ``kiki-events serve`` runs the server (:mod:`.serve`), ``kiki-events schema`` prints
 the JSON Schema of the events (:mod:`.schema`), ``kiki-events tail`` prints live
-events from Redis (:mod:`.tail`). A bad configuration is one line on stderr and exit
+events from Redis (:mod:`.tail`), ``kiki-events history`` reads stored runs and events
+from a server (:mod:`.history`). A bad configuration is one line on stderr and exit
 code 2.
 """
 
@@ -47,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
         "--after", type=_seq, default=0, metavar="SEQ", help="with --run: only the events after this seq (default: 0)"
     )
     tail.add_argument("--json", action="store_true", help="print each event as one line of JSON")
+
+    from .history import add_history_parser
+
+    add_history_parser(commands)
     return parser
 
 
@@ -60,12 +65,12 @@ def _seq(value: str) -> int:
 def _ids_as_values(argv: Sequence[str]) -> list[str]:
     """``--run -x…`` → ``--run=-x…``: run and thread ids are URL-safe base64 and may begin with
     ``-``, which argparse would take for an option."""
-    options = {"-h", "--help", "--config", "--run", "--thread", "--topic", "--after", "--json"}
+    options = {"-h", "--help", "--config", "--run", "--thread", "--topic", "--after", "--json", "--event"}
     args: list[str] = []
     rest = iter(argv)
     for arg in rest:
         args.append(arg)
-        if arg in ("--run", "--thread"):
+        if arg in ("--run", "--thread", "--event"):
             value = next(rest, None)
             if value is not None and value.startswith("-") and value not in options:
                 args[-1] = f"{arg}={value}"
@@ -96,6 +101,10 @@ def _command(args: argparse.Namespace) -> int:
         from .schema import schema
 
         return schema(sys.stdout)
+    if args.command == "history":
+        from .history import history_command
+
+        return history_command(args)
     if args.command == "tail":
         from .tail import tail_command
 

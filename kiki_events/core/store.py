@@ -256,6 +256,10 @@ class RunStore:
         """The record of ``run_id`` whoever owns it, or ``None`` (for trusted callers)."""
         return self._runs.get(run_id)
 
+    def records(self) -> list[RunRecord]:
+        """Every run kept here whoever owns it, oldest first (for trusted callers)."""
+        return list(self._runs.values())
+
     def peek_thread(self, thread_id: str) -> ThreadRecord | None:
         """The record of ``thread_id`` whoever owns it, or ``None`` (for trusted callers)."""
         return self._threads.get(thread_id)

@@ -13,9 +13,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
@@ -98,6 +100,7 @@ def create_app(
         _add_cors(app, cfg.sse.cors_origins)
     app.include_router(create_router(runtime, auth=auth))
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
     if runtime.metrics is not None:
         _add_metrics(app, runtime, cfg.metrics.path)
@@ -128,7 +131,7 @@ def _add_cors(app: FastAPI, origins: Sequence[str]) -> None:
         allow_origins=list(origins),
         allow_methods=["GET", "POST"],
         allow_headers=["Content-Type", "Authorization", "Last-Event-ID"],
-        expose_headers=["Content-Location", "X-Kiki-Run-Id"],
+        expose_headers=["Content-Location", "X-Kiki-Run-Id", "X-Kiki-Cursor", "X-Kiki-History"],
     )
 
 
@@ -138,6 +141,22 @@ async def _invalid(request: Request, exc: Exception) -> Response:
     problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return JSONResponse({"detail": (problems[0] if problems else "invalid request") + more}, status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # A 405 names every method of its path (``GET /runs`` and ``POST /runs`` are two
+    # routes; the router alone would name only the first one's).
+    if not isinstance(exc, StarletteHTTPException):
+        return await _unexpected(request, exc)
+    if exc.status_code == 405:
+        item = request.app.openapi().get("paths", {}).get(request.url.path, {})
+        methods = sorted(method.upper() for method in item if method in _METHODS)
+        if methods:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(methods)}
+    return await http_exception_handler(request, exc)
+
+
+_METHODS = ("get", "post", "put", "patch", "delete")
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

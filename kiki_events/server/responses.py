@@ -112,9 +112,15 @@ ERRORS: dict[int, dict[str, Any]] = {
     406: {"description": "no wire format answers to `Accept` (the message lists the known formats)"},
     408: {"description": "the body did not arrive within `server.body_timeout` (the connection is closed)"},
     413: {"description": "the body is larger than `sse.max_body_bytes`"},
-    422: {"description": "the body is not a valid run request (the message names the field)"},
+    422: {
+        "description": "the body is not a valid run request, or a query or path parameter is invalid "
+        "(the message names the field or parameter, e.g. `query.since: …`)"
+    },
     429: {"description": "too many runs executing at once (`runs.max_active`)", "headers": _RETRY_AFTER},
-    503: {"description": "shutting down, or other nodes cannot be reached (with the cross-node bridge)"},
+    503: {
+        "description": "shutting down, other nodes cannot be reached (with the cross-node bridge), "
+        "or the event store cannot be read (history endpoints)"
+    },
 }
 """Every error status of the API, each with an :class:`ErrorBody`."""
 

@@ -8,13 +8,14 @@ import { makeHandlers } from "./handlers.js";
 import { armInterrupts, closeInterrupts } from "./interrupts.js";
 import { item } from "./lanes.js";
 import { note } from "./timeline.js";
+import { hideHistory, historyGraphs, listed, showHistory } from "./history.js";
 
 const ui = {
   form: $("run-form"), message: $("message"), graph: $("graph"), run: $("run"), cancel: $("cancel"),
   conn: $("conn"), status: $("run-status"), notices: $("notices"), empty: $("empty"), runView: $("run-view"),
   outcome: $("outcome"), runId: $("run-id"), threadId: $("thread-id"), graphName: $("graph-name"),
   usage: $("usage"), pending: $("pending"), runFeed: $("run-feed"), lanes: $("lanes"),
-  timeline: $("timeline"), timelineCount: $("timeline-count"), example: $("example-curl"),
+  timeline: $("timeline"), timelineCount: $("timeline-count"), example: $("example-curl"), home: $("home"),
 };
 app.ui = ui;
 
@@ -94,6 +95,8 @@ function watch(runId, streamUrl, status, info = {}, continued = false) {
     closeInterrupts();
   }
   ui.empty.hidden = true;
+  hideHistory();
+  ui.home.hidden = false;
   ui.runView.hidden = false;
   ui.graphName.textContent = "";
   showGraph(info.graph);
@@ -108,8 +111,10 @@ function watch(runId, streamUrl, status, info = {}, continued = false) {
   }, giveUp);
 }
 
+// A run of the history list is known before its stream answers: its graph and thread.
 function join(runId) {
-  watch(runId, `runs/${encodeURIComponent(runId)}/stream`, "joining");
+  const known = listed.get(runId);
+  watch(runId, `runs/${encodeURIComponent(runId)}/stream`, "joining", known || {});
   // The run's graph and thread, before its first event arrives.
   fetch(`runs/${encodeURIComponent(runId)}`, { headers: { Accept: "application/json" } })
     .then((res) => (res.ok ? res.json() : null))
@@ -130,7 +135,9 @@ function showEmpty() {
   setConnection("idle");
   setStatus("idle");
   ui.runView.hidden = true;
+  ui.home.hidden = true;
   ui.empty.hidden = false;
+  if (runFromHash() === null) showHistory();
   ui.cancel.disabled = true;
   ui.run.disabled = false;
 }
@@ -244,6 +251,7 @@ async function loadGraphs() {
     ui.graph.replaceChildren(...served.map((name) => el("option", null, name)));
     if (!served.length) banner("warning", "The server has no graphs configured: add one under graphs: in its settings.");
     document.body.dataset.graphs = served.join(" ");
+    historyGraphs(served);
     showExample();
     if (app.state.graph) showGraph(app.state.graph);
   } catch (err) {
