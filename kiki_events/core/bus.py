@@ -15,7 +15,8 @@ subscription to a run or thread appears and when the last one goes: the cross-no
 bridge uses that to receive a remote run's traffic only while someone here wants it.
 
 Subscriptions, their overflow policies and the bus's counters live in
-:mod:`kiki_events.core.subscription` (re-exported here).
+:mod:`kiki_events.core.subscription` (re-exported here). :meth:`EventBus.replay`
+publishes events again, apart from live ones (:mod:`kiki_events.core.replaying`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,19 @@ from collections.abc import Callable, Iterable
 from typing import Literal, TypeAlias
 
 from ..errors import BusError, InvalidArgumentError
-from ..events import EVENT_TYPES, StreamEvent
+from ..events import StreamEvent
 from ..log import get_logger
 from ..topics import topic_matches, topic_of
-from .subscription import OVERFLOWS, BusStats, EventHandler, Overflow, Subscription
+from .replaying import Replayed, ReplayRoutes, check_replayed
+from .subscription import (
+    OVERFLOWS,
+    BusStats,
+    EventHandler,
+    Overflow,
+    Subscription,
+    event_types,
+    subscription_key,
+)
 
 __all__ = ["BusStats", "EventBus", "EventHandler", "InterestListener", "Overflow", "Subscription"]
 
@@ -39,8 +49,6 @@ logger = get_logger("kiki_events.bus")
 Sink: TypeAlias = Callable[[StreamEvent], object]
 InterestListener: TypeAlias = Callable[[Literal["run", "thread"], str, bool], object]
 """Called with ``("run" | "thread", id, present)`` when interest in a run or thread changes."""
-
-_ALL = ("all", "*")
 
 
 class EventBus:
@@ -72,6 +80,8 @@ class EventBus:
         self._by_topic: list[tuple[tuple[str, ...], Subscription]] = []
         self._subscriptions: set[Subscription] = set()
         self._interest: list[InterestListener] = []
+        self.replays = ReplayRoutes(self.stats)
+        """The sinks and subscriptions that take replayed events."""
 
     # -- lifecycle -----------------------------------------------------------------
     @property
@@ -192,6 +202,16 @@ class EventBus:
             count += 1
         return count
 
+    def replay(self, events: Iterable[StreamEvent]) -> int:
+        """Publish events that happened before (e.g. read from the event store), marked as replayed.
+
+        Only sinks added and subscriptions made with ``replayed`` see them; call it on
+        the bus's loop. Returns how many were dispatched (0 unless running); never raises.
+        """
+        if self._state != "running":
+            return 0
+        return self.replays.dispatch(events)
+
     def broadcast(self, event: StreamEvent) -> None:
         """Offer a remote lifecycle event to topic and catch-all subscriptions only.
 
@@ -239,6 +259,7 @@ class EventBus:
         maxsize: int | None = None,
         overflow: Overflow = "drop_oldest",
         name: str | None = None,
+        replayed: Replayed = False,
     ) -> Subscription:
         """Subscribe to events of one run, one thread, some topics, or everything.
 
@@ -246,16 +267,18 @@ class EventBus:
         ``"agent:*"`` / ``"*"``), ``run_id`` and ``thread_id``; none means every event.
         ``types`` further filters by event type. With a ``handler`` (sync or async
         callable) the bus runs it in a supervised task; without one, iterate the
-        returned :class:`Subscription`.
+        returned :class:`Subscription`. ``replayed``: live events only (``False``), replayed
+        ones (:meth:`replay`) too (``True``), or only those (``"only"``).
 
         Raises:
             BusError: the bus is not running.
             InvalidArgumentError: conflicting or invalid arguments (a ``ValueError``).
         """
         self._require_running()
-        key, patterns = _subscription_key(topics, run_id, thread_id)
+        key, patterns = subscription_key(topics, run_id, thread_id)
         if overflow not in OVERFLOWS:
             raise InvalidArgumentError(f"overflow must be one of {', '.join(OVERFLOWS)}; got {overflow!r}")
+        check_replayed(replayed)
         size = self.queue_size if maxsize is None else maxsize
         if size < 1:
             raise InvalidArgumentError(f"maxsize must be at least 1; got {size}")
@@ -263,13 +286,19 @@ class EventBus:
             self.stats,
             self._remove,
             key=key,
-            types=_event_types(types),
+            types=event_types(types),
             maxsize=size,
             overflow=overflow,
             handler=handler,
             name=name or getattr(handler, "__qualname__", None) or f"{key[0]}:{key[1]}",
         )
-        self._add(sub, patterns)
+        sub.replayed = replayed
+        if replayed:
+            self.replays.add(sub, patterns)
+        if replayed == "only":
+            self._subscriptions.add(sub)
+        else:
+            self._add(sub, patterns)
         sub.start_handler()
         return sub
 
@@ -311,13 +340,16 @@ class EventBus:
                 self.stats.handler_failed(exc)
                 logger.exception("interest listener %r raised", listener)
 
-    def add_sink(self, sink: Sink) -> Callable[[], None]:
-        """Call ``sink(event)`` synchronously for every event; returns a remover."""
+    def add_sink(self, sink: Sink, *, replayed: bool = False) -> Callable[[], None]:
+        """Call ``sink(event)`` synchronously for every event (``replayed``: replayed ones too); returns a remover."""
         self._sinks.append(sink)
+        unreplay = self.replays.add_sink(sink) if replayed else None
 
         def remove() -> None:
             if sink in self._sinks:
                 self._sinks.remove(sink)
+            if unreplay is not None:
+                unreplay()
 
         return remove
 
@@ -334,6 +366,10 @@ class EventBus:
         # Copy on write: a subscription can close itself (overflow "disconnect") while
         # _dispatch iterates these lists; mutating them in place would skip the next one.
         self._subscriptions.discard(sub)
+        if sub.replayed:
+            self.replays.remove(sub)
+            if sub.replayed == "only":
+                return
         kind, value = sub.key
         if kind == "run" or kind == "thread":
             index = self._by_run if kind == "run" else self._by_thread
@@ -350,45 +386,3 @@ class EventBus:
     def _require_running(self) -> None:
         if self._state != "running":
             raise BusError(f"the event bus is {self._state}; use it inside 'async with EventBus()'")
-
-
-def _subscription_key(
-    topics: str | Iterable[str] | None, run_id: str | None, thread_id: str | None
-) -> tuple[tuple[str, str], tuple[str, ...]]:
-    """The index key of a subscription to ``topics``, ``run_id`` or ``thread_id``, and its topic patterns.
-
-    Raises:
-        InvalidArgumentError: more than one of them is given, or ``topics`` is empty.
-    """
-    given = [k for k, v in (("topics", topics), ("run_id", run_id), ("thread_id", thread_id)) if v is not None]
-    if len(given) > 1:
-        raise InvalidArgumentError(f"subscribe takes one of topics, run_id, thread_id; got {', '.join(given)}")
-    if run_id is not None:
-        return ("run", run_id), ()
-    if thread_id is not None:
-        return ("thread", thread_id), ()
-    if topics is None:
-        return _ALL, ()
-    patterns = (topics,) if isinstance(topics, str) else tuple(topics)
-    if not patterns or not all(isinstance(p, str) and p for p in patterns):
-        raise InvalidArgumentError("topics must be one or more non-empty topic names or patterns")
-    if "*" in patterns:
-        return _ALL, patterns
-    return ("topic", ",".join(patterns)), patterns
-
-
-def _event_types(types: str | Iterable[str] | None) -> frozenset[str] | None:
-    """The event types a subscription accepts (``None``: all).
-
-    Raises:
-        InvalidArgumentError: an unknown event type.
-    """
-    if types is None:
-        return None
-    kinds = frozenset([types] if isinstance(types, str) else types)
-    unknown = sorted(map(str, kinds - set(EVENT_TYPES)))
-    if unknown:
-        raise InvalidArgumentError(
-            f"types: unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}"
-        )
-    return kinds

@@ -11,15 +11,24 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, get_args
 
-from ..errors import SubscriptionOverflowError
-from ..events import StreamEvent
+from ..errors import InvalidArgumentError, SubscriptionOverflowError
+from ..events import EVENT_TYPES, StreamEvent
 from ..log import get_logger
 
-__all__ = ["OVERFLOWS", "BusStats", "EventHandler", "Overflow", "Subscription"]
+__all__ = [
+    "ALL_KEY",
+    "OVERFLOWS",
+    "BusStats",
+    "EventHandler",
+    "Overflow",
+    "Subscription",
+    "event_types",
+    "subscription_key",
+]
 
 logger = get_logger("kiki_events.bus")
 
@@ -36,6 +45,8 @@ class BusStats:
     """Counters of one bus; read them, do not write them."""
 
     published: int = 0
+    replayed: int = 0
+    """Events dispatched by :meth:`EventBus.replay <kiki_events.core.bus.EventBus.replay>` (not in ``published``)."""
     dropped: dict[str, int] = field(default_factory=dict)
     """Events not delivered, by reason (``inbox_full``, ``queue_full``, ``closed`` …)."""
     handler_errors: int = 0
@@ -89,6 +100,8 @@ class Subscription:
         """Events this subscription lost to its overflow policy."""
         self.errors = 0
         """Exceptions raised by its handler."""
+        self.replayed: bool | str = False
+        """Whether it gets replayed events (:data:`~kiki_events.core.replaying.Replayed`)."""
         self._queue: deque[StreamEvent] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
@@ -245,3 +258,49 @@ class Subscription:
 def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         logger.error("event bus handler task %s crashed", task.get_name(), exc_info=task.exception())
+
+
+ALL_KEY = ("all", "*")
+"""The key of a subscription to every event."""
+
+
+def subscription_key(
+    topics: str | Iterable[str] | None, run_id: str | None, thread_id: str | None
+) -> tuple[tuple[str, str], tuple[str, ...]]:
+    """The index key of a subscription to ``topics``, ``run_id`` or ``thread_id``, and its topic patterns.
+
+    Raises:
+        InvalidArgumentError: more than one of them is given, or ``topics`` is empty.
+    """
+    given = [k for k, v in (("topics", topics), ("run_id", run_id), ("thread_id", thread_id)) if v is not None]
+    if len(given) > 1:
+        raise InvalidArgumentError(f"subscribe takes one of topics, run_id, thread_id; got {', '.join(given)}")
+    if run_id is not None:
+        return ("run", run_id), ()
+    if thread_id is not None:
+        return ("thread", thread_id), ()
+    if topics is None:
+        return ALL_KEY, ()
+    patterns = (topics,) if isinstance(topics, str) else tuple(topics)
+    if not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise InvalidArgumentError("topics must be one or more non-empty topic names or patterns")
+    if "*" in patterns:
+        return ALL_KEY, patterns
+    return ("topic", ",".join(patterns)), patterns
+
+
+def event_types(types: str | Iterable[str] | None) -> frozenset[str] | None:
+    """The event types a subscription accepts (``None``: all).
+
+    Raises:
+        InvalidArgumentError: an unknown event type.
+    """
+    if types is None:
+        return None
+    kinds = frozenset([types] if isinstance(types, str) else types)
+    unknown = sorted(map(str, kinds - set(EVENT_TYPES)))
+    if unknown:
+        raise InvalidArgumentError(
+            f"types: unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}"
+        )
+    return kinds

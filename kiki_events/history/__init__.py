@@ -32,6 +32,7 @@ from .base import (
     StoredStatus,
 )
 from .postgres import PostgresStore
+from .replay import republish
 from .sqlite import SqliteStore
 from .stats import STATS_KEYS, RunStatuses, Spread, Stats, StatsCost, StatsGroup, StatsKey, parse_statuses
 from .tally import RunMeta
@@ -63,6 +64,7 @@ __all__ = [
     "create_store",
     "create_writer",
     "parse_statuses",
+    "republish",
 ]
 
 

@@ -40,6 +40,7 @@ from ..core.cursors import RunCursor, ThreadCursor
 from ..core.manager import ensure_done, execute_run
 from ..core.runlog import RunLog
 from ..core.store import RunStore
+from ..core.threadreplay import Reader, StoredThreadCursor
 from ..cost import PricesLike, PriceTable
 from ..errors import BusError
 from ..events import StreamEvent
@@ -85,7 +86,7 @@ def _ping() -> ServerSentEvent:
 
 
 def cursor_body(
-    cursor: RunCursor | ThreadCursor,
+    cursor: Reader,
     *,
     retry: float,
     store: RunStore | None = None,
@@ -103,13 +104,13 @@ def cursor_body(
     the thread's) id.
     """
     body = _cursor_body(cursor, retry=retry, store=store, on_abandon=on_abandon, wire_format=wire_format)
-    if isinstance(cursor, RunCursor):
-        return bound_stream(body, run_id=cursor.log.run_id)
-    return bound_stream(body, thread_id=cursor.thread_id)
+    if isinstance(cursor, ThreadCursor | StoredThreadCursor):
+        return bound_stream(body, thread_id=cursor.thread_id)
+    return bound_stream(body, run_id=cursor.log.run_id if isinstance(cursor, RunCursor) else cursor.run_id)
 
 
 async def _cursor_body(
-    cursor: RunCursor | ThreadCursor,
+    cursor: Reader,
     *,
     retry: float,
     store: RunStore | None,

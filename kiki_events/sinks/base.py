@@ -93,7 +93,9 @@ class SinkSet:
         """Start each sink, then attach it to ``bus`` (in order)."""
         for sink in self.sinks:
             await sink.start()
-            self._attached.append((sink, bus.add_sink(sink)))
+            # A sink sees replayed events (EventBus.replay) only if it says so.
+            replayed = getattr(sink, "replayed", False) is True
+            self._attached.append((sink, bus.add_sink(sink, replayed=replayed)))
 
     async def detach(self) -> None:
         """Detach every attached sink from the bus, then close it (idempotent).

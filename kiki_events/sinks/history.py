@@ -34,6 +34,8 @@ class HistorySink(Sink):
     """Feeds :attr:`writer` with the events this node stores (see the module docstring)."""
 
     name = "history"
+    replayed = False
+    """Replayed events (re-published from the store) are never stored again."""
 
     def __init__(
         self,

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 from fastapi import HTTPException, Query, Request, Response
 
-from ...core.cursors import RunCursor, ThreadCursor
+from ...core.cursors import RunCursor
 from ...core.manager import RunHandle
 from ...core.runlog import RunLog
 from ...core.runrecord import RunRecord
+from ...core.threadreplay import Reader
 from ...errors import (
     KikiEventsError,
     RunLimitError,
@@ -173,7 +174,7 @@ class RouteContext:
     def stream(
         self,
         request: Request,
-        cursor: RunCursor | ThreadCursor,
+        cursor: Reader,
         location: str,
         run_id: str | None = None,
         on_abandon: Callable[[], object] | None = None,

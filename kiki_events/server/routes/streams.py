@@ -11,6 +11,7 @@ from ..auth import Principal
 from ..requests import MAX_CURSOR, MAX_RUN_ID, parse_cursor, parse_run_request
 from ..responses import SSE_OK, errors
 from .context import FormatName, RouteContext, pick_format
+from .stored import backfilled, ended_in_store, stored_run_stream
 
 __all__ = ["add_join_run_stream", "add_start_run_stream"]
 
@@ -84,8 +85,22 @@ def add_join_run_stream(router: APIRouter, ctx: RouteContext) -> None:
     ) -> Response:
         """Join a live or recently finished run, resuming after ``Last-Event-ID``, in the format asked for."""
         fmt = pick_format(request, wire_format)
-        record = await ctx.find_run(run_id, principal)
+        if ctx.bridge is not None and run_id not in ctx.store and await ended_in_store(ctx, run_id, principal):
+            # An ended run not in memory here: the store has all of it, whether or not its node still runs.
+            after = _resume_after(request, run_id, last_event_id)
+            return await stored_run_stream(ctx, request, run_id, principal, after, fmt)
+        try:
+            record = await ctx.find_run(run_id, principal)
+        except HTTPException as exc:
+            if exc.status_code != 404 or ctx.runtime.history is None:
+                raise
+            # Not in memory on any node reachable from here: the event store may still have it.
+            after = _resume_after(request, run_id, last_event_id)
+            return await stored_run_stream(ctx, request, run_id, principal, after, fmt)
         after = _resume_after(request, run_id, last_event_id)
+        if record.ended and after >= record.log.last_seq and ctx.runtime.history is not None and record.log.closed:
+            # Closed before its end reached this node (its node is gone, say): the store may hold more.
+            return await stored_run_stream(ctx, request, run_id, principal, after, fmt, ended=True)
         if record.ended and after >= record.log.last_seq:
             # Nothing more will ever come: 204 stops a browser's reconnect loop.
             return Response(status_code=204)
@@ -95,5 +110,6 @@ def add_join_run_stream(router: APIRouter, ctx: RouteContext) -> None:
         lease = None
         if bridge is not None and ctx.is_remote(record) and not record.ended:
             lease = lambda: bridge.watch_run(run_id)  # noqa: E731 - taken when the body starts
-        cursor = ctx.run_cursor(record.log, after, record.thread_id)
+        # Events the bounded buffer no longer holds come from the store first, when it is on.
+        cursor = backfilled(ctx, record, after, principal) or ctx.run_cursor(record.log, after, record.thread_id)
         return ctx.stream(request, cursor, ctx.run_url(request, run_id), run_id, lease=lease, wire_format=fmt)

@@ -4,11 +4,13 @@ the thread's latest checkpoint (README.md, "HTTP API")."""
 
 # No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 
 from ...core.cursors import ThreadCursor
+from ...core.threadreplay import Reader
 from ...core.threads import ThreadRecord
 from ...core.threadstate import read_thread_state
 from ...errors import KikiEventsError
@@ -16,6 +18,7 @@ from ..auth import Principal
 from ..requests import MAX_CURSOR, MAX_RUN_ID, parse_cursor
 from ..responses import SSE_OK, ThreadState, errors
 from .context import FormatName, RouteContext, pick_format, raise_http
+from .stored import stored_thread
 
 __all__ = ["add_thread_state", "add_thread_stream"]
 
@@ -64,25 +67,43 @@ def add_thread_stream(router: APIRouter, ctx: RouteContext) -> None:
     ) -> Response:
         """Every run of a thread (on any node), oldest first, then new runs as they start, in the format asked for."""
         fmt = pick_format(request, wire_format)
-        thread = await _find_thread(ctx, thread_id, principal)
+        history = ctx.runtime.history
+        thread: ThreadRecord | None = None
+        try:
+            thread = await _find_thread(ctx, thread_id, principal)
+        except HTTPException as exc:
+            if exc.status_code != 404 or history is None:
+                raise
         header = request.headers.get("last-event-id")
         resume = parse_cursor(header) if header else parse_cursor(last_event_id, name="last_event_id")
         if resume is not None and not resume[0]:
             raise HTTPException(400, "a thread stream resumes from '<run_id>:<seq>', not a bare seq")
-        cursor = ThreadCursor(
-            thread_id,
-            lambda: store.thread_logs(thread),
-            thread.changed,
-            resume=resume,
-            slow_client=settings.sse.slow_client,
-            on_lag=store.count_lagging,
-            until=lambda: not store.following,
-            max_backlog=settings.sse.max_backlog,
-        )
+
+        def follow(keep: Callable[[str], bool] | None, at: tuple[str, int] | None) -> ThreadCursor:
+            assert thread is not None
+            known = thread
+            return ThreadCursor(
+                thread_id,
+                lambda: [log for log in store.thread_logs(known) if keep is None or keep(log.run_id)],
+                known.changed,
+                resume=at,
+                slow_client=settings.sse.slow_client,
+                on_lag=store.count_lagging,
+                until=lambda: not store.following,
+                max_backlog=settings.sse.max_backlog,
+            )
+
+        cursor: Reader
+        if history is None and thread is not None:
+            cursor = follow(None, resume)
+        else:
+            # With the store on: the thread's runs that left memory first, from the store.
+            then = follow if thread is not None else None
+            cursor = await stored_thread(ctx, thread_id, thread, principal, resume, then)
         location = request.url_for("thread_stream", thread_id=thread_id).path
         bridge = ctx.bridge
         lease = None
-        if bridge is not None:
+        if bridge is not None and thread is not None:
             lease = lambda: bridge.watch_thread(thread_id)  # noqa: E731 - taken when the body starts
         return ctx.stream(request, cursor, location, lease=lease, wire_format=fmt)
 
