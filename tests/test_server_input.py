@@ -242,3 +242,14 @@ def test_any_last_event_id_is_a_cursor_or_a_value_error_naming_it(value: str) ->
 @settings(max_examples=300, deadline=None)
 def test_valid_cursors_round_trip(run_id: str, seq: int) -> None:
     assert split_cursor(f"{run_id}:{seq}" if run_id else str(seq)) == (run_id, seq)
+
+
+def test_a_one_value_query_parameter_given_twice_is_422_naming_it(server: LiveServer, finished: dict[str, Any]) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        twice = client.get("/events", params=[("until", "1"), ("until", "2")])
+        stream = client.get(f"/runs/{finished['run_id']}/stream", params=[("format", "kiki"), ("format", "agui")])
+        listed = client.get("/runs", params=[("status", "success"), ("status", "error")])  # a list: fine
+
+    assert (twice.status_code, twice.json()["detail"]) == (422, "query.until: given more than once; give one value")
+    assert stream.status_code == 422 and stream.json()["detail"].startswith("query.format:")
+    assert listed.status_code == 200 and finished["run_id"] in [r["run_id"] for r in listed.json()["runs"]]

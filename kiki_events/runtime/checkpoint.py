@@ -19,6 +19,8 @@ node whose checkpointer does.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
     from ..config import CheckpointerSettings
 
 __all__ = ["OWNER_KEY", "open_checkpointer", "recorded_owner"]
+
+_SETUP_LOCK = 0x6B696B69_63707400
+"""The PostgreSQL advisory lock key the checkpointer's table setup runs under ("kikicpt")."""
 
 OWNER_KEY = "kiki_principal"
 """The checkpoint metadata key holding the principal of the run that wrote it."""
@@ -87,6 +92,7 @@ def _sqlite_file(path: str) -> str:
 async def _postgres(dsn: str, pool_size: int, stack: AsyncExitStack) -> BaseCheckpointSaver[Any]:
     try:
         from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+        from psycopg import AsyncConnection
         from psycopg.rows import dict_row
         from psycopg_pool import AsyncConnectionPool
     except ImportError as exc:
@@ -103,12 +109,35 @@ async def _postgres(dsn: str, pool_size: int, stack: AsyncExitStack) -> BaseChec
         await pool.open(wait=True, timeout=10.0)
         stack.push_async_callback(pool.close)
         saver = AsyncPostgresSaver(conn=pool)
-        await saver.setup()
+        # LangGraph's migrations are not safe to run twice at once: nodes starting together
+        # take turns (a lock on a connection of its own, so a pool of one is not held up).
+        async with await AsyncConnection.connect(dsn, autocommit=True) as lock:
+            await _take_turn(lock)
+            await saver.setup()
     except Exception as exc:
         await pool.close()
         # The message may quote the DSN with its password.
         raise CheckpointerError(f"cannot open the PostgreSQL checkpointer: {_raised(exc)}") from None
     return saver
+
+
+async def _take_turn(conn: Any, timeout: float = 120.0) -> None:
+    """Hold the setup lock on ``conn`` (released when it closes).
+
+    Polled with ``pg_try_advisory_lock``, never waited for in one statement: the setup
+    creates indexes ``CONCURRENTLY``, which waits for every statement running meanwhile,
+    so a node blocked in ``pg_advisory_lock`` would hold up the node it waits for.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.05
+    while True:
+        row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (_SETUP_LOCK,))).fetchone()
+        if row is not None and row[0]:
+            return
+        if time.monotonic() > deadline:
+            raise CheckpointerError(f"another node kept setting up the checkpointer's tables for {timeout:.0f}s")
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 def _raised(exc: BaseException) -> str:

@@ -18,10 +18,11 @@ import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, TypeAlias
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..errors import ArgumentTypeError
+from .requests import refuse_repeated_query
 
 __all__ = ["AuthDependency", "Principal", "bearer_tokens", "principal_dependency"]
 
@@ -32,19 +33,25 @@ AuthDependency: TypeAlias = Callable[..., Any]
 
 
 def principal_dependency(auth: AuthDependency | None) -> Callable[..., Awaitable[Principal]]:
-    """The dependency endpoints use: anonymous without ``auth``, else 401 when it returns nothing."""
+    """The dependency endpoints use: anonymous without ``auth``, else 401 when it returns nothing.
+
+    It also refuses a one-value query parameter given several times (422 naming it),
+    which FastAPI would otherwise read as its last value.
+    """
     if auth is None:
 
-        async def anonymous() -> Principal:
+        async def anonymous(request: Request) -> Principal:
+            refuse_repeated_query(request)
             return None
 
         return anonymous
 
-    async def required(principal: Annotated[Principal, Depends(auth)]) -> Principal:
+    async def required(request: Request, principal: Annotated[Principal, Depends(auth)]) -> Principal:
         if not principal:
             raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
         if not isinstance(principal, str):
             raise ArgumentTypeError(f"the auth dependency must return a str or None, not {type(principal).__name__}")
+        refuse_repeated_query(request)  # after the 401: a stranger learns nothing of the parameters
         return principal
 
     return required

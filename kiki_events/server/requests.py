@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import anyio
 from fastapi import HTTPException, Request
+from fastapi.routing import APIRoute
 from langgraph.types import Command
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 from starlette.requests import ClientDisconnect
@@ -28,6 +29,7 @@ __all__ = [
     "parse_cursor",
     "parse_run_request",
     "read_body",
+    "refuse_repeated_query",
     "split_cursor",
 ]
 
@@ -268,3 +270,35 @@ def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
 
     result: dict[str, Any] = inline(schema)
     return result
+
+
+_SCALARS: dict[int, frozenset[str]] = {}
+
+
+def _scalar_query_names(route: APIRoute) -> frozenset[str]:
+    """The query parameters of ``route`` that take one value (not a list)."""
+    names = _SCALARS.get(id(route))
+    if names is None:
+        names = frozenset(
+            param.alias
+            for param in route.dependant.query_params
+            if not any(
+                get_origin(arg) in (list, tuple, set, frozenset)
+                for arg in (param.field_info.annotation, *get_args(param.field_info.annotation))
+            )
+        )
+        _SCALARS[id(route)] = names
+    return names
+
+
+def refuse_repeated_query(request: Request) -> None:
+    """A query parameter that takes one value, given several times, is a 422 naming it (not the last one silently)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or len(request.query_params) == len(request.query_params.multi_items()):
+        return
+    scalars = _scalar_query_names(route)
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name in seen and name in scalars:
+            raise HTTPException(422, f"query.{name}: given more than once; give one value")
+        seen.add(name)
