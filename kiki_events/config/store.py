@@ -33,7 +33,7 @@ class StoreSettings(Section):
     """Events waiting to be written (e.g. while the database is down); beyond it new ones are dropped and counted."""
     retention_days: float | None = Field(default=30, gt=0, allow_inf_nan=False)
     """Finished runs older than this are deleted (``null``: kept for ever)."""
-    pool_size: int = Field(default=4, ge=1, le=100)
+    pool_size: int = Field(default=10, ge=1, le=100)
     """PostgreSQL connections open at most."""
 
     @field_validator("dsn", mode="before")

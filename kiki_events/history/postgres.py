@@ -95,7 +95,7 @@ class PostgresStore(SqlStore):
     backend = "postgres"
     same = "IS NOT DISTINCT FROM"
 
-    def __init__(self, dsn: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
+    def __init__(self, dsn: str, *, pool_size: int = 10, timeout: float = 15.0) -> None:
         try:
             import psycopg  # noqa: F401
             import psycopg_pool  # noqa: F401
@@ -129,7 +129,7 @@ class PostgresStore(SqlStore):
             open=False,
             timeout=self.timeout,
             check=AsyncConnectionPool.check_connection,
-            kwargs={"connect_timeout": max(1, int(self.timeout))},
+            kwargs={"connect_timeout": max(1, int(min(self.timeout, 5.0)))},
             name="kiki-history",
         )
         await pool.open(wait=False)
