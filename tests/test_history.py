@@ -131,7 +131,7 @@ async def test_every_event_type_comes_back_as_it_was_written_with_the_runs_total
     assert run.usage == Usage(input_tokens=10, output_tokens=5, total_tokens=15, reasoning_tokens=2, cached_tokens=3)
     assert run.agents == ("research", "research/researcher", "research/tools", "writer")
     assert (run.causation_id, run.caused_by, run.trace_id, run.cost_usd) == ("other:3", "other", "tr", 0.0125)
-    assert await store.schema_version() == 2
+    assert await store.schema_version() == 3
 
 
 @pytest.mark.asyncio

@@ -27,11 +27,11 @@ async def test_reopening_migrates_nothing_and_a_newer_schema_is_refused(tmp_path
     await store.close()
     again = SqliteStore(path)
     await again.open()
-    assert await again.schema_version() == 2
+    assert await again.schema_version() == 3
     assert (await again.run("r1", None)).events == 11
     await again._transaction([("INSERT INTO schema_version VALUES (?, ?, ?)", [(99, "future", 0.0)])])
     await again.close()
-    with pytest.raises(StoreError, match="schema version 99, newer than this library's 2"):
+    with pytest.raises(StoreError, match="schema version 99, newer than this library's 3"):
         await SqliteStore(path).open()
 
 

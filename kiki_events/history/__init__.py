@@ -81,6 +81,8 @@ def create_writer(settings: StoreSettings, store: EventStore | None = None, **op
     ``options`` go to :class:`HistoryWriter` (``lookup``, ``on_drop``, ``retention_interval`` …).
     """
     retention = settings.retention_days * 86400.0 if settings.retention_days is not None else None
+    # Packed rows are for runs only this node stores (scope "local": the node that ran them).
+    options.setdefault("pack_tokens", settings.scope == "local")
     if retention is not None:
         # Hourly, or more often for a retention shorter than 10 hours.
         options.setdefault("retention_interval", min(3600.0, max(retention / 10, 1.0)))

@@ -162,20 +162,23 @@ RunRow: TypeAlias = tuple[object, ...]
 class Batch:
     """What one write stores, in one transaction (:meth:`EventStore.write`).
 
-    ``events``: ``(run_id, seq, ts, type, agent, body)`` rows (``body``: the
-    event's other fields as compact JSON, :func:`~.sql.event_row`); ``runs``: whole rows of runs,
-    written over older rows of the same run unless those have seen a later seq;
-    ``agents``: ``(run_id, agent)`` pairs; ``threads``: ``(thread_id, principal,
-    created_at)``, kept from the first write (the thread's owner).
+    ``events``: ``(run_id, seq, ts, type, agent, body, span)`` rows (``body``: the
+    event's other fields as compact JSON; ``span``: the events the row holds, several
+    for a message's packed tokens, :mod:`.packing`); ``count``: the events in them;
+    ``runs``: whole rows of runs, written over older rows of the same run unless those
+    have seen a later seq; ``agents``: ``(run_id, agent)`` pairs; ``threads``:
+    ``(thread_id, principal, created_at)``, kept from the first write (the thread's owner).
     """
 
-    events: list[tuple[str, int, float, str, str | None, bytes]] = field(default_factory=list)
+    events: list[tuple[str, int, float, str, str | None, bytes, int]] = field(default_factory=list)
     runs: list[RunRow] = field(default_factory=list)
     agents: list[tuple[str, str]] = field(default_factory=list)
     threads: list[tuple[str, str | None, float]] = field(default_factory=list)
+    count: int | None = None
+    """Events in ``events`` (``None``: one per row)."""
 
     def __len__(self) -> int:
-        return len(self.events)
+        return len(self.events) if self.count is None else self.count
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ from ..errors import MissingDependencyError, StoreError
 from .base import Batch
 from .migrations import SCHEMA_TABLE, migrations, statements
 from .queries import SqlStore
-from .sql import AGENT_INSERT, RUN_UPSERT, THREAD_INSERT, EventRow
+from .sql import AGENT_INSERT, EVENT_CONFLICT, RUN_UPSERT, THREAD_INSERT, EventRow
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -28,21 +28,21 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresStore"]
 
+_CONFLICT = EVENT_CONFLICT.replace("?", "%s")
 _EVENTS_JSON = (
-    "INSERT INTO events (run_id, seq, ts, type, agent, body) "
-    "SELECT e->>0, (e->>1)::bigint, (e->>2)::float8, e->>3, e->>4, convert_to((e->5)::text, 'UTF8') "
-    "FROM jsonb_array_elements(%s::jsonb) AS e "
-    "ON CONFLICT (run_id, seq) DO NOTHING"
+    "INSERT INTO events (run_id, seq, ts, type, agent, body, span) "
+    "SELECT e->>0, (e->>1)::bigint, (e->>2)::float8, e->>3, e->>4, convert_to((e->5)::text, 'UTF8'), "
+    "(e->>6)::int FROM jsonb_array_elements(%s::jsonb) AS e " + _CONFLICT
 )
-"""A batch's events as one JSON parameter: ``[[run_id, seq, ts, type, agent, {body}], …]``,
+"""A batch's event rows as one JSON parameter: ``[[run_id, seq, ts, type, agent, {body}, span], …]``,
 each element parsed once (a body comes back with the same fields, written ``jsonb``'s
 way; numbers are kept exactly)."""
 _EVENTS_UNNEST = (
-    "INSERT INTO events (run_id, seq, ts, type, agent, body) "
-    "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::float8[], %s::text[], %s::text[], %s::bytea[]) "
-    "ON CONFLICT (run_id, seq) DO NOTHING"
+    "INSERT INTO events (run_id, seq, ts, type, agent, body, span) "
+    "SELECT * FROM unnest(%s::text[], %s::bigint[], %s::float8[], %s::text[], %s::text[], %s::bytea[], %s::int[]) "
+    + _CONFLICT
 )
-"""A batch's events as six arrays: for a batch holding ``\\u0000``, which ``jsonb`` refuses."""
+"""A batch's event rows as seven arrays: for a batch holding ``\\u0000``, which ``jsonb`` refuses."""
 
 
 def _events_json(rows: Sequence[EventRow]) -> str:
@@ -51,8 +51,8 @@ def _events_json(rows: Sequence[EventRow]) -> str:
     return (
         "["
         + ",".join(
-            f"[{dumps(run_id)},{seq},{ts!r},{dumps(kind)},{dumps(agent)},{body.decode()}]"
-            for run_id, seq, ts, kind, agent, body in rows
+            f"[{dumps(run_id)},{seq},{ts!r},{dumps(kind)},{dumps(agent)},{body.decode()},{span}]"
+            for run_id, seq, ts, kind, agent, body, span in rows
         )
         + "]"
     )

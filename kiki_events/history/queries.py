@@ -13,7 +13,8 @@ from typing import Any
 
 from ..errors import InvalidArgumentError, RunNotFoundError
 from ..events import StreamEvent
-from .base import ANYONE, Batch, Causation, EventPage, Link, Principal, RunPage, StoredRun, StoredStatus
+from .base import ANYONE, Batch, Causation, Link, Principal, RunPage, StoredRun, StoredStatus
+from .eventqueries import MAX_LIMIT, EventQueries, check_limit
 from .sql import (
     AGENT_INSERT,
     EVENT_INSERT,
@@ -24,7 +25,6 @@ from .sql import (
     caused_by,
     decode_cursor,
     encode_cursor,
-    event_from_row,
     in_list,
     owner_clause,
     run_from_row,
@@ -35,22 +35,11 @@ from .statsql import StatsQueries
 
 __all__ = ["MAX_LIMIT", "SqlStore"]
 
-MAX_LIMIT = 10_000
-"""Largest ``limit`` a query accepts."""
-
 _RUN_SELECT = "SELECT " + ", ".join(f"r.{c}" for c in RUN_COLUMNS) + " FROM runs r"
-_EVENT = "e.run_id, e.seq, e.ts, e.type, e.agent, e.body"
-"""The columns :func:`~.sql.event_from_row` reads, first in every event query."""
 _STATUSES = ("running", "success", "error", "interrupted", "cancelled")
 
 
-def _limit(limit: int) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
-        raise InvalidArgumentError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
-    return limit
-
-
-class SqlStore(StatsQueries):
+class SqlStore(EventQueries, StatsQueries):
     """The shared part of the SQL backends (see the module docstring)."""
 
     backend = "sql"
@@ -79,7 +68,8 @@ class SqlStore(StatsQueries):
     async def delete_finished(self, before: float, *, limit: int = 500) -> int:
         """Delete up to ``limit`` runs that ended before ``before`` (and their events, agents, empty threads)."""
         rows = await self._fetch(
-            "SELECT run_id, thread_id FROM runs WHERE ended_at < ? ORDER BY ended_at LIMIT ?", [before, _limit(limit)]
+            "SELECT run_id, thread_id FROM runs WHERE ended_at < ? ORDER BY ended_at LIMIT ?",
+            [before, check_limit(limit)],
         )
         if not rows:
             return 0
@@ -150,7 +140,7 @@ class SqlStore(StatsQueries):
             started, run_id = decode_cursor(cursor, (float, str))
             where.append("(r.started_at < ? OR (r.started_at = ? AND r.run_id < ?))")
             params += [started, started, run_id]
-        size = _limit(limit)
+        size = check_limit(limit)
         sql = f"{_RUN_SELECT} WHERE {' AND '.join(where)} ORDER BY r.started_at DESC, r.run_id DESC LIMIT ?"
         rows = await self._fetch(sql, [*params, size + 1])
         runs = await self._with_agents(rows[:size])
@@ -167,103 +157,6 @@ class SqlStore(StatsQueries):
         if not found:
             raise RunNotFoundError(f"run {run_id!r} not found")
         return found[0]
-
-    # -- events ----------------------------------------------------------------------------
-    async def events(
-        self,
-        principal: Principal,
-        *,
-        run_id: str | None = None,
-        thread_id: str | None = None,
-        types: Sequence[str] = (),
-        agent: str | None = None,
-        after: int = 0,
-        limit: int = 1000,
-        cursor: str | None = None,
-    ) -> EventPage:
-        """The events of one run (``seq > after``), or of one thread's runs (oldest run first), in order.
-
-        A thread's events are those of the runs listed on it (a delegate whose events
-        were relayed into another run is shown there). Filters: ``types`` (event
-        types), ``agent`` (that agent and those below it).
-
-        Raises:
-            RunNotFoundError: the run (or thread) is not stored or not ``principal``'s.
-            InvalidArgumentError: neither or both of ``run_id`` and ``thread_id``.
-        """
-        if (run_id is None) == (thread_id is None):
-            raise InvalidArgumentError("events() needs exactly one of run_id and thread_id")
-        size = _limit(limit)
-        where, params = self._event_filters(types, agent)
-        if run_id is not None:
-            await self.run(run_id, principal)
-            if cursor is not None:
-                (after,) = decode_cursor(cursor, (int,))
-            sql = f"SELECT {_EVENT} FROM events e WHERE e.run_id = ? AND e.seq > ?{where} ORDER BY e.seq LIMIT ?"
-            rows = await self._fetch(sql, [run_id, after, *params, size + 1])
-            events = [event_from_row(row) for row in rows[:size]]
-            return EventPage(events, encode_cursor(rows[size - 1][1]) if len(rows) > size else None)
-        return await self._thread_events(principal, str(thread_id), where, params, size, cursor)
-
-    async def _thread_events(
-        self, principal: Principal, thread_id: str, where: str, params: list[object], size: int, cursor: str | None
-    ) -> EventPage:
-        visible, visible_params = visible_clause(principal, self.same)
-        listed = await self._fetch(
-            f"SELECT COUNT(*) FROM runs r WHERE r.thread_id = ? AND {visible}", [thread_id, *visible_params]
-        )
-        if not listed[0][0]:
-            raise RunNotFoundError(f"thread {thread_id!r} not found")
-        key = ""
-        key_params: list[object] = []
-        if cursor is not None:
-            started, run_id, seq = decode_cursor(cursor, (float, str, int))
-            key = " AND (r.started_at > ? OR (r.started_at = ? AND (r.run_id > ? OR (r.run_id = ? AND e.seq > ?))))"
-            key_params = [started, started, run_id, run_id, seq]
-        sql = (
-            f"SELECT {_EVENT}, r.started_at FROM events e JOIN runs r ON r.run_id = e.run_id "
-            f"WHERE r.thread_id = ? AND r.relayed_into IS NULL AND {visible}{where}{key} "
-            "ORDER BY r.started_at, r.run_id, e.seq LIMIT ?"
-        )
-        rows = await self._fetch(sql, [thread_id, *visible_params, *params, *key_params, size + 1])
-        events = [event_from_row(row) for row in rows[:size]]
-        last = rows[size - 1] if len(rows) > size else None
-        return EventPage(events, encode_cursor(last[6], last[0], last[1]) if last is not None else None)
-
-    async def search(
-        self,
-        principal: Principal,
-        *,
-        types: Sequence[str] = (),
-        agent: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 1000,
-        cursor: str | None = None,
-    ) -> EventPage:
-        """Events of every run ``principal`` may see, with ``ts`` in ``[since, until)``, oldest first.
-
-        E.g. the last day's tool results: ``search(p, types=["tool_result"], since=time.time() - 86400)``.
-        """
-        size = _limit(limit)
-        where, params = self._event_filters(types, agent)
-        visible, visible_params = visible_clause(principal, self.same)
-        clauses: list[str] = []
-        times: list[object] = []
-        self._time_range(clauses, times, "e.ts", since, until)
-        if cursor is not None:
-            ts, run_id, seq = decode_cursor(cursor, (float, str, int))
-            clauses.append("(e.ts > ? OR (e.ts = ? AND (e.run_id > ? OR (e.run_id = ? AND e.seq > ?))))")
-            times += [ts, ts, run_id, run_id, seq]
-        extra = "".join(f" AND {clause}" for clause in clauses)
-        sql = (
-            f"SELECT {_EVENT} FROM events e JOIN runs r ON r.run_id = e.run_id "
-            f"WHERE {visible}{where}{extra} ORDER BY e.ts, e.run_id, e.seq LIMIT ?"
-        )
-        rows = await self._fetch(sql, [*visible_params, *params, *times, size + 1])
-        events = [event_from_row(row) for row in rows[:size]]
-        last = rows[size - 1] if len(rows) > size else None
-        return EventPage(events, encode_cursor(float(last[2]), last[0], last[1]) if last is not None else None)
 
     # -- causation -------------------------------------------------------------------------
     async def causation(
@@ -286,10 +179,9 @@ class SqlStore(StatsQueries):
         if event_id is not None:
             run_id, seq = split_event_id(event_id)
             run = await self.run(run_id, principal)
-            rows = await self._fetch(f"SELECT {_EVENT} FROM events e WHERE e.run_id = ? AND e.seq = ?", [run_id, seq])
-            if not rows:
+            event = await self._event_at(run_id, seq)
+            if event is None:
                 raise RunNotFoundError(f"event {event_id!r} not found")
-            event = event_from_row(rows[0])
             cause = event.causation_id or run.causation_id
         else:
             run = await self.run(str(run_id), principal)
@@ -360,22 +252,6 @@ class SqlStore(StatsQueries):
         if until is not None:
             where.append(f"{column} < ?")
             params.append(float(until))
-
-    @staticmethod
-    def _event_filters(types: Sequence[str], agent: str | None) -> tuple[str, list[object]]:
-        if isinstance(types, str):
-            types = [types]
-        where = ""
-        params: list[object] = []
-        if types:
-            clause, more = in_list("e.type", list(types))
-            where += f" AND {clause}"
-            params += more
-        if agent is not None:
-            clause, more = agent_clause(agent, "e.agent")
-            where += f" AND {clause}"
-            params += more
-        return where, params
 
     async def _find_runs(self, run_ids: Sequence[str], principal: Principal) -> list[StoredRun]:
         if not run_ids:

@@ -21,7 +21,9 @@ from .base import ANYONE, Anyone, Principal, StoredRun
 
 __all__ = [
     "AGENT_INSERT",
+    "EVENT_CONFLICT",
     "EVENT_INSERT",
+    "IN_COLUMNS",
     "RUN_COLUMNS",
     "RUN_UPSERT",
     "THREAD_INSERT",
@@ -78,30 +80,35 @@ RUN_UPSERT = (
 )
 """Writes a run's whole row; an older row (a lower ``last_seq``) never overwrites a newer one."""
 
+EVENT_CONFLICT = (
+    "ON CONFLICT (run_id, seq) DO UPDATE SET ts = excluded.ts, type = excluded.type, agent = excluded.agent, "
+    "body = excluded.body, span = excluded.span WHERE excluded.span > events.span"
+)
+"""A row already stored with the same first seq stays, unless the new one holds more events."""
 EVENT_INSERT = (
-    "INSERT INTO events (run_id, seq, ts, type, agent, body) VALUES (?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (run_id, seq) DO NOTHING"
+    f"INSERT INTO events (run_id, seq, ts, type, agent, body, span) VALUES (?, ?, ?, ?, ?, ?, ?) {EVENT_CONFLICT}"
 )
 AGENT_INSERT = "INSERT INTO run_agents (run_id, agent) VALUES (?, ?) ON CONFLICT (run_id, agent) DO NOTHING"
 THREAD_INSERT = (
     "INSERT INTO threads (thread_id, principal, created_at) VALUES (?, ?, ?) ON CONFLICT (thread_id) DO NOTHING"
 )
 
-_IN_COLUMNS = {"run_id", "seq", "ts", "type", "agent", "v"}
+IN_COLUMNS = {"run_id", "seq", "ts", "type", "agent", "v"}
 """Envelope fields kept in columns of ``events``, so not repeated in its ``body``."""
 
-EventRow = tuple[str, int, float, str, str | None, bytes]
-"""A row of ``events``: ``(run_id, seq, ts, type, agent, body)``."""
+EventRow = tuple[str, int, float, str, str | None, bytes, int]
+"""A row of ``events``: ``(run_id, seq, ts, type, agent, body, span)`` (``span``: the events it
+holds, :mod:`.packing`)."""
 
 
 def event_row(event: StreamEvent) -> EventRow:
-    """``event`` as a row of ``events``: the body holds the fields not in a column, as compact JSON."""
-    body = type(event).__pydantic_serializer__.to_json(event, exclude=_IN_COLUMNS, exclude_none=True)
-    return (event.run_id, event.seq, event.ts, event.type, event.agent, body)
+    """``event`` as a row of its own: the body holds the fields not in a column, as compact JSON."""
+    body = type(event).__pydantic_serializer__.to_json(event, exclude=IN_COLUMNS, exclude_none=True)
+    return (event.run_id, event.seq, event.ts, event.type, event.agent, body, 1)
 
 
 def event_from_row(row: Sequence[Any]) -> StreamEvent:
-    """The event in a row of ``events`` (its first six columns), validated as ``codec.decode`` validates."""
+    """The event in a row of ``events`` holding one (its first six columns), validated as ``codec.decode`` validates."""
     run_id, seq, ts, kind, agent, body = row[:6]
     rest = bytes(body)
     head = f'{{"run_id":{json.dumps(run_id)},"seq":{int(seq)},"ts":{float(ts)!r},"type":{json.dumps(kind)}'

@@ -22,23 +22,23 @@ from ..errors import StoreError
 from .base import Batch
 from .migrations import SCHEMA_TABLE, migrations, statements
 from .queries import SqlStore
-from .sql import AGENT_INSERT, RUN_UPSERT, THREAD_INSERT
+from .sql import AGENT_INSERT, EVENT_CONFLICT, RUN_UPSERT, THREAD_INSERT
 
 __all__ = ["SqliteStore"]
 
 _T = TypeVar("_T")
 
 _ROWS = 500
-"""Events per ``INSERT`` statement (6 parameters each: well under SQLite's 32,766)."""
+"""Rows per ``INSERT`` statement (7 parameters each: well under SQLite's 32,766)."""
 
 
 @functools.lru_cache(maxsize=8)
 def _events_insert(rows: int) -> str:
     """One ``INSERT`` of ``rows`` events: one statement step, so the write thread gives up
     and takes back the interpreter lock once per statement, not once per event."""
-    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
-    columns = "run_id, seq, ts, type, agent, body"
-    return f"INSERT INTO events ({columns}) VALUES {values} ON CONFLICT (run_id, seq) DO NOTHING"
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    columns = "run_id, seq, ts, type, agent, body, span"
+    return f"INSERT INTO events ({columns}) VALUES {values} {EVENT_CONFLICT}"
 
 
 class SqliteStore(SqlStore):
@@ -147,7 +147,7 @@ class SqliteStore(SqlStore):
         return await self._in(pool, fetch)
 
     async def write(self, batch: Batch) -> None:
-        """Store ``batch`` in one transaction; its events in statements of up to 500 rows."""
+        """Store ``batch`` in one transaction; its event rows in statements of up to 500 rows."""
         work: list[tuple[str, Sequence[Sequence[object]]]] = [
             (THREAD_INSERT, batch.threads),
             (RUN_UPSERT, batch.runs),

@@ -25,7 +25,7 @@ from ..errors import InvalidArgumentError, StoreError
 from ..events import StreamEvent
 from ..log import get_logger
 from .base import Batch, EventStore
-from .sql import event_row
+from .packing import event_rows
 from .tally import RunMeta, RunTally
 
 __all__ = ["HistoryWriter"]
@@ -51,6 +51,8 @@ class HistoryWriter:
         max_runs: runs tallied at once; beyond it the oldest are forgotten (their rows stay).
         on_drop: called once per dropped event with the reason (``store_full``: the buffer
             was full; ``store_refused``: the database refused it), e.g. to count it in a metric.
+        pack_tokens: store a message's consecutive tokens in one row (:mod:`.packing`). Only
+            for runs no other writer stores: a node storing other nodes' runs writes a token a row.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class HistoryWriter:
         lookup: Callable[[str], RunMeta | None] | None = None,
         max_runs: int = 10_000,
         on_drop: Callable[[str], None] | None = None,
+        pack_tokens: bool = True,
     ) -> None:
         if batch_size < 1 or buffer_size < 1 or max_runs < 1 or flush_interval < 0 or retention_interval <= 0:
             raise InvalidArgumentError(
@@ -80,6 +83,7 @@ class HistoryWriter:
         self._lookup = lookup
         self._max_runs = max_runs
         self._on_drop = on_drop
+        self.pack_tokens = pack_tokens
         self.written = 0
         """Events written (a re-delivered event already stored counts again)."""
         self.dropped = 0
@@ -221,7 +225,8 @@ class HistoryWriter:
         if self._apart:
             return self._take_apart()
         events = list(itertools.islice(self._buffer, self.batch_size))
-        batch = Batch(events=[event_row(e) for e in events], agents=self._agents, threads=self._threads)
+        rows = event_rows(events, pack=self.pack_tokens, refused=self._unencodable)
+        batch = Batch(events=rows, agents=self._agents, threads=self._threads, count=len(events))
         dirty, self._dirty = self._dirty, {}
         batch.runs = [tally.row() for tally in dirty.values()]
         self._agents, self._threads = [], []
@@ -239,7 +244,8 @@ class HistoryWriter:
         self._agents = [pair for pair in self._agents if pair[0] != run_id]
         self._threads = [row for row in self._threads if row[0] != thread_id]
         rows = [t.row() for t in dirty.values()]
-        return Batch(events=[event_row(event)], runs=rows, agents=agents, threads=threads), dirty
+        events = event_rows([event], pack=False, refused=self._unencodable)
+        return Batch(events=events, runs=rows, agents=agents, threads=threads, count=1), dirty
 
     async def _write_one(self) -> bool:
         batch, dirty = self._take()
@@ -262,16 +268,25 @@ class HistoryWriter:
             self._failing = False
             logger.info("the event store is written again")
         self._done_with(batch)
-        self.written += len(batch.events)
+        self.written += len(batch)
         for run_id, tally in dirty.items():
             if tally.ended and run_id not in self._dirty:
                 self._runs.pop(run_id, None)
         return True
 
+    def _unencodable(self, event: StreamEvent) -> None:
+        logger.error("an event cannot be encoded for the event store; it is dropped: %s", event.id)
+        self._count_drop("store_refused")
+
+    def _count_drop(self, reason: str) -> None:
+        self.dropped += 1
+        if self._on_drop is not None:
+            self._on_drop(reason)
+
     def _done_with(self, batch: Batch) -> None:
-        for _ in range(len(batch.events)):
+        for _ in range(len(batch)):
             self._buffer.popleft()
-        self._apart = max(0, self._apart - len(batch.events))
+        self._apart = max(0, self._apart - len(batch))
 
     def _refused(self, batch: Batch, dirty: dict[str, RunTally], exc: StoreError) -> None:
         """The database refused ``batch``'s data: find the event it refuses, drop it and carry on.
@@ -279,9 +294,9 @@ class HistoryWriter:
         A batch of several events is written again one event at a time; a single
         event refused (with the rows written along with it) is dropped and counted.
         """
-        if len(batch.events) > 1:
+        if len(batch) > 1:
             logger.warning("the event store refused a batch; writing its %d events one by one: %s", len(batch), exc)
-            self._apart = len(batch.events)
+            self._apart = len(batch)
             for run_id, tally in dirty.items():
                 self._dirty.setdefault(run_id, tally)
             self._agents[:0] = batch.agents
@@ -289,9 +304,9 @@ class HistoryWriter:
             return
         logger.error("the event store refused an event; it is dropped: %s", exc)
         self._done_with(batch)
-        self.dropped += len(batch.events)
+        self.dropped += len(batch)
         if self._on_drop is not None:
-            for _ in batch.events:
+            for _ in range(len(batch)):
                 self._on_drop("store_refused")
 
     # -- retention -------------------------------------------------------------------------
