@@ -6,9 +6,11 @@
   transaction each), against one ``INSERT`` and commit per event into the same table of
   the same database in the same run (bar ≥ 20×); for SQLite once on a plain connection
   (``synchronous`` FULL, SQLite's default: ``sqlite``) and once with the store's own
-  ``synchronous=NORMAL`` (``sqlite_synchronous_normal``). The events are those of demo runs
-  (mostly tokens), ``--events`` for the store and ``--naive-events`` for the naive way,
-  each round.
+  ``synchronous=NORMAL`` (``sqlite_synchronous_normal``). The events are those of LLM runs
+  (tokens of four messages a run, which the store packs a message's batch to a row),
+  ``--events`` for the store and ``--naive-events`` for the naive way, each round; and
+  ``*_row_per_event``: the store when no two events share a row (every token of its own
+  message), against the naive way with the same durability.
 * ``fetch`` – the time to read a stored run of ``--fetch-events`` events (20,000) over HTTP
   from a real uvicorn server keeping its history in SQLite: every page of
   ``GET /runs/{id}/events`` as JSON lines (10,000 a page), and the run's stream
@@ -21,7 +23,7 @@ Figures are medians over ``--rounds`` rounds with their range. ``--quick``: smal
 (the test suite runs it; its figures are not judged).
 
     python3 scripts/dev.py run python benchmarks/store.py [--rounds 5] [--events 20000]
-        [--naive-events 2000] [--tokens 500] [--fetch-events 20000] [--dsn DSN] [--no-postgres]
+        [--naive-events 2000] [--tokens 2000] [--p1-runs 3] [--fetch-events 20000] [--dsn DSN] [--no-postgres]
         [--only write|fetch|p1]
         [--quick] [--out FILE]
 """
@@ -58,8 +60,9 @@ DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 _INSERT = "INSERT INTO events (run_id, seq, ts, type, agent, body) VALUES ({0}, {0}, {0}, {0}, {0}, {0})"
 
 
-def sample_events(count: int, prefix: str, per_run: int = 1000) -> list[StreamEvent]:
-    """``count`` events of runs of ``per_run`` events each: mostly tokens, as an LLM run is."""
+def sample_events(count: int, prefix: str, per_run: int = 1000, *, messages: int = 4) -> list[StreamEvent]:
+    """``count`` events of runs of ``per_run`` events each: tokens of ``messages`` messages per run, as an
+    LLM run streams them (``messages=per_run``: every token of its own message, so a row each)."""
     events: list[StreamEvent] = []
     now = time.time()
     for i in range(count):
@@ -71,7 +74,7 @@ def sample_events(count: int, prefix: str, per_run: int = 1000) -> list[StreamEv
                 ts=now + i * 1e-4,
                 agent="research/researcher",
                 thread_id=f"t-{run}",
-                message_id="m",
+                message_id=f"m{seq * messages // per_run}",
                 text=f"token {i} ",
             )
         )
@@ -155,24 +158,28 @@ async def write_rates(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         store = SqliteStore(Path(folder) / "history.sqlite")
         await store.open()
-        mine, naive, alike = [], [], []
+        mine, rows, naive, alike = [], [], [], []
         for r in range(args.rounds):
             mine.append(await ours(store, sample_events(args.events, f"ours{r}")))
+            rows.append(await ours(store, sample_events(args.events, f"rows{r}", messages=1000)))
             naive.append(naive_sqlite(store.path, sample_events(args.naive_events, f"naive{r}")))
             alike.append(naive_sqlite(store.path, sample_events(args.naive_events, f"alike{r}"), as_ours=True))
         await store.close()
         results["sqlite"] = figures(mine, naive)
         results["sqlite_synchronous_normal"] = figures(mine, alike)
+        results["sqlite_row_per_event"] = figures(rows, alike)
     if not args.no_postgres:
         async with postgres_database(args.dsn) as dsn:
             pg = PostgresStore(dsn)
             await pg.open()
-            mine, naive = [], []
+            mine, rows, naive = [], [], []
             for r in range(args.rounds):
                 mine.append(await ours(pg, sample_events(args.events, f"ours{r}")))
+                rows.append(await ours(pg, sample_events(args.events, f"rows{r}", messages=1000)))
                 naive.append(await naive_postgres(dsn, sample_events(args.naive_events, f"naive{r}")))
             await pg.close()
             results["postgres"] = figures(mine, naive)
+            results["postgres_row_per_event"] = figures(rows, naive)
     return results
 
 
@@ -202,7 +209,7 @@ def with_store(folder: Path) -> Any:
 
 
 async def p1(args: argparse.Namespace) -> dict[str, Any]:
-    shape = long_shape(args.tokens)
+    shape = long_shape(args.tokens, args.p1_runs)
     with tempfile.TemporaryDirectory() as folder:
         variants = {"messages": via_messages, "kiki": kiki_session, "kiki+store": with_store(Path(folder))}
         measured = await measure(shape, args.rounds, variants)
@@ -304,7 +311,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--events", type=int, default=20_000, help="events our store writes per round")
     p.add_argument("--naive-events", type=int, default=2_000, help="events written one by one per round")
-    p.add_argument("--tokens", type=int, default=500, help="tokens per LLM call of the P1 graph")
+    p.add_argument("--p1-runs", type=int, default=3, help="runs of each P1 variant per round, taking turns")
+    p.add_argument("--tokens", type=int, default=2000, help="tokens per LLM call of the P1 graph (QUALITY.md: 2,000)")
     p.add_argument("--dsn", default=DEFAULT_DSN, help="a PostgreSQL server (a database of its own is made there)")
     p.add_argument("--no-postgres", action="store_true")
     p.add_argument("--fetch-events", type=int, default=20_000, help="events of the run fetched over HTTP")
@@ -317,7 +325,7 @@ def parser() -> argparse.ArgumentParser:
 def cli() -> None:
     args = parser().parse_args()
     if args.quick:
-        args.rounds, args.events, args.naive_events, args.tokens, args.fetch_events = 2, 1000, 100, 50, 500
+        args.rounds, args.events, args.naive_events, args.tokens, args.fetch_events, args.p1_runs = 2, 1000, 100, 50, 500, 1
     results = asyncio.run(main(args))
     for backend, fig in results["write"].items():
         print(
