@@ -325,7 +325,8 @@ def parser() -> argparse.ArgumentParser:
 def cli() -> None:
     args = parser().parse_args()
     if args.quick:
-        args.rounds, args.events, args.naive_events, args.tokens, args.fetch_events, args.p1_runs = 2, 1000, 100, 50, 500, 1
+        args.rounds, args.events, args.naive_events, args.fetch_events = 2, 1000, 100, 500
+        args.tokens, args.p1_runs = 50, 1
     results = asyncio.run(main(args))
     for backend, fig in results["write"].items():
         print(

@@ -122,10 +122,9 @@ class HistoryWriter:
     def add(self, event: StreamEvent) -> bool:
         """Queue ``event`` for writing; ``False`` (dropped and counted) when the buffer is full."""
         buffer = self._buffer
-        if len(buffer) >= self.buffer_size:
-            self.dropped += 1
-            if self._on_drop is not None:
-                self._on_drop("store_full")
+        queued = len(buffer)
+        if queued >= self.buffer_size:
+            self._count_drop("store_full")
             return False
         run_id = event.run_id
         tally = self._runs.get(run_id)
@@ -138,11 +137,10 @@ class HistoryWriter:
             self._agents.append((run_id, agent))
         self._dirty[run_id] = tally
         buffer.append(event)
-        queued = len(buffer)
-        if queued == 1:
+        if queued == 0:
             self._idle.clear()
             self._wake.set()
-        elif queued == self.batch_size:
+        elif queued + 1 == self.batch_size:
             self._hurry.set()
         return True
 
@@ -284,8 +282,12 @@ class HistoryWriter:
             self._on_drop(reason)
 
     def _done_with(self, batch: Batch) -> None:
-        for _ in range(len(batch)):
-            self._buffer.popleft()
+        buffer, count = self._buffer, len(batch)
+        if count == len(buffer):
+            buffer.clear()
+        else:
+            for _ in range(count):
+                buffer.popleft()
         self._apart = max(0, self._apart - len(batch))
 
     def _refused(self, batch: Batch, dirty: dict[str, RunTally], exc: StoreError) -> None:
@@ -304,10 +306,8 @@ class HistoryWriter:
             return
         logger.error("the event store refused an event; it is dropped: %s", exc)
         self._done_with(batch)
-        self.dropped += len(batch)
-        if self._on_drop is not None:
-            for _ in range(len(batch)):
-                self._on_drop("store_refused")
+        for _ in range(len(batch)):
+            self._count_drop("store_refused")
 
     # -- retention -------------------------------------------------------------------------
     async def _retain_forever(self) -> None:
