@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 from collections.abc import Iterator
@@ -253,3 +254,35 @@ def test_a_one_value_query_parameter_given_twice_is_422_naming_it(server: LiveSe
     assert (twice.status_code, twice.json()["detail"]) == (422, "query.until: given more than once; give one value")
     assert stream.status_code == 422 and stream.json()["detail"].startswith("query.format:")
     assert listed.status_code == 200 and finished["run_id"] in [r["run_id"] for r in listed.json()["runs"]]
+
+
+def test_which_query_parameters_take_one_value_is_known_per_route_of_each_app() -> None:
+    """Apps made one after another in one process, with routes of the same path but other parameters."""
+    from fastapi import Depends, FastAPI, Query
+    from fastapi.testclient import TestClient
+
+    from kiki_events.server.requests import refuse_repeated_query
+
+    def app_with(tag_type: Any) -> FastAPI:
+        app = FastAPI(dependencies=[Depends(refuse_repeated_query)])
+
+        def items(tag: Any = None) -> dict[str, Any]:
+            return {"tag": tag}
+
+        items.__annotations__ = {"tag": Annotated[tag_type, Query()], "return": dict[str, Any]}
+        app.add_api_route("/items", items)
+        return app
+
+    for round_ in range(20):  # each app is dropped before the next is made (the memory of its routes is reused)
+        with TestClient(app_with(list[str] | None)) as client:
+            assert client.get("/items", params=[("tag", "a"), ("tag", "b")]).json() == {"tag": ["a", "b"]}
+        del client
+        gc.collect()
+        one = app_with(str | None)
+        with TestClient(one) as client:
+            refused = client.get("/items", params=[("tag", "a"), ("tag", "b")])
+            assert refused.status_code == 422, round_
+            assert refused.json()["detail"] == "query.tag: given more than once; give one value"
+            assert client.get("/items", params={"tag": "a"}).json() == {"tag": "a"}
+        del client, one
+        gc.collect()

@@ -272,12 +272,14 @@ def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
     return result
 
 
-_SCALARS: dict[int, frozenset[str]] = {}
+_SCALARS = "_kiki_scalar_query_names"
+"""The attribute of a route holding its one-value query parameters, found once (routes compare by
+value and are not hashable, so the route itself keeps them, and they go with it)."""
 
 
 def _scalar_query_names(route: APIRoute) -> frozenset[str]:
     """The query parameters of ``route`` that take one value (not a list)."""
-    names = _SCALARS.get(id(route))
+    names: frozenset[str] | None = getattr(route, _SCALARS, None)
     if names is None:
         names = frozenset(
             param.alias
@@ -287,7 +289,7 @@ def _scalar_query_names(route: APIRoute) -> frozenset[str]:
                 for arg in (param.field_info.annotation, *get_args(param.field_info.annotation))
             )
         )
-        _SCALARS[id(route)] = names
+        setattr(route, _SCALARS, names)
     return names
 
 
