@@ -79,6 +79,7 @@ def test_filters_keep_the_runs_that_match(served: Served) -> None:
     assert listed(thread="t-a1") == [r["run_id"] for r in runs if r["thread_id"] == "t-a1"]
     assert listed(status="error") == [r["run_id"] for r in runs if r["status"] == "error"]
     assert listed(status=["error", "success"]) == ids
+    assert listed(status="error,success") == ids  # as GET /stats takes it
     assert listed(graph="team") == ids and listed(graph="other") == []
     assert listed(agent="research") == ids and listed(agent="nobody") == []
     assert listed(agent="research/researcher") == ids

@@ -10,6 +10,7 @@ computes them, in the database, is :mod:`.statsql`; ``docs/history.md``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias, get_args
 
 from pydantic import BaseModel, ConfigDict
@@ -147,8 +148,9 @@ def whole(value: Any) -> int:
     return int(value or 0)
 
 
-def parse_statuses(value: str | None) -> list[_Status] | None:
-    """``"success,error"`` → ``["success", "error"]`` (``None``: any status).
+def parse_statuses(value: str | Sequence[str] | None) -> list[_Status] | None:
+    """``"success,error"`` (or ``["success", "error"]``, or ``["success,error"]``) → ``["success", "error"]``
+    (``None``: any status).
 
     Raises:
         InvalidArgumentError: an unknown status (or an empty one).
@@ -156,7 +158,8 @@ def parse_statuses(value: str | None) -> list[_Status] | None:
     if value is None:
         return None
     known: tuple[str, ...] = get_args(_Status)
-    statuses = [part.strip() for part in value.split(",")]
+    values = [value] if isinstance(value, str) else list(value)
+    statuses = [part.strip() for item in values for part in item.split(",")]
     unknown = [s for s in statuses if s not in known]
     if unknown:
         raise InvalidArgumentError(f"status: {unknown[0]!r} is not one of {', '.join(known)}")

@@ -11,11 +11,13 @@ import math
 import re
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import HTTPException, Query, Request
+from pydantic import StringConstraints
 
 from ..events import EventType
+from ..history import StoredStatus
 from ..history.queries import MAX_LIMIT
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "AgentQuery",
     "CursorQuery",
     "PageFormat",
+    "StatusQuery",
     "TimeQuery",
     "TypesQuery",
     "bad_parameter",
@@ -57,6 +60,16 @@ TypesQuery = Annotated[
     list[EventType] | None,
     Query(alias="type", description="event types to keep (repeat it for several); omitted: every type"),
 ]
+_STATUS = "(?:" + "|".join(get_args(StoredStatus)) + ")"
+_Statuses = Annotated[str, StringConstraints(pattern=rf"^{_STATUS}(?:,{_STATUS})*$", max_length=128)]
+StatusQuery = Annotated[
+    list[_Statuses] | None,
+    Query(
+        max_length=16,
+        description="runs in one of these statuses, repeated or comma-separated: " + ", ".join(get_args(StoredStatus)),
+    ),
+]
+"""``status`` of ``GET /runs`` and ``GET /stats``; parse with :func:`~kiki_events.history.parse_statuses`."""
 AfterQuery = Annotated[int, Query(ge=0, le=10**18, description="only events with a seq above this")]
 PageFormat = Annotated[
     Literal["json", "jsonl"] | None,

@@ -10,13 +10,14 @@ they are answered from the runs this node keeps in memory (:mod:`..memoryhistory
 # No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
 
 from collections.abc import Awaitable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 
 from ...errors import InvalidArgumentError, KikiEventsError, RunNotFoundError, StoreError
+from ...history import parse_statuses
 from ..auth import Principal
-from ..historyargs import AgentQuery, CursorQuery, TimeQuery, limit_query, parse_time
+from ..historyargs import AgentQuery, CursorQuery, StatusQuery, TimeQuery, limit_query, parse_time
 from ..historyjson import CausationBody, RunList, causation_json, run_json
 from ..memoryhistory import MemoryHistory
 from ..responses import errors
@@ -26,7 +27,6 @@ __all__ = ["add_event_causation", "add_run_causation", "add_runs", "ask", "histo
 
 T = TypeVar("T")
 
-Status = Literal["running", "success", "error", "interrupted", "cancelled"]
 _MAX_ID = 512
 SOURCE_HEADER = "X-Kiki-History"
 """On ``GET /runs``: ``store`` or ``memory`` (no event store: only the runs this node keeps)."""
@@ -83,7 +83,7 @@ def add_runs(router: APIRouter, ctx: RouteContext) -> None:
         thread: Annotated[str | None, Query(max_length=_MAX_ID, description="runs of this thread")] = None,
         graph: Annotated[str | None, Query(max_length=_MAX_ID, description="runs of this graph")] = None,
         agent: AgentQuery = None,
-        status: Annotated[list[Status] | None, Query(description="runs in one of these statuses (repeatable)")] = None,
+        status: StatusQuery = None,
         since: TimeQuery = None,
         until: TimeQuery = None,
         limit: Annotated[int, limit_query(50)] = 50,
@@ -97,7 +97,7 @@ def add_runs(router: APIRouter, ctx: RouteContext) -> None:
                 thread_id=thread,
                 graph=graph,
                 agent=agent,
-                status=status,
+                status=parse_statuses(status),
                 since=parse_time("since", since),
                 until=parse_time("until", until),
                 limit=limit,

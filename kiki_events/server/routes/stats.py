@@ -2,27 +2,24 @@
 
 # No ``from __future__ import annotations``: FastAPI reads these annotations at runtime.
 
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from ...errors import InvalidArgumentError, StoreError
-from ...history import Stats, StatsKey, StoredStatus, parse_statuses
+from ...history import Stats, StatsKey, parse_statuses
 from ..auth import Principal
-from ..historyargs import TimeQuery, parse_time
+from ..historyargs import StatusQuery, TimeQuery, parse_time
 from ..requests import MAX_RUN_ID
 from ..responses import ERRORS, errors
 from .context import RouteContext
 
 __all__ = ["add_stats"]
 
-_STATUSES: tuple[str, ...] = get_args(StoredStatus)
 _NAME = 256
 """Longest graph or agent name accepted as a filter."""
 _TEXT = r"^[^\x00]*$"
 """A filter: any text without NUL (which no stored name holds, and PostgreSQL refuses)."""
-_ONE = "(?:" + "|".join(_STATUSES) + ")"
-_STATUS_LIST = rf"^{_ONE}(?:,{_ONE})*$"
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     **errors(401, 422, 503),
@@ -51,14 +48,7 @@ def add_stats(router: APIRouter, ctx: RouteContext) -> None:
             Query(max_length=_NAME, pattern=_TEXT, description="runs this agent (or one below it) took part in"),
         ] = None,
         thread: Annotated[str | None, Query(max_length=MAX_RUN_ID, pattern=_TEXT)] = None,
-        status: Annotated[
-            str | None,
-            Query(
-                max_length=128,
-                pattern=_STATUS_LIST,
-                description="one status or several, comma-separated: " + ", ".join(_STATUSES),
-            ),
-        ] = None,
+        status: StatusQuery = None,
         limit: Annotated[int, Query(ge=1, le=10_000, description="most groups")] = 100,
     ) -> Stats:
         """Runs by status, durations, LLM calls, tokens, time to first token, tool calls and cost of the
