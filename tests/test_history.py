@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -362,3 +364,23 @@ async def test_a_character_the_database_cannot_store_costs_one_event_never_the_b
         assert writer.dropped == 1 and drops == ["store_refused"]
     else:  # SQLite stores it
         assert writer.dropped == 0 and (await store.events(None, run_id="bad\x00run")).events == [bad]
+
+
+@pytest.mark.asyncio
+async def test_readers_cancelled_mid_query_never_cost_the_pool_a_connection(postgres_dsn: str) -> None:
+    """As an SSE client leaving does: anyio cancels every await after that, the driver's clean-up included."""
+    import anyio
+
+    store = PostgresStore(postgres_dsn, pool_size=2, timeout=5.0)
+    await store.open()
+    try:
+        events = every_type("r1")
+        await write_all(store, events)
+        moments = random.Random(7)
+        for _ in range(1000):
+            with anyio.move_on_after(moments.random() * 0.004):
+                await store.events(ANYONE, run_id="r1")
+        pages = await asyncio.gather(*(store.events(ANYONE, run_id="r1") for _ in range(6)))
+        assert all(page.events == events for page in pages)
+    finally:
+        await store.close()

@@ -11,11 +11,13 @@ is made.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..core.tasks import stop_tasks
 from ..errors import MissingDependencyError, StoreError
 from .base import Batch
 from .migrations import SCHEMA_TABLE, migrations, statements
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
 __all__ = ["PostgresStore"]
+
+_T = TypeVar("_T")
 
 _CONFLICT = EVENT_CONFLICT.replace("?", "%s")
 _EVENTS_JSON = (
@@ -107,6 +111,7 @@ class PostgresStore(SqlStore):
         self.pool_size = pool_size
         self.timeout = timeout
         self._pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] | None = None
+        self._running: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
         return "PostgresStore(<dsn>)"
@@ -162,10 +167,29 @@ class PostgresStore(SqlStore):
             await conn.execute("INSERT INTO schema_version VALUES (%s, %s, %s)", (version, name, time.time()))
 
     async def close(self) -> None:
-        """Close the pool (idempotent)."""
+        """Let the statements under way finish (for up to 5 s), then close the pool (idempotent)."""
+        await stop_tasks(list(self._running), grace=5.0)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+
+    async def _apart(self, work: Coroutine[Any, Any, _T]) -> _T:
+        """``work``'s result, ``work`` running in a task of its own.
+
+        A caller cancelled mid-statement (an SSE client gone: anyio cancels every await
+        after that, psycopg's clean-up included) is released at once, while the statement
+        finishes in its task and hands its connection back to the pool whole. Cancelled
+        inside, psycopg's clean-up loses the connection and, one by one, the pool's capacity.
+        """
+        task = asyncio.get_running_loop().create_task(work)
+        self._running.add(task)
+        task.add_done_callback(self._settled)
+        return await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: the caller may be gone
 
     def _require(self) -> AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]]:
         if self._pool is None:
@@ -173,6 +197,9 @@ class PostgresStore(SqlStore):
         return self._pool
 
     async def _fetch(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        return await self._apart(self._fetch_now(sql, params))
+
+    async def _fetch_now(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         import psycopg
 
         pool = self._require()
@@ -184,6 +211,9 @@ class PostgresStore(SqlStore):
             raise StoreError(f"event store query failed: {exc}") from exc
 
     async def _transaction(self, work: Sequence[tuple[str, Sequence[Sequence[object]]]]) -> None:
+        await self._apart(self._transaction_now(work))
+
+    async def _transaction_now(self, work: Sequence[tuple[str, Sequence[Sequence[object]]]]) -> None:
         import psycopg
 
         pool = self._require()
@@ -197,6 +227,9 @@ class PostgresStore(SqlStore):
 
     async def write(self, batch: Batch) -> None:
         """Store ``batch`` in one transaction; its events in one statement."""
+        await self._apart(self._write_now(batch))
+
+    async def _write_now(self, batch: Batch) -> None:
         import psycopg
 
         pool = self._require()
