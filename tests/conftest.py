@@ -15,8 +15,9 @@ from tests import log_capture
 from tests.postgres import postgres_dsn
 from tests.prometheus import prometheus_server
 from tests.redis_server import key_prefix, redis_server, redis_url
+from tests.stores import store
 
-__all__ = ["key_prefix", "postgres_dsn", "prometheus_server", "redis_server", "redis_url"]
+__all__ = ["key_prefix", "postgres_dsn", "prometheus_server", "redis_server", "redis_url", "store"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

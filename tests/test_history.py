@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from kiki_events.errors import InvalidArgumentError, RunNotFoundError
 from kiki_events.events import (
@@ -30,23 +27,9 @@ from kiki_events.events import (
     ToolResultEvent,
     Usage,
 )
-from kiki_events.history import ANYONE, EventStore, HistoryWriter, PostgresStore, RunMeta, SqliteStore
+from kiki_events.history import ANYONE, EventStore, HistoryWriter, PostgresStore, RunMeta
 
 T0 = 1_700_000_000.0
-
-
-@pytest_asyncio.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
-    made: EventStore
-    if request.param == "sqlite":
-        made = SqliteStore(tmp_path / "history" / "events.sqlite")
-    else:
-        made = PostgresStore(request.getfixturevalue("postgres_dsn"))
-    await made.open()
-    try:
-        yield made
-    finally:
-        await made.close()
 
 
 def every_type(run_id: str, *, ts: float = T0, thread: str | None = "t1") -> list[StreamEvent]:

@@ -8,35 +8,19 @@ where a node storing other nodes' runs wrote the same run a token per row.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from kiki_events.errors import StoreError
 from kiki_events.events import AgentLifecycleEvent, DoneEvent, StatusEvent, StreamEvent, TokenEvent, ToolResultEvent
-from kiki_events.history import ANYONE, EventStore, PostgresStore, SqliteStore
+from kiki_events.history import ANYONE, EventStore, SqliteStore
 from kiki_events.history.migrations import SCHEMA_TABLE, migrations, statements
 from kiki_events.history.packing import MAX_SPAN, PACK_SECONDS, event_rows, expand
 from tests.test_history import meta_of, write_all
 
 T0 = 1_700_000_000.0
-
-
-@pytest_asyncio.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
-    made: EventStore
-    if request.param == "sqlite":
-        made = SqliteStore(tmp_path / "events.sqlite")
-    else:
-        made = PostgresStore(request.getfixturevalue("postgres_dsn"))
-    await made.open()
-    try:
-        yield made
-    finally:
-        await made.close()
 
 
 def chatty_run(run_id: str, *, thread: str | None = "t1", ts: float = T0, tokens: int = 300) -> list[StreamEvent]:
