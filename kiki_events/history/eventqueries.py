@@ -1,10 +1,11 @@
 """Reading stored events back (:class:`EventQueries`, part of every SQL store).
 
 Rows may hold several events (:mod:`.packing`), so a page is made of rows expanded
-into events: up to ``limit + 1`` rows are read, their events taken in order until
-``limit + 1`` are found (one more than asked: there is a next page). A page of rows
-that gives fewer events (rows another row already covered, or events of a packed row
-outside a time range) ends early, with a cursor past those rows.
+into events, taken in order until ``limit + 1`` are found (one more than asked: there
+is a next page). A run's rows are read 64 at a time until then; a thread's and a
+search's up to ``limit + 1`` at once, and such a page of rows that gives fewer events
+(rows another row already covered, or events of a packed row outside a time range)
+ends early, with a cursor past those rows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ MAX_LIMIT = 10_000
 EVENT_COLUMNS = "e.run_id, e.seq, e.ts, e.type, e.agent, e.body, e.span"
 """The columns :func:`~.packing.expand` reads, first in every event query."""
 
+_CHUNK = 64
+"""Rows a run's events are read by at a time."""
 _COVERED = (
     "(e.type <> 'token' OR e.span > 1 OR NOT EXISTS (SELECT 1 FROM events g WHERE g.run_id = e.run_id "
     f"AND g.seq < e.seq AND g.seq > e.seq - {MAX_SPAN} AND g.span > 1 AND g.seq + g.span > e.seq))"
@@ -86,19 +89,24 @@ class EventQueries:
         await self.run(run_id, principal)
         if cursor is not None:
             (after,) = decode_cursor(cursor, (int,))
-        sql = (
-            f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.run_id = ? AND e.seq > ? AND e.seq + e.span > ?{where} "
-            "ORDER BY e.seq LIMIT ?"
+        # Rows in chunks (a packed row holds up to MAX_SPAN events): the first chunk starts at the
+        # row holding ``after + 1``, each next one after the last row read.
+        head = f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.run_id = ?{where} AND "
+        chunk = min(size + 1, _CHUNK)
+        rows = await self._fetch(
+            f"{head}e.seq > ? AND e.seq + e.span > ? ORDER BY e.seq LIMIT ?",
+            [run_id, *params, after - MAX_SPAN, after + 1, chunk],
         )
-        rows = await self._fetch(sql, [run_id, after - MAX_SPAN, after + 1, *params, size + 1])
         expander = Expander({run_id: after})
         events: list[StreamEvent] = []
-        for row in rows:
-            events += expander.events(row)
-            if len(events) > size:
-                return EventPage(events[:size], encode_cursor(events[size - 1].seq))
-        more = len(rows) > size
-        return EventPage(events, encode_cursor(expander.given(run_id)) if more else None)
+        while True:
+            for row in rows:
+                events += expander.events(row)
+                if len(events) > size:
+                    return EventPage(events[:size], encode_cursor(events[size - 1].seq))
+            if len(rows) < chunk:
+                return EventPage(events, None)
+            rows = await self._fetch(f"{head}e.seq > ? ORDER BY e.seq LIMIT ?", [run_id, *params, rows[-1][1], chunk])
 
     async def _thread_events(
         self, principal: Principal, thread_id: str, where: str, params: list[object], size: int, cursor: str | None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -30,7 +31,7 @@ from pydantic_core import PydanticSerializationError
 
 from ..codec import decode
 from ..errors import StoreError
-from ..events import StreamEvent, TokenEvent
+from ..events import StreamEvent, TokenEvent, trusted_token
 from .sql import IN_COLUMNS, EventRow, event_from_row, event_row
 
 __all__ = ["MAX_SPAN", "PACK_SECONDS", "Expander", "event_rows", "expand"]
@@ -129,15 +130,18 @@ def _unique(rows: list[EventRow]) -> list[EventRow]:
     return unique
 
 
-def expand(row: Sequence[Any]) -> list[StreamEvent]:
-    """The events in a row of ``events`` (its first seven columns: ``…, body, span``).
+def expand(row: Sequence[Any], after: int = 0) -> list[StreamEvent]:
+    """The events in a row of ``events`` (its first seven columns: ``…, body, span``) with a seq above ``after``.
+
+    A packed row's first token is validated as ``codec.decode`` validates an event; the
+    others share its fields and are checked for what they add (a text, a finite time).
 
     Raises:
         StoreError: a packed row that does not hold ``span`` tokens.
     """
     span = int(row[6])
     if span == 1:
-        return [event_from_row(row)]
+        return [event_from_row(row)] if int(row[1]) > after else []
     run_id, seq, _, kind, agent, body = row[:6]
     shared = json.loads(bytes(body))
     texts, times = shared.pop("texts", None), shared.pop("times", None)
@@ -145,16 +149,29 @@ def expand(row: Sequence[Any]) -> list[StreamEvent]:
         stamps = struct.unpack(f"<{span}d", base64.b64decode(times, validate=True))
     except (TypeError, ValueError, struct.error):
         stamps = ()
-    if not isinstance(texts, list) or not len(texts) == len(stamps) == span:
+    if (
+        not isinstance(texts, list)
+        or not len(texts) == len(stamps) == span
+        or not all(type(text) is str for text in texts)
+        or not all(math.isfinite(ts) for ts in stamps)
+    ):
         raise StoreError(f"the stored row {run_id}:{seq} does not hold its {span} tokens")
     head: dict[str, Any] = {"run_id": run_id, "type": kind}
     if agent is not None:
         head["agent"] = agent
     head.update(shared)
     first = int(seq)
-    return [
-        decode(json.dumps({**head, "seq": first + i, "ts": ts, "text": text}))
-        for i, (text, ts) in enumerate(zip(texts, stamps, strict=True))
+    skip = max(0, after - first + 1)
+    if skip >= span:
+        return []
+    model = decode(json.dumps({**head, "seq": first + skip, "ts": stamps[skip], "text": texts[skip]}))
+    if not isinstance(model, TokenEvent):
+        raise StoreError(f"the stored row {run_id}:{seq} holds {span} events of type {kind!r}, not tokens")
+    shared_values = (model.thread_id, model.agent, model.causation_id, model.node, model.message_id)
+    # The others: the fields the first's validation checked, with each one's own seq, time and text.
+    tokens: list[StreamEvent] = [model]
+    return tokens + [
+        trusted_token(run_id, first + i, stamps[i], *shared_values, texts[i], model.kind) for i in range(skip + 1, span)
     ]
 
 
@@ -175,7 +192,7 @@ class Expander:
         given = self._given.get(run_id, 0)
         if int(row[1]) + int(row[6]) - 1 <= given:
             return []
-        fresh = [event for event in expand(row) if event.seq > given]
+        fresh = expand(row, given)
         self._given[run_id] = fresh[-1].seq
         return fresh
 
