@@ -325,7 +325,8 @@ def test_store_benchmark_writes_both_databases_and_measures_p1_with_the_store(
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     figures = json.loads(out.read_text())
-    for backend in ("sqlite", "sqlite_synchronous_normal", "postgres"):
+    backends = ("sqlite", "sqlite_synchronous_normal", "sqlite_row_per_event", "postgres", "postgres_row_per_event")
+    for backend in backends:
         write = figures["write"][backend]
         assert write["ours_events_per_s"]["median"] > 0 and write["naive_events_per_s"]["median"] > 0
         assert write["ratio"]["bar"] == 20
