@@ -329,7 +329,7 @@ def test_store_benchmark_writes_both_databases_and_measures_p1_with_the_store(
     for backend in backends:
         write = figures["write"][backend]
         assert write["ours_events_per_s"]["median"] > 0 and write["naive_events_per_s"]["median"] > 0
-        assert write["ratio"]["bar"] == 20
+        assert write["ratio"]["bar"] == (None if backend.endswith("_row_per_event") else 20)
     for variant in ("kiki", "kiki+store"):
         assert figures["P1"][variant]["ratio"] > 0 and figures["P1"][variant]["bar"] == 1.15
     assert "P1 kiki+store" in done.stdout
