@@ -271,3 +271,56 @@ async def test_events_the_store_never_got_are_reported_with_a_gap_notice_and_tok
         assert joined.from_store < log.first_seq < 40 - 16  # up to the buffer from the store, the rest from it
     finally:
         await writer.close()
+
+
+def test_a_client_of_post_runs_stream_slower_than_the_buffer_gets_the_rest_from_the_store(tmp_path: Path) -> None:
+    """It stops reading while the run goes on: what the 16-event buffer drops meanwhile comes from the store."""
+    import socket
+
+    from langchain_core.callbacks import adispatch_custom_event
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    blobs, size = 400, 30_000  # 12 MB in all: the client's socket fills up and the server's sends block
+
+    async def talk(state: MessagesState) -> dict[str, Any]:
+        for i in range(blobs):
+            await adispatch_custom_event("blob", {"i": i, "data": "y" * size})
+        return {}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("talk", talk)
+    builder.add_edge(START, "talk")
+    builder.add_edge("talk", END)
+    settings = Settings.from_mapping(
+        {
+            "node": "n1",
+            "store": {"enabled": True, "path": str(tmp_path / "history.sqlite"), "flush_interval": "2ms"},
+            "runs": {"replay_events": 16},
+            "sse": {"max_backlog": None, "send_timeout": "60s"},  # only the buffer can leave the client behind
+        }
+    )
+    app = create_app(settings, graphs={"blobs": builder.compile()}, auth=bearer_tokens({"token-a": "alice"}))
+    runtime = runtime_of(app)
+    slow = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)])
+    body = {"graph": "blobs", "message": "go"}
+    with (
+        live_server(app) as srv,
+        httpx.Client(base_url=srv.url, timeout=60, transport=slow) as client,
+        client.stream("POST", "/runs/stream", json=body, headers=ALICE) as response,
+    ):
+        assert response.status_code == 200
+        run_id = response.headers["X-Kiki-Run-Id"]
+        splitter = FrameSplitter()
+        raw = response.iter_raw()
+        frames: list[SSEFrame] = []
+        while not frames:
+            frames += splitter.feed(next(raw))
+        wait_for(lambda: (r := runtime.store.peek(run_id)) is not None and r.log.ended, what="the run to end")
+        record = runtime.store.peek(run_id)
+        assert record is not None and record.log.first_seq is not None and record.log.first_seq > 2  # buffer moved on
+        for chunk in raw:
+            frames += splitter.feed(chunk)
+    frames = [f for f in frames if f.data is not None]  # no comments, no retry field
+    assert [f.data for f in frames if f.id is None] == []  # no lagging notice
+    assert kiki_seqs(frames) == list(range(1, record.log.last_seq + 1))
+    assert sum(f.event == "custom" for f in frames) == blobs and frames[-1].event == "done"

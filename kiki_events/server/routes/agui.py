@@ -39,6 +39,7 @@ from ..auth import Principal
 from ..requests import RunRequest, ThreadId, describe_body_error, inlined_schema
 from ..responses import errors
 from .context import RouteContext
+from .stored import backfilled
 
 __all__ = ["AgentInput", "add_agui_run"]
 
@@ -218,4 +219,5 @@ def add_agui_run(router: APIRouter, ctx: RouteContext) -> None:
         raw = await ctx.read_body_for(request, graph)
         body = parse_agent_input(raw)
         handle = await ctx.start(run_request(graph, body), principal)
-        return ctx.stream_started(request, handle, principal, wire_format=_AGUIStream(body))
+        reader = backfilled(ctx, handle.record, 0, principal)
+        return ctx.stream_started(request, handle, principal, wire_format=_AGUIStream(body), reader=reader)

@@ -44,6 +44,7 @@ from ..auth import Principal
 from ..requests import RunRequest, ThreadId, describe_body_error, inlined_schema
 from ..responses import errors
 from .context import RouteContext, raise_http
+from .stored import backfilled
 
 __all__ = ["ChatRequest", "add_aisdk_chat", "add_aisdk_reconnect"]
 
@@ -216,7 +217,8 @@ def add_aisdk_chat(router: APIRouter, ctx: RouteContext) -> None:
         run = run_request(graph, body)
         handle = await ctx.start(run, principal)
         wire_format = answer_format(body, run.resume is not None)
-        return ctx.stream_started(request, handle, principal, wire_format=wire_format)
+        reader = backfilled(ctx, handle.record, 0, principal)
+        return ctx.stream_started(request, handle, principal, wire_format=wire_format, reader=reader)
 
 
 async def _active_run(ctx: RouteContext, chat_id: str, principal: Principal) -> RunRecord | None:
@@ -265,6 +267,6 @@ def add_aisdk_reconnect(router: APIRouter, ctx: RouteContext) -> None:
         if bridge is not None and ctx.is_remote(record) and not record.ended:
             run_id = record.run_id
             lease = lambda: bridge.watch_run(run_id)  # noqa: E731 - taken when the body starts
-        cursor = ctx.run_cursor(record.log, 0, record.thread_id)
+        cursor = backfilled(ctx, record, 0, principal) or ctx.run_cursor(record.log, 0, record.thread_id)
         location = ctx.run_url(request, record.run_id)
         return ctx.stream(request, cursor, location, record.run_id, lease=lease, wire_format=AISDK)

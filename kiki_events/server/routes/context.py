@@ -159,15 +159,18 @@ class RouteContext:
         principal: Principal,
         on_disconnect: str | None = None,
         wire_format: Format | None = None,
+        reader: Reader | None = None,
     ) -> Response:
         """The response streaming a run this request just started, from its first event.
 
         ``on_disconnect`` (default ``runs.on_disconnect``): ``cancel`` cancels the run
-        when the client goes away before its end.
+        when the client goes away before its end. ``reader``: what reads the run (default:
+        its buffer; with the event store on, ``stored.backfilled``'s reader, which turns to
+        the store for what a slow client let the buffer drop).
         """
         policy = on_disconnect or self.settings.runs.on_disconnect
         on_abandon = (lambda: self.runs.cancel(handle.run_id, principal)) if policy == "cancel" else None
-        cursor = self.run_cursor(handle.record.log, 0, handle.thread_id)
+        cursor = reader or self.run_cursor(handle.record.log, 0, handle.thread_id)
         location = self.run_url(request, handle.run_id)
         return self.stream(request, cursor, location, handle.run_id, on_abandon, wire_format=wire_format)
 

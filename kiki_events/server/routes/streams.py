@@ -46,7 +46,8 @@ def add_start_run_stream(router: APIRouter, ctx: RouteContext) -> None:
         fmt = pick_format(request, wire_format)  # before the run starts: a refused format starts nothing
         body = await parse_run_request(request, settings.sse.max_body_bytes, settings.server.body_timeout)
         handle = await ctx.start(body, principal)
-        return ctx.stream_started(request, handle, principal, body.on_disconnect, wire_format=fmt)
+        reader = backfilled(ctx, handle.record, 0, principal)  # a slow client reads what the buffer dropped
+        return ctx.stream_started(request, handle, principal, body.on_disconnect, wire_format=fmt, reader=reader)
 
 
 def _resume_after(request: Request, run_id: str, last_event_id: str | None) -> int:
