@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from kiki_events.config import Settings
+from kiki_events.errors import RunNotFoundError
 from kiki_events.runtime import KikiRuntime
 from kiki_events.server import bearer_tokens, create_app
 from tests.servers import FrameSplitter, Gate, LiveServer, SSEFrame, gated_graph, live_server, wait_for
@@ -324,3 +325,48 @@ def test_a_client_of_post_runs_stream_slower_than_the_buffer_gets_the_rest_from_
     assert [f.data for f in frames if f.id is None] == []  # no lagging notice
     assert kiki_seqs(frames) == list(range(1, record.log.last_seq + 1))
     assert sum(f.event == "custom" for f in frames) == blobs and frames[-1].event == "done"
+
+
+def test_a_thread_stream_joins_a_live_run_whose_first_events_left_the_buffer_from_its_start(
+    tmp_path: Path, research_team: ModuleType
+) -> None:
+    gate = Gate()
+    graphs = {"team": research_team.build_graph(token_delay=0.0), "gated": gated_graph(research_team, gate, tokens=80)}
+    app = _app(tmp_path, graphs, runs={"replay_events": 16})
+    runtime = runtime_of(app)
+
+    async def stored(run_id: str) -> bool:
+        assert runtime.history is not None
+        try:
+            await runtime.history.run(run_id, "alice")
+        except RunNotFoundError:
+            return False
+        return True
+
+    with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        first = start_run(client, {**TASK, "thread_id": "t1"})
+        started = client.post("/runs", json={"graph": "gated", "message": "hold on", "thread_id": "t1"}, headers=ALICE)
+        assert started.status_code in (200, 201, 202), started.text
+        live = started.json()["run_id"]
+        wait_for(gate.reached.is_set, what="the run to reach the gate")
+        log = runtime.store.get(live, "alice").log
+        at_gate = log.last_seq
+        assert log.first_seq is not None and log.first_seq > 1 and not log.ended  # its start left the buffer
+        wait_for(lambda: srv.call(lambda: stored(live)), what="the run's row in the store")
+        ids: list[tuple[str, int]] = []
+        notices: list[str] = []
+        with client.stream("GET", "/threads/t1/stream", headers=ALICE) as response:
+            assert response.status_code == 200
+            splitter = FrameSplitter()
+            for chunk in response.iter_raw():
+                frames = splitter.feed(chunk)
+                notices += [f.data for f in frames if f.id is None and f.data is not None]
+                ids += [(f.id.rpartition(":")[0], f.seq) for f in frames if f.id is not None]
+                if (live, at_gate) in ids:
+                    gate.open()  # the rest of the run comes live, after what the store gave
+                if any(f.event == "done" and f.id and f.id.startswith(live + ":") for f in frames):
+                    break
+        assert log.ended and log.last_seq > at_gate
+        sizes = {run: runtime.store.get(run, "alice").log.last_seq for run in (first, live)}
+    assert notices == []  # no gap notice
+    assert ids == [(run, seq) for run in (first, live) for seq in range(1, sizes[run] + 1)]  # no gap, no duplicate

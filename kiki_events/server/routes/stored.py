@@ -184,11 +184,27 @@ async def stored_thread(
     ended = {run.run_id for run in runs if run.status != "running"}
 
     def in_memory() -> set[str]:
-        """The runs the thread cursor reads: in memory, and not stored whole (an ended run's store is complete)."""
-        return {log.run_id for log in ctx.store.thread_logs(thread)} - ended if thread is not None else set()
+        """The runs the thread cursor reads: in memory from their first event, and not stored whole (an ended
+        run's store is complete). A live run whose first events left its buffer is read as a stored one that
+        hands over to its buffer."""
+        if thread is None:
+            return set()
+        return {log.run_id for log in ctx.store.thread_logs(thread) if log.first_seq in (None, 1)} - ended
 
     def open_run(run_id: str, after: int) -> StoredCursor:
         fetch, seen = _fetcher(store, run_id, principal), _seen(store, run_id, principal)
-        return StoredCursor(run_id, fetch, after=after, seen=seen, thread_id=thread_id)
+        record = ctx.store.peek(run_id) if run_id not in ended else None
+        if record is None:
+            return StoredCursor(run_id, fetch, after=after, seen=seen, thread_id=thread_id)
+        return StoredCursor(
+            run_id,
+            fetch,
+            after=after,
+            log=record.log,
+            live=lambda log, at: ctx.run_cursor(log, at, thread_id),
+            settle=_settle(ctx),
+            seen=seen,
+            thread_id=thread_id,
+        )
 
     return StoredThreadCursor(thread_id, stored, in_memory, open_run, follow, resume=resume)
