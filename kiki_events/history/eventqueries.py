@@ -10,7 +10,7 @@ ends early, with a cursor past those rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import InvalidArgumentError, RunNotFoundError
@@ -134,17 +134,12 @@ class EventQueries:
             "ORDER BY r.started_at, r.run_id, e.seq LIMIT ?"
         )
         rows = await self._fetch(sql, [thread_id, *visible_params, *params, *key_params, size + 1])
-        events: list[tuple[float, StreamEvent]] = []
-        for row in rows:
-            events += [(row[7], event) for event in expander.events(row)]
-            if len(events) > size:
-                started, last = events[size - 1]
-                return EventPage([e for _, e in events[:size]], encode_cursor(started, last.run_id, last.seq))
-        page = [e for _, e in events]
-        if len(rows) <= size:
-            return EventPage(page, None)
-        row = rows[-1]
-        return EventPage(page, encode_cursor(row[7], row[0], expander.given(row[0])))
+        return _page(
+            rows,
+            size,
+            lambda row: [(row[7], event) for event in expander.events(row)],  # keyed by the run's start
+            lambda row: encode_cursor(row[7], row[0], expander.given(row[0])),
+        )
 
     async def search(
         self,
@@ -184,22 +179,18 @@ class EventQueries:
             f"WHERE {visible}{where} AND {' AND '.join(clauses)} ORDER BY e.ts, e.run_id, e.seq LIMIT ?"
         )
         rows = await self._fetch(sql, [*visible_params, *params, *times, size + 1])
-        found: list[tuple[float, StreamEvent]] = []
-        for row in rows:
+
+        def found(row: tuple[Any, ...]) -> list[tuple[float, StreamEvent]]:  # keyed by the row's time
             row_ts, row_run = float(row[2]), row[0]
-            for event in expand(row):
-                if after is not None and (row_ts, row_run) == after[:2] and event.seq <= after[2]:
-                    continue
-                if (since is None or event.ts >= since) and (until is None or event.ts < until):
-                    found.append((row_ts, event))
-            if len(found) > size:
-                ts, last = found[size - 1]
-                return EventPage([e for _, e in found[:size]], encode_cursor(ts, last.run_id, last.seq))
-        page = [e for _, e in found]
-        if len(rows) <= size:
-            return EventPage(page, None)
-        row = rows[-1]
-        return EventPage(page, encode_cursor(float(row[2]), row[0], int(row[1]) + int(row[6]) - 1))
+            return [
+                (row_ts, event)
+                for event in expand(row)
+                if not (after is not None and (row_ts, row_run) == after[:2] and event.seq <= after[2])
+                and (since is None or event.ts >= since)
+                and (until is None or event.ts < until)
+            ]
+
+        return _page(rows, size, found, lambda row: encode_cursor(float(row[2]), row[0], int(row[1]) + int(row[6]) - 1))
 
     async def _event_at(self, run_id: str, seq: int) -> StreamEvent | None:
         """The stored event ``seq`` of ``run_id`` (no ownership check), or ``None``."""
@@ -213,6 +204,24 @@ class EventQueries:
                 if event.seq == seq:
                     return event
         return None
+
+
+def _page(
+    rows: list[tuple[Any, ...]],
+    size: int,
+    events_of: Callable[[tuple[Any, ...]], list[tuple[float, StreamEvent]]],
+    past: Callable[[tuple[Any, ...]], str],
+) -> EventPage:
+    """A page of the events of ``rows`` (read with ``LIMIT size + 1``), each keyed by the time its
+    cursor holds; the cursor is past the ``size``-th event, or ``past(last row)`` when the rows
+    gave fewer events than a page and more rows may follow."""
+    found: list[tuple[float, StreamEvent]] = []
+    for row in rows:
+        found += events_of(row)
+        if len(found) > size:
+            key, last = found[size - 1]
+            return EventPage([event for _, event in found[:size]], encode_cursor(key, last.run_id, last.seq))
+    return EventPage([event for _, event in found], past(rows[-1]) if len(rows) > size else None)
 
 
 def event_filters(types: Sequence[str], agent: str | None) -> tuple[str, list[object]]:
