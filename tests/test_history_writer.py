@@ -11,7 +11,7 @@ import pytest
 from kiki_events.config import Settings
 from kiki_events.core.store import RunStore
 from kiki_events.errors import ConfigError, StoreError
-from kiki_events.events import StatusEvent
+from kiki_events.events import StatusEvent, TokenEvent
 from kiki_events.history import HistoryWriter, SqliteStore
 from kiki_events.sinks.history import HistorySink
 from tests.servers import async_wait_for
@@ -71,6 +71,27 @@ async def test_a_sqlite_file_locked_by_another_process_is_written_once_the_lock_
     other.close()
     assert await writer.flush(10)
     assert (await store.events(None, run_id="r1")).events == events
+    await writer.close()
+
+
+@pytest.mark.asyncio
+async def test_an_event_no_row_can_hold_is_dropped_once_however_often_its_batch_is_retried(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "locked.sqlite", busy_timeout=0.05)
+    drops: list[str] = []
+    writer = HistoryWriter(store, on_drop=drops.append)
+    await writer.start()
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # the batch fails, and is taken again, until the lock is released
+    events = every_type("r1")
+    broken = TokenEvent(run_id="r1", seq=len(events) + 1, ts=events[-1].ts, message_id="m9", text="\ud800")
+    for event in [*events, broken]:
+        writer.add(event)
+    await async_wait_for(lambda: writer.failures > 2, timeout=10)
+    other.execute("COMMIT")
+    other.close()
+    assert await writer.flush(10)
+    assert (await store.events(None, run_id="r1")).events == events
+    assert (writer.dropped, drops, writer.written) == (1, ["store_refused"], len(events))
     await writer.close()
 
 

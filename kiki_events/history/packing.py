@@ -101,13 +101,14 @@ def _single(rows: list[EventRow], event: StreamEvent, refused: Callable[[StreamE
 
 def _packed(rows: list[EventRow], group: list[TokenEvent], refused: Callable[[StreamEvent], None] | None) -> None:
     first = group[0]
+    if len(group) == 1:
+        _single(rows, first, refused)
+        return
     try:
-        if len(group) == 1:
-            raise UnicodeError
         shared = _SERIALIZER.to_json(first, exclude=_SHARED, exclude_none=True)
         texts = json.dumps([t.text for t in group], ensure_ascii=False, separators=(",", ":")).encode()
         times = base64.b64encode(struct.pack(f"<{len(group)}d", *[t.ts for t in group]))
-    except (UnicodeError, PydanticSerializationError):  # alone, or a text no JSON document may hold
+    except (UnicodeError, PydanticSerializationError):  # a text no JSON document may hold: each on its own
         for token in group:
             _single(rows, token, refused)
         return

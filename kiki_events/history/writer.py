@@ -106,6 +106,8 @@ class HistoryWriter:
         self._failing = False
         self._apart = 0
         """Events still to write one per transaction, after the database refused a batch holding them."""
+        self._unencodable: list[StreamEvent] = []
+        """Events of the batch being written that no row can hold (dropped once it is written)."""
         self._tasks: list[asyncio.Task[None]] = []
 
     # -- the sink's side (hot path) --------------------------------------------------------
@@ -223,7 +225,8 @@ class HistoryWriter:
         if self._apart:
             return self._take_apart()
         events = list(itertools.islice(self._buffer, self.batch_size))
-        rows = event_rows(events, pack=self.pack_tokens, refused=self._unencodable)
+        self._unencodable = []
+        rows = event_rows(events, pack=self.pack_tokens, refused=self._unencodable.append)
         batch = Batch(events=rows, agents=self._agents, threads=self._threads, count=len(events))
         dirty, self._dirty = self._dirty, {}
         batch.runs = [tally.row() for tally in dirty.values()]
@@ -242,7 +245,8 @@ class HistoryWriter:
         self._agents = [pair for pair in self._agents if pair[0] != run_id]
         self._threads = [row for row in self._threads if row[0] != thread_id]
         rows = [t.row() for t in dirty.values()]
-        events = event_rows([event], pack=False, refused=self._unencodable)
+        self._unencodable = []
+        events = event_rows([event], pack=False, refused=self._unencodable.append)
         return Batch(events=events, runs=rows, agents=agents, threads=threads, count=1), dirty
 
     async def _write_one(self) -> bool:
@@ -266,15 +270,14 @@ class HistoryWriter:
             self._failing = False
             logger.info("the event store is written again")
         self._done_with(batch)
-        self.written += len(batch)
+        self.written += len(batch) - len(self._unencodable)
+        for event in self._unencodable:  # counted once the batch is gone (a retried batch meets them again)
+            logger.error("an event cannot be encoded for the event store; it is dropped: %s", event.id)
+            self._count_drop("store_refused")
         for run_id, tally in dirty.items():
             if tally.ended and run_id not in self._dirty:
                 self._runs.pop(run_id, None)
         return True
-
-    def _unencodable(self, event: StreamEvent) -> None:
-        logger.error("an event cannot be encoded for the event store; it is dropped: %s", event.id)
-        self._count_drop("store_refused")
 
     def _count_drop(self, reason: str) -> None:
         self.dropped += 1
