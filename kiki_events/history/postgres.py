@@ -179,7 +179,8 @@ class PostgresStore(SqlStore):
         A caller cancelled mid-statement (an SSE client gone: anyio cancels every await
         after that, psycopg's clean-up included) is released at once, while the statement
         finishes in its task and hands its connection back to the pool whole. Cancelled
-        inside, psycopg's clean-up loses the connection and, one by one, the pool's capacity.
+        inside, psycopg's clean-up is cancelled too and the connection comes back broken or
+        not at all (seen as requests that waited out the pool's timeout: a 503).
         """
         task = asyncio.get_running_loop().create_task(work)
         self._running.add(task)
